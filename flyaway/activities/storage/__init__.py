@@ -1,0 +1,26 @@
+"""Sources, destinations and the copy engine that moves bytes between them."""
+
+from __future__ import annotations
+
+from flyaway.activities.storage.base import Destination, Source
+from flyaway.activities.storage.local import LocalDestination, LocalSource
+from flyaway.activities.storage.s3 import S3Destination, S3Source
+from flyaway.models.plan import DestinationLocation, LocalLocation, S3Location, SourceLocation
+
+
+def open_source(location: SourceLocation, concurrency: int = 8) -> Source:
+    """The adapter for a plan's source location."""
+    if isinstance(location, LocalLocation):
+        return LocalSource(location)
+    if isinstance(location, S3Location):
+        return S3Source(location, concurrency)
+    raise TypeError(f"no source adapter for {type(location).__name__}")
+
+
+def open_destination(location: DestinationLocation, concurrency: int = 8) -> Destination:
+    """The adapter for a plan's destination location."""
+    if isinstance(location, LocalLocation):
+        return LocalDestination(location)
+    if isinstance(location, S3Location):
+        return S3Destination(location, concurrency)
+    raise TypeError(f"no destination adapter for {type(location).__name__}")

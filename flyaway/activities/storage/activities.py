@@ -1,0 +1,324 @@
+"""The weight copy's activities: check, list, copy a batch, verify, abort.
+
+State lives at the destination under ``.flyaway/``:
+
+- ``runs/<listing>/listing.jsonl``: what this copy works through, one ``ListingLine`` a line;
+  batches are addressed by byte offsets into it, so the workflow holds a cursor, not a list.
+- ``runs/<listing>/manifest/<offset>-<attempt>-<seq>.jsonl``: entries of files that landed,
+  flushed every few seconds, so a retried batch skips what an earlier attempt finished.
+- ``uploads/<hash>.json``: multipart uploads in progress (see the engine).
+- ``manifest.jsonl``: the verified manifest, written last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import functools
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import ParamSpec, TypeVar
+
+import structlog
+from temporalio import activity
+
+from flyaway.activities.errors import DataCorruption, FlyawayError, InvalidPlan, LimitExceeded
+from flyaway.activities.storage import open_destination, open_source
+from flyaway.activities.storage.base import Destination
+from flyaway.activities.storage.engine import CopyEngine
+from flyaway.models.base import check_relative_key
+from flyaway.models.copy import (
+    BatchRequest,
+    BatchResult,
+    CopyProgress,
+    ListingLine,
+    ListingResult,
+    ManifestEntry,
+    UploadState,
+    VerifyResult,
+)
+from flyaway.models.plan import WeightsStage
+from flyaway.redaction import scrub
+
+P = ParamSpec("P")
+R = TypeVar("R")
+log = structlog.get_logger(__name__)
+
+MANIFEST = "manifest.jsonl"
+#: how much of the listing one read fetches
+LISTING_WINDOW = 4 * 1024 * 1024
+#: landed files are recorded at the destination at least this often
+FLUSH_SECONDS = 5.0
+FLUSH_ENTRIES = 500
+HEARTBEAT_SECONDS = 2.0
+
+
+def non_retryable_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn flyaway's own errors into non-retryable ``ApplicationError``s with scrubbed messages."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except FlyawayError as error:
+            log.error("activity failed for good", error=str(error), error_type=type(error).__name__)
+            scrubbed = type(error)(scrub(str(error)))
+            raise scrubbed.to_application_error() from None
+
+    return wrapper
+
+
+def first_error(group: BaseExceptionGroup) -> BaseException:
+    """The first real error inside nested task-group failures, so its type reaches Temporal as is."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+def listing_name(listing_id: str) -> str:
+    return f"runs/{listing_id}/listing.jsonl"
+
+
+def shard_prefix(listing_id: str) -> str:
+    return f"runs/{listing_id}/manifest/"
+
+
+def is_selected(key: str, stage: WeightsStage) -> bool:
+    if stage.include and not any(fnmatch.fnmatchcase(key, p) for p in stage.include):
+        return False
+    return not any(fnmatch.fnmatchcase(key, p) for p in stage.exclude)
+
+
+def read_entries(dest: Destination, names: list[str]) -> dict[str, ManifestEntry]:
+    """Manifest entries from state files, later files winning."""
+    entries: dict[str, ManifestEntry] = {}
+    for name in names:
+        for line in (dest.get_state(name) or b"").splitlines():
+            if line.strip():
+                entry = ManifestEntry.model_validate_json(line)
+                entries[entry.key] = entry
+    return entries
+
+
+def previous_entries(dest: Destination) -> dict[str, ManifestEntry]:
+    """What earlier runs copied: the verified manifest, then shards of runs that did not finish."""
+    shards = [name for name in dest.list_state("runs/") if "/manifest/" in name]
+    return read_entries(dest, [MANIFEST, *shards])
+
+
+def _stage_label(stage: WeightsStage) -> str:
+    return f"{stage.source.describe()} -> {stage.destination.describe()}"
+
+
+@activity.defn(name="flyaway.weights.check")
+@non_retryable_errors
+async def check_weights(stage: WeightsStage) -> str:
+    """Credentials, endpoints, buckets and permissions of both sides, before any byte moves."""
+
+    def check() -> str:
+        source = open_source(stage.source, stage.concurrency)
+        dest = open_destination(stage.destination, stage.concurrency)
+        source.check()
+        dest.check()
+        return _stage_label(stage)
+
+    return await asyncio.to_thread(check)
+
+
+def _write_listing(stage: WeightsStage, listing_id: str) -> ListingResult:
+    source = open_source(stage.source, stage.concurrency)
+    dest = open_destination(stage.destination, stage.concurrency)
+    previous = previous_entries(dest)
+    lines: list[bytes] = []
+    files = size = candidates = 0
+    for file in source.list():
+        if not is_selected(file.key, stage):
+            continue
+        try:
+            check_relative_key(file.key)
+        except ValueError as error:
+            raise InvalidPlan(f"source key {file.key!r} of {source.describe()}: {error}") from None
+        if file.size > dest.limits.max_object_size:
+            raise LimitExceeded(f"{file.key}: {file.size} bytes is over {dest.describe()}'s "
+                                f"{dest.limits.max_object_size}-byte object limit")
+        line = ListingLine(file=file, previous=previous.get(file.key))
+        candidates += line.previous is not None
+        lines.append(line.model_dump_json(exclude_none=True).encode() + b"\n")
+        files += 1
+        size += file.size
+        if files % 1000 == 0:
+            activity.heartbeat(files)
+    dest.put_state(listing_name(listing_id), b"".join(lines))
+    return ListingResult(listing_id=listing_id, files_total=files, bytes_total=size,
+                         files_unchanged_candidates=candidates)
+
+
+@activity.defn(name="flyaway.weights.list")
+@non_retryable_errors
+async def list_source(stage: WeightsStage, listing_id: str) -> ListingResult:
+    """List the source into ``runs/<listing_id>/listing.jsonl`` at the destination."""
+    result = await asyncio.to_thread(_write_listing, stage, listing_id)
+    log.info("listed source", files=result.files_total, bytes=result.bytes_total, copy=_stage_label(stage))
+    return result
+
+
+def _read_batch(dest: Destination, request: BatchRequest) -> tuple[list[ListingLine], int, bool]:
+    """The lines of one batch from the listing, the offset after them, and whether the listing is done."""
+    stage, offset = request.stage, request.offset
+    lines: list[ListingLine] = []
+    size = 0
+    buffer = b""
+    while len(lines) < stage.batch_files and size < stage.batch_bytes:
+        if b"\n" not in buffer:
+            chunk = dest.get_state(listing_name(request.listing_id), offset + len(buffer), LISTING_WINDOW) or b""
+            if not chunk:
+                return lines, offset, True
+            buffer += chunk
+            continue
+        raw, buffer = buffer.split(b"\n", 1)
+        offset += len(raw) + 1
+        line = ListingLine.model_validate_json(raw)
+        lines.append(line)
+        size += line.file.size
+    rest = dest.get_state(listing_name(request.listing_id), offset, 1)
+    return lines, offset, not rest
+
+
+class _ManifestWriter:
+    """Records landed files at the destination often enough that a crash loses few of them."""
+
+    def __init__(self, dest: Destination, request: BatchRequest, attempt: int) -> None:
+        self.dest = dest
+        self.prefix = f"{shard_prefix(request.listing_id)}{request.offset:016d}-{attempt:04d}-"
+        self.pending: list[ManifestEntry] = []
+        self.seq = 0
+        self.stamp = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    async def add(self, entry: ManifestEntry) -> None:
+        self.pending.append(entry)
+        if (len(self.pending) >= FLUSH_ENTRIES or entry.parts > 1
+                or time.monotonic() - self.stamp >= FLUSH_SECONDS):
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self.lock:
+            if not self.pending:
+                return
+            entries, self.pending = self.pending, []
+            body = b"".join(e.model_dump_json().encode() + b"\n" for e in entries)
+            await asyncio.to_thread(self.dest.put_state, f"{self.prefix}{self.seq:06d}.jsonl", body)
+            self.seq += 1
+            self.stamp = time.monotonic()
+
+
+async def _heartbeat_forever(engine: CopyEngine, offset: int) -> None:
+    started, start_bytes = time.monotonic(), 0
+    while True:
+        elapsed = max(time.monotonic() - started, 1e-6)
+        c = engine.counters
+        activity.heartbeat(CopyProgress(offset=offset, files_done=c.files_copied + c.files_skipped,
+                                        bytes_done=c.bytes_done, bytes_uploaded=c.bytes_uploaded,
+                                        rate_bytes_per_second=(c.bytes_done - start_bytes) / elapsed,
+                                        uploads=dict(c.uploads)))
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+
+
+@activity.defn(name="flyaway.weights.copy_batch")
+@non_retryable_errors
+async def copy_batch(request: BatchRequest) -> BatchResult:
+    """Copy one batch of the listing; a retried attempt skips files and parts that already landed."""
+    stage = request.stage
+    source = await asyncio.to_thread(open_source, stage.source, request.settings.concurrency)
+    dest = await asyncio.to_thread(open_destination, stage.destination, request.settings.concurrency)
+    lines, next_offset, done = await asyncio.to_thread(_read_batch, dest, request)
+    info = activity.info()
+    if info.attempt > 1:
+        earlier = await asyncio.to_thread(_earlier_attempts, dest, request)
+        lines = [ListingLine(file=line.file, previous=earlier.get(line.file.key, line.previous)) for line in lines]
+        log.info("resuming batch", offset=request.offset, files_recorded=len(earlier), attempt=info.attempt)
+    engine = CopyEngine(source, dest, part_size=stage.part_size, concurrency=request.settings.concurrency,
+                        bandwidth_limit=request.settings.bandwidth_limit)
+    writer = _ManifestWriter(dest, request, info.attempt)
+    heartbeat = asyncio.create_task(_heartbeat_forever(engine, request.offset))
+    try:
+        await engine.copy_all(lines, writer.add)
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
+    finally:
+        heartbeat.cancel()
+        await writer.flush()
+        engine.close()
+    c = engine.counters
+    log.info("batch copied", offset=request.offset, files=len(lines), copied=c.files_copied,
+             skipped=c.files_skipped, bytes_uploaded=c.bytes_uploaded, parts_reused=c.parts_reused)
+    return BatchResult(next_offset=next_offset, done=done, files_copied=c.files_copied,
+                       files_skipped=c.files_skipped, bytes_copied=c.bytes_copied, bytes_skipped=c.bytes_skipped,
+                       bytes_uploaded=c.bytes_uploaded, parts_reused=c.parts_reused)
+
+
+def _earlier_attempts(dest: Destination, request: BatchRequest) -> dict[str, ManifestEntry]:
+    prefix = f"{shard_prefix(request.listing_id)}{request.offset:016d}-"
+    return read_entries(dest, dest.list_state(prefix))
+
+
+def _iter_listing(dest: Destination, listing_id: str) -> Iterator[ListingLine]:
+    for raw in (dest.get_state(listing_name(listing_id)) or b"").splitlines():
+        if raw.strip():
+            yield ListingLine.model_validate_json(raw)
+
+
+def _verify(stage: WeightsStage, listing_id: str) -> VerifyResult:
+    dest = open_destination(stage.destination, stage.concurrency)
+    entries = read_entries(dest, dest.list_state(shard_prefix(listing_id)))
+    present = {obj.key: obj for obj in dest.list()}
+    manifest: list[ManifestEntry] = []
+    for line in _iter_listing(dest, listing_id):
+        entry = entries.get(line.file.key)
+        if entry is None:
+            raise DataCorruption(f"{line.file.key} was listed but never recorded as copied; retry the migration")
+        obj = present.get(entry.key)
+        if obj is None or obj.size != entry.size or obj.version != entry.dest_version:
+            found = "missing" if obj is None else f"{obj.size} bytes, version {obj.version}"
+            raise DataCorruption(f"{dest.describe()}/{entry.key}: expected {entry.size} bytes, version "
+                                 f"{entry.dest_version}; found {found}")
+        manifest.append(entry)
+    manifest.sort(key=lambda e: e.key)
+    dest.put_state(MANIFEST, b"".join(e.model_dump_json().encode() + b"\n" for e in manifest))
+    for name in dest.list_state("runs/"):
+        dest.delete_state(name)
+    return VerifyResult(files_verified=len(manifest), bytes_verified=sum(e.size for e in manifest),
+                        manifest_key=f"{dest.describe()}/.flyaway/{MANIFEST}")
+
+
+@activity.defn(name="flyaway.weights.verify")
+@non_retryable_errors
+async def verify_copy(stage: WeightsStage, listing_id: str) -> VerifyResult:
+    """Check every listed file against the destination and write the verified manifest."""
+    result = await asyncio.to_thread(_verify, stage, listing_id)
+    log.info("copy verified", files=result.files_verified, bytes=result.bytes_verified)
+    return result
+
+
+def _abort_uploads(stage: WeightsStage) -> int:
+    dest = open_destination(stage.destination, stage.concurrency)
+    aborted = 0
+    for name in dest.list_state("uploads/"):
+        raw = dest.get_state(name)
+        if raw:
+            state = UploadState.model_validate_json(raw)
+            dest.abort(state.key, state.upload_id)
+            aborted += 1
+        dest.delete_state(name)
+    return aborted
+
+
+@activity.defn(name="flyaway.weights.abort_uploads")
+@non_retryable_errors
+async def abort_uploads(stage: WeightsStage) -> int:
+    """Drop unfinished multipart uploads (an operator aborted the migration); returns how many."""
+    return await asyncio.to_thread(_abort_uploads, stage)
+
+
+COPY_ACTIVITIES = [check_weights, list_source, copy_batch, verify_copy, abort_uploads]

@@ -1,0 +1,272 @@
+"""The copy engine: one for every source and destination pair.
+
+Files and parts move in parallel, but memory stays bounded: a part holds one of
+``concurrency`` slots from the moment its bytes are read until they are hashed and sent,
+so at most ``concurrency x part_size`` bytes are in flight. Parts of a file take slots in
+order, and each part feeds the file's sha256 in order, so the whole-file hash comes from
+the source bytes without a second read.
+
+A large file's multipart upload is recorded at the destination (``.flyaway/uploads/``)
+as soon as it starts. Any later attempt, after a crash or an operator's retry, finds it,
+asks the destination which parts landed, and sends only the parts that did not, after
+checking that each landed part has the checksum of the source bytes it stands for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import google_crc32c
+import structlog
+
+from flyaway.activities.errors import DataCorruption, LimitExceeded
+from flyaway.activities.storage.base import Destination, Source, SourceChanged, UploadGone
+from flyaway.models.copy import ListingLine, ManifestEntry, PartRecord, SourceFile, UploadState
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+MiB = 1024 * 1024
+#: a file that keeps changing under us, or keeps arriving corrupted, is given up after this many tries
+MAX_FILE_ATTEMPTS = 3
+
+
+def part_checksum(algorithm: str, data: bytes) -> str:
+    if algorithm == "md5":
+        return hashlib.md5(data).hexdigest()
+    if algorithm == "crc32c":
+        return f"{google_crc32c.value(data):08x}"
+    raise ValueError(f"unknown part checksum {algorithm}")
+
+
+def upload_state_name(key: str) -> str:
+    return f"uploads/{hashlib.sha256(key.encode()).hexdigest()[:40]}.json"
+
+
+class TokenBucket:
+    """A bandwidth limit shared by every stream of one engine; a rate of None means no limit."""
+
+    def __init__(self, rate: int | None) -> None:
+        self.rate = rate
+        self._tokens = float(rate or 0)
+        self._stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def take(self, amount: int) -> None:
+        if not self.rate:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            self._tokens = min(float(self.rate), self._tokens + (now - self._stamp) * self.rate) - amount
+            self._stamp = now
+            if self._tokens < 0:
+                await asyncio.sleep(-self._tokens / self.rate)
+
+
+@dataclass
+class EngineCounters:
+    files_copied: int = 0
+    files_skipped: int = 0
+    bytes_copied: int = 0
+    bytes_skipped: int = 0
+    bytes_uploaded: int = 0
+    parts_reused: int = 0
+    bytes_done: int = 0
+    uploads: dict[str, str] = field(default_factory=dict)
+
+
+class CopyEngine:
+    def __init__(self, source: Source, destination: Destination, *, part_size: int, concurrency: int,
+                 bandwidth_limit: int | None = None) -> None:
+        self.source = source
+        self.dest = destination
+        self.part_size = part_size
+        self.concurrency = concurrency
+        self.bandwidth = TokenBucket(bandwidth_limit)
+        self.counters = EngineCounters()
+        self._executor = ThreadPoolExecutor(max_workers=concurrency * 2 + 2, thread_name_prefix="flyaway-copy")
+        self._slots = asyncio.Semaphore(concurrency)
+        self._files = asyncio.Semaphore(concurrency)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def effective_part_size(self, size: int) -> int:
+        """The plan's part size, grown in whole MiB so the file fits the destination's part count."""
+        limits = self.dest.limits
+        needed = math.ceil(size / limits.max_parts)
+        part = max(self.part_size, limits.min_part_size, math.ceil(needed / MiB) * MiB)
+        if part > limits.max_part_size:
+            raise LimitExceeded(f"{size} bytes need parts of {part} bytes, over the destination's "
+                                f"{limits.max_part_size}-byte limit")
+        return part
+
+    async def copy_all(self, lines: Iterable[ListingLine],
+                       on_entry: Callable[[ManifestEntry], Awaitable[None]]) -> None:
+        """Copy (or skip) every line, at most ``concurrency`` files at once; report each entry as it lands."""
+
+        async def one(line: ListingLine) -> None:
+            try:
+                await on_entry(await self.copy_file(line))
+            finally:
+                self._files.release()
+
+        async with asyncio.TaskGroup() as group:
+            for line in lines:
+                await self._files.acquire()
+                group.create_task(one(line))
+
+    async def copy_file(self, line: ListingLine) -> ManifestEntry:
+        file = line.file
+        if file.size > self.dest.limits.max_object_size:
+            raise LimitExceeded(f"{file.key}: {file.size} bytes is over the destination's "
+                                f"{self.dest.limits.max_object_size}-byte object limit")
+        if await self._unchanged(line):
+            assert line.previous is not None
+            self.counters.files_skipped += 1
+            self.counters.bytes_skipped += file.size
+            self.counters.bytes_done += file.size
+            return line.previous
+        last: Exception | None = None
+        for attempt in range(1, MAX_FILE_ATTEMPTS + 1):
+            try:
+                entry = await (self._copy_small(file) if file.size <= self._single_put_limit()
+                               else self._copy_multipart(file))
+                self.counters.files_copied += 1
+                self.counters.bytes_copied += file.size
+                return entry
+            except SourceChanged:
+                log.warning("source file changed while copying; starting it again", key=file.key, attempt=attempt)
+                await self._forget_upload(file.key)
+                file = await self._run(self.source.stat, file.key)
+                last = SourceChanged(file.key)
+            except DataCorruption as error:
+                log.warning("verification failed; copying the file again", key=file.key, attempt=attempt,
+                            error=str(error))
+                await self._forget_upload(file.key)
+                last = error
+        if isinstance(last, SourceChanged):
+            raise DataCorruption(f"{file.key}: the source file kept changing during {MAX_FILE_ATTEMPTS} copies; "
+                                 f"stop writing to it and retry")
+        raise DataCorruption(f"{file.key}: {last} (after {MAX_FILE_ATTEMPTS} copies)")
+
+    def _single_put_limit(self) -> int:
+        return min(self.part_size, self.dest.limits.max_single_put)
+
+    async def _unchanged(self, line: ListingLine) -> bool:
+        previous, file = line.previous, line.file
+        if previous is None or previous.size != file.size or previous.source_version != file.version:
+            return False
+        if file.sha256 and file.sha256 != previous.sha256:
+            return False
+        current = await self._run(self.dest.stat, file.key)
+        return current is not None and current.size == file.size and current.version == previous.dest_version
+
+    def _entry(self, file: SourceFile, sha256: str, dest_version: str, parts: int) -> ManifestEntry:
+        if file.sha256 and file.sha256 != sha256:
+            raise DataCorruption(f"{file.key}: source bytes hash to {sha256}, the source publishes {file.sha256}")
+        return ManifestEntry(key=file.key, size=file.size, sha256=sha256, source_version=file.version,
+                             dest_version=dest_version, parts=parts, copied_at=datetime.now(timezone.utc))
+
+    async def _copy_small(self, file: SourceFile) -> ManifestEntry:
+        async with self._slots:
+            data = await self._run(self.source.read, file, 0, file.size)
+            checksum = await self._run(part_checksum, self.dest.part_checksum, data)
+            sha256 = await self._run(lambda: hashlib.sha256(data).hexdigest())
+            if file.sha256 and file.sha256 != sha256:
+                raise DataCorruption(f"{file.key}: source bytes hash to {sha256}, the source publishes {file.sha256}")
+            await self.bandwidth.take(len(data))
+            version = await self._run(self.dest.put, file.key, data, checksum, sha256)
+            self.counters.bytes_uploaded += len(data)
+            self.counters.bytes_done += len(data)
+        return self._entry(file, sha256, version, 1)
+
+    async def _forget_upload(self, key: str) -> None:
+        state = await self._load_upload(key)
+        if state is not None:
+            await self._run(self.dest.abort, key, state.upload_id)
+            await self._run(self.dest.delete_state, upload_state_name(key))
+        self.counters.uploads.pop(key, None)
+
+    async def _load_upload(self, key: str) -> UploadState | None:
+        raw = await self._run(self.dest.get_state, upload_state_name(key))
+        return UploadState.model_validate_json(raw) if raw else None
+
+    async def _resume_or_begin(self, file: SourceFile, part_size: int) -> tuple[UploadState, dict[int, PartRecord]]:
+        """The upload to continue, with the parts that already landed, or a new upload."""
+        state = await self._load_upload(file.key)
+        if state is not None:
+            if (state.source_version, state.size, state.part_size) == (file.version, file.size, part_size):
+                try:
+                    landed = await self._run(self.dest.list_parts, file.key, state.upload_id)
+                    log.info("resuming upload", key=file.key, parts_landed=len(landed))
+                    return state, landed
+                except UploadGone:
+                    log.info("upload from an earlier attempt is gone; starting over", key=file.key)
+            else:
+                log.info("source or part size changed since the earlier upload; starting over", key=file.key)
+                await self._run(self.dest.abort, file.key, state.upload_id)
+        upload_id = await self._run(self.dest.begin_upload, file.key, file.size)
+        state = UploadState(key=file.key, upload_id=upload_id, size=file.size, part_size=part_size,
+                            source_version=file.version)
+        await self._run(self.dest.put_state, upload_state_name(file.key), state.model_dump_json().encode())
+        return state, {}
+
+    async def _copy_multipart(self, file: SourceFile) -> ManifestEntry:
+        part_size = self.effective_part_size(file.size)
+        count = math.ceil(file.size / part_size)
+        state, landed = await self._resume_or_begin(file, part_size)
+        self.counters.uploads[file.key] = state.upload_id
+        sha256 = hashlib.sha256()
+        records: list[PartRecord | None] = [None] * count
+        loop = asyncio.get_running_loop()
+
+        async def part(number: int, hashed_before: asyncio.Future[None], hashed: asyncio.Future[None]) -> None:
+            try:
+                offset = (number - 1) * part_size
+                length = min(part_size, file.size - offset)
+                data = await self._run(self.source.read, file, offset, length)
+                checksum = await self._run(part_checksum, self.dest.part_checksum, data)
+                await hashed_before
+                await self._run(sha256.update, data)
+                hashed.set_result(None)
+                done = landed.get(number)
+                if done is not None and done.checksum == checksum and done.size == length:
+                    records[number - 1] = done
+                    self.counters.parts_reused += 1
+                else:
+                    await self.bandwidth.take(length)
+                    records[number - 1] = await self._run(self.dest.upload_part, file.key, state.upload_id,
+                                                          number, offset, data, checksum)
+                    self.counters.bytes_uploaded += length
+                self.counters.bytes_done += length
+            finally:
+                self._slots.release()
+
+        previous: asyncio.Future[None] = loop.create_future()
+        previous.set_result(None)
+        async with asyncio.TaskGroup() as group:
+            for number in range(1, count + 1):
+                await self._slots.acquire()
+                hashed: asyncio.Future[None] = loop.create_future()
+                group.create_task(part(number, previous, hashed))
+                previous = hashed
+        digest = sha256.hexdigest()
+        if file.sha256 and file.sha256 != digest:
+            raise DataCorruption(f"{file.key}: source bytes hash to {digest}, the source publishes {file.sha256}")
+        parts = [record for record in records if record is not None]
+        version = await self._run(self.dest.complete, file.key, state.upload_id, parts, digest)
+        await self._run(self.dest.delete_state, upload_state_name(file.key))
+        self.counters.uploads.pop(file.key, None)
+        return self._entry(file, digest, version, count)

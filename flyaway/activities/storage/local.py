@@ -1,0 +1,229 @@
+"""A folder on the worker's disk, as a source or a destination.
+
+As a destination, a multipart upload is a preallocated hidden file written with ``pwrite``
+plus a journal of landed parts; completing it re-reads and hashes the file, then renames it
+into place, so a partial file never stands at its final path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from flyaway.activities.errors import AccessDenied, DataCorruption, NotFound, SourceObjectMissing
+from flyaway.activities.storage.base import (
+    STATE_DIR,
+    DestinationLimits,
+    DestObject,
+    Destination,
+    Source,
+    SourceChanged,
+    UploadGone,
+)
+from flyaway.models.base import check_relative_key
+from flyaway.models.copy import PartRecord, SourceFile
+from flyaway.models.plan import LocalLocation
+
+HASH_CHUNK = 8 * 1024 * 1024
+
+
+def _version(st: os.stat_result) -> str:
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _LocalRoot:
+    def __init__(self, location: LocalLocation) -> None:
+        self.root = Path(location.path)
+
+    def describe(self) -> str:
+        return f"local:{self.root}"
+
+    def path_of(self, key: str) -> Path:
+        check_relative_key(key)
+        return self.root / key
+
+    def walk(self) -> Iterator[tuple[str, os.stat_result]]:
+        """Regular files below the root, sorted, skipping flyaway's state and links that leave the root."""
+        root_real = os.path.realpath(self.root)
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            rel_dir = os.path.relpath(dirpath, self.root)
+            if rel_dir == ".":
+                dirnames[:] = [d for d in dirnames if d != STATE_DIR]
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = os.path.join(dirpath, name)
+                if os.path.islink(full) and not os.path.realpath(full).startswith(root_real + os.sep):
+                    continue
+                st = os.stat(full)
+                key = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
+                yield key, st
+
+
+class LocalSource(_LocalRoot, Source):
+    def check(self) -> None:
+        if not self.root.is_dir():
+            raise NotFound(f"source folder {self.root} does not exist on the worker")
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise AccessDenied(f"source folder {self.root} is not readable by the worker")
+
+    def list(self) -> Iterator[SourceFile]:
+        for key, st in self.walk():
+            yield SourceFile(key=key, size=st.st_size, version=_version(st))
+
+    def stat(self, key: str) -> SourceFile:
+        try:
+            st = self.path_of(key).stat()
+        except FileNotFoundError:
+            raise SourceObjectMissing(f"source file {self.path_of(key)} disappeared before it was copied") from None
+        return SourceFile(key=key, size=st.st_size, version=_version(st))
+
+    def read(self, file: SourceFile, offset: int, length: int) -> bytes:
+        try:
+            fd = os.open(self.path_of(file.key), os.O_RDONLY)
+        except FileNotFoundError:
+            raise SourceObjectMissing(f"source file {self.path_of(file.key)} disappeared "
+                                      f"before it was copied") from None
+        try:
+            if _version(os.fstat(fd)) != file.version:
+                raise SourceChanged(file.key)
+            data = os.pread(fd, length, offset)
+            if len(data) != length or _version(os.fstat(fd)) != file.version:
+                raise SourceChanged(file.key)
+            return data
+        finally:
+            os.close(fd)
+
+
+class LocalDestination(_LocalRoot, Destination):
+    limits = DestinationLimits(min_part_size=1, max_part_size=2**40, max_single_put=2**40, max_object_size=2**60)
+    part_checksum = "crc32c"
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / STATE_DIR / f"probe-{uuid.uuid4().hex}"
+            probe.parent.mkdir(exist_ok=True)
+            probe.write_bytes(b"flyaway")
+            probe.unlink()
+        except PermissionError:
+            raise AccessDenied(f"destination folder {self.root} is not writable by the worker") from None
+
+    def _partial(self, upload_id: str) -> Path:
+        return self.root / STATE_DIR / "partial" / upload_id
+
+    def stat(self, key: str) -> DestObject | None:
+        try:
+            st = self.path_of(key).stat()
+        except FileNotFoundError:
+            return None
+        return DestObject(key=key, size=st.st_size, version=_version(st))
+
+    def list(self) -> Iterator[DestObject]:
+        for key, st in self.walk():
+            yield DestObject(key=key, size=st.st_size, version=_version(st))
+
+    def _publish(self, tmp: Path, key: str, sha256: str) -> str:
+        """Check the written bytes against the source's sha256, then move them into place."""
+        actual = sha256_of_file(tmp)
+        if actual != sha256:
+            tmp.unlink()
+            raise DataCorruption(f"{self.path_of(key)}: written bytes hash to {actual}, source bytes to {sha256}")
+        target = self.path_of(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+        return _version(target.stat())
+
+    def put(self, key: str, data: bytes, checksum: str, sha256: str) -> str:
+        tmp = self._partial(f"put-{uuid.uuid4().hex}")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        return self._publish(tmp, key, sha256)
+
+    def begin_upload(self, key: str, size: int) -> str:
+        upload_id = uuid.uuid4().hex
+        path = self._partial(upload_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as handle:
+            handle.truncate(size)
+        Path(f"{path}.parts").touch()
+        return upload_id
+
+    def list_parts(self, key: str, upload_id: str) -> dict[int, PartRecord]:
+        journal = Path(f"{self._partial(upload_id)}.parts")
+        if not journal.exists():
+            raise UploadGone(upload_id)
+        parts = {}
+        for line in journal.read_text().splitlines():
+            try:
+                part = PartRecord.model_validate_json(line)
+            except ValueError:
+                continue  # a line torn by a crash: that part is sent again
+            parts[part.number] = part
+        return parts
+
+    def upload_part(self, key: str, upload_id: str, number: int, offset: int, data: bytes,
+                    checksum: str) -> PartRecord:
+        path = self._partial(upload_id)
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except FileNotFoundError:
+            raise UploadGone(upload_id) from None
+        try:
+            os.pwrite(fd, data, offset)
+        finally:
+            os.close(fd)
+        part = PartRecord(number=number, size=len(data), checksum=checksum)
+        journal = os.open(f"{path}.parts", os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(journal, (part.model_dump_json() + "\n").encode())
+        finally:
+            os.close(journal)
+        return part
+
+    def complete(self, key: str, upload_id: str, parts: list[PartRecord], sha256: str) -> str:
+        path = self._partial(upload_id)
+        if not path.exists():
+            raise UploadGone(upload_id)
+        version = self._publish(path, key, sha256)
+        Path(f"{path}.parts").unlink(missing_ok=True)
+        return version
+
+    def abort(self, key: str, upload_id: str) -> None:
+        self._partial(upload_id).unlink(missing_ok=True)
+        Path(f"{self._partial(upload_id)}.parts").unlink(missing_ok=True)
+
+    def put_state(self, name: str, data: bytes) -> None:
+        path = self.root / STATE_DIR / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def get_state(self, name: str, offset: int = 0, length: int | None = None) -> bytes | None:
+        try:
+            with (self.root / STATE_DIR / name).open("rb") as handle:
+                handle.seek(offset)
+                return handle.read(-1 if length is None else length)
+        except FileNotFoundError:
+            return None
+
+    def list_state(self, prefix: str) -> list[str]:
+        base = self.root / STATE_DIR
+        if not base.exists():
+            return []
+        names = (str(p.relative_to(base)).replace(os.sep, "/") for p in base.rglob("*") if p.is_file())
+        return sorted(n for n in names if n.startswith(prefix) and not n.rsplit("/", 1)[-1].startswith("."))
+
+    def delete_state(self, name: str) -> None:
+        (self.root / STATE_DIR / name).unlink(missing_ok=True)

@@ -1,0 +1,351 @@
+"""Any S3-compatible store (AWS, Tigris, moto, ...) as a source or a destination, through boto3.
+
+botocore's own retries are off: every request goes through tenacity here, so transient
+errors are retried the same way for every provider, and errors that retrying cannot fix
+are mapped to flyaway's non-retryable types with the bucket or key they concern.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    ClientError,
+    ConnectionError as BotoConnectionError,
+    HTTPClientError,
+    NoCredentialsError,
+)
+
+from flyaway.activities.errors import (
+    AccessDenied,
+    DataCorruption,
+    MissingCredentials,
+    NotFound,
+    SourceObjectMissing,
+    Unreachable,
+)
+from flyaway.activities.retry import call_with_retries
+from flyaway.activities.storage.base import (
+    STATE_DIR,
+    DestObject,
+    Destination,
+    Source,
+    SourceChanged,
+    UploadGone,
+)
+from flyaway.models.base import join_key
+from flyaway.models.copy import PartRecord, SourceFile
+from flyaway.models.plan import S3Location
+
+T = TypeVar("T")
+
+_ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                 "InvalidToken", "AllAccessDisabled", "AccountProblem"}
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+                    "ServiceUnavailable", "RequestTimeTooSkewed", "BadDigest", "IncompleteBody"}
+#: CompleteMultipartUpload of a large file can take minutes on some providers
+READ_TIMEOUT_SECONDS = 600
+
+
+def error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def http_status(error: ClientError) -> int:
+    return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Network trouble, throttling and 5xx are worth another try; anything else is not."""
+    if isinstance(error, ClientError):
+        return http_status(error) >= 500 or http_status(error) == 429 or error_code(error) in _TRANSIENT_CODES
+    return isinstance(error, (BotoConnectionError, HTTPClientError))
+
+
+def make_client(location: S3Location, concurrency: int = 10) -> Any:
+    """A boto3 S3 client for ``location`` with credentials from the environment variables it names."""
+    creds = location.credentials
+    missing = [name for name in (creds.access_key_id_env, creds.secret_access_key_env) if not os.environ.get(name)]
+    if missing:
+        raise MissingCredentials(
+            f"{location.describe()}: environment variable {missing[0]} is not set on the worker; "
+            f"export it, or name another variable in credentials")
+    session = boto3.session.Session(
+        aws_access_key_id=os.environ[creds.access_key_id_env],
+        aws_secret_access_key=os.environ[creds.secret_access_key_env],
+        aws_session_token=os.environ.get(creds.session_token_env) if creds.session_token_env else None,
+        region_name=location.region,
+    )
+    config = Config(
+        retries={"max_attempts": 1, "mode": "standard"},
+        s3={"addressing_style": location.addressing_style},
+        max_pool_connections=max(10, concurrency * 2),
+        connect_timeout=10,
+        read_timeout=READ_TIMEOUT_SECONDS,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        tcp_keepalive=True,
+    )
+    endpoint = str(location.endpoint_url).rstrip("/") if location.endpoint_url else None
+    return session.client("s3", endpoint_url=endpoint, config=config)
+
+
+def multipart_etag(part_md5s: list[str]) -> str:
+    """The ETag S3 gives a multipart object: MD5 of the parts' MD5s, a dash, the part count."""
+    joined = b"".join(bytes.fromhex(md5) for md5 in part_md5s)
+    return f"{hashlib.md5(joined).hexdigest()}-{len(part_md5s)}"
+
+
+class _S3Side:
+    def __init__(self, location: S3Location, concurrency: int = 10) -> None:
+        self.location = location
+        self.bucket = location.bucket
+        self.prefix = location.prefix
+        self.client = make_client(location, concurrency)
+
+    def describe(self) -> str:
+        return self.location.describe()
+
+    def key_of(self, key: str) -> str:
+        return join_key(self.prefix, key)
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run one request with retries; map what retrying cannot fix to a clear error about ``what``."""
+        try:
+            return call_with_retries(fn, is_transient)
+        except ClientError as error:
+            code, status = error_code(error), http_status(error)
+            if code in _ACCESS_CODES or status == 403:
+                raise AccessDenied(f"{what}: access denied ({code or status}); check the credentials "
+                                   f"and the bucket policy for s3://{self.bucket}") from None
+            if code == "NoSuchBucket":
+                raise NotFound(f"bucket s3://{self.bucket} does not exist at "
+                               f"{self.location.endpoint_url or 'AWS'}") from None
+            raise
+        except NoCredentialsError:
+            raise MissingCredentials(f"{what}: no credentials") from None
+
+    def list_keys(self, prefix: str) -> Iterator[dict[str, Any]]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = iter(paginator.paginate(Bucket=self.bucket, Prefix=prefix))
+        while True:
+            page = self.call(f"listing s3://{self.bucket}/{prefix}", lambda: next(pages, None))
+            if page is None:
+                return
+            yield from page.get("Contents", [])
+
+    def list_relative(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(relative key, listing entry) for objects below the prefix, skipping flyaway's state."""
+        base = f"{self.prefix.rstrip('/')}/" if self.prefix else ""
+        for item in self.list_keys(base):
+            rel = item["Key"][len(base):]
+            if not rel or rel.endswith("/") or rel == STATE_DIR or rel.startswith(f"{STATE_DIR}/"):
+                continue
+            yield rel, item
+
+    def check_bucket(self) -> None:
+        try:
+            call_with_retries(lambda: self.client.head_bucket(Bucket=self.bucket), is_transient, max_seconds=20)
+        except ClientError as error:
+            status = http_status(error)
+            if status == 404:
+                raise NotFound(f"bucket s3://{self.bucket} does not exist at "
+                               f"{self.location.endpoint_url or 'AWS'}; create it or fix the name") from None
+            if status == 403:
+                raise AccessDenied(f"bucket s3://{self.bucket}: access denied; check the credentials "
+                                   f"and the bucket policy") from None
+            raise
+        except (BotoConnectionError, HTTPClientError) as error:
+            raise Unreachable(f"endpoint {self.location.endpoint_url or 'AWS S3'} of s3://{self.bucket} "
+                              f"does not answer ({type(error).__name__}); check endpoint_url") from None
+
+
+def _strip_etag(etag: str) -> str:
+    return etag.strip('"')
+
+
+class S3Source(_S3Side, Source):
+    def check(self) -> None:
+        self.check_bucket()
+        self.call(f"listing s3://{self.bucket}/{self.prefix}",
+                  lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1))
+
+    def list(self) -> Iterator[SourceFile]:
+        for rel, item in self.list_relative():
+            yield SourceFile(key=rel, size=item["Size"], version=_strip_etag(item["ETag"]))
+
+    def stat(self, key: str) -> SourceFile:
+        try:
+            head = self.call(f"s3://{self.bucket}/{self.key_of(key)}",
+                             lambda: self.client.head_object(Bucket=self.bucket, Key=self.key_of(key)))
+        except ClientError as error:
+            if http_status(error) == 404:
+                raise SourceObjectMissing(f"source object s3://{self.bucket}/{self.key_of(key)} disappeared "
+                                          f"before it was copied") from None
+            raise
+        return SourceFile(key=key, size=head["ContentLength"], version=_strip_etag(head["ETag"]))
+
+    def read(self, file: SourceFile, offset: int, length: int) -> bytes:
+        what = f"s3://{self.bucket}/{self.key_of(file.key)}"
+        if length == 0:
+            return b""
+
+        def get() -> bytes:
+            response = self.client.get_object(Bucket=self.bucket, Key=self.key_of(file.key), IfMatch=f'"{file.version}"',
+                                              Range=f"bytes={offset}-{offset + length - 1}")
+            data = response["Body"].read()
+            if len(data) != length:
+                raise HTTPClientError(error=f"short read of {what}: {len(data)} of {length} bytes")
+            return data
+
+        try:
+            return self.call(what, get)
+        except ClientError as error:
+            if http_status(error) == 412:
+                raise SourceChanged(file.key) from None
+            if http_status(error) == 404:
+                raise SourceObjectMissing(f"source object {what} disappeared before it was copied") from None
+            raise
+
+
+class S3Destination(_S3Side, Destination):
+    part_checksum = "md5"
+
+    def check(self) -> None:
+        self.check_bucket()
+        probe = join_key(self.prefix, f"{STATE_DIR}/probe")
+        self.call(f"writing s3://{self.bucket}/{probe}",
+                  lambda: self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"flyaway"))
+        self.call(f"deleting s3://{self.bucket}/{probe}",
+                  lambda: self.client.delete_object(Bucket=self.bucket, Key=probe))
+
+    def stat(self, key: str) -> DestObject | None:
+        try:
+            head = self.call(f"s3://{self.bucket}/{self.key_of(key)}",
+                             lambda: self.client.head_object(Bucket=self.bucket, Key=self.key_of(key)))
+        except ClientError as error:
+            if http_status(error) == 404:
+                return None
+            raise
+        return DestObject(key=key, size=head["ContentLength"], version=_strip_etag(head["ETag"]))
+
+    def list(self) -> Iterator[DestObject]:
+        for rel, item in self.list_relative():
+            yield DestObject(key=rel, size=item["Size"], version=_strip_etag(item["ETag"]))
+
+    def put(self, key: str, data: bytes, checksum: str, sha256: str) -> str:
+        what = f"s3://{self.bucket}/{self.key_of(key)}"
+        response = self.call(what, lambda: self.client.put_object(
+            Bucket=self.bucket, Key=self.key_of(key), Body=data,
+            ContentMD5=base64.b64encode(bytes.fromhex(checksum)).decode()))
+        etag = _strip_etag(response["ETag"])
+        if etag != checksum:
+            raise DataCorruption(f"{what}: stored ETag {etag} is not the MD5 {checksum} of the source bytes")
+        return etag
+
+    def begin_upload(self, key: str, size: int) -> str:
+        response = self.call(f"s3://{self.bucket}/{self.key_of(key)}", lambda: self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=self.key_of(key)))
+        return str(response["UploadId"])
+
+    def list_parts(self, key: str, upload_id: str) -> dict[int, PartRecord]:
+        parts: dict[int, PartRecord] = {}
+        marker = 0
+        while True:
+            try:
+                response = self.call(f"s3://{self.bucket}/{self.key_of(key)}", lambda: self.client.list_parts(
+                    Bucket=self.bucket, Key=self.key_of(key), UploadId=upload_id, PartNumberMarker=marker))
+            except ClientError as error:
+                if error_code(error) == "NoSuchUpload" or http_status(error) == 404:
+                    raise UploadGone(upload_id) from None
+                raise
+            for part in response.get("Parts", []):
+                parts[part["PartNumber"]] = PartRecord(number=part["PartNumber"], size=part["Size"],
+                                                       checksum=_strip_etag(part["ETag"]))
+            if not response.get("IsTruncated"):
+                return parts
+            marker = response["NextPartNumberMarker"]
+
+    def upload_part(self, key: str, upload_id: str, number: int, offset: int, data: bytes,
+                    checksum: str) -> PartRecord:
+        what = f"s3://{self.bucket}/{self.key_of(key)} part {number}"
+        try:
+            response = self.call(what, lambda: self.client.upload_part(
+                Bucket=self.bucket, Key=self.key_of(key), UploadId=upload_id, PartNumber=number, Body=data,
+                ContentMD5=base64.b64encode(bytes.fromhex(checksum)).decode()))
+        except ClientError as error:
+            if error_code(error) == "NoSuchUpload":
+                raise UploadGone(upload_id) from None
+            raise
+        etag = _strip_etag(response["ETag"])
+        if etag != checksum:
+            raise DataCorruption(f"{what}: stored ETag {etag} is not the MD5 {checksum} of the source bytes")
+        return PartRecord(number=number, size=len(data), checksum=etag)
+
+    def complete(self, key: str, upload_id: str, parts: list[PartRecord], sha256: str) -> str:
+        what = f"s3://{self.bucket}/{self.key_of(key)}"
+        expected = multipart_etag([part.checksum for part in parts])
+        body = {"Parts": [{"PartNumber": p.number, "ETag": f'"{p.checksum}"'} for p in parts]}
+        try:
+            response = self.call(what, lambda: self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self.key_of(key), UploadId=upload_id, MultipartUpload=body))
+            etag = _strip_etag(response["ETag"])
+        except ClientError as error:
+            if error_code(error) != "NoSuchUpload":
+                raise
+            # a retried complete whose first try landed: the object is there with the expected ETag
+            done = self.stat(key)
+            if done is None or done.version != expected:
+                raise UploadGone(upload_id) from None
+            etag = done.version
+        if etag != expected:
+            raise DataCorruption(f"{what}: multipart ETag {etag} is not {expected}, computed from the source bytes")
+        return etag
+
+    def abort(self, key: str, upload_id: str) -> None:
+        try:
+            self.call(f"s3://{self.bucket}/{self.key_of(key)}", lambda: self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=self.key_of(key), UploadId=upload_id))
+        except ClientError as error:
+            if error_code(error) != "NoSuchUpload" and http_status(error) != 404:
+                raise
+
+    def _state_key(self, name: str) -> str:
+        return join_key(self.prefix, f"{STATE_DIR}/{name}")
+
+    def put_state(self, name: str, data: bytes) -> None:
+        self.call(f"s3://{self.bucket}/{self._state_key(name)}", lambda: self.client.put_object(
+            Bucket=self.bucket, Key=self._state_key(name), Body=data))
+
+    def get_state(self, name: str, offset: int = 0, length: int | None = None) -> bytes | None:
+        key = self._state_key(name)
+        end = "" if length is None else str(offset + length - 1)
+
+        def get() -> bytes:
+            extra = {"Range": f"bytes={offset}-{end}"} if offset or length is not None else {}
+            return self.client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"].read()
+
+        try:
+            return self.call(f"s3://{self.bucket}/{key}", get)
+        except ClientError as error:
+            if error_code(error) == "NoSuchKey" or http_status(error) == 404:
+                return None
+            if error_code(error) == "InvalidRange" or http_status(error) == 416:
+                return b""  # the offset is at or past the end
+            raise
+
+    def list_state(self, prefix: str) -> list[str]:
+        base = self._state_key("")
+        base = base if base.endswith("/") else base + "/"
+        return sorted(item["Key"][len(base):] for item in self.list_keys(base + prefix))
+
+    def delete_state(self, name: str) -> None:
+        self.call(f"s3://{self.bucket}/{self._state_key(name)}", lambda: self.client.delete_object(
+            Bucket=self.bucket, Key=self._state_key(name)))
+

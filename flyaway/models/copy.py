@@ -1,0 +1,142 @@
+"""Data of the weight copy: listings, manifests, upload checkpoints, activity inputs and results."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from flyaway.models.base import Record
+from flyaway.models.plan import WeightsStage
+
+
+class SourceFile(Record):
+    """One file at the source, as listed."""
+
+    key: str = Field(description="path relative to the source prefix, '/' separated")
+    size: int
+    version: str = Field(description="what changes when the content changes: ETag, mtime, revision")
+    sha256: str | None = Field(None, description="hex sha256 when the source publishes it (Hugging Face LFS)")
+
+
+class ManifestEntry(Record):
+    """A file that landed at the destination and was verified there."""
+
+    key: str
+    size: int
+    sha256: str
+    source_version: str
+    dest_version: str = Field(description="the destination's own identity of the object: ETag, or size:mtime")
+    parts: int = 1
+    copied_at: datetime | None = None
+
+
+class ListingLine(Record):
+    """A line of the listing a copy works through: the file and its entry from an earlier run, if any."""
+
+    file: SourceFile
+    previous: ManifestEntry | None = None
+
+
+class UploadState(Record):
+    """A multipart upload in progress, kept at the destination so any later attempt can resume it."""
+
+    key: str
+    upload_id: str
+    size: int
+    part_size: int
+    source_version: str
+
+
+class PartRecord(Record):
+    """A part that landed at the destination."""
+
+    number: int
+    size: int
+    checksum: str = Field(description="hex checksum of the part's bytes, in the destination's part algorithm")
+
+
+class CopySettings(Record):
+    """Knobs an operator can change while a copy runs (the ``tune`` update)."""
+
+    concurrency: int
+    bandwidth_limit: int | None = None
+
+
+class ListingResult(Record):
+    listing_id: str
+    files_total: int
+    bytes_total: int
+    files_unchanged_candidates: int = 0
+
+
+class BatchRequest(Record):
+    stage: WeightsStage
+    listing_id: str
+    offset: int = Field(description="byte offset of the first line of this batch in the listing")
+    settings: CopySettings
+
+
+class BatchResult(Record):
+    next_offset: int
+    done: bool
+    files_copied: int = 0
+    files_skipped: int = 0
+    bytes_copied: int = 0
+    bytes_skipped: int = 0
+    bytes_uploaded: int = Field(0, description="bytes sent in this attempt, parts reused from a checkpoint excluded")
+    parts_reused: int = 0
+
+
+class CopyProgress(Record):
+    """Heartbeat details of a copy activity: what it has done so far and what is in flight."""
+
+    offset: int = 0
+    files_done: int = 0
+    bytes_done: int = 0
+    bytes_uploaded: int = 0
+    rate_bytes_per_second: float = 0.0
+    uploads: dict[str, str] = Field(default_factory=dict, description="key -> upload id of files in flight")
+
+
+class VerifyResult(Record):
+    files_verified: int
+    bytes_verified: int
+    manifest_key: str
+
+
+class CopyCounters(Record):
+    """Counters a copy carries across batches and continue-as-new."""
+
+    files_copied: int = 0
+    files_skipped: int = 0
+    bytes_copied: int = 0
+    bytes_skipped: int = 0
+    bytes_uploaded: int = 0
+    parts_reused: int = 0
+
+    def add(self, result: BatchResult) -> None:
+        self.files_copied += result.files_copied
+        self.files_skipped += result.files_skipped
+        self.bytes_copied += result.bytes_copied
+        self.bytes_skipped += result.bytes_skipped
+        self.bytes_uploaded += result.bytes_uploaded
+        self.parts_reused += result.parts_reused
+
+
+class CopyWeightsInput(Record):
+    """Input of ``CopyWeightsWorkflow``; also what it hands itself when it continues as new."""
+
+    stage: WeightsStage
+    settings: CopySettings
+    listing: ListingResult | None = None
+    offset: int = 0
+    counters: CopyCounters = Field(default_factory=CopyCounters)
+    paused: bool = False
+
+
+class CopyWeightsResult(Record):
+    files_total: int
+    bytes_total: int
+    counters: CopyCounters
+    verify: VerifyResult

@@ -1,0 +1,227 @@
+"""The migration plan: the only input of ``MigrationWorkflow``.
+
+A plan never holds a secret value: credentials are named by the environment variables the
+worker reads them from. Everything here is checked before anything runs.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import PurePosixPath
+from typing import Annotated, Any, Literal, Union, get_args
+
+from pydantic import (
+    ValidationError,
+    ByteSize,
+    Field,
+    HttpUrl,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+)
+
+from flyaway.models.base import RelativeKey, StrictModel
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+#: stages in the order a migration runs them
+STAGES = ("weights", "image", "secrets", "deploy", "canary", "teardown")
+#: stages this version can run; the others must be absent from a plan
+IMPLEMENTED_STAGES = ("weights",)
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
+_PLAN_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_env_name(value: str) -> str:
+    if not _ENV_NAME.match(value):
+        raise ValueError(f"'{value}' is not an environment variable name; name the variable, never its value")
+    return value
+
+
+EnvName = Annotated[str, Field(description="name of an environment variable on the worker")]
+
+
+class S3Credentials(StrictModel):
+    """Where the worker finds the keys: names of environment variables, never their values."""
+
+    access_key_id_env: EnvName = "AWS_ACCESS_KEY_ID"
+    secret_access_key_env: EnvName = "AWS_SECRET_ACCESS_KEY"
+    session_token_env: EnvName | None = None
+
+    @field_validator("access_key_id_env", "secret_access_key_env", "session_token_env")
+    @classmethod
+    def _env_names(cls, value: str | None) -> str | None:
+        return value if value is None else _check_env_name(value)
+
+
+class S3Location(StrictModel):
+    """Any S3-compatible bucket, with an optional prefix inside it."""
+
+    kind: Literal["s3"]
+    bucket: str = Field(description="bucket name")
+    prefix: RelativeKey = Field("", description="key prefix inside the bucket, no leading '/'")
+    endpoint_url: HttpUrl | None = Field(None, description="S3 endpoint; AWS when absent")
+    region: str = "us-east-1"
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    credentials: S3Credentials = Field(default_factory=S3Credentials)
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, value: str) -> str:
+        if not _BUCKET.match(value):
+            raise ValueError(f"'{value}' is not a valid bucket name (3-63 lowercase letters, digits, '.', '-')")
+        return value
+
+    def describe(self) -> str:
+        endpoint = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        return f"s3://{self.bucket}/{self.prefix}{endpoint}"
+
+
+class LocalLocation(StrictModel):
+    """A folder on the worker's disk (or a mounted volume)."""
+
+    kind: Literal["local"]
+    path: str = Field(description="absolute path of the folder")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if not path.is_absolute():
+            raise ValueError(f"'{value}' is relative; give an absolute path (the worker's working folder is not yours)")
+        if ".." in path.parts:
+            raise ValueError(f"'{value}' contains '..'; give the folder's real absolute path")
+        return value
+
+    def describe(self) -> str:
+        return f"local:{self.path}"
+
+
+SourceLocation = Annotated[Union[LocalLocation, S3Location], Field(discriminator="kind")]
+DestinationLocation = Annotated[Union[LocalLocation, S3Location], Field(discriminator="kind")]
+
+
+LOCATION_KINDS = frozenset(
+    get_args(model.model_fields["kind"].annotation)[0]
+    for union in (SourceLocation, DestinationLocation)
+    for model in get_args(get_args(union)[0])
+)
+
+
+class WeightsStage(StrictModel):
+    """Copy model weights from a source to a destination, verified byte for byte."""
+
+    source: SourceLocation
+    destination: DestinationLocation
+    include: list[str] = Field(default_factory=list,
+                               description="glob patterns of keys to copy (all when empty)")
+    exclude: list[str] = Field(default_factory=list, description="glob patterns of keys to leave out")
+    part_size: ByteSize = Field(ByteSize(16 * MiB),
+                                description="bytes per part; grown as needed so no file has over 10,000 parts")
+    concurrency: PositiveInt = Field(8, le=256, description="parts and small files in flight at once")
+    bandwidth_limit: ByteSize | None = Field(None, description="bytes per second for this copy, all streams together")
+    batch_files: PositiveInt = Field(1000, description="most files one copy activity takes")
+    batch_bytes: ByteSize = Field(ByteSize(64 * GiB), description="most bytes one copy activity takes")
+    max_attempts: PositiveInt | None = Field(
+        None, description="attempts per copy activity before the operator is asked; unlimited when absent")
+    heartbeat_timeout: timedelta = Field(timedelta(seconds=60),
+                                         description="a copy that does not report for this long is retried")
+    retry_max_interval: timedelta = Field(timedelta(seconds=60), description="longest wait between two retries")
+
+    @field_validator("part_size")
+    @classmethod
+    def _part_size(cls, value: ByteSize) -> ByteSize:
+        if value < 1 * MiB or value > 5 * GiB:
+            raise ValueError(f"{value} bytes is out of range; give a part size from 1MiB to 5GiB")
+        return value
+
+    @field_validator("bandwidth_limit", "batch_bytes")
+    @classmethod
+    def _positive(cls, value: ByteSize | None) -> ByteSize | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be a positive number of bytes")
+        return value
+
+    @field_validator("heartbeat_timeout", "retry_max_interval")
+    @classmethod
+    def _positive_duration(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() <= 0:
+            raise ValueError("must be a positive duration")
+        return value
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _patterns(cls, values: list[str]) -> list[str]:
+        for pattern in values:
+            if pattern.startswith("/") or ".." in pattern.split("/"):
+                raise ValueError(f"pattern '{pattern}' escapes the source prefix")
+        return values
+
+
+UnimplementedStage = dict[str, Any] | None
+
+
+class MigrationPlan(StrictModel):
+    """One migration: where the weights go and, later, the image, secrets, service and traffic."""
+
+    name: str = Field(description="lowercase letters, digits and '-'; the workflow id is migration-<name>")
+    description: str = ""
+    weights: WeightsStage
+    image: UnimplementedStage = None
+    secrets: UnimplementedStage = None
+    deploy: UnimplementedStage = None
+    canary: UnimplementedStage = None
+    teardown: UnimplementedStage = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _PLAN_NAME.match(value):
+            raise ValueError(f"'{value}' is not a valid name; use 1-63 lowercase letters, digits and '-'")
+        return value
+
+    @field_validator(*(stage for stage in STAGES if stage not in IMPLEMENTED_STAGES))
+    @classmethod
+    def _only_implemented_stages(cls, value: UnimplementedStage, info: ValidationInfo) -> None:
+        if value is not None:
+            raise ValueError(f"stage '{info.field_name}' is not implemented in this version of flyaway; "
+                             f"remove it from the plan")
+        return None
+
+    @property
+    def workflow_id(self) -> str:
+        return f"migration-{self.name}"
+
+    def stages_present(self) -> list[str]:
+        return [stage for stage in STAGES if getattr(self, stage) is not None]
+
+
+def describe_validation_error(error: ValidationError) -> list[str]:
+    """One line per problem: ``plan.<field path>: <what is wrong>``."""
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"] if part not in LOCATION_KINDS)
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field; check its spelling against `flyaway schema`"
+        elif item["type"] == "union_tag_invalid":
+            ctx = item.get("ctx", {})
+            message = f"unknown kind '{ctx.get('tag')}'; expected one of {ctx.get('expected_tags')}"
+        elif item["type"] == "missing":
+            message = "required field is missing"
+        lines.append(f"plan.{path}: {message}" if path else f"plan: {message}")
+    return lines
+
+
+def parse_plan(data: Any) -> MigrationPlan:
+    """Validate plan data; raises ``ValueError`` whose text is one line per problem."""
+    if not isinstance(data, dict):
+        raise ValueError(f"plan: expected a mapping of fields, got {type(data).__name__}")
+    try:
+        return MigrationPlan.model_validate(data)
+    except ValidationError as error:
+        raise ValueError("\n".join(describe_validation_error(error))) from None
