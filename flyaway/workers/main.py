@@ -1,0 +1,63 @@
+"""The main worker: every workflow and every activity that runs outside Fly."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import structlog
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.service import RPCError
+from temporalio.worker import Worker
+
+from flyaway.activities.storage.activities import COPY_ACTIVITIES
+from flyaway.connection import TASK_QUEUE, TemporalOptions, connect
+from flyaway.workflows.copy_weights import CopyWeightsWorkflow
+from flyaway.workflows.migration import SEARCH_ATTRIBUTES, MigrationWorkflow
+
+log = structlog.get_logger(__name__)
+
+WORKFLOWS = [MigrationWorkflow, CopyWeightsWorkflow]
+_INDEXED_TYPES = {"Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+                  "Double": IndexedValueType.INDEXED_VALUE_TYPE_DOUBLE}
+
+
+async def ensure_search_attributes(client: Client) -> None:
+    """Register flyaway's search attributes; a worker without operator rights only warns."""
+    wanted = {key.name: "Double" if key.value_type is float else "Keyword" for key in SEARCH_ATTRIBUTES}
+    try:
+        existing = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=client.namespace))
+        missing = {name: kind for name, kind in wanted.items() if name not in existing.custom_attributes}
+        if missing:
+            await client.operator_service.add_search_attributes(AddSearchAttributesRequest(
+                namespace=client.namespace,
+                search_attributes={name: _INDEXED_TYPES[kind] for name, kind in missing.items()}))
+            log.info("registered search attributes", names=sorted(missing))
+    except RPCError as error:
+        log.warning("could not register search attributes; create them with `temporal operator search-attribute "
+                    "create` or migrations will fail to record their stage", names=sorted(wanted), error=str(error))
+
+
+def build_worker(client: Client, task_queue: str = TASK_QUEUE, max_activities: int = 20) -> Worker:
+    return Worker(client, task_queue=task_queue, workflows=WORKFLOWS, activities=COPY_ACTIVITIES,
+                  activity_executor=ThreadPoolExecutor(max_activities),
+                  max_concurrent_activities=max_activities)
+
+
+async def run_worker(options: TemporalOptions, task_queue: str = TASK_QUEUE, max_activities: int = 20) -> None:
+    """Run until SIGINT or SIGTERM, then finish gracefully."""
+    client = await connect(options)
+    await ensure_search_attributes(client)
+    worker = build_worker(client, task_queue, max_activities)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker started", task_queue=task_queue, namespace=client.namespace, address=options.target)
+    async with worker:
+        await stop.wait()
+    log.info("worker stopped")

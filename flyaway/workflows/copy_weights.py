@@ -1,0 +1,125 @@
+"""``CopyWeightsWorkflow``: list, copy in batches, verify. Deterministic orchestration only.
+
+It holds a cursor (a byte offset into the listing stored at the destination) and counters,
+never file lists, and continues as new before its history grows large, so a copy of any
+number of files fits. Pausing or re-tuning cancels the batch in flight; the next batch
+attempt resumes from what landed.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, CancelledError
+
+with workflow.unsafe.imports_passed_through():
+    from flyaway.activities.errors import NON_RETRYABLE_ERROR_TYPES
+    from flyaway.activities.storage.activities import copy_batch, list_source, verify_copy
+    from flyaway.models.copy import (
+        BatchRequest,
+        BatchResult,
+        CopySettings,
+        CopyWeightsInput,
+        CopyWeightsResult,
+        ListingResult,
+    )
+    from flyaway.models.plan import WeightsStage
+
+#: continue as new past this many history events, well before Temporal's own limits
+HISTORY_EVENTS_BEFORE_CONTINUE = 2_000
+PROGRESS_SIGNAL = "copy_progress"
+
+
+def copy_retry_policy(stage: WeightsStage) -> RetryPolicy:
+    """Outages are waited out (no attempt limit unless the plan sets one); bad input is not retried."""
+    return RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                       maximum_interval=stage.retry_max_interval, maximum_attempts=stage.max_attempts or 0,
+                       non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES)
+
+
+@workflow.defn(name="CopyWeightsWorkflow")
+class CopyWeightsWorkflow:
+    def __init__(self) -> None:
+        self._input: CopyWeightsInput | None = None
+        self._interrupted = False
+
+    @workflow.run
+    async def run(self, request: CopyWeightsInput) -> CopyWeightsResult:
+        self._input = request
+        stage = request.stage
+        if request.listing is None:
+            request.listing = await workflow.execute_activity(
+                list_source, args=[stage, workflow.info().run_id], result_type=ListingResult,
+                start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=timedelta(minutes=5),
+                retry_policy=copy_retry_policy(stage))
+            await self._report()
+        listing = request.listing
+        while listing.files_total:
+            await workflow.wait_condition(lambda: not request.paused)
+            result = await self._copy_one_batch(request)
+            if result is None:
+                continue
+            request.counters.add(result)
+            request.offset = result.next_offset
+            await self._report()
+            if result.done:
+                break
+            if (workflow.info().get_current_history_length() > HISTORY_EVENTS_BEFORE_CONTINUE
+                    or workflow.info().is_continue_as_new_suggested()):
+                workflow.continue_as_new(request)
+        verified = await workflow.execute_activity(
+            verify_copy, args=[stage, listing.listing_id], start_to_close_timeout=timedelta(hours=2),
+            heartbeat_timeout=timedelta(minutes=5), retry_policy=copy_retry_policy(stage))
+        return CopyWeightsResult(files_total=listing.files_total, bytes_total=listing.bytes_total,
+                                 counters=request.counters, verify=verified)
+
+    async def _copy_one_batch(self, request: CopyWeightsInput) -> BatchResult | None:
+        """Run one batch; None if a pause or a tune interrupted it (it resumes on the next try)."""
+        assert request.listing is not None
+        self._interrupted = False
+        handle = workflow.start_activity(
+            copy_batch,
+            BatchRequest(stage=request.stage, listing_id=request.listing.listing_id, offset=request.offset,
+                         settings=request.settings),
+            result_type=BatchResult, start_to_close_timeout=timedelta(hours=48),
+            heartbeat_timeout=request.stage.heartbeat_timeout, retry_policy=copy_retry_policy(request.stage),
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED)
+        await workflow.wait_condition(lambda: handle.done() or self._interrupted)
+        if not handle.done():
+            handle.cancel()
+        try:
+            return await handle
+        except ActivityError as error:
+            if isinstance(error.cause, CancelledError) and self._interrupted:
+                return None
+            raise
+
+    async def _report(self) -> None:
+        """Tell the parent migration how far the copy is (one signal per batch)."""
+        parent = workflow.info().parent
+        if parent is None or self._input is None:
+            return
+        await workflow.get_external_workflow_handle(parent.workflow_id).signal(PROGRESS_SIGNAL, self.progress())
+
+    @workflow.query
+    def progress(self) -> CopyWeightsInput | None:
+        return self._input
+
+    @workflow.signal
+    def pause(self) -> None:
+        if self._input is not None:
+            self._input.paused = True
+            self._interrupted = True
+
+    @workflow.signal
+    def resume(self) -> None:
+        if self._input is not None:
+            self._input.paused = False
+
+    @workflow.signal
+    def tune(self, settings: CopySettings) -> None:
+        if self._input is not None:
+            self._input.settings = settings
+            self._interrupted = True
