@@ -1,0 +1,260 @@
+"""The canary stage of the plan, and the records its activities return.
+
+Traffic moves from the Fly endpoint ("old") to the new one in steps. At every step a router
+sets the new side's share, probes hit both endpoints, and an analysis judges the new side
+Successful, Failed or Inconclusive against the thresholds here (after Argo Rollouts and
+Flagger: ``failure_limit`` failed analyses roll back, ``inconclusive_limit`` inconclusive
+ones pause for an operator instead).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
+
+from flyaway.models.base import Record, StrictModel
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_HEADER = re.compile(r"^(authorization|proxy-authorization|cookie)$|token|secret|api[-_]?key|password",
+                            re.IGNORECASE)
+
+
+def _check_env_name(value: str) -> str:
+    if not _ENV_NAME.match(value):
+        raise ValueError(f"'{value}' is not an environment variable name (letters, digits, '_')")
+    return value
+
+
+def _check_base_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"'{value}' is not an http(s) URL with a host")
+    if parts.query or parts.fragment:
+        raise ValueError(f"'{value}' is a base URL: drop the query and fragment")
+    return value.rstrip("/")
+
+
+EnvName = Annotated[str, AfterValidator(_check_env_name)]
+"""The name of an environment variable on the worker that holds a secret (never the value)."""
+
+BaseUrl = Annotated[str, AfterValidator(_check_base_url)]
+"""An http(s) base URL, kept without its trailing slash so paths can be appended."""
+
+
+# --- routers -------------------------------------------------------------------------------
+
+class Route53RouterConfig(StrictModel):
+    """Two weighted record sets with the same name and type; their SetIdentifiers tell them apart.
+
+    Weights are written as the percentages themselves (0..100 of Route53's 0..255).
+    Credentials come from the environment variables named here, as for S3 locations.
+    """
+
+    kind: Literal["route53"]
+    hosted_zone_id: str = Field(min_length=1)
+    record_name: str = Field(min_length=1, description="e.g. api.example.com")
+    record_type: Literal["A", "AAAA", "CNAME"] = "CNAME"
+    fly_set_identifier: str = Field(min_length=1)
+    new_set_identifier: str = Field(min_length=1)
+    ttl: int | None = Field(None, ge=0, le=2_147_483_647,
+                            description="TTL written with each weight change; unset keeps the records' TTL")
+    endpoint_url: BaseUrl | None = Field(None, description="Route53 API address override (tests: moto server)")
+    access_key_id_env: EnvName = "AWS_ACCESS_KEY_ID"
+    secret_access_key_env: EnvName = "AWS_SECRET_ACCESS_KEY"
+    session_token_env: EnvName | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Route53RouterConfig:
+        if self.fly_set_identifier == self.new_set_identifier:
+            raise ValueError("router.fly_set_identifier and router.new_set_identifier must differ")
+        return self
+
+
+class CloudflareRouterConfig(StrictModel):
+    """Origin weights of two origins in one Cloudflare load-balancer pool (API v4).
+
+    Origin weights are 0..1 in steps of 0.01, so a percentage maps exactly. When the load
+    balancer is named too, ``check`` verifies that it serves the pool.
+    """
+
+    kind: Literal["cloudflare"]
+    account_id: str = Field(min_length=1)
+    pool_id: str = Field(min_length=1)
+    fly_origin_name: str = Field(min_length=1)
+    new_origin_name: str = Field(min_length=1)
+    zone_id: str | None = None
+    load_balancer_id: str | None = None
+    api_base_url: BaseUrl = "https://api.cloudflare.com/client/v4"
+    token_env: EnvName = "CLOUDFLARE_API_TOKEN"
+
+    @model_validator(mode="after")
+    def _check(self) -> CloudflareRouterConfig:
+        if self.fly_origin_name == self.new_origin_name:
+            raise ValueError("router.fly_origin_name and router.new_origin_name must differ")
+        if (self.zone_id is None) != (self.load_balancer_id is None):
+            raise ValueError("router.zone_id and router.load_balancer_id go together: name both or neither")
+        return self
+
+
+class ManualRouterConfig(StrictModel):
+    """An operator moves the traffic; flyaway says what to change and waits for ``approve``.
+
+    ``instructions`` may use ``{new_weight}`` and ``{old_weight}``, replaced by percentages.
+    """
+
+    kind: Literal["manual"]
+    instructions: str = ""
+
+
+RouterConfig = Annotated[Route53RouterConfig | CloudflareRouterConfig | ManualRouterConfig,
+                         Field(discriminator="kind")]
+
+
+# --- steps and analysis --------------------------------------------------------------------
+
+class CanaryStep(StrictModel):
+    """Set the new side to ``weight`` percent, then hold: analyses run during the pause.
+
+    With both set, the step holds ``pause_seconds`` and then waits for ``approve``.
+    """
+
+    weight: int = Field(ge=0, le=100, description="percent of traffic to the new endpoint")
+    pause_seconds: float = Field(0, ge=0)
+    wait_for_approval: bool = False
+
+
+def _status_list(value: Any) -> Any:
+    return [value] if isinstance(value, int) else value
+
+
+class Probe(StrictModel):
+    """One request sent to both endpoints, e.g. a tiny OpenAI-style completion.
+
+    Headers hold no secrets: a token is named by its environment variable in
+    ``bearer_token_env`` or ``headers_from_env`` and read on the worker at probe time.
+    """
+
+    path: str = "/"
+    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
+    headers_from_env: dict[str, EnvName] = Field(default_factory=dict,
+                                                 description="header name -> environment variable holding its value")
+    bearer_token_env: EnvName | None = None
+    body: str | dict[str, Any] | list[Any] | None = Field(None, description="text, or JSON for an object/list")
+    expected_status: Annotated[list[Annotated[int, Field(ge=100, le=599)]],
+                               BeforeValidator(_status_list), Field(min_length=1)] = [200]
+    timeout_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("path")
+    @classmethod
+    def _path_is_absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"'{value}' must start with '/' (it is appended to each endpoint's base URL)")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _no_secret_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if _SECRET_HEADER.search(name):
+                raise ValueError(f"header '{name}' looks secret: put its value in an environment variable "
+                                 "and name it in headers_from_env (or bearer_token_env)")
+        return value
+
+
+class Thresholds(StrictModel):
+    """When the new side passes. Defaults follow Flagger's web defaults; set inference ones explicitly."""
+
+    min_requests: int = Field(20, ge=1, description="fewer requests on the new side -> Inconclusive")
+    min_success_rate: float = Field(99.0, ge=0, le=100, description="percent of answers with an expected status")
+    max_p95_ms: float | None = Field(None, gt=0)
+    max_p99_ms: float | None = Field(500.0, gt=0)
+    max_latency_ratio: float | None = Field(None, gt=0, description="highest new p95 / old p95")
+
+
+class AnalysisSettings(StrictModel):
+    interval_seconds: float = Field(60.0, gt=0)
+    requests_per_probe: int = Field(20, ge=1, description="requests per probe, per endpoint, per analysis")
+    concurrency: int = Field(4, ge=1, le=64)
+    probes: list[Probe] = Field(default_factory=lambda: [Probe()], min_length=1)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    failure_limit: int = Field(0, ge=0, description="failed analyses tolerated in a step; one more rolls back")
+    inconclusive_limit: int = Field(0, ge=0,
+                                    description="inconclusive analyses tolerated in a step; one more pauses")
+
+
+class CanaryStage(StrictModel):
+    router: RouterConfig
+    old_endpoint: BaseUrl = Field(description="base URL of the Fly service, e.g. https://app.fly.dev")
+    new_endpoint: BaseUrl = Field(description="base URL of the new deployment")
+    steps: list[CanaryStep] = Field(min_length=1)
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+
+    @field_validator("steps")
+    @classmethod
+    def _weights_rise_to_100(cls, steps: list[CanaryStep]) -> list[CanaryStep]:
+        weights = [step.weight for step in steps]
+        for i in range(1, len(weights)):
+            if weights[i] <= weights[i - 1]:
+                raise ValueError(f"weights must rise strictly: steps[{i}].weight {weights[i]} "
+                                 f"follows {weights[i - 1]} (weights: {weights})")
+        if weights[-1] != 100:
+            raise ValueError(f"the last step must move all traffic: steps[{len(weights) - 1}].weight is "
+                             f"{weights[-1]}, not 100 (weights: {weights})")
+        return steps
+
+
+# --- results -------------------------------------------------------------------------------
+
+class Verdict(StrEnum):
+    SUCCESSFUL = "Successful"
+    FAILED = "Failed"
+    INCONCLUSIVE = "Inconclusive"
+
+
+class ProbeSample(Record):
+    """One probe request: ``status`` is None when no answer came (timeout, refused, reset)."""
+
+    status: int | None
+    latency_ms: float
+    ok: bool
+    error: str | None = None
+
+
+class SideStats(Record):
+    requests: int
+    successes: int
+    success_rate: float | None = Field(description="percent; None without requests")
+    p50_ms: float | None = Field(description="latency percentiles of successful requests")
+    p95_ms: float | None
+    p99_ms: float | None
+
+
+class AnalysisResult(Record):
+    verdict: Verdict
+    old: SideStats
+    new: SideStats
+    reasons: list[str] = Field(default_factory=list)
+
+
+class WeightState(Record):
+    """Percent of traffic on each side; ``confirmed`` when read back from the router itself."""
+
+    new_weight: int = Field(ge=0, le=100)
+    old_weight: int = Field(ge=0, le=100)
+    confirmed: bool
+
+    @classmethod
+    def split(cls, new_percent: int, confirmed: bool) -> WeightState:
+        return cls(new_weight=new_percent, old_weight=100 - new_percent, confirmed=confirmed)
+
+    @classmethod
+    def from_shares(cls, new_share: float, old_share: float) -> WeightState:
+        """Percentages from a router's raw weights, as read back; two zeros split evenly."""
+        total = new_share + old_share
+        new_percent = 50 if total == 0 else round(100 * new_share / total)
+        return cls.split(new_percent, confirmed=True)
