@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import posixpath
+import re
+from datetime import timedelta
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
 
 class StrictModel(BaseModel):
@@ -44,3 +46,22 @@ def join_key(prefix: str, key: str) -> str:
 
 
 RelativeKey = Annotated[str, AfterValidator(check_relative_key)]
+
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
+
+
+def parse_duration(value: object) -> object:
+    """Accept '90s', '5m', '1h30m' and plain seconds besides ISO 8601 ('PT5S')."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if isinstance(value, str) and value.strip() and not value.strip().upper().startswith("P"):
+        match = _DURATION.match(value)
+        if not match or not any(match.groups()):
+            raise ValueError(f"'{value}' is not a duration; write it like 90s, 5m or 1h30m")
+        hours, minutes, seconds = (float(group or 0) for group in match.groups())
+        return timedelta(hours=hours, minutes=minutes, seconds=seconds)
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]

@@ -21,7 +21,7 @@ from pydantic import (
     field_validator,
 )
 
-from flyaway.models.base import RelativeKey, StrictModel
+from flyaway.models.base import Duration, RelativeKey, StrictModel
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -128,9 +128,9 @@ class WeightsStage(StrictModel):
     batch_bytes: ByteSize = Field(ByteSize(64 * GiB), description="most bytes one copy activity takes")
     max_attempts: PositiveInt | None = Field(
         None, description="attempts per copy activity before the operator is asked; unlimited when absent")
-    heartbeat_timeout: timedelta = Field(timedelta(seconds=60),
+    heartbeat_timeout: Duration = Field(timedelta(seconds=60),
                                          description="a copy that does not report for this long is retried")
-    retry_max_interval: timedelta = Field(timedelta(seconds=60), description="longest wait between two retries")
+    retry_max_interval: Duration = Field(timedelta(seconds=60), description="longest wait between two retries")
 
     @field_validator("part_size")
     @classmethod

@@ -1,0 +1,81 @@
+"""Session servers (Temporal dev server, moto) and per-test workers, buckets and proxies."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.harness import TEST_AWS_ENV, MotoServer, S3FaultProxy, TemporalDevServer, WorkerProcess
+
+for _name, _value in TEST_AWS_ENV.items():
+    os.environ.setdefault(_name, _value)
+
+
+@pytest.fixture(scope="session")
+def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemporalDevServer]:
+    server = TemporalDevServer(tmp_path_factory.mktemp("temporal"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    server = MotoServer(tmp_path_factory.mktemp("moto"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def s3_client(endpoint: str) -> Any:
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id=TEST_AWS_ENV["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=TEST_AWS_ENV["AWS_SECRET_ACCESS_KEY"])
+
+
+@pytest.fixture
+def s3(moto_server: MotoServer) -> Any:
+    return s3_client(moto_server.endpoint)
+
+
+@pytest.fixture
+def bucket(s3: Any) -> Iterator[str]:
+    """A fresh bucket; emptied afterwards so moto's memory stays small."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    yield name
+    for upload in s3.list_multipart_uploads(Bucket=name).get("Uploads", []):
+        s3.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
+    paginator = s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=name):
+        for item in page.get("Contents", []):
+            s3.delete_object(Bucket=name, Key=item["Key"])
+    s3.delete_bucket(Bucket=name)
+
+
+@pytest.fixture
+def s3_proxy(moto_server: MotoServer) -> Iterator[S3FaultProxy]:
+    proxy = S3FaultProxy(moto_server.port)
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def task_queue() -> str:
+    return f"flyaway-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def worker(temporal_server: TemporalDevServer, task_queue: str, tmp_path: Path) -> Iterator[WorkerProcess]:
+    """A running worker on this test's own task queue."""
+    process = WorkerProcess(temporal_server, task_queue, tmp_path / "worker.log", TEST_AWS_ENV)
+    process.start()
+    yield process
+    process.stop()
