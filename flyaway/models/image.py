@@ -64,7 +64,8 @@ class ImageReference(Record):
         if not _HOST.match(registry):
             raise ValueError(f"'{text}': '{registry}' is not a registry host")
         if not _REPOSITORY.match(repository):
-            raise ValueError(f"'{text}': '{repository}' is not a repository name (lowercase, digits, '.', '_', '-', '/')")
+            raise ValueError(f"'{text}': '{repository}' is not a repository name "
+                             "(lowercase letters, digits, '.', '_', '-', '/')")
         if tag is not None and not _TAG.match(tag):
             raise ValueError(f"'{text}': '{tag}' is not a tag")
         if digest and not _DIGEST.match(digest):
