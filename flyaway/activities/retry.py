@@ -16,7 +16,7 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 T = TypeVar("T")
@@ -36,7 +36,7 @@ def retrying(is_transient: Callable[[BaseException], bool],
              max_seconds: float = REQUEST_RETRY_SECONDS) -> Retrying:
     """A tenacity ``Retrying`` that retries errors ``is_transient`` accepts, with jitter."""
     return Retrying(retry=retry_if_exception(is_transient), stop=stop_after_delay(max_seconds),
-                    wait=wait_exponential_jitter(initial=0.2, max=10.0), reraise=True,
+                    wait=wait_random_exponential(multiplier=0.2, max=10.0), reraise=True,
                     before_sleep=_log_retry)
 
 
@@ -44,7 +44,7 @@ def async_retrying(is_transient: Callable[[BaseException], bool],
                    max_seconds: float = REQUEST_RETRY_SECONDS) -> AsyncRetrying:
     """The asyncio twin of :func:`retrying`."""
     return AsyncRetrying(retry=retry_if_exception(is_transient), stop=stop_after_delay(max_seconds),
-                         wait=wait_exponential_jitter(initial=0.2, max=10.0), reraise=True,
+                         wait=wait_random_exponential(multiplier=0.2, max=10.0), reraise=True,
                          before_sleep=_log_retry)
 
 

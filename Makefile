@@ -1,0 +1,18 @@
+# The two commands of the README: `make demo` and `make test`.
+.PHONY: demo test test-quick bench
+
+demo:  ## set up what is missing, then run the dev server, a worker and the demo migration
+	bash scripts/setup.sh demo
+	.venv/bin/flyaway dev --demo
+
+test:  ## set up what is missing, then run the whole test suite (slow end-to-end tests included)
+	bash scripts/setup.sh test
+	.venv/bin/pytest
+
+test-quick:  ## the suite without the slow end-to-end tests
+	bash scripts/setup.sh test
+	.venv/bin/pytest -m "not slow"
+
+bench:  ## copy benchmarks against rclone and cp; prints throughput ratios and peak RSS
+	bash scripts/setup.sh bench
+	.venv/bin/python bench/run_all.py
