@@ -47,6 +47,26 @@ def join_key(prefix: str, key: str) -> str:
 
 RelativeKey = Annotated[str, AfterValidator(check_relative_key)]
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_env_name(value: str) -> str:
+    if not _ENV_NAME.match(value):
+        raise ValueError(f"'{value}' is not an environment variable name; name the variable, never its value")
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(check_env_name)]
+"""The name of an environment variable on the worker that holds a secret (never the value)."""
+
+
+class AwsCredentials(StrictModel):
+    """Where the worker finds AWS-style keys: names of environment variables, never their values."""
+
+    access_key_id_env: EnvName = "AWS_ACCESS_KEY_ID"
+    secret_access_key_env: EnvName = "AWS_SECRET_ACCESS_KEY"
+    session_token_env: EnvName | None = None
+
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
 

@@ -16,17 +16,10 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
-from flyaway.models.base import Record, StrictModel
+from flyaway.models.base import EnvName, Record, StrictModel
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_HEADER = re.compile(r"^(authorization|proxy-authorization|cookie)$|token|secret|api[-_]?key|password",
                             re.IGNORECASE)
-
-
-def _check_env_name(value: str) -> str:
-    if not _ENV_NAME.match(value):
-        raise ValueError(f"'{value}' is not an environment variable name (letters, digits, '_')")
-    return value
 
 
 def _check_base_url(value: str) -> str:
@@ -37,9 +30,6 @@ def _check_base_url(value: str) -> str:
         raise ValueError(f"'{value}' is a base URL: drop the query and fragment")
     return value.rstrip("/")
 
-
-EnvName = Annotated[str, AfterValidator(_check_env_name)]
-"""The name of an environment variable on the worker that holds a secret (never the value)."""
 
 BaseUrl = Annotated[str, AfterValidator(_check_base_url)]
 """An http(s) base URL, kept without its trailing slash so paths can be appended."""

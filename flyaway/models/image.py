@@ -12,7 +12,7 @@ from typing import Self
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from flyaway.models.base import Record, StrictModel
+from flyaway.models.base import EnvName, Record, StrictModel, check_env_name
 
 DOCKER_HUB = "docker.io"
 #: the host Docker Hub's registry API answers on (``docker.io`` is only its name)
@@ -25,7 +25,6 @@ DEFAULT_DROP_ENV = ["FLY_*", "PRIMARY_REGION"]
 MIGRATED_FROM_LABEL = "dev.flyaway.migrated-from"
 SOURCE_URL_LABEL = "org.opencontainers.image.source"
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*$")
 _TAG = re.compile(r"^\w[\w.-]{0,127}$")
@@ -105,27 +104,16 @@ class ImageReference(Record):
         return text
 
 
-def _check_env_name(value: str | None) -> str | None:
-    if value is not None and not _ENV_NAME.match(value):
-        raise ValueError(f"'{value}' is not an environment variable name; name the variable, never its value")
-    return value
-
-
 class RegistryCredentials(StrictModel):
     """How to log in to a registry: a user name and where the password comes from, never a value."""
 
     username: str | None = Field(None, description="literal user name (not a secret), e.g. 'x' or 'oauth2accesstoken'")
-    username_env: str | None = Field(None, description="environment variable holding the user name")
-    password_env: str | None = Field(None, description="environment variable holding the password or token")
+    username_env: EnvName | None = Field(None, description="environment variable holding the user name")
+    password_env: EnvName | None = Field(None, description="environment variable holding the password or token")
     google_access_token: bool = Field(
         False, description="use an access token from Google application default credentials as the password")
     anonymous_if_unset: bool = Field(
         False, description="pull/push anonymously when the variables are unset, instead of failing")
-
-    @field_validator("username_env", "password_env")
-    @classmethod
-    def _env_names(cls, value: str | None) -> str | None:
-        return _check_env_name(value)
 
     @model_validator(mode="after")
     def _one_user_and_one_password(self) -> Self:
@@ -206,7 +194,7 @@ class ImageStage(StrictModel):
     @classmethod
     def _env_keys(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            _check_env_name(name)
+            check_env_name(name)
         return value
 
     @property

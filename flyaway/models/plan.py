@@ -21,7 +21,7 @@ from pydantic import (
     field_validator,
 )
 
-from flyaway.models.base import Duration, RelativeKey, StrictModel
+from flyaway.models.base import AwsCredentials, Duration, RelativeKey, StrictModel
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -33,31 +33,6 @@ IMPLEMENTED_STAGES = ("weights",)
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
 _PLAN_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def _check_env_name(value: str) -> str:
-    if not _ENV_NAME.match(value):
-        raise ValueError(f"'{value}' is not an environment variable name; name the variable, never its value")
-    return value
-
-
-EnvName = Annotated[str, Field(description="name of an environment variable on the worker")]
-
-
-class S3Credentials(StrictModel):
-    """Where the worker finds the keys: names of environment variables, never their values."""
-
-    access_key_id_env: EnvName = "AWS_ACCESS_KEY_ID"
-    secret_access_key_env: EnvName = "AWS_SECRET_ACCESS_KEY"
-    session_token_env: EnvName | None = None
-
-    @field_validator("access_key_id_env", "secret_access_key_env", "session_token_env")
-    @classmethod
-    def _env_names(cls, value: str | None) -> str | None:
-        return value if value is None else _check_env_name(value)
-
-
 class S3Location(StrictModel):
     """Any S3-compatible bucket, with an optional prefix inside it."""
 
@@ -67,7 +42,7 @@ class S3Location(StrictModel):
     endpoint_url: HttpUrl | None = Field(None, description="S3 endpoint; AWS when absent")
     region: str = "us-east-1"
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
-    credentials: S3Credentials = Field(default_factory=S3Credentials)
+    credentials: AwsCredentials = Field(default_factory=AwsCredentials)
 
     @field_validator("bucket")
     @classmethod

@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         TuneRequest,
     )
     from flyaway.workflows.copy_weights import PROGRESS_SIGNAL, CopyWeightsWorkflow
+    from flyaway.workflows.stages import STAGE_RUNNERS
 
 STAGE_ATTRIBUTE = SearchAttributeKey.for_keyword("FlyawayStage")
 STATE_ATTRIBUTE = SearchAttributeKey.for_keyword("FlyawayState")
@@ -58,6 +59,26 @@ class MigrationWorkflow:
         self._settings: CopySettings | None = None
         self._copy_started: float | None = None
         self._copy_bytes_at_start = 0
+        self.results: dict[str, Any] = {}
+
+    # ---- what stage runners see (flyaway.workflows.stages.StageContext) -------------------------
+
+    @property
+    def plan(self) -> MigrationPlan:
+        assert self._plan is not None
+        return self._plan
+
+    def stage_status(self, name: str) -> StageStatus:
+        return self._status.stage_status(name)
+
+    async def wait_for_approval(self, stage: str) -> None:
+        self.stage_status(stage).detail = f"waiting for `flyaway approve {self.plan.name} {stage}`"
+        await workflow.wait_condition(lambda: stage in self._status.approvals or self._abort_reason is not None)
+        await self._abort_if_asked(self.plan)
+
+    async def wait_while_paused(self) -> None:
+        await workflow.wait_condition(lambda: not self._paused or self._abort_reason is not None)
+        await self._abort_if_asked(self.plan)
 
     # ---- the run ---------------------------------------------------------------------------
 
@@ -78,13 +99,11 @@ class MigrationWorkflow:
                 stage.state = StageState.skipped
                 stage.detail = "not in the plan"
         await self._check(plan)
-        manifest_key = None
         for name in plan.stages_present():
-            result = await self._run_stage(name, plan)
-            if isinstance(result, CopyWeightsResult):
-                manifest_key = result.verify.manifest_key
+            self.results[name] = await self._run_stage(name, plan)
         self._set_state(MigrationState.completed, stage=None)
-        return MigrationResult(name=plan.name, status=self._status, manifest_key=manifest_key)
+        weights: CopyWeightsResult = self.results["weights"]
+        return MigrationResult(name=plan.name, status=self._status, manifest_key=weights.verify.manifest_key)
 
     async def _check(self, plan: MigrationPlan) -> None:
         """The plan against the outside world: credentials, endpoints, buckets, permissions."""
@@ -99,12 +118,11 @@ class MigrationWorkflow:
     async def _run_stage(self, name: str, plan: MigrationPlan) -> Any:
         stage = self._status.stage_status(name)
         while True:
-            await workflow.wait_condition(lambda: not self._paused or self._abort_reason is not None)
-            await self._abort_if_asked(plan)
+            await self.wait_while_paused()
             self._set_state(MigrationState.running, stage=name)
             stage.state, stage.error = StageState.running, None
             try:
-                result = await self._stage_runner(name)(plan)
+                result = await (self._copy_weights(plan) if name == "weights" else STAGE_RUNNERS[name](self))
             except (ActivityError, ChildWorkflowError) as error:
                 await self._abort_if_asked(plan)
                 message = failure_message(error)
@@ -118,9 +136,6 @@ class MigrationWorkflow:
                 continue
             stage.state = StageState.completed
             return result
-
-    def _stage_runner(self, name: str) -> Any:
-        return {"weights": self._copy_weights}[name]
 
     async def _copy_weights(self, plan: MigrationPlan) -> CopyWeightsResult:
         assert self._settings is not None

@@ -1,0 +1,43 @@
+"""Stages after the weights: one module each, registered by name.
+
+A stage runner is an ``async`` function that takes a :class:`StageContext` and returns the
+stage's result (kept in ``context.results[name]`` for later stages: the deploy stage's
+endpoint for the canary, the secrets stage's references for the deploy). It runs inside
+``MigrationWorkflow``, so it must be deterministic: activities and child workflows only.
+An ``ActivityError`` or ``ChildWorkflowError`` it lets out moves the migration to
+``waiting_for_operator``; ``retry`` runs the stage again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from flyaway.models.plan import MigrationPlan
+from flyaway.models.status import StageStatus
+
+
+class StageContext(Protocol):
+    plan: MigrationPlan
+    results: dict[str, Any]
+
+    def stage_status(self, name: str) -> StageStatus: ...
+
+    async def wait_for_approval(self, stage: str) -> None:
+        """Return once ``approve(stage)`` arrived (at once if it already did)."""
+
+    async def wait_while_paused(self) -> None: ...
+
+
+StageRunner = Callable[[StageContext], Awaitable[Any]]
+STAGE_RUNNERS: dict[str, StageRunner] = {}
+
+
+def stage_runner(name: str) -> Callable[[StageRunner], StageRunner]:
+    """Register the runner of stage ``name``."""
+
+    def register(runner: StageRunner) -> StageRunner:
+        STAGE_RUNNERS[name] = runner
+        return runner
+
+    return register
