@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -190,17 +190,23 @@ def _or_not_found(go: Any, workflow_id: str) -> Any:
 def _update(migration: str, name: str, opts: TemporalOptions, *args: Any) -> MigrationStatus:
     workflow_id = workflow_id_of(migration)
 
-    async def go() -> MigrationStatus:
+    async def go() -> MigrationStatus | WorkflowExecutionStatus:
         client: Client = await connect(opts)
         handle = client.get_workflow_handle(workflow_id)
+        run_status = (await handle.describe()).status
+        if run_status != WorkflowExecutionStatus.RUNNING:
+            return run_status  # type: ignore[return-value]
         return await handle.execute_update(name, args=list(args), result_type=MigrationStatus)
 
     try:
-        return _or_not_found(go, workflow_id)
+        outcome = _or_not_found(go, workflow_id)
     except WorkflowUpdateFailedError as error:
         cause = error.cause
         fail(f"{name} refused: {getattr(cause, 'message', cause)}")
         raise AssertionError("unreachable")
+    if isinstance(outcome, WorkflowExecutionStatus):
+        fail(f"{name} refused: {workflow_id} has ended ({outcome.name.lower()})")
+    return outcome
 
 
 def _steer(migration: str, name: str, opts: TemporalOptions, *args: Any) -> None:
