@@ -21,7 +21,7 @@ from pydantic import (
     field_validator,
 )
 
-from flyaway.models.base import AwsCredentials, Duration, RelativeKey, StrictModel
+from flyaway.models.base import AwsCredentials, Duration, EnvName, RelativeKey, StrictModel
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -33,6 +33,18 @@ IMPLEMENTED_STAGES = ("weights",)
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
 _PLAN_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def check_absolute_path(value: str) -> str:
+    """A folder on the worker: absolute and without '..'."""
+    path = PurePosixPath(value)
+    if not path.is_absolute():
+        raise ValueError(f"'{value}' is relative; give an absolute path (the worker's working folder is not yours)")
+    if ".." in path.parts:
+        raise ValueError(f"'{value}' contains '..'; give the folder's real absolute path")
+    return value
+
+
 class S3Location(StrictModel):
     """Any S3-compatible bucket, with an optional prefix inside it."""
 
@@ -65,19 +77,81 @@ class LocalLocation(StrictModel):
     @field_validator("path")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        path = PurePosixPath(value)
-        if not path.is_absolute():
-            raise ValueError(f"'{value}' is relative; give an absolute path (the worker's working folder is not yours)")
-        if ".." in path.parts:
-            raise ValueError(f"'{value}' contains '..'; give the folder's real absolute path")
-        return value
+        return check_absolute_path(value)
 
     def describe(self) -> str:
         return f"local:{self.path}"
 
 
-SourceLocation = Annotated[Union[LocalLocation, S3Location], Field(discriminator="kind")]
-DestinationLocation = Annotated[Union[LocalLocation, S3Location], Field(discriminator="kind")]
+_HF_REPO_ID = re.compile(r"^(?:[\w.-]{1,96}/)?[\w.-]{1,96}$")
+_MODAL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
+
+
+class HfLocation(StrictModel):
+    """A Hugging Face Hub repository at a revision; the worker's ``HF_ENDPOINT`` sets the hub's address."""
+
+    kind: Literal["hf"]
+    repo_id: str = Field(description="namespace/name, e.g. meta-llama/Llama-3.1-8B")
+    revision: str = Field("main", description="branch, tag or commit; pinned to its commit sha when listed")
+    repo_type: Literal["model", "dataset", "space"] = "model"
+    token_env: EnvName = Field("HF_TOKEN", description="variable holding a hub token; private and gated repos "
+                                                     "need it, public ones do not")
+
+    @field_validator("repo_id")
+    @classmethod
+    def _repo_id(cls, value: str) -> str:
+        if not _HF_REPO_ID.match(value) or ".." in value or "--" in value or value.endswith(".git"):
+            raise ValueError(f"'{value}' is not a Hugging Face repo id; write it as namespace/name")
+        return value
+
+    def describe(self) -> str:
+        kind = "" if self.repo_type == "model" else f"{self.repo_type}s/"
+        return f"hf://{kind}{self.repo_id}@{self.revision}"
+
+
+class ModalVolumeLocation(StrictModel):
+    """A Modal Volume (v2). Large files are staged on the worker's disk, one at a time, then uploaded."""
+
+    kind: Literal["modal_volume"]
+    volume: str = Field(description="volume name")
+    environment: str | None = Field(None, description="Modal environment; the workspace's default when absent")
+    create_if_missing: bool = False
+    prefix: RelativeKey = Field("", description="folder inside the volume, no leading '/'")
+    verify: Literal["full", "sample"] = Field(
+        "full", description="read back every uploaded file whole (full), or its size and first 8 MiB (sample)")
+    staging_dir: str | None = Field(None, description="absolute folder on the worker for staged files; "
+                                                      "the worker's temporary folder when absent")
+    staging_budget: ByteSize = Field(ByteSize(64 * GiB),
+                                     description="disk a staged file may take; larger files are refused at listing")
+    token_id_env: EnvName = "MODAL_TOKEN_ID"
+    token_secret_env: EnvName = "MODAL_TOKEN_SECRET"
+
+    @field_validator("volume", "environment")
+    @classmethod
+    def _modal_name(cls, value: str | None) -> str | None:
+        if value is not None and not _MODAL_NAME.match(value):
+            raise ValueError(f"'{value}' is not a Modal name (1-63 letters, digits, '.', '-', '_')")
+        return value
+
+    @field_validator("staging_dir")
+    @classmethod
+    def _staging_dir(cls, value: str | None) -> str | None:
+        return None if value is None else check_absolute_path(value)
+
+    @field_validator("staging_budget")
+    @classmethod
+    def _budget(cls, value: ByteSize) -> ByteSize:
+        if value < MiB:
+            raise ValueError(f"{value} bytes is too small; give at least 1MiB")
+        return value
+
+    def describe(self) -> str:
+        environment = f"{self.environment}/" if self.environment else ""
+        return f"modal://{environment}{self.volume}/{self.prefix}"
+
+
+SourceLocation = Annotated[Union[LocalLocation, S3Location, HfLocation], Field(discriminator="kind")]
+DestinationLocation = Annotated[Union[LocalLocation, S3Location, ModalVolumeLocation], Field(discriminator="kind")]
 
 
 LOCATION_KINDS = frozenset(

@@ -13,6 +13,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
+from flyaway.activities.secrets.activities import SECRETS_ACTIVITIES
 from flyaway.activities.storage.activities import COPY_ACTIVITIES
 from flyaway.connection import TASK_QUEUE, TemporalOptions, connect
 from flyaway.workflows.copy_weights import CopyWeightsWorkflow
@@ -43,7 +44,8 @@ async def ensure_search_attributes(client: Client) -> None:
 
 
 def build_worker(client: Client, task_queue: str = TASK_QUEUE, max_activities: int = 20) -> Worker:
-    return Worker(client, task_queue=task_queue, workflows=WORKFLOWS, activities=COPY_ACTIVITIES,
+    return Worker(client, task_queue=task_queue, workflows=WORKFLOWS,
+                  activities=[*COPY_ACTIVITIES, *SECRETS_ACTIVITIES],
                   activity_executor=ThreadPoolExecutor(max_activities),
                   max_concurrent_activities=max_activities)
 

@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from flyaway.workflows.copy_weights import PROGRESS_SIGNAL, CopyWeightsWorkflow
     from flyaway.workflows.stages import STAGE_RUNNERS
+    from flyaway.workflows.stages import secrets as _secrets_stage  # noqa: F401  (registers the runner)
 
 STAGE_ATTRIBUTE = SearchAttributeKey.for_keyword("FlyawayStage")
 STATE_ATTRIBUTE = SearchAttributeKey.for_keyword("FlyawayState")

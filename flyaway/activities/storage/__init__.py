@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from flyaway.activities.storage.base import Destination, Source
+from flyaway.activities.storage.hf import HfSource
 from flyaway.activities.storage.local import LocalDestination, LocalSource
+from flyaway.activities.storage.modal_volume import ModalVolumeDestination
 from flyaway.activities.storage.s3 import S3Destination, S3Source
-from flyaway.models.plan import DestinationLocation, LocalLocation, S3Location, SourceLocation
+from flyaway.models.plan import (
+    DestinationLocation,
+    HfLocation,
+    LocalLocation,
+    ModalVolumeLocation,
+    S3Location,
+    SourceLocation,
+)
 
 
 def open_source(location: SourceLocation, concurrency: int = 8) -> Source:
@@ -14,6 +23,8 @@ def open_source(location: SourceLocation, concurrency: int = 8) -> Source:
         return LocalSource(location)
     if isinstance(location, S3Location):
         return S3Source(location, concurrency)
+    if isinstance(location, HfLocation):
+        return HfSource(location)
     raise TypeError(f"no source adapter for {type(location).__name__}")
 
 
@@ -23,4 +34,6 @@ def open_destination(location: DestinationLocation, concurrency: int = 8) -> Des
         return LocalDestination(location)
     if isinstance(location, S3Location):
         return S3Destination(location, concurrency)
+    if isinstance(location, ModalVolumeLocation):
+        return ModalVolumeDestination(location)
     raise TypeError(f"no destination adapter for {type(location).__name__}")

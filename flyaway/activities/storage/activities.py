@@ -16,6 +16,7 @@ import asyncio
 import fnmatch
 import functools
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import ParamSpec, TypeVar
 
@@ -101,6 +102,36 @@ def read_entries(dest: Destination, names: list[str]) -> dict[str, ManifestEntry
     return entries
 
 
+class DirectoryFanout:
+    """Counts the entries (files and sub-folders) each folder gets, to refuse a listing over a per-folder limit.
+
+    Memory grows with the number of folders, not files: a file is one new entry of its folder
+    (keys are unique), only sub-folders need remembering.
+    """
+
+    def __init__(self, limit: int, where: str) -> None:
+        self.limit = limit
+        self.where = where
+        self.entries: Counter[str] = Counter()
+        self.folders: set[str] = set()
+
+    def add(self, key: str) -> None:
+        *folders, _ = key.split("/")
+        self._count("/".join(folders))
+        for depth in range(len(folders), 0, -1):
+            folder = "/".join(folders[:depth])
+            if folder in self.folders:
+                return
+            self.folders.add(folder)
+            self._count("/".join(folders[:depth - 1]))
+
+    def _count(self, folder: str) -> None:
+        self.entries[folder] += 1
+        if self.entries[folder] > self.limit:
+            raise LimitExceeded(f"folder '{folder or '.'}' would hold over {self.limit:,} entries at "
+                                f"{self.where}, the most one folder there can hold; split it or use include")
+
+
 def previous_entries(dest: Destination) -> dict[str, ManifestEntry]:
     """What earlier runs copied: the verified manifest, then shards of runs that did not finish."""
     shards = [name for name in dest.list_state("runs/") if "/manifest/" in name]
@@ -126,10 +157,12 @@ async def check_weights(stage: WeightsStage) -> str:
     return await asyncio.to_thread(check)
 
 
-def _write_listing(stage: WeightsStage, listing_id: str) -> ListingResult:
+def _write_listing(stage: WeightsStage, listing_id: str, heartbeat: Callable[[int], None]) -> ListingResult:
     source = open_source(stage.source, stage.concurrency)
     dest = open_destination(stage.destination, stage.concurrency)
     previous = previous_entries(dest)
+    max_entries = dest.limits.max_entries_per_directory
+    fanout = DirectoryFanout(max_entries, dest.describe()) if max_entries else None
     lines: list[bytes] = []
     files = size = candidates = 0
     for file in source.list():
@@ -139,16 +172,16 @@ def _write_listing(stage: WeightsStage, listing_id: str) -> ListingResult:
             check_relative_key(file.key)
         except ValueError as error:
             raise InvalidPlan(f"source key {file.key!r} of {source.describe()}: {error}") from None
-        if file.size > dest.limits.max_object_size:
-            raise LimitExceeded(f"{file.key}: {file.size} bytes is over {dest.describe()}'s "
-                                f"{dest.limits.max_object_size}-byte object limit")
+        dest.check_file(file)
+        if fanout is not None:
+            fanout.add(file.key)
         line = ListingLine(file=file, previous=previous.get(file.key))
         candidates += line.previous is not None
         lines.append(line.model_dump_json(exclude_none=True).encode() + b"\n")
         files += 1
         size += file.size
         if files % 1000 == 0:
-            activity.heartbeat(files)
+            heartbeat(files)
     dest.put_state(listing_name(listing_id), b"".join(lines))
     return ListingResult(listing_id=listing_id, files_total=files, bytes_total=size,
                          files_unchanged_candidates=candidates)
@@ -158,7 +191,13 @@ def _write_listing(stage: WeightsStage, listing_id: str) -> ListingResult:
 @non_retryable_errors
 async def list_source(stage: WeightsStage, listing_id: str) -> ListingResult:
     """List the source into ``runs/<listing_id>/listing.jsonl`` at the destination."""
-    result = await asyncio.to_thread(_write_listing, stage, listing_id)
+    loop = asyncio.get_running_loop()
+
+    def heartbeat(files: int) -> None:
+        # an async activity heartbeats from its event loop; this runs in the listing's thread
+        loop.call_soon_threadsafe(activity.heartbeat, files)
+
+    result = await asyncio.to_thread(_write_listing, stage, listing_id, heartbeat)
     log.info("listed source", files=result.files_total, bytes=result.bytes_total, copy=_stage_label(stage))
     return result
 

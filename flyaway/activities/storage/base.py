@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from flyaway.activities.errors import LimitExceeded
 from flyaway.models.copy import PartRecord, SourceFile
 
 #: where flyaway keeps its own state at a destination (manifests, upload checkpoints)
@@ -33,6 +34,8 @@ class DestinationLimits:
     max_part_size: int = 5 * 1024 * 1024 * 1024
     max_single_put: int = 5 * 1024 * 1024 * 1024
     max_object_size: int = 5 * 1024 ** 4
+    #: files and folders one folder may hold (Modal Volumes); None when unlimited
+    max_entries_per_directory: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,12 @@ class Destination(ABC):
     @abstractmethod
     def list(self) -> Iterator[DestObject]:
         """Every object below the prefix, flyaway's own state excluded."""
+
+    def check_file(self, file: SourceFile) -> None:
+        """Raise ``LimitExceeded`` if this destination cannot take ``file``; called while listing."""
+        if file.size > self.limits.max_object_size:
+            raise LimitExceeded(f"{file.key}: {file.size} bytes is over {self.describe()}'s "
+                                f"{self.limits.max_object_size}-byte object limit")
 
     @abstractmethod
     def put(self, key: str, data: bytes, checksum: str, sha256: str) -> str:

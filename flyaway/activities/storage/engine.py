@@ -166,9 +166,11 @@ class CopyEngine:
 
     async def _unchanged(self, line: ListingLine) -> bool:
         previous, file = line.previous, line.file
-        if previous is None or previous.size != file.size or previous.source_version != file.version:
+        if previous is None or previous.size != file.size:
             return False
-        if file.sha256 and file.sha256 != previous.sha256:
+        # a published sha256 names the content itself, so a new version with the same one (a Hugging Face
+        # commit that left this file alone) is still unchanged
+        if (file.sha256 != previous.sha256) if file.sha256 else (previous.source_version != file.version):
             return False
         current = await self._run(self.dest.stat, file.key)
         return current is not None and current.size == file.size and current.version == previous.dest_version

@@ -1,0 +1,151 @@
+"""The secrets stage's activities: ``check`` (everything short of writing) and ``sync``.
+
+``sync`` reads the values, checks all of them (present, non-empty, names and sizes the
+destination accepts) and the destination's current state (where missing rights show up)
+before it writes anything, then writes only the values whose digest differs. Values never
+leave it: its argument is the plan section, its result a :class:`SecretsReport`, it sends no
+heartbeats, and any error leaves with its message scrubbed and its chain cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+import structlog
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from flyaway.activities.errors import FlyawayError, InvalidPlan
+from flyaway.activities.secrets.base import SecretStore
+from flyaway.activities.secrets.sources import read_source
+from flyaway.activities.storage.activities import non_retryable_errors
+from flyaway.models.secrets import (
+    GcpSecretManagerDestination,
+    ModalDestination,
+    SecretDestination,
+    SecretOutcome,
+    SecretResult,
+    SecretsReport,
+    SecretsStage,
+    secret_digest,
+)
+from flyaway.redaction import scrub
+
+P = ParamSpec("P")
+R = TypeVar("R")
+log = structlog.get_logger(__name__)
+
+
+def scrubbed_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Any exception that is not flyaway's own (a client library's, a network error) leaves as a
+    retryable ``ApplicationError`` with a scrubbed message and without its original chain, whose
+    messages and arguments could hold a value."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except FlyawayError:
+            raise
+        except Exception as error:
+            message = scrub(f"{type(error).__name__}: {error}")
+            log.warning("secrets activity failed; Temporal will retry it", error=message)
+            raise ApplicationError(message, type=type(error).__name__) from None
+
+    return wrapper
+
+
+def open_store(destination: SecretDestination) -> SecretStore:
+    """The client of the destination's secret store (each imports its SDK only when used)."""
+    if isinstance(destination, GcpSecretManagerDestination):
+        from flyaway.activities.secrets.gcp import GcpSecretStore
+        return GcpSecretStore(destination)
+    if isinstance(destination, ModalDestination):
+        from flyaway.activities.secrets.modal import ModalSecretStore
+        return ModalSecretStore(destination)
+    from flyaway.activities.secrets.runpod import RunpodSecretStore
+    return RunpodSecretStore(destination)
+
+
+def select_names(stage: SecretsStage, found: dict[str, str]) -> tuple[list[str], list[str]]:
+    """The source names to move, and those the plan lists but the source lacks (fails unless skipped)."""
+    listed = stage.listed_names()
+    wanted = sorted(found) if listed is None else listed
+    missing = [name for name in wanted if name not in found]
+    if missing and stage.on_missing == "fail":
+        raise InvalidPlan(f"{stage.source.describe()} lacks {', '.join(missing)}; nothing was written (list only "
+                          f"names it holds, or set on_missing: skip)")
+    return [name for name in wanted if name in found], missing
+
+
+def check_values(stage: SecretsStage, names: list[str], found: dict[str, str]) -> None:
+    """Every problem with the values and their destination names at once, before anything is written."""
+    problems = []
+    empty = [name for name in names if not found[name]]
+    if empty:
+        problems.append(f"{', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty at the source")
+    try:
+        stage.check_destination_names(names)
+    except ValueError as error:
+        problems.append(str(error))
+    for name in names:
+        try:
+            stage.destination.check_value(name, found[name])
+        except ValueError as error:
+            problems.append(str(error))
+    if problems:
+        raise InvalidPlan(f"secrets from {stage.source.describe()} to {stage.destination.describe()}: "
+                          f"{'; '.join(problems)}; nothing was written")
+
+
+def _outcome(changed: bool, existed: bool) -> SecretOutcome:
+    if not changed:
+        return SecretOutcome.unchanged
+    return SecretOutcome.updated if existed else SecretOutcome.created
+
+
+def _sync(stage: SecretsStage, write: bool) -> SecretsReport:
+    found = read_source(stage.source)
+    names, missing = select_names(stage, found)
+    check_values(stage, names, found)
+    values = {stage.destination_name(name): found[name] for name in names}
+    store = open_store(stage.destination)
+    try:
+        current = store.read(sorted(values))
+        changed = {name: value for name, value in values.items() if current[name].digest != secret_digest(value)}
+        references = store.write(changed, current) if write and changed else {}
+    finally:
+        store.close()
+    results = []
+    for name in names:
+        target = stage.destination_name(name)
+        results.append(SecretResult(
+            name=name, destination_name=target, outcome=_outcome(target in changed, current[target].exists),
+            digest=secret_digest(found[name]), reference=references.get(target, current[target].reference)))
+    results += [SecretResult(name=name, destination_name=stage.destination_name(name),
+                             outcome=SecretOutcome.missing_at_source) for name in missing]
+    return SecretsReport(destination=stage.destination.describe(), secrets=results)
+
+
+@activity.defn(name="flyaway.secrets.check")
+@non_retryable_errors
+@scrubbed_errors
+async def check_secrets(stage: SecretsStage) -> SecretsReport:
+    """Everything ``sync`` does short of writing: the report tells what a sync would do."""
+    return await asyncio.to_thread(_sync, stage, False)
+
+
+@activity.defn(name="flyaway.secrets.sync")
+@non_retryable_errors
+@scrubbed_errors
+async def sync_secrets(stage: SecretsStage) -> SecretsReport:
+    """Read the values at the source and write those that differ to the destination."""
+    report = await asyncio.to_thread(_sync, stage, True)
+    log.info("secrets synced", destination=report.destination, summary=report.summary())
+    return report
+
+
+SECRETS_ACTIVITIES = [check_secrets, sync_secrets]

@@ -1,0 +1,130 @@
+"""GCP Secret Manager: one secret per value, a new version only when the value differs.
+
+The latest version's data is read back and compared by digest, so a re-run adds no version.
+The client library runs over its REST transport, which also takes an ``http://`` endpoint
+(an emulator, or the fake in the tests).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+import google.auth
+import google_crc32c
+import requests
+from google.api_core import exceptions as google_errors
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials, Credentials
+from google.auth.exceptions import DefaultCredentialsError, GoogleAuthError
+from google.cloud import secretmanager
+
+from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
+from flyaway.activities.retry import call_with_retries
+from flyaway.activities.secrets.base import StoredSecret
+from flyaway.models.secrets import GcpSecretManagerDestination, secret_digest
+
+T = TypeVar("T")
+SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+
+
+def _is_transient(error: BaseException) -> bool:
+    return isinstance(error, (google_errors.ServerError, google_errors.TooManyRequests,
+                              google_errors.DeadlineExceeded, requests.ConnectionError, requests.Timeout))
+
+
+def _credentials(destination: GcpSecretManagerDestination) -> Credentials:
+    path = os.environ.get(destination.credentials_env)
+    try:
+        if path:
+            credentials, _ = google.auth.load_credentials_from_file(path, scopes=SCOPES)
+            return credentials
+        if destination.endpoint:
+            return AnonymousCredentials()
+        credentials, _ = google.auth.default(scopes=SCOPES)
+        return credentials
+    except DefaultCredentialsError as error:
+        raise MissingCredentials(f"no Google credentials for {destination.describe()}: set "
+                                 f"{destination.credentials_env} to a service-account key file, or run the "
+                                 f"worker with Application Default Credentials ({error})") from None
+    except GoogleAuthError as error:
+        raise MissingCredentials(f"{destination.credentials_env}={path}: not usable Google credentials "
+                                 f"({type(error).__name__})") from None
+
+
+class GcpSecretStore:
+    def __init__(self, destination: GcpSecretManagerDestination) -> None:
+        self.destination = destination
+        options = ClientOptions(api_endpoint=destination.endpoint) if destination.endpoint else None
+        self._client = secretmanager.SecretManagerServiceClient(
+            credentials=_credentials(destination), transport="rest", client_options=options)
+
+    def _secret_path(self, name: str) -> str:
+        return self._client.secret_path(self.destination.project, self.destination.store_name(name))
+
+    def _call(self, what: str, fn: Callable[[], T],
+              expected: tuple[type[Exception], ...] = (google_errors.NotFound, google_errors.Conflict)) -> T:
+        """One API call, retried while transient; refusals become flyaway's errors, ``expected`` ones
+        are left to the caller."""
+        try:
+            return call_with_retries(fn, _is_transient)
+        except expected:
+            raise
+        except (google_errors.Unauthorized, google_errors.Forbidden) as error:
+            raise AccessDenied(f"{self.destination.describe()} refused to {what}: {error.message}; the worker's "
+                               f"Google identity needs roles/secretmanager.admin on the project") from None
+        except google_errors.BadRequest as error:
+            raise InvalidPlan(f"{self.destination.describe()} rejected {what}: {error.message}") from None
+
+    def read(self, names: list[str]) -> dict[str, StoredSecret]:
+        return {name: self._read_one(name) for name in names}
+
+    def _read_one(self, name: str) -> StoredSecret:
+        path = self._secret_path(name)
+        try:
+            latest = self._call(f"read {path}", lambda: self._client.access_secret_version(
+                name=f"{path}/versions/latest"), expected=(google_errors.NotFound, google_errors.BadRequest))
+        except google_errors.NotFound:
+            return StoredSecret(exists=self._exists(path))
+        except google_errors.BadRequest:
+            # FAILED_PRECONDITION, the one 400 a checked name gets: the latest version is disabled or destroyed
+            return StoredSecret(exists=True)
+        return StoredSecret(exists=True, digest=secret_digest(latest.payload.data.decode(errors="replace")),
+                            reference=latest.name)
+
+    def _exists(self, path: str) -> bool:
+        try:
+            self._call(f"read {path}", lambda: self._client.get_secret(name=path))
+        except google_errors.NotFound:
+            return False
+        return True
+
+    def write(self, values: dict[str, str], current: dict[str, StoredSecret]) -> dict[str, str]:
+        return {name: self._write_one(name, value, current[name].exists) for name, value in values.items()}
+
+    def _write_one(self, name: str, value: str, exists: bool) -> str:
+        path = self._secret_path(name)
+        if not exists:
+            self._create(name, path)
+        data = value.encode()
+        payload = secretmanager.SecretPayload(data=data, data_crc32c=google_crc32c.value(data))
+        version = self._call(f"add a version to {path}",
+                             lambda: self._client.add_secret_version(parent=path, payload=payload))
+        return version.name
+
+    def _create(self, name: str, path: str) -> None:
+        project = f"projects/{self.destination.project}"
+        secret = secretmanager.Secret(replication=secretmanager.Replication(
+            automatic=secretmanager.Replication.Automatic()))
+        try:
+            self._call(f"create {path}", lambda: self._client.create_secret(
+                parent=project, secret_id=self.destination.store_name(name), secret=secret))
+        except google_errors.Conflict:
+            pass  # an earlier attempt made it
+        except google_errors.NotFound:
+            raise NotFound(f"{self.destination.describe()}: the project does not exist or Secret Manager is "
+                           f"not enabled in it") from None
+
+    def close(self) -> None:
+        self._client.transport.close()

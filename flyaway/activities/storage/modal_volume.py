@@ -1,0 +1,348 @@
+"""A Modal Volume (v2) as a destination, through the ``modal`` SDK.
+
+Modal uploads whole files: ``batch_upload`` needs seekable files and commits when its block
+exits, and a partial file cannot be resumed from the client. So a file larger than a part is
+staged on the worker's disk first, one file at a time: the staging area is a
+:class:`LocalDestination` below ``staging_dir``, whose parts are ``pwrite``s into a hidden file
+with a journal of landed parts, so a worker restarted on the same disk resumes staging where it
+stopped, and anywhere else the file starts over. Completing an upload checks the staged bytes'
+sha256, uploads the file, reads it back (whole, or its size and first 8 MiB, as the plan
+says) and removes the staged copy. Small files go up straight from memory. flyaway's own state
+(listings, manifests, upload checkpoints) lives in the volume under ``.flyaway/``.
+
+The SDK is reached through one seam: :func:`volume_opener` returns the function that opens a
+volume. It is the SDK's ``Volume.from_name`` unless ``FLYAWAY_MODAL_VOLUME_FACTORY`` names
+another (``module:function``), which only tests set, to a fake with the same methods, since
+no Modal server runs there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any, Protocol, TypeVar
+
+import modal
+import modal.exception
+from modal.types import FileEntry, FileEntryType
+
+from flyaway.activities.errors import (
+    AccessDenied,
+    DataCorruption,
+    LimitExceeded,
+    MissingCredentials,
+    NotFound,
+    Unreachable,
+)
+from flyaway.activities.retry import call_with_retries
+from flyaway.activities.storage.base import (
+    STATE_DIR,
+    DestinationLimits,
+    DestObject,
+    Destination,
+    UploadGone,
+)
+from flyaway.activities.storage.local import LocalDestination
+from flyaway.models.base import join_key
+from flyaway.models.copy import PartRecord, SourceFile
+from flyaway.models.plan import LocalLocation, ModalVolumeLocation
+
+T = TypeVar("T")
+
+#: v2 volumes hold files under 1 TiB and at most 32,768 entries in one folder
+MAX_FILE_SIZE = 2**40 - 1
+MAX_ENTRIES_PER_DIRECTORY = 32_768
+#: what ``verify: sample`` reads back: one of the volume's 8 MiB blocks
+SAMPLE_BYTES = 8 * 1024 * 1024
+VOLUME_FACTORY_ENV = "FLYAWAY_MODAL_VOLUME_FACTORY"
+
+_TRANSIENT = (modal.exception.ConnectionError, modal.exception.InternalError, modal.exception.InternalFailure,
+              modal.exception.ServiceError, modal.exception.ResourceExhaustedError, modal.exception.TimeoutError,
+              ConnectionError, TimeoutError)
+
+
+class VolumeOpener(Protocol):
+    def __call__(self, name: str, *, environment_name: str | None, create_if_missing: bool, token_id: str,
+                 token_secret: str) -> Any: ...
+
+
+def open_modal_volume(name: str, *, environment_name: str | None, create_if_missing: bool, token_id: str,
+                      token_secret: str) -> modal.Volume:
+    """The volume through the SDK, with the plan's token rather than the worker's ``~/.modal.toml``."""
+    client = modal.Client.from_credentials(token_id, token_secret)
+    volume = modal.Volume.from_name(name, environment_name=environment_name, create_if_missing=create_if_missing,
+                                    client=client)
+    return volume.hydrate()
+
+
+def volume_opener() -> VolumeOpener:
+    """``open_modal_volume``, or the ``module:function`` named by ``FLYAWAY_MODAL_VOLUME_FACTORY`` (tests only)."""
+    spec = os.environ.get(VOLUME_FACTORY_ENV)
+    if not spec:
+        return open_modal_volume
+    module, _, name = spec.partition(":")
+    opener: VolumeOpener = getattr(importlib.import_module(module), name)
+    return opener
+
+
+def is_transient(error: BaseException) -> bool:
+    return isinstance(error, _TRANSIENT)
+
+
+def _version(entry: FileEntry) -> str:
+    return f"{entry.size}:{entry.mtime}"
+
+
+class ModalVolumeDestination(Destination):
+    limits = DestinationLimits(min_part_size=1, max_part_size=2**40, max_single_put=2**40,
+                               max_object_size=MAX_FILE_SIZE, max_entries_per_directory=MAX_ENTRIES_PER_DIRECTORY)
+    part_checksum = "crc32c"
+
+    def __init__(self, location: ModalVolumeLocation, open_volume: VolumeOpener | None = None) -> None:
+        self.location = location
+        missing = [name for name in (location.token_id_env, location.token_secret_env) if not os.environ.get(name)]
+        if missing:
+            raise MissingCredentials(
+                f"{location.describe()}: environment variable {missing[0]} is not set on the worker; export a "
+                f"Modal token (modal token new), or name other variables in token_id_env/token_secret_env")
+        self._open_volume = open_volume or volume_opener()
+        self._volume: Any = None
+        self._volume_lock = threading.Lock()
+        staging_root = (Path(location.staging_dir or tempfile.gettempdir()) / "flyaway-staging"
+                        / (location.environment or "default") / location.volume / location.prefix)
+        self.staging = LocalDestination(LocalLocation(kind="local", path=str(staging_root)))
+        # one staged file at a time: held from begin_upload (or a resumed list_parts) to complete or abort
+        self._staging_slot = threading.Semaphore(1)
+        self._staged_upload: str | None = None
+
+    def describe(self) -> str:
+        return self.location.describe()
+
+    def where(self, key: str) -> str:
+        return f"{self.describe().rstrip('/')}/{key}"
+
+    # ---- the SDK -------------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """One SDK call, retried while the trouble is transient; refused credentials become AccessDenied."""
+        try:
+            return call_with_retries(fn, is_transient)
+        except modal.exception.AuthError:
+            raise AccessDenied(f"{self.describe()}: Modal refused the token in {self.location.token_id_env}/"
+                               f"{self.location.token_secret_env}") from None
+        except modal.exception.PermissionDeniedError:
+            raise AccessDenied(f"{what}: permission denied by Modal") from None
+
+    @property
+    def volume(self) -> Any:
+        with self._volume_lock:
+            if self._volume is None:
+                loc = self.location
+                try:
+                    self._volume = self._call(f"opening {self.describe()}", lambda: self._open_volume(
+                        loc.volume, environment_name=loc.environment, create_if_missing=loc.create_if_missing,
+                        token_id=os.environ[loc.token_id_env], token_secret=os.environ[loc.token_secret_env]))
+                except modal.exception.NotFoundError:
+                    raise NotFound(f"Modal volume '{loc.volume}' does not exist in environment "
+                                   f"'{loc.environment or 'default'}'; create it or set create_if_missing: "
+                                   f"true") from None
+            return self._volume
+
+    def _path(self, key: str) -> str:
+        return "/" + join_key(self.location.prefix, key)
+
+    def _entries(self, folder: str) -> Iterator[FileEntry]:
+        """Files below ``folder``, recursively; none when it does not exist."""
+        try:
+            for entry in self.volume.iterdir(folder, recursive=True):
+                if entry.type == FileEntryType.FILE:
+                    yield entry
+        except modal.exception.NotFoundError:
+            return
+
+    def _read(self, path: str, offset: int = 0, length: int | None = None) -> bytes | None:
+        """Up to ``length`` bytes from ``offset`` (the SDK streams files from their start); None if missing."""
+
+        def read() -> bytes:
+            data = bytearray()
+            position = 0
+            for chunk in self.volume.read_file(path):
+                data += chunk[max(0, offset - position):]
+                position += len(chunk)
+                if length is not None and len(data) >= length:
+                    break
+            return bytes(data if length is None else data[:length])
+
+        try:
+            return self._call(f"reading {path}", read)
+        except FileNotFoundError:
+            return None
+
+    def _sha256(self, path: str) -> str:
+        def digest() -> str:
+            hasher = hashlib.sha256()
+            for chunk in self.volume.read_file(path):
+                hasher.update(chunk)
+            return hasher.hexdigest()
+
+        return self._call(f"reading {path}", digest)
+
+    def _upload(self, path: str, local: Path | IO[bytes]) -> None:
+        def upload() -> None:
+            if not isinstance(local, Path):
+                local.seek(0)
+            with self.volume.batch_upload(force=True) as batch:
+                batch.put_file(local, path)
+
+        self._call(f"uploading {path}", upload)
+
+    def _remove(self, path: str) -> None:
+        try:
+            self._call(f"removing {path}", lambda: self.volume.remove_file(path))
+        except (modal.exception.NotFoundError, FileNotFoundError):
+            pass
+
+    def _verified(self, key: str, size: int, sha256: str, head: bytes) -> str:
+        """Read the uploaded file back as the plan says; returns its version. A bad file is removed."""
+        path = self._path(key)
+        landed = self.stat(key)
+        problem = None
+        if landed is None or landed.size != size:
+            problem = f"{'missing' if landed is None else f'{landed.size} bytes'} after upload, expected {size}"
+        elif self.location.verify == "full":
+            if (actual := self._sha256(path)) != sha256:
+                problem = f"read back, its bytes hash to {actual}, the source bytes to {sha256}"
+        elif self._read(path, 0, len(head)) != head:
+            problem = f"read back, its first {len(head)} bytes differ from the source bytes"
+        if problem:
+            self._remove(path)
+            raise DataCorruption(f"{self.where(key)}: {problem}")
+        assert landed is not None
+        return landed.version
+
+    # ---- Destination ---------------------------------------------------------------------------
+
+    def check(self) -> None:
+        self.staging.check()
+        probe = f"probe-{uuid.uuid4().hex}"
+        try:
+            self.put_state(probe, b"flyaway")
+            readable = self.get_state(probe) == b"flyaway"
+            self.delete_state(probe)
+        except _TRANSIENT as error:
+            raise Unreachable(f"{self.describe()}: Modal does not answer ({type(error).__name__})") from None
+        if not readable:
+            raise AccessDenied(f"{self.describe()}: a file written under {STATE_DIR}/ could not be read back")
+
+    def check_file(self, file: SourceFile) -> None:
+        super().check_file(file)
+        if file.size > self.location.staging_budget:
+            raise LimitExceeded(f"{file.key}: {file.size} bytes is over the staging budget of "
+                                f"{self.location.staging_budget} bytes for {self.describe()}; raise staging_budget "
+                                f"and make sure {self.staging.root} has the room")
+
+    def stat(self, key: str) -> DestObject | None:
+        path = self._path(key)
+        try:
+            entries = self._call(f"stat {path}", lambda: self.volume.listdir(path))
+        except modal.exception.NotFoundError:
+            return None
+        for entry in entries:
+            if entry.type == FileEntryType.FILE and entry.path.lstrip("/") == path.lstrip("/"):
+                return DestObject(key=key, size=entry.size, version=_version(entry))
+        return None  # a folder
+
+    def list(self) -> Iterator[DestObject]:
+        base = self._path("").rstrip("/")
+        for entry in self._entries(base or "/"):
+            rel = entry.path.lstrip("/")[len(base.lstrip("/")):].lstrip("/")
+            if rel != STATE_DIR and not rel.startswith(f"{STATE_DIR}/"):
+                yield DestObject(key=rel, size=entry.size, version=_version(entry))
+
+    def put(self, key: str, data: bytes, checksum: str, sha256: str) -> str:
+        self._upload(self._path(key), io.BytesIO(data))
+        return self._verified(key, len(data), sha256, data[:SAMPLE_BYTES])
+
+    def _hold_staging(self, upload_id: str | None) -> None:
+        if upload_id is None or self._staged_upload != upload_id:
+            self._staging_slot.acquire()
+            self._staged_upload = upload_id
+
+    def _release_staging(self, upload_id: str | None) -> None:
+        if self._staged_upload == upload_id:
+            self._staged_upload = None
+            self._staging_slot.release()
+
+    def begin_upload(self, key: str, size: int) -> str:
+        self._hold_staging(None)
+        try:
+            self.staging.root.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(self.staging.root).free
+            if free < size:
+                raise LimitExceeded(f"{key}: {size} bytes to stage, but {self.staging.root} has {free} bytes free; "
+                                    f"free some space or point staging_dir elsewhere")
+            upload_id = self.staging.begin_upload(key, size)
+        except BaseException:
+            self._release_staging(None)
+            raise
+        self._staged_upload = upload_id
+        return upload_id
+
+    def list_parts(self, key: str, upload_id: str) -> dict[int, PartRecord]:
+        self._hold_staging(upload_id)
+        try:
+            return self.staging.list_parts(key, upload_id)
+        except UploadGone:
+            self._release_staging(upload_id)
+            raise
+
+    def upload_part(self, key: str, upload_id: str, number: int, offset: int, data: bytes,
+                    checksum: str) -> PartRecord:
+        return self.staging.upload_part(key, upload_id, number, offset, data, checksum)
+
+    def complete(self, key: str, upload_id: str, parts: list[PartRecord], sha256: str) -> str:
+        try:
+            self.staging.complete(key, upload_id, parts, sha256)  # checks the staged bytes' sha256
+            staged = self.staging.path_of(key)
+            try:
+                self._upload(self._path(key), staged)
+                with staged.open("rb") as handle:
+                    head = handle.read(SAMPLE_BYTES)
+                return self._verified(key, sum(part.size for part in parts), sha256, head)
+            finally:
+                staged.unlink(missing_ok=True)
+        finally:
+            self._release_staging(upload_id)
+
+    def abort(self, key: str, upload_id: str) -> None:
+        try:
+            self.staging.abort(key, upload_id)
+        finally:
+            self._release_staging(upload_id)
+
+    # flyaway's state, below .flyaway/ in the volume
+
+    def _state_path(self, name: str) -> str:
+        return self._path(f"{STATE_DIR}/{name}")
+
+    def put_state(self, name: str, data: bytes) -> None:
+        self._upload(self._state_path(name), io.BytesIO(data))
+
+    def get_state(self, name: str, offset: int = 0, length: int | None = None) -> bytes | None:
+        return self._read(self._state_path(name), offset, length)
+
+    def list_state(self, prefix: str) -> list[str]:
+        base = self._state_path("").strip("/")
+        names = (entry.path.lstrip("/")[len(base):].lstrip("/") for entry in self._entries("/" + base))
+        return sorted(name for name in names if name.startswith(prefix))
+
+    def delete_state(self, name: str) -> None:
+        self._remove(self._state_path(name))

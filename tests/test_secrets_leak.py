@@ -1,0 +1,237 @@
+"""No secret value anywhere: a whole migration with secrets runs through a real worker, then the
+workflow histories (``temporal workflow show`` and the client API, every run and child), the
+worker's log and the CLI's output are searched for every value in every encoding."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+import pytest
+from google.protobuf.message import Message
+from temporalio.api.common.v1 import Payload
+from temporalio.client import Client
+
+from flyaway.codec import KEYS_ENV, EncryptionCodec, generate_key
+from flyaway.models.status import MigrationState, StageState
+from tests.fakes.gcp_secret_manager import FakeSecretManager
+from tests.harness import (
+    FLYAWAY,
+    REPO,
+    TEST_AWS_ENV,
+    TemporalDevServer,
+    WorkerProcess,
+    eventually,
+    migration_result,
+    migration_status,
+    run_async,
+    start_migration,
+)
+
+PROJECT = "leak-test"
+TEMPORAL_CLI = str(REPO / ".venv" / "bin" / "temporal")
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
+
+
+def secret_values() -> dict[str, str]:
+    """Values with characters that every encoding changes (space, '/', '+', '&', '"', '%', unicode)."""
+    tag = uuid.uuid4().hex
+    return {"LEAK_HF_TOKEN": f"hf_{tag[:20]}/+tok en&x=1",
+            "LEAK_DATABASE_URL": f'postgres://app:p%40ss "w0rd"@db/{tag[12:]}?ssl=ü'}
+
+
+def encoded_forms(value: str) -> set[str]:
+    """The value as it would appear plain, URL-encoded, JSON-escaped or base64-encoded (at any
+    alignment inside a longer base64 string)."""
+    forms = {value, quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1],
+             json.dumps(value, ensure_ascii=False)[1:-1]}
+    raw = value.encode()
+    for shift in range(3):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            encoded = encode(b"\0" * shift + raw).decode()
+            forms.add(encoded[-(-8 * shift // 6):(8 * (shift + len(raw))) // 6])
+    return forms
+
+
+def decoded_base64_runs(text: str) -> str:
+    """Every long base64 run in ``text`` decoded (where it decodes), so a value inside an encoded
+    payload is found even when its own base64 would not line up."""
+    decoded = []
+    for run in _BASE64_RUN.findall(text):
+        for decode in (base64.b64decode, base64.urlsafe_b64decode):
+            try:
+                decoded.append(decode(run + "=" * (-len(run) % 4)).decode("utf-8", errors="replace"))
+            except ValueError:
+                continue
+    return "\n".join(decoded)
+
+
+def assert_no_value(values: dict[str, str], where: str, text: str) -> None:
+    for blob_name, blob in ((where, text), (f"{where} (base64 decoded)", decoded_base64_runs(text))):
+        for name, value in values.items():
+            for form in encoded_forms(value):
+                assert form not in blob, f"{name}'s value appears in {blob_name} as {form!r}"
+
+
+def payloads_in(message: Message) -> list[Payload]:
+    """Every Payload anywhere inside a protobuf message."""
+    if isinstance(message, Payload):
+        return [message]
+    found = []
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            items = [v for v in value.values() if isinstance(v, Message)]
+        elif field.is_repeated:
+            items = list(value)
+        else:
+            items = [value]
+        for item in items:
+            found += payloads_in(item)
+    return found
+
+
+async def executions(client: Client, task_queue: str) -> list[tuple[str, str]]:
+    return [(e.id, e.run_id) async for e in client.list_workflows(f'TaskQueue = "{task_queue}"')]
+
+
+async def history_texts(client: Client, codec: EncryptionCodec | None, runs: list[tuple[str, str]]) -> list[str]:
+    """Each run's history as JSON, plus its payloads decoded the way a key holder sees them."""
+    texts = []
+    for workflow_id, run_id in runs:
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        texts.append(history.to_json())
+        payloads = [p for event in history.events for p in payloads_in(event)]
+        if codec is not None:
+            payloads = await codec.decode(payloads)
+        texts.append("\n".join(p.data.decode("utf-8", errors="replace") for p in payloads))
+    return texts
+
+
+def temporal_show(server: TemporalDevServer, workflow_id: str, run_id: str) -> str:
+    result = subprocess.run([TEMPORAL_CLI, "workflow", "show", "--workflow-id", workflow_id, "--run-id", run_id,
+                             "--output", "json", "--address", server.address, "--namespace", "default"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    return result.stdout + result.stderr
+
+
+def flyaway_cli(server: TemporalDevServer, *args: str) -> str:
+    result = subprocess.run([*FLYAWAY, *args, "--address", server.address, "--namespace", "default"],
+                            capture_output=True, text=True, timeout=60, cwd=REPO, env=dict(os.environ))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def leak_plan(name: str, tmp_path: Path, gcp: FakeSecretManager, values: dict[str, str]) -> dict[str, Any]:
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "config.json").write_text('{"model": "tiny"}')
+    (weights / "model.safetensors").write_bytes(os.urandom(64 * 1024))
+    dotenv = tmp_path / "app.env"
+    dotenv.write_text("".join(f"{key}='{value}'\n" for key, value in values.items()))
+    return {"name": name,
+            "weights": {"source": {"kind": "local", "path": str(weights)},
+                        "destination": {"kind": "local", "path": str(tmp_path / "landed")},
+                        "heartbeat_timeout": "5s", "retry_max_interval": "2s"},
+            "secrets": {"source": {"kind": "dotenv", "path": str(dotenv)},
+                        "destination": {"kind": "gcp_secret_manager", "project": PROJECT, "endpoint": gcp.url,
+                                        "prefix": "leak-"}}}
+
+
+@pytest.fixture
+def gcp() -> Iterator[FakeSecretManager]:
+    with FakeSecretManager() as fake:
+        yield fake
+
+
+def start_worker(server: TemporalDevServer, task_queue: str, tmp_path: Path, codec_key: str | None) -> WorkerProcess:
+    env = dict(TEST_AWS_ENV)
+    if codec_key:
+        env[KEYS_ENV] = codec_key
+    worker = WorkerProcess(server, task_queue, tmp_path / "worker.log", env)
+    worker.start()
+    return worker
+
+
+def test_no_secret_value_in_history_logs_or_cli_output_with_the_codec(
+        temporal_server: TemporalDevServer, task_queue: str, gcp: FakeSecretManager, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    codec_key = generate_key("leak-test")
+    monkeypatch.setenv(KEYS_ENV, codec_key)  # the test's client and CLI runs use the codec too
+    values = secret_values()
+    plan = leak_plan("leak-codec", tmp_path, gcp, values)
+    gcp.denied.add(PROJECT)  # first the stage fails and waits for the operator: a failure in the history
+    worker = start_worker(temporal_server, task_queue, tmp_path, codec_key)
+    try:
+        workflow_id = run_async(start_migration(temporal_server, plan, task_queue))
+        eventually(lambda: run_async(migration_status(temporal_server, workflow_id)).state
+                   == MigrationState.waiting_for_operator, timeout=60, what="the secrets stage to wait")
+        waiting_output = flyaway_cli(temporal_server, "status", workflow_id)
+        assert "AccessDenied" in waiting_output
+        gcp.denied.clear()
+        retry_output = flyaway_cli(temporal_server, "retry", workflow_id)
+        result = run_async(migration_result(temporal_server, workflow_id, timeout=120))
+        cli_output = [waiting_output, retry_output, flyaway_cli(temporal_server, "status", workflow_id),
+                      flyaway_cli(temporal_server, "status", workflow_id, "--json")]
+    finally:
+        worker.stop()
+
+    assert result.status.state == MigrationState.completed
+    assert result.status.stage_status("secrets").state == StageState.completed
+    for name, value in values.items():
+        assert gcp.value(PROJECT, f"leak-{name}") == value.encode()  # the values did move
+
+    async def histories() -> tuple[list[tuple[str, str]], list[str]]:
+        client = await temporal_server.client()
+        runs = await executions(client, task_queue)
+        return runs, await history_texts(client, EncryptionCodec.from_env(), runs)
+
+    runs, texts = run_async(histories())
+    assert {workflow_id, f"{workflow_id}-weights"} <= {run_id[0] for run_id in runs}
+    assert any("LEAK_HF_TOKEN" in text for text in texts), "decoding found no payloads: the search is blind"
+    for text in texts:
+        assert_no_value(values, "the history (client API, decoded)", text)
+    for workflow, run in runs:
+        assert_no_value(values, f"`temporal workflow show` of {workflow}", temporal_show(temporal_server, workflow, run))
+    assert "secrets synced" in worker.logs() and "2 created" in cli_output[2]  # the searched texts are the real ones
+    assert_no_value(values, "the worker log", worker.logs())
+    for output in cli_output:
+        assert_no_value(values, "the CLI output", output)
+
+
+def test_without_the_codec_names_are_readable_but_values_never_appear(
+        temporal_server: TemporalDevServer, task_queue: str, gcp: FakeSecretManager, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KEYS_ENV, raising=False)
+    values = secret_values()
+    plan = leak_plan("leak-plain", tmp_path, gcp, values)
+    worker = start_worker(temporal_server, task_queue, tmp_path, None)
+    try:
+        async def go() -> Any:
+            return await migration_result(temporal_server, await start_migration(temporal_server, plan, task_queue),
+                                          timeout=120)
+
+        result = run_async(go())
+    finally:
+        worker.stop()
+    assert result.status.state == MigrationState.completed
+
+    async def runs_of() -> list[tuple[str, str]]:
+        return await executions(await temporal_server.client(), task_queue)
+
+    runs = run_async(runs_of())
+    shown = [temporal_show(temporal_server, workflow, run) for workflow, run in runs]
+    readable = "\n".join(decoded_base64_runs(text) for text in shown)
+    assert "LEAK_HF_TOKEN" in readable and "LEAK_DATABASE_URL" in readable  # payloads are plain JSON
+    for text in shown:
+        assert_no_value(values, "`temporal workflow show` without the codec", text)
+    assert_no_value(values, "the worker log", worker.logs())
