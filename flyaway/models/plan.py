@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from flyaway.models.base import AwsCredentials, Duration, EnvName, RelativeKey, StrictModel
+from flyaway.models.secrets import SecretsStage
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -29,7 +30,7 @@ GiB = 1024 * MiB
 #: stages in the order a migration runs them
 STAGES = ("weights", "image", "secrets", "deploy", "canary", "teardown")
 #: stages this version can run; the others must be absent from a plan
-IMPLEMENTED_STAGES = ("weights",)
+IMPLEMENTED_STAGES = ("weights", "secrets")
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
 _PLAN_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -221,7 +222,7 @@ class MigrationPlan(StrictModel):
     description: str = ""
     weights: WeightsStage
     image: UnimplementedStage = None
-    secrets: UnimplementedStage = None
+    secrets: SecretsStage | None = None
     deploy: UnimplementedStage = None
     canary: UnimplementedStage = None
     teardown: UnimplementedStage = None
