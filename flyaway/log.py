@@ -26,25 +26,44 @@ def _bind_temporal_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, 
     return event
 
 
+def _temporal_extras(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Flatten what temporalio puts on its own log records (workflow and activity info)."""
+    for key in ("temporal_workflow", "temporal_activity"):
+        info = event.pop(key, None)
+        if isinstance(info, dict):
+            event.setdefault("workflow_id", info.get("workflow_id"))
+            event.setdefault("run_id", info.get("run_id") or info.get("workflow_run_id"))
+            if "activity_type" in info:
+                event.setdefault("activity", info["activity_type"])
+                event.setdefault("attempt", info.get("attempt"))
+    return event
+
+
 def configure_logging(json: bool | None = None, level: str = "INFO") -> None:
-    """Configure structlog and the standard library logger once for this process."""
+    """Configure structlog and route the standard library's records (temporalio's) through it."""
     if json is None:
         json = not sys.stderr.isatty()
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _bind_temporal_context,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _bind_temporal_context,
-            structlog.processors.format_exc_info,
-            redact_event,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, redact_event, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder(),
+                           _temporal_extras],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, redact_event, renderer]))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
     for noisy in ("botocore", "boto3", "urllib3", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

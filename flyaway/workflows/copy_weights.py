@@ -27,7 +27,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from flyaway.models.plan import WeightsStage
 
-#: continue as new past this many history events, well before Temporal's own limits
+#: continue as new after this many batches or history events, well before Temporal's own limits
+BATCHES_BEFORE_CONTINUE = 40
 HISTORY_EVENTS_BEFORE_CONTINUE = 2_000
 PROGRESS_SIGNAL = "copy_progress"
 
@@ -56,6 +57,7 @@ class CopyWeightsWorkflow:
                 retry_policy=copy_retry_policy(stage))
             await self._report()
         listing = request.listing
+        batches = 0
         while listing.files_total:
             await workflow.wait_condition(lambda: not request.paused)
             result = await self._copy_one_batch(request)
@@ -63,10 +65,12 @@ class CopyWeightsWorkflow:
                 continue
             request.counters.add(result)
             request.offset = result.next_offset
+            batches += 1
             await self._report()
             if result.done:
                 break
-            if (workflow.info().get_current_history_length() > HISTORY_EVENTS_BEFORE_CONTINUE
+            if (batches >= BATCHES_BEFORE_CONTINUE
+                    or workflow.info().get_current_history_length() > HISTORY_EVENTS_BEFORE_CONTINUE
                     or workflow.info().is_continue_as_new_suggested()):
                 workflow.continue_as_new(request)
         verified = await workflow.execute_activity(
