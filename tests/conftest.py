@@ -1,4 +1,4 @@
-"""Session servers (Temporal dev server, moto) and per-test workers, buckets and proxies."""
+"""Session servers (Temporal dev server, moto, GCS emulator) and per-test workers, buckets and proxies."""
 
 from __future__ import annotations
 
@@ -11,7 +11,16 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.harness import TEST_AWS_ENV, MotoServer, S3FaultProxy, TemporalDevServer, WorkerProcess
+from tests.harness import (
+    TEST_AWS_ENV,
+    TEST_RUNPOD_ENV,
+    GcsEmulator,
+    MotoServer,
+    RunPodLimitsProxy,
+    S3FaultProxy,
+    TemporalDevServer,
+    WorkerProcess,
+)
 
 for _name, _value in TEST_AWS_ENV.items():
     os.environ.setdefault(_name, _value)
@@ -76,6 +85,53 @@ def task_queue() -> str:
 def worker(temporal_server: TemporalDevServer, task_queue: str, tmp_path: Path) -> Iterator[WorkerProcess]:
     """A running worker on this test's own task queue."""
     process = WorkerProcess(temporal_server, task_queue, tmp_path / "worker.log", TEST_AWS_ENV)
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def runpod_proxy(moto_server: MotoServer) -> Iterator[RunPodLimitsProxy]:
+    """moto with RunPod's S3 API limits; its buckets stand in for network volumes."""
+    proxy = RunPodLimitsProxy(moto_server.port)
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsEmulator]:
+    emulator = GcsEmulator(tmp_path_factory.mktemp("gcs"))
+    emulator.start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def gcs(gcs_emulator: GcsEmulator) -> Any:
+    """A google-cloud-storage client of the emulator."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    return storage.Client(project="test", credentials=AnonymousCredentials(),
+                          client_options={"api_endpoint": gcs_emulator.endpoint})
+
+
+@pytest.fixture
+def gcs_bucket(gcs: Any) -> Iterator[str]:
+    """A fresh bucket in the emulator, deleted with its objects afterwards."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    gcs.create_bucket(name)
+    yield name
+    gcs.bucket(name).delete(force=True)
+
+
+@pytest.fixture
+def provider_worker(temporal_server: TemporalDevServer, task_queue: str, tmp_path: Path,
+                    gcs_emulator: GcsEmulator) -> Iterator[WorkerProcess]:
+    """A worker whose environment reaches moto (AWS, Tigris and RunPod keys) and the GCS emulator."""
+    env = {**TEST_AWS_ENV, **TEST_RUNPOD_ENV, "STORAGE_EMULATOR_HOST": gcs_emulator.endpoint}
+    process = WorkerProcess(temporal_server, task_queue, tmp_path / "worker.log", env)
     process.start()
     yield process
     process.stop()

@@ -1,5 +1,5 @@
-"""Real servers for the tests: the Temporal dev server, moto's S3 server, flyaway workers,
-and a fault-injecting proxy in front of S3. Each runs on a free loopback port."""
+"""Real servers for the tests: the Temporal dev server, moto's S3 server, the GCS emulator,
+flyaway workers, and fault-injecting proxies in front of them. Each runs on a free loopback port."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 
 from temporalio.client import Client
 
+from flyaway.activities.storage.runpod import RUNPOD_MAX_BODY
 from flyaway.connection import TemporalOptions, connect
 from flyaway.models.status import MigrationResult, MigrationStatus
 from flyaway.starter.dev import free_port, start_moto, start_temporal, stop_process, wait_for_port
@@ -27,6 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 FLYAWAY = [sys.executable, "-m", "flyaway.starter.cli"]
 TEST_AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+#: a RunPod S3 API key as the runpod_volume kind reads it by default (moto takes any)
+TEST_RUNPOD_ENV = {"RUNPOD_S3_ACCESS_KEY": "user_testing", "RUNPOD_S3_SECRET_KEY": "rps_testing"}
 
 
 def run_async(coro: Any) -> Any:
@@ -155,10 +159,14 @@ class S3FaultProxy:
                     proxy.requests += 1
                     if self.command == "PUT" and "/.flyaway/" not in self.path:
                         proxy.uploaded += len(body)
-                if proxy.mode == "deny":
-                    payload = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
-                               b"<Message>Access Denied</Message></Error>")
-                    self.send_response(403)
+                if len(body) < length:  # the client died mid-body: forwarding it would leave the
+                    return  # upstream waiting for the rest (the GCS emulator serves one request at a time)
+                refusal = proxy.refusal(self.command, self.path, len(body))
+                if refusal is not None:
+                    status, code = refusal
+                    payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                               f"<Message>refused by the test proxy</Message></Error>").encode()
+                    self.send_response(status)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
@@ -169,6 +177,7 @@ class S3FaultProxy:
                 upstream.request(self.command, self.path, body=body or None, headers=headers)
                 response = upstream.getresponse()
                 data = response.read()
+                time.sleep(proxy.hold(self.command, self.path, response.status))
                 self.send_response(response.status)
                 for key, value in response.getheaders():
                     if key.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -194,6 +203,14 @@ class S3FaultProxy:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def refusal(self, command: str, path: str, size: int) -> tuple[int, str] | None:
+        """(HTTP status, S3 error code) to answer instead of forwarding, or None to forward."""
+        return (403, "AccessDenied") if self.mode == "deny" else None
+
+    def hold(self, command: str, path: str, status: int) -> float:
+        """Seconds to sit on the upstream's answer (of HTTP ``status``) before passing it on."""
+        return 0.0
+
     def start(self) -> None:
         self._thread.start()
         wait_for_port(self.port, 5)
@@ -201,6 +218,68 @@ class S3FaultProxy:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class RunPodLimitsProxy(S3FaultProxy):
+    """moto behind the limits RunPod's S3 API publishes, so a request RunPod would refuse fails here too:
+    a body over ``max_body`` bytes (a PutObject of ``max_body`` too) gets 400 EntityTooLarge,
+    DeleteObjects and CreateBucket get 501. ``complete_delay`` holds the answer to a
+    CompleteMultipartUpload that succeeded (moto has made the object) that many seconds, the first
+    time, like a slow RunPod."""
+
+    def __init__(self, upstream_port: int, max_body: int = RUNPOD_MAX_BODY) -> None:
+        super().__init__(upstream_port)
+        self.max_body = max_body
+        self.complete_delay = 0.0
+        self.completed: set[str] = set()
+        self.refused: list[str] = []
+
+    def refusal(self, command: str, path: str, size: int) -> tuple[int, str] | None:
+        url = urllib.parse.urlsplit(path)
+        query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+        answer: tuple[int, str] | None = None
+        if command == "POST" and "delete" in query:
+            answer = (501, "NotImplemented")
+        elif command == "PUT" and "/" not in url.path.strip("/") and not query:
+            answer = (501, "NotImplemented")
+        elif command == "PUT" and (size > self.max_body or ("partNumber" not in query and size >= self.max_body)):
+            answer = (400, "EntityTooLarge")
+        if answer is not None:
+            self.refused.append(f"{command} {url.path} {answer[1]}")
+            return answer
+        return super().refusal(command, path, size)
+
+    def hold(self, command: str, path: str, status: int) -> float:
+        """The first successful complete of an upload is slow; a retry after it finds the work done."""
+        if command != "POST" or "uploadId=" not in path or status != 200 or path in self.completed:
+            return 0.0
+        self.completed.add(path)
+        return self.complete_delay
+
+
+class GcsEmulator:
+    """``gcp-storage-emulator`` in memory, standing in for Cloud Storage (``STORAGE_EMULATOR_HOST``)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.log_path = workdir / "gcs-emulator.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port",
+                 str(self.port), "--in-memory", "--quiet"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for_port(self.port, 30, self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
 
 
 def weights_plan(name: str, source: dict[str, Any], destination: dict[str, Any], **weights: Any) -> dict[str, Any]:

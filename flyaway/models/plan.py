@@ -36,6 +36,12 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
 _PLAN_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
+def check_bucket_name(value: str) -> str:
+    if not _BUCKET.match(value):
+        raise ValueError(f"'{value}' is not a valid bucket name (3-63 lowercase letters, digits, '.', '-')")
+    return value
+
+
 def check_absolute_path(value: str) -> str:
     """A folder on the worker: absolute and without '..'."""
     path = PurePosixPath(value)
@@ -60,13 +66,107 @@ class S3Location(StrictModel):
     @field_validator("bucket")
     @classmethod
     def _bucket_name(cls, value: str) -> str:
-        if not _BUCKET.match(value):
-            raise ValueError(f"'{value}' is not a valid bucket name (3-63 lowercase letters, digits, '.', '-')")
-        return value
+        return check_bucket_name(value)
 
     def describe(self) -> str:
         endpoint = f" at {self.endpoint_url}" if self.endpoint_url else ""
         return f"s3://{self.bucket}/{self.prefix}{endpoint}"
+
+    def s3(self) -> S3Location:
+        """The S3 connection settings (the same for every S3-compatible kind)."""
+        return self
+
+
+TIGRIS_ENDPOINT = "https://t3.storage.dev"
+
+
+class TigrisLocation(StrictModel):
+    """A Tigris bucket (``fly storage create``), read through Tigris's S3 API."""
+
+    kind: Literal["tigris"]
+    bucket: str = Field(description="bucket name (BUCKET_NAME among the app's secrets)")
+    prefix: RelativeKey = Field("", description="key prefix inside the bucket, no leading '/'")
+    endpoint_url: HttpUrl = Field(HttpUrl(TIGRIS_ENDPOINT),
+                                  description="Tigris S3 endpoint; the older https://fly.storage.tigris.dev works too")
+    addressing_style: Literal["auto", "path", "virtual"] = "virtual"
+    credentials: AwsCredentials = Field(default_factory=AwsCredentials,
+                                        description="variables holding the keys `fly storage create` made")
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, value: str) -> str:
+        return check_bucket_name(value)
+
+    def describe(self) -> str:
+        return f"tigris://{self.bucket}/{self.prefix}"
+
+    def s3(self) -> S3Location:
+        return S3Location(kind="s3", bucket=self.bucket, prefix=self.prefix, endpoint_url=self.endpoint_url,
+                          region="auto", addressing_style=self.addressing_style, credentials=self.credentials)
+
+
+class RunPodS3Credentials(AwsCredentials):
+    """Where the worker finds a RunPod S3 API key (created in the RunPod console, not the RunPod API key)."""
+
+    access_key_id_env: EnvName = Field("RUNPOD_S3_ACCESS_KEY", description="variable holding the key's access key "
+                                                                           "(user_...)")
+    secret_access_key_env: EnvName = Field("RUNPOD_S3_SECRET_KEY", description="variable holding its secret (rps_...)")
+
+
+_DATACENTER = re.compile(r"^[A-Z]{2,4}-[A-Z]{2,4}-[0-9]{1,2}$")
+
+
+class RunPodVolumeLocation(StrictModel):
+    """A RunPod Network Volume, written through RunPod's S3-compatible API (the volume id is the bucket)."""
+
+    kind: Literal["runpod_volume"]
+    volume_id: str = Field(description="network volume id")
+    datacenter: str = Field(description="datacenter id of the volume, e.g. EUR-IS-1; it picks the endpoint")
+    prefix: RelativeKey = Field("", description="folder inside the volume, no leading '/'")
+    endpoint_url: HttpUrl | None = Field(None, description="S3 endpoint; https://s3api-<datacenter>.runpod.io/ "
+                                                           "when absent")
+    credentials: RunPodS3Credentials = Field(default_factory=RunPodS3Credentials)
+
+    @field_validator("volume_id")
+    @classmethod
+    def _volume_id(cls, value: str) -> str:
+        return check_bucket_name(value)
+
+    @field_validator("datacenter")
+    @classmethod
+    def _datacenter(cls, value: str) -> str:
+        if not _DATACENTER.match(value.upper()):
+            raise ValueError(f"'{value}' is not a RunPod datacenter id; write it like EUR-IS-1 or US-KS-2")
+        return value.upper()
+
+    def describe(self) -> str:
+        return f"runpod://{self.datacenter}/{self.volume_id}/{self.prefix}"
+
+    def s3(self) -> S3Location:
+        endpoint = self.endpoint_url or HttpUrl(f"https://s3api-{self.datacenter.lower()}.runpod.io/")
+        return S3Location(kind="s3", bucket=self.volume_id, prefix=self.prefix, endpoint_url=endpoint,
+                          region=self.datacenter, addressing_style="path", credentials=self.credentials)
+
+
+class GcsLocation(StrictModel):
+    """A Google Cloud Storage bucket, with an optional prefix inside it."""
+
+    kind: Literal["gcs"]
+    bucket: str = Field(description="bucket name")
+    prefix: RelativeKey = Field("", description="object name prefix inside the bucket, no leading '/'")
+    project: str | None = Field(None, description="project billed for requests; the key file's when absent")
+    credentials_env: EnvName = Field(
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        description="variable holding the path of a service account key file; not needed when the worker "
+                    "sets STORAGE_EMULATOR_HOST")
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, value: str) -> str:
+        return check_bucket_name(value)
+
+    def describe(self) -> str:
+        return f"gs://{self.bucket}/{self.prefix}"
 
 
 class LocalLocation(StrictModel):
@@ -151,8 +251,9 @@ class ModalVolumeLocation(StrictModel):
         return f"modal://{environment}{self.volume}/{self.prefix}"
 
 
-SourceLocation = Annotated[Union[LocalLocation, S3Location, HfLocation], Field(discriminator="kind")]
-DestinationLocation = Annotated[Union[LocalLocation, S3Location, ModalVolumeLocation], Field(discriminator="kind")]
+SourceLocation = Annotated[Union[LocalLocation, S3Location, HfLocation, TigrisLocation], Field(discriminator="kind")]
+DestinationLocation = Annotated[Union[LocalLocation, S3Location, ModalVolumeLocation, RunPodVolumeLocation,
+                                      GcsLocation], Field(discriminator="kind")]
 
 
 LOCATION_KINDS = frozenset(

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from flyaway.activities.storage.base import Destination, Source
+from flyaway.activities.storage.gcs import GcsDestination
 from flyaway.activities.storage.hf import HfSource
 from flyaway.activities.storage.local import LocalDestination, LocalSource
 from flyaway.activities.storage.modal_volume import ModalVolumeDestination
+from flyaway.activities.storage.runpod import RunPodVolumeDestination
 from flyaway.activities.storage.s3 import S3Destination, S3Source
 from flyaway.models.plan import (
     DestinationLocation,
+    GcsLocation,
     HfLocation,
     LocalLocation,
     ModalVolumeLocation,
+    RunPodVolumeLocation,
     S3Location,
     SourceLocation,
+    TigrisLocation,
 )
 
 
@@ -21,7 +26,7 @@ def open_source(location: SourceLocation, concurrency: int = 8) -> Source:
     """The adapter for a plan's source location."""
     if isinstance(location, LocalLocation):
         return LocalSource(location)
-    if isinstance(location, S3Location):
+    if isinstance(location, (S3Location, TigrisLocation)):
         return S3Source(location, concurrency)
     if isinstance(location, HfLocation):
         return HfSource(location)
@@ -34,6 +39,10 @@ def open_destination(location: DestinationLocation, concurrency: int = 8) -> Des
         return LocalDestination(location)
     if isinstance(location, S3Location):
         return S3Destination(location, concurrency)
+    if isinstance(location, RunPodVolumeLocation):
+        return RunPodVolumeDestination(location, concurrency)
+    if isinstance(location, GcsLocation):
+        return GcsDestination(location, concurrency)
     if isinstance(location, ModalVolumeLocation):
         return ModalVolumeDestination(location)
     raise TypeError(f"no destination adapter for {type(location).__name__}")

@@ -36,6 +36,10 @@ class DestinationLimits:
     max_object_size: int = 5 * 1024 ** 4
     #: files and folders one folder may hold (Modal Volumes); None when unlimited
     max_entries_per_directory: int | None = None
+    #: every part but a file's last must be a multiple of this many bytes (GCS: 256 KiB); must divide 1 MiB
+    part_multiple: int = 1
+    #: parts of one upload must arrive in order, each after the one before has landed (GCS resumable sessions)
+    sequential_parts: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,9 @@ class Destination(ABC):
 
     @abstractmethod
     def list_parts(self, key: str, upload_id: str) -> dict[int, PartRecord]:
-        """Parts that landed; raises ``UploadGone`` if the upload no longer exists."""
+        """Parts that landed; raises ``UploadGone`` if the upload no longer exists. A destination that
+        cannot tell a landed part's checksum gives it as "": the engine then takes the part on its
+        size, and ``complete`` must verify the whole object against the parts' checksums."""
 
     @abstractmethod
     def upload_part(self, key: str, upload_id: str, number: int, offset: int, data: bytes,

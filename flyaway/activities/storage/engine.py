@@ -4,12 +4,16 @@ Files and parts move in parallel, but memory stays bounded: a part holds one of
 ``concurrency`` slots from the moment its bytes are read until they are hashed and sent,
 so at most ``concurrency x part_size`` bytes are in flight. Parts of a file take slots in
 order, and each part feeds the file's sha256 in order, so the whole-file hash comes from
-the source bytes without a second read.
+the source bytes without a second read. A destination that takes parts only in order
+(``sequential_parts``: a GCS resumable session) still gets its parts read ahead, but each
+is sent only after the one before it landed.
 
 A large file's multipart upload is recorded at the destination (``.flyaway/uploads/``)
 as soon as it starts. Any later attempt, after a crash or an operator's retry, finds it,
 asks the destination which parts landed, and sends only the parts that did not, after
-checking that each landed part has the checksum of the source bytes it stands for.
+checking that each landed part has the checksum of the source bytes it stands for (or,
+where the destination cannot tell a landed part's checksum, that ``complete`` verifies the
+whole object against the source bytes).
 """
 
 from __future__ import annotations
@@ -103,14 +107,16 @@ class CopyEngine:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def effective_part_size(self, size: int) -> int:
-        """The plan's part size, grown in whole MiB so the file fits the destination's part count."""
+        """The plan's part size, grown in whole MiB so the file fits the destination's part count, cut down
+        to the destination's largest part (in whole MiB), rounded up to the multiple the destination needs."""
         limits = self.dest.limits
-        needed = math.ceil(size / limits.max_parts)
-        part = max(self.part_size, limits.min_part_size, math.ceil(needed / MiB) * MiB)
-        if part > limits.max_part_size:
-            raise LimitExceeded(f"{size} bytes need parts of {part} bytes, over the destination's "
+        needed = math.ceil(math.ceil(size / limits.max_parts) / MiB) * MiB
+        largest = limits.max_part_size // MiB * MiB
+        if needed > largest:
+            raise LimitExceeded(f"{size} bytes need parts of {needed} bytes, over the destination's "
                                 f"{limits.max_part_size}-byte limit")
-        return part
+        part = min(max(self.part_size, limits.min_part_size, needed), largest)
+        return math.ceil(part / limits.part_multiple) * limits.part_multiple
 
     async def copy_all(self, lines: Iterable[ListingLine],
                        on_entry: Callable[[ManifestEntry], Awaitable[None]]) -> None:
@@ -234,7 +240,8 @@ class CopyEngine:
         records: list[PartRecord | None] = [None] * count
         loop = asyncio.get_running_loop()
 
-        async def part(number: int, hashed_before: asyncio.Future[None], hashed: asyncio.Future[None]) -> None:
+        async def part(number: int, hashed_before: asyncio.Future[None], hashed: asyncio.Future[None],
+                       sent_before: asyncio.Future[None], sent: asyncio.Future[None]) -> None:
             try:
                 offset = (number - 1) * part_size
                 length = min(part_size, file.size - offset)
@@ -244,26 +251,31 @@ class CopyEngine:
                 await self._run(sha256.update, data)
                 hashed.set_result(None)
                 done = landed.get(number)
-                if done is not None and done.checksum == checksum and done.size == length:
-                    records[number - 1] = done
+                if done is not None and done.checksum in (checksum, "") and done.size == length:
+                    records[number - 1] = PartRecord(number=number, size=length, checksum=checksum)
                     self.counters.parts_reused += 1
                 else:
+                    if self.dest.limits.sequential_parts:
+                        await sent_before
                     await self.bandwidth.take(length)
                     records[number - 1] = await self._run(self.dest.upload_part, file.key, state.upload_id,
                                                           number, offset, data, checksum)
                     self.counters.bytes_uploaded += length
+                sent.set_result(None)
                 self.counters.bytes_done += length
             finally:
                 self._slots.release()
 
         previous: asyncio.Future[None] = loop.create_future()
         previous.set_result(None)
+        previous_sent = previous
         async with asyncio.TaskGroup() as group:
             for number in range(1, count + 1):
                 await self._slots.acquire()
                 hashed: asyncio.Future[None] = loop.create_future()
-                group.create_task(part(number, previous, hashed))
-                previous = hashed
+                sent: asyncio.Future[None] = loop.create_future()
+                group.create_task(part(number, previous, hashed, previous_sent, sent))
+                previous, previous_sent = hashed, sent
         digest = sha256.hexdigest()
         if file.sha256 and file.sha256 != digest:
             raise DataCorruption(f"{file.key}: source bytes hash to {digest}, the source publishes {file.sha256}")

@@ -1,4 +1,4 @@
-"""Any S3-compatible store (AWS, Tigris, moto, ...) as a source or a destination, through boto3.
+"""Any S3-compatible store (AWS, Tigris, RunPod volumes, moto, ...) as a source or a destination, through boto3.
 
 botocore's own retries are off: every request goes through tenacity here, so transient
 errors are retried the same way for every provider, and errors that retrying cannot fix
@@ -25,12 +25,14 @@ from botocore.exceptions import (
 from flyaway.activities.errors import (
     AccessDenied,
     DataCorruption,
+    InvalidPlan,
+    LimitExceeded,
     MissingCredentials,
     NotFound,
     SourceObjectMissing,
     Unreachable,
 )
-from flyaway.activities.retry import call_with_retries
+from flyaway.activities.retry import REQUEST_RETRY_SECONDS, call_with_retries
 from flyaway.activities.storage.base import (
     STATE_DIR,
     DestObject,
@@ -41,9 +43,11 @@ from flyaway.activities.storage.base import (
 )
 from flyaway.models.base import join_key
 from flyaway.models.copy import PartRecord, SourceFile
-from flyaway.models.plan import S3Location
+from flyaway.models.plan import RunPodVolumeLocation, S3Location, TigrisLocation
 
 T = TypeVar("T")
+#: plan locations served by the S3 API; each gives its connection settings with ``s3()``
+S3Compatible = S3Location | TigrisLocation | RunPodVolumeLocation
 
 _ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
                  "InvalidToken", "AllAccessDisabled", "AccountProblem"}
@@ -51,6 +55,9 @@ _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTim
                     "ServiceUnavailable", "RequestTimeTooSkewed", "BadDigest", "IncompleteBody"}
 #: CompleteMultipartUpload of a large file can take minutes on some providers
 READ_TIMEOUT_SECONDS = 600
+#: a CompleteMultipartUpload that timed out is sent again for this many read timeouts: a second
+#: try of one that landed meanwhile finds NoSuchUpload, and the object is checked instead
+COMPLETE_RETRY_TIMEOUTS = 3
 
 
 def error_code(error: ClientError) -> str:
@@ -62,19 +69,21 @@ def http_status(error: ClientError) -> int:
 
 
 def is_transient(error: BaseException) -> bool:
-    """Network trouble, throttling and 5xx are worth another try; anything else is not."""
+    """Network trouble (timeouts included), throttling and 5xx but 501 are worth another try; anything else is not."""
     if isinstance(error, ClientError):
-        return http_status(error) >= 500 or http_status(error) == 429 or error_code(error) in _TRANSIENT_CODES
+        status = http_status(error)
+        return (status >= 500 and status != 501) or status == 429 or error_code(error) in _TRANSIENT_CODES
     return isinstance(error, (BotoConnectionError, HTTPClientError))
 
 
-def make_client(location: S3Location, concurrency: int = 10) -> Any:
-    """A boto3 S3 client for ``location`` with credentials from the environment variables it names."""
+def make_client(plan_location: S3Compatible, concurrency: int = 10) -> Any:
+    """A boto3 S3 client for ``plan_location`` with credentials from the environment variables it names."""
+    location = plan_location.s3()
     creds = location.credentials
     missing = [name for name in (creds.access_key_id_env, creds.secret_access_key_env) if not os.environ.get(name)]
     if missing:
         raise MissingCredentials(
-            f"{location.describe()}: environment variable {missing[0]} is not set on the worker; "
+            f"{plan_location.describe()}: environment variable {missing[0]} is not set on the worker; "
             f"export it, or name another variable in credentials")
     session = boto3.session.Session(
         aws_access_key_id=os.environ[creds.access_key_id_env],
@@ -103,30 +112,44 @@ def multipart_etag(part_md5s: list[str]) -> str:
 
 
 class _S3Side:
-    def __init__(self, location: S3Location, concurrency: int = 10) -> None:
-        self.location = location
-        self.bucket = location.bucket
-        self.prefix = location.prefix
+    def __init__(self, location: S3Compatible, concurrency: int = 10) -> None:
+        self.plan_location = location
+        self.location = location.s3()
+        self.bucket = self.location.bucket
+        self.prefix = self.location.prefix
         self.client = make_client(location, concurrency)
 
     def describe(self) -> str:
-        return self.location.describe()
+        return self.plan_location.describe()
+
+    def bucket_label(self) -> str:
+        """How messages name the bucket."""
+        return f"bucket {self.plan_location.kind}://{self.bucket}"
+
+    def endpoint_hint(self) -> str:
+        """What to check when the endpoint does not answer."""
+        return "check endpoint_url"
 
     def key_of(self, key: str) -> str:
         return join_key(self.prefix, key)
 
-    def call(self, what: str, fn: Callable[[], T]) -> T:
+    def call(self, what: str, fn: Callable[[], T], max_seconds: float = REQUEST_RETRY_SECONDS) -> T:
         """Run one request with retries; map what retrying cannot fix to a clear error about ``what``."""
         try:
-            return call_with_retries(fn, is_transient)
+            return call_with_retries(fn, is_transient, max_seconds)
         except ClientError as error:
             code, status = error_code(error), http_status(error)
             if code in _ACCESS_CODES or status == 403:
                 raise AccessDenied(f"{what}: access denied ({code or status}); check the credentials "
-                                   f"and the bucket policy for s3://{self.bucket}") from None
+                                   f"and the bucket policy for {self.bucket_label()}") from None
             if code == "NoSuchBucket":
-                raise NotFound(f"bucket s3://{self.bucket} does not exist at "
+                raise NotFound(f"{self.bucket_label()} does not exist at "
                                f"{self.location.endpoint_url or 'AWS'}") from None
+            if code == "EntityTooLarge":
+                raise LimitExceeded(f"{what}: {self.describe()} refused the request body as too large") from None
+            if status == 501:
+                raise InvalidPlan(f"{what}: {self.describe()} does not implement this request "
+                                  f"({code or 'NotImplemented'})") from None
             raise
         except NoCredentialsError:
             raise MissingCredentials(f"{what}: no credentials") from None
@@ -155,15 +178,15 @@ class _S3Side:
         except ClientError as error:
             status = http_status(error)
             if status == 404:
-                raise NotFound(f"bucket s3://{self.bucket} does not exist at "
+                raise NotFound(f"{self.bucket_label()} does not exist at "
                                f"{self.location.endpoint_url or 'AWS'}; create it or fix the name") from None
             if status == 403:
-                raise AccessDenied(f"bucket s3://{self.bucket}: access denied; check the credentials "
+                raise AccessDenied(f"{self.bucket_label()}: access denied; check the credentials "
                                    f"and the bucket policy") from None
             raise
         except (BotoConnectionError, HTTPClientError) as error:
-            raise Unreachable(f"endpoint {self.location.endpoint_url or 'AWS S3'} of s3://{self.bucket} "
-                              f"does not answer ({type(error).__name__}); check endpoint_url") from None
+            raise Unreachable(f"endpoint {self.location.endpoint_url or 'AWS S3'} of {self.bucket_label()} "
+                              f"does not answer ({type(error).__name__}); {self.endpoint_hint()}") from None
 
 
 def _strip_etag(etag: str) -> str:
@@ -294,12 +317,14 @@ class S3Destination(_S3Side, Destination):
         body = {"Parts": [{"PartNumber": p.number, "ETag": f'"{p.checksum}"'} for p in parts]}
         try:
             response = self.call(what, lambda: self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=self.key_of(key), UploadId=upload_id, MultipartUpload=body))
+                Bucket=self.bucket, Key=self.key_of(key), UploadId=upload_id, MultipartUpload=body),
+                max_seconds=COMPLETE_RETRY_TIMEOUTS * READ_TIMEOUT_SECONDS)
             etag = _strip_etag(response["ETag"])
         except ClientError as error:
             if error_code(error) != "NoSuchUpload":
                 raise
-            # a retried complete whose first try landed: the object is there with the expected ETag
+            # a retried complete whose first try landed (its answer timed out): the object is there
+            # with the expected ETag
             done = self.stat(key)
             if done is None or done.version != expected:
                 raise UploadGone(upload_id) from None

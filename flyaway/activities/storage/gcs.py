@@ -1,0 +1,441 @@
+"""A Google Cloud Storage bucket as a destination, through google-cloud-storage.
+
+Small files are single uploads that carry the crc32c of the source bytes, which GCS checks on
+arrival. A large file is one resumable upload session: its parts go in order
+(``sequential_parts``), each a multiple of 256 KiB but the last, each chunk request saying
+where it starts. After any failure, and in a later attempt after a crash, the server is first
+asked how many bytes it persisted (``Content-Range: bytes */<size>``), and sending goes on from
+there: nothing that landed is sent again. GCS keeps no checksum per chunk, so ``complete``
+checks the object's crc32c against the crc32c of the source bytes, combined from the parts'.
+
+The engine's upload id is a random token, not the session URI: anyone holding the URI can write
+the object for a week, so it stays at the destination (``.flyaway/gcs-sessions/``) and out of
+workflow history, heartbeats and logs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import google.auth.exceptions
+import requests
+from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials, Credentials
+from google.auth.transport.requests import AuthorizedSession
+from google.cloud import storage
+from google.oauth2 import credentials as user_credentials, service_account
+
+from flyaway.activities.errors import AccessDenied, DataCorruption, MissingCredentials, NotFound, Unreachable
+from flyaway.activities.retry import REQUEST_RETRY_SECONDS, call_with_retries
+from flyaway.activities.storage.base import (
+    STATE_DIR,
+    DestinationLimits,
+    DestObject,
+    Destination,
+    UploadGone,
+)
+from flyaway.models.base import join_key
+from flyaway.models.copy import PartRecord
+from flyaway.models.plan import GcsLocation
+
+T = TypeVar("T")
+
+GCS_CHUNK = 256 * 1024
+SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
+#: (connect, read) seconds for one chunk request
+CHUNK_TIMEOUT = (10, 300)
+#: resumable upload status codes: 308 "resume incomplete"; 499 answers the cancel of a session
+RESUME_INCOMPLETE = 308
+SESSION_GONE = (404, 410, 499)
+_CRC32C_POLY = 0x82F63B78
+
+
+class SessionRequestFailed(Exception):
+    """A request to a session URI failed (``status`` None: no answer). The message leaves the URI out."""
+
+    def __init__(self, status: int | None, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail[:200]}" if status else detail)
+        self.status = status
+
+
+def is_transient(error: BaseException) -> bool:
+    """No answer, 408, 429 and 5xx but 501 are worth another try."""
+    if isinstance(error, SessionRequestFailed):
+        status = error.status
+    elif isinstance(error, gexc.GoogleAPICallError):
+        status = error.code
+    else:
+        return isinstance(error, (requests.ConnectionError, requests.Timeout, google.auth.exceptions.TransportError))
+    return status is None or status in (408, 429) or (status >= 500 and status != 501)
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    total, row = 0, 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[row]
+        vector >>= 1
+        row += 1
+    return total
+
+
+def crc32c_combine(crc1: int, crc2: int, length2: int) -> int:
+    """The crc32c of A+B from crc32c(A), crc32c(B) and len(B), in O(log len(B)) (zlib's crc32_combine)."""
+    if length2 == 0:
+        return crc1
+    odd = [_CRC32C_POLY] + [1 << bit for bit in range(31)]  # the operator for one zero bit
+    even = [_gf2_times(odd, row) for row in odd]  # two zero bits
+    odd = [_gf2_times(even, row) for row in even]  # four zero bits
+    while True:  # apply len(B) zero bytes to crc1, squaring the operator for each bit of the length
+        even = [_gf2_times(odd, row) for row in odd]
+        if length2 & 1:
+            crc1 = _gf2_times(even, crc1)
+        length2 >>= 1
+        if not length2:
+            break
+        odd = [_gf2_times(even, row) for row in even]
+        if length2 & 1:
+            crc1 = _gf2_times(odd, crc1)
+        length2 >>= 1
+        if not length2:
+            break
+    return crc1 ^ crc2
+
+
+def combined_crc32c(parts: list[PartRecord]) -> int:
+    """The crc32c of a whole object from its parts' (hex) crc32c, in part order."""
+    crc = 0
+    for part in sorted(parts, key=lambda p: p.number):
+        crc = crc32c_combine(crc, int(part.checksum, 16), part.size)
+    return crc
+
+
+def crc32c_b64(value: int) -> str:
+    """The form GCS gives a crc32c in: base64 of its 4 big-endian bytes."""
+    return base64.b64encode(value.to_bytes(4, "big")).decode()
+
+
+def gcs_credentials(location: GcsLocation) -> tuple[Credentials, str | None]:
+    """Anonymous against an emulator (``STORAGE_EMULATOR_HOST``), else the key file the plan's variable names."""
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        return AnonymousCredentials(), location.project
+    path = os.environ.get(location.credentials_env)
+    if not path:
+        raise MissingCredentials(f"{location.describe()}: environment variable {location.credentials_env} is not set "
+                                 f"on the worker; set it to the path of a service account key file")
+    if not os.path.isfile(path):
+        raise MissingCredentials(f"{location.describe()}: {location.credentials_env} names {path}, which is not a "
+                                 f"file on the worker")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            info = json.load(handle)
+        if info.get("type") == "service_account":
+            credentials: Credentials = service_account.Credentials.from_service_account_info(info, scopes=[SCOPE])
+            return credentials, location.project or info.get("project_id")
+        if info.get("type") == "authorized_user":
+            credentials = user_credentials.Credentials.from_authorized_user_info(info, scopes=[SCOPE])
+            return credentials, location.project or info.get("quota_project_id")
+    except (OSError, ValueError, KeyError):
+        pass
+    raise MissingCredentials(f"{location.describe()}: {path} (from {location.credentials_env}) is not a service "
+                             f"account key or user credentials file")
+
+
+@dataclass
+class _Session:
+    """A resumable upload session and what this process knows of it."""
+
+    uri: str
+    size: int
+    #: bytes in every part but the last, recorded before the first part is sent
+    part_size: int | None = None
+    #: bytes the server holds, when known without asking; None after any failure
+    persisted: int | None = None
+    #: the object resource the server gave when the last byte landed
+    resource: dict[str, Any] | None = None
+
+
+def session_state_name(token: str) -> str:
+    return f"gcs-sessions/{token}.json"
+
+
+class GcsDestination(Destination):
+    limits = DestinationLimits(max_parts=2**31, min_part_size=GCS_CHUNK, max_part_size=5 * 1024**3,
+                               max_single_put=5 * 1024**3, max_object_size=5 * 1024**4, part_multiple=GCS_CHUNK,
+                               sequential_parts=True)
+    part_checksum = "crc32c"
+
+    def __init__(self, location: GcsLocation, concurrency: int = 8) -> None:
+        self.location = location
+        self.prefix = location.prefix
+        credentials, project = gcs_credentials(location)
+        self.client = storage.Client(project=project, credentials=credentials)
+        self.bucket = self.client.bucket(location.bucket)
+        self.http = AuthorizedSession(credentials)
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(10, concurrency * 2))
+        self.http.mount("https://", adapter)
+        self.http.mount("http://", adapter)
+        self._sessions: dict[str, _Session] = {}
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        return self.location.describe()
+
+    def key_of(self, key: str) -> str:
+        return join_key(self.prefix, key)
+
+    def _gs(self, key: str) -> str:
+        return f"gs://{self.location.bucket}/{self.key_of(key)}"
+
+    def call(self, what: str, fn: Callable[[], T], max_seconds: float = REQUEST_RETRY_SECONDS) -> T:
+        """Run one request with retries; map what retrying cannot fix to a clear error about ``what``."""
+        try:
+            return call_with_retries(fn, is_transient, max_seconds)
+        except (gexc.Forbidden, gexc.Unauthorized, google.auth.exceptions.RefreshError) as error:
+            raise AccessDenied(f"{what}: access denied ({type(error).__name__}); check the credentials and the "
+                               f"roles they have on bucket gs://{self.location.bucket}") from None
+        except gexc.NotFound:
+            raise NotFound(f"bucket gs://{self.location.bucket} does not exist; create it or fix the name") from None
+
+    def check(self) -> None:
+        probe = self.bucket.blob(self._state_key(f"probe-{uuid.uuid4().hex}"))
+        try:
+            self.call(f"writing {self.describe()}", lambda: probe.upload_from_string(b"flyaway", retry=None),
+                      max_seconds=20)
+        except (requests.ConnectionError, requests.Timeout, google.auth.exceptions.TransportError) as error:
+            endpoint = os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
+            raise Unreachable(f"Cloud Storage at {endpoint} does not answer ({type(error).__name__}) for "
+                              f"{self.describe()}; check the network (or STORAGE_EMULATOR_HOST)") from None
+        self.call(f"deleting {self.describe()} probe", lambda: probe.delete(retry=None))
+        self.call(f"listing {self.describe()}", lambda: list(self.client.list_blobs(
+            self.bucket, prefix=self.key_of(""), max_results=1, retry=None)))
+
+    def stat(self, key: str) -> DestObject | None:
+        blob = self.call(self._gs(key), lambda: self.bucket.get_blob(self.key_of(key), retry=None))
+        return None if blob is None else DestObject(key=key, size=int(blob.size), version=str(blob.generation))
+
+    def _blobs(self, prefix: str) -> Iterator[storage.Blob]:
+        pages = iter(self.client.list_blobs(self.bucket, prefix=prefix, retry=None).pages)
+        while True:
+            page = self.call(f"listing gs://{self.location.bucket}/{prefix}", lambda: next(pages, None))
+            if page is None:
+                return
+            yield from page
+
+    def list(self) -> Iterator[DestObject]:
+        base = f"{self.prefix.rstrip('/')}/" if self.prefix else ""
+        for blob in self._blobs(base):
+            rel = blob.name[len(base):]
+            if not rel or rel.endswith("/") or rel == STATE_DIR or rel.startswith(f"{STATE_DIR}/"):
+                continue
+            yield DestObject(key=rel, size=int(blob.size), version=str(blob.generation))
+
+    def put(self, key: str, data: bytes, checksum: str, sha256: str) -> str:
+        what = self._gs(key)
+        expected = crc32c_b64(int(checksum, 16))
+        blob = self.bucket.blob(self.key_of(key))
+        blob.crc32c = expected  # sent with the upload, so GCS refuses bytes that do not match it
+
+        def upload() -> None:
+            try:
+                blob.upload_from_string(data, content_type="application/octet-stream", checksum=None, retry=None)
+            except (gexc.BadRequest, gexc.Conflict) as error:
+                if "crc32c" in str(error).lower():
+                    raise DataCorruption(f"{what}: the bytes that arrived do not have the crc32c of the source "
+                                         f"bytes") from None
+                raise
+
+        self.call(what, upload)
+        if blob.crc32c != expected:
+            raise DataCorruption(f"{what}: stored crc32c {blob.crc32c} is not {expected}, of the source bytes")
+        return str(blob.generation)
+
+    # resumable sessions
+
+    def begin_upload(self, key: str, size: int) -> str:
+        blob = self.bucket.blob(self.key_of(key))
+        uri = self.call(self._gs(key), lambda: blob.create_resumable_upload_session(
+            content_type="application/octet-stream", size=size, checksum=None, retry=None))
+        token = uuid.uuid4().hex
+        session = _Session(uri=uri, size=size, persisted=0)
+        self._save(token, session)
+        with self._lock:
+            self._sessions[token] = session
+        return token
+
+    def _save(self, token: str, session: _Session) -> None:
+        saved = {"uri": session.uri, "size": session.size, "part_size": session.part_size}
+        self.put_state(session_state_name(token), json.dumps(saved).encode())
+
+    def _session(self, token: str) -> _Session:
+        with self._lock:
+            session = self._sessions.get(token)
+        if session is None:
+            raw = self.get_state(session_state_name(token))
+            if raw is None:
+                raise UploadGone(token)
+            saved = json.loads(raw)
+            session = _Session(uri=saved["uri"], size=saved["size"], part_size=saved["part_size"])
+            with self._lock:
+                session = self._sessions.setdefault(token, session)
+        return session
+
+    def _request(self, method: str, session: _Session, **kwargs: Any) -> requests.Response:
+        try:
+            return self.http.request(method, session.uri, timeout=CHUNK_TIMEOUT, **kwargs)
+        except requests.RequestException as error:
+            raise SessionRequestFailed(None, f"{type(error).__name__} talking to the upload session") from None
+
+    def _persisted_after(self, session: _Session, response: requests.Response, token: str) -> int:
+        """How many bytes the server holds, from its answer to a chunk or a status query."""
+        if response.status_code == RESUME_INCOMPLETE:
+            held = response.headers.get("Range")  # "bytes=0-<last>"; absent when nothing persisted
+            return int(held.rsplit("-", 1)[1]) + 1 if held else 0
+        if response.status_code in (200, 201):
+            session.resource = response.json()
+            return session.size
+        if response.status_code in SESSION_GONE:
+            raise UploadGone(token)
+        raise SessionRequestFailed(response.status_code, response.text)
+
+    def _query(self, session: _Session, token: str) -> int:
+        """Ask the server how many bytes of the session it persisted (the resumable protocol's recovery)."""
+        response = self._request("PUT", session, data=b"", headers={"Content-Range": f"bytes */{session.size}"})
+        return self._persisted_after(session, response, token)
+
+    def _send(self, session: _Session, token: str, offset: int, data: bytes) -> None:
+        """Send the bytes of ``data`` (the file's from ``offset``) the server does not hold yet."""
+        end = offset + len(data)
+        try:
+            persisted = session.persisted if session.persisted is not None else self._query(session, token)
+            if persisted < offset:
+                raise UploadGone(token)  # the server lost bytes before this part: resume from what it has
+            while persisted < end:
+                body = data if persisted == offset else data[persisted - offset:]
+                response = self._request("PUT", session, data=body, headers={
+                    "Content-Range": f"bytes {persisted}-{end - 1}/{session.size}"})
+                held = self._persisted_after(session, response, token)
+                if held <= persisted:
+                    raise SessionRequestFailed(503, f"the server kept none of bytes {persisted}-{end - 1}")
+                persisted = held
+            session.persisted = persisted
+        except BaseException:
+            session.persisted = None  # ask the server before the next try
+            raise
+
+    def list_parts(self, key: str, upload_id: str) -> dict[int, PartRecord]:
+        """The parts wholly below the offset the server persisted (the session holds no checksums)."""
+        session = self._session(upload_id)
+        persisted = self.call(self._gs(key), lambda: self._query(session, upload_id))
+        session.persisted = persisted
+        if session.part_size is None:
+            return {}  # no part was sent
+        parts = {}
+        for number, start in enumerate(range(0, session.size, session.part_size), start=1):
+            end = min(start + session.part_size, session.size)
+            if end > persisted:
+                break
+            parts[number] = PartRecord(number=number, size=end - start, checksum="")
+        return parts
+
+    def upload_part(self, key: str, upload_id: str, number: int, offset: int, data: bytes,
+                    checksum: str) -> PartRecord:
+        session = self._session(upload_id)
+        if session.part_size is None:  # parts go in order: this is part 1, as long as every part but the last
+            session.part_size = len(data)
+            self._save(upload_id, session)
+        self.call(f"{self._gs(key)} part {number}", lambda: self._send(session, upload_id, offset, data))
+        return PartRecord(number=number, size=len(data), checksum=checksum)
+
+    def _final_resource(self, key: str, session: _Session, token: str) -> dict[str, Any]:
+        """The object the session made: from its last answer, the server, or (session gone) the bucket."""
+        if session.resource is not None:
+            return session.resource
+        try:
+            held = self.call(self._gs(key), lambda: self._query(session, token))
+        except UploadGone:
+            blob = self.call(self._gs(key), lambda: self.bucket.get_blob(self.key_of(key), retry=None))
+            if blob is None:
+                raise
+            return {"size": blob.size, "crc32c": blob.crc32c, "generation": blob.generation}
+        if session.resource is None:
+            raise DataCorruption(f"{self._gs(key)}: the upload session holds {held} of {session.size} bytes "
+                                 f"after every part was sent")
+        return session.resource
+
+    def complete(self, key: str, upload_id: str, parts: list[PartRecord], sha256: str) -> str:
+        session = self._session(upload_id)
+        resource = self._final_resource(key, session, upload_id)
+        expected = crc32c_b64(combined_crc32c(parts))
+        if int(resource["size"]) != session.size or resource.get("crc32c") != expected:
+            raise DataCorruption(f"{self._gs(key)}: object of {resource['size']} bytes with crc32c "
+                                 f"{resource.get('crc32c')}; the source bytes are {session.size} with {expected}")
+        self._forget(upload_id)
+        return str(resource["generation"])
+
+    def abort(self, key: str, upload_id: str) -> None:
+        try:
+            session = self._session(upload_id)
+        except UploadGone:
+            return
+
+        def cancel() -> None:
+            response = self._request("DELETE", session)
+            # a server that cannot cancel (501) lets the session expire unseen: nothing shows before its last byte
+            if response.status_code not in (200, 204, 501, *SESSION_GONE):
+                raise SessionRequestFailed(response.status_code, response.text)
+
+        self.call(self._gs(key), cancel)
+        self._forget(upload_id)
+
+    def _forget(self, token: str) -> None:
+        self.delete_state(session_state_name(token))
+        with self._lock:
+            self._sessions.pop(token, None)
+
+    # flyaway's own state
+
+    def _state_key(self, name: str) -> str:
+        return join_key(self.prefix, f"{STATE_DIR}/{name}")
+
+    def put_state(self, name: str, data: bytes) -> None:
+        blob = self.bucket.blob(self._state_key(name))
+        self.call(f"gs://{self.location.bucket}/{blob.name}", lambda: blob.upload_from_string(
+            data, content_type="application/octet-stream", retry=None))
+
+    def get_state(self, name: str, offset: int = 0, length: int | None = None) -> bytes | None:
+        blob = self.bucket.blob(self._state_key(name))
+        end = None if length is None else offset + length - 1
+
+        def get() -> bytes | None:
+            try:
+                return blob.download_as_bytes(start=offset, end=end, checksum=None, retry=None)
+            except gexc.NotFound:
+                return None
+            except gexc.RequestRangeNotSatisfiable:
+                return b""  # the offset is at or past the end
+
+        return self.call(f"gs://{self.location.bucket}/{blob.name}", get)
+
+    def list_state(self, prefix: str) -> list[str]:
+        base = self._state_key("")
+        base = base if base.endswith("/") else base + "/"
+        return sorted(blob.name[len(base):] for blob in self._blobs(base + prefix))
+
+    def delete_state(self, name: str) -> None:
+        blob = self.bucket.blob(self._state_key(name))
+
+        def delete() -> None:
+            try:
+                blob.delete(retry=None)
+            except gexc.NotFound:
+                pass
+
+        self.call(f"gs://{self.location.bucket}/{blob.name}", delete)
