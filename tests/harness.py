@@ -136,6 +136,7 @@ class S3FaultProxy:
 
     ``mode`` is "pass" (forward everything) or "deny" (answer 403 AccessDenied to every
     request). ``uploaded`` counts request body bytes of PUTs of object data and parts.
+    ``corrupt`` is how many object-data PUTs get one byte flipped on the way (-1: all of them).
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -143,6 +144,8 @@ class S3FaultProxy:
         self.mode = "pass"
         self.uploaded = 0
         self.requests = 0
+        self.corrupt = 0
+        self.corrupted = 0
         self._lock = threading.Lock()
         proxy = self
 
@@ -159,6 +162,10 @@ class S3FaultProxy:
                     proxy.requests += 1
                     if self.command == "PUT" and "/.flyaway/" not in self.path:
                         proxy.uploaded += len(body)
+                        if body and proxy.corrupt != 0:
+                            body = body[:len(body) // 2] + bytes([body[len(body) // 2] ^ 0xFF]) + body[len(body) // 2 + 1:]
+                            proxy.corrupt -= proxy.corrupt > 0
+                            proxy.corrupted += 1
                 if len(body) < length:  # the client died mid-body: forwarding it would leave the
                     return  # upstream waiting for the rest (the GCS emulator serves one request at a time)
                 refusal = proxy.refusal(self.command, self.path, len(body))

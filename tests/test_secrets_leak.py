@@ -135,13 +135,14 @@ def leak_plan(name: str, tmp_path: Path, gcp: FakeSecretManager, values: dict[st
     weights = tmp_path / "weights"
     weights.mkdir()
     (weights / "config.json").write_text('{"model": "tiny"}')
-    (weights / "model.safetensors").write_bytes(os.urandom(64 * 1024))
+    (weights / "model.safetensors").write_bytes(os.urandom(8 * 1024 * 1024))
     dotenv = tmp_path / "app.env"
     dotenv.write_text("".join(f"{key}='{value}'\n" for key, value in values.items()))
     return {"name": name,
             "weights": {"source": {"kind": "local", "path": str(weights)},
                         "destination": {"kind": "local", "path": str(tmp_path / "landed")},
-                        "heartbeat_timeout": "5s", "retry_max_interval": "2s"},
+                        "heartbeat_timeout": "5s", "retry_max_interval": "2s",
+                        "bandwidth_limit": "2MiB"},  # a few seconds: access is taken away meanwhile
             "secrets": {"source": {"kind": "dotenv", "path": str(dotenv)},
                         "destination": {"kind": "gcp_secret_manager", "project": PROJECT, "endpoint": gcp.url,
                                         "prefix": "leak-"}}}
@@ -169,10 +170,14 @@ def test_no_secret_value_in_history_logs_or_cli_output_with_the_codec(
     monkeypatch.setenv(KEYS_ENV, codec_key)  # the test's client and CLI runs use the codec too
     values = secret_values()
     plan = leak_plan("leak-codec", tmp_path, gcp, values)
-    gcp.denied.add(PROJECT)  # first the stage fails and waits for the operator: a failure in the history
     worker = start_worker(temporal_server, task_queue, tmp_path, codec_key)
     try:
         workflow_id = run_async(start_migration(temporal_server, plan, task_queue))
+        # validation passed and the weights are copying: access goes away, so the secrets stage fails and
+        # waits for the operator, which puts a failure into the history
+        eventually(lambda: run_async(migration_status(temporal_server, workflow_id)).stage == "weights",
+                   timeout=60, interval=0.05, what="the weights stage")
+        gcp.denied.add(PROJECT)
         eventually(lambda: run_async(migration_status(temporal_server, workflow_id)).state
                    == MigrationState.waiting_for_operator, timeout=60, what="the secrets stage to wait")
         waiting_output = flyaway_cli(temporal_server, "status", workflow_id)

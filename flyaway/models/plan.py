@@ -6,10 +6,11 @@ worker reads them from. Everything here is checked before anything runs.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import timedelta
 from pathlib import PurePosixPath
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     ValidationError,
@@ -256,13 +257,6 @@ DestinationLocation = Annotated[Union[LocalLocation, S3Location, ModalVolumeLoca
                                       GcsLocation], Field(discriminator="kind")]
 
 
-LOCATION_KINDS = frozenset(
-    get_args(model.model_fields["kind"].annotation)[0]
-    for union in (SourceLocation, DestinationLocation)
-    for model in get_args(get_args(union)[0])
-)
-
-
 class WeightsStage(StrictModel):
     """Copy model weights from a source to a destination, verified byte for byte."""
 
@@ -351,11 +345,29 @@ class MigrationPlan(StrictModel):
         return [stage for stage in STAGES if getattr(self, stage) is not None]
 
 
+@functools.cache
+def _kind_tags() -> frozenset[str]:
+    """Every tag of every tagged union in the plan: pydantic puts them in error paths; people do not."""
+    tags: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            tags.update(node.get("discriminator", {}).get("mapping", {}))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(MigrationPlan.model_json_schema())
+    return frozenset(tags)
+
+
 def describe_validation_error(error: ValidationError) -> list[str]:
     """One line per problem: ``plan.<field path>: <what is wrong>``."""
     lines = []
     for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"] if part not in LOCATION_KINDS)
+        path = ".".join(str(part) for part in item["loc"] if part not in _kind_tags())
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown field; check its spelling against `flyaway schema`"

@@ -113,6 +113,45 @@ def validate(plan_file: Annotated[Path, typer.Argument(help="plan in YAML or JSO
                   highlight=False)
 
 
+@app.command("plan")
+def plan_command(plan_file: Annotated[Path, typer.Argument(help="plan in YAML or JSON")],
+                 dry_run: Annotated[bool, typer.Option("--dry-run", help="(the default) change nothing")] = True,
+                 show_all: Annotated[bool, typer.Option("--all", help="list every file, not the first 30")] = False,
+                 measure: Annotated[bool, typer.Option(help="time a short read and write sample")] = True) -> None:
+    """Dry run: what would be copied and skipped and why, total bytes, and a time estimate."""
+    from rich.table import Table
+
+    from flyaway.starter.display import human_bytes, human_duration
+    from flyaway.starter.dry_run import dry_run as run_dry
+
+    plan, _ = read_plan(plan_file)
+    try:
+        report = run_dry(plan, measure=measure)
+    except FlyawayError as error:
+        fail(str(error))
+        raise AssertionError("unreachable")
+    table = Table(title=f"{plan.weights.source.describe()} -> {plan.weights.destination.describe()}")
+    table.add_column("file", overflow="fold")
+    table.add_column("size", no_wrap=True)
+    table.add_column("action", no_wrap=True)
+    rows = report.decisions if show_all else report.decisions[:30]
+    for decision in rows:
+        action = f"copy ({decision.reason})" if decision.reason else "skip (unchanged)"
+        table.add_row(decision.file.key, human_bytes(decision.file.size), action)
+    console.print(table)
+    if len(rows) < len(report.decisions):
+        console.print(f"... and {len(report.decisions) - len(rows)} more (--all lists them)")
+    console.print(f"to copy: {len(report.to_copy)} files, {human_bytes(report.bytes_to_copy)}; "
+                  f"unchanged: {len(report.decisions) - len(report.to_copy)} files, "
+                  f"{human_bytes(report.bytes_unchanged)}; excluded by include/exclude: {report.excluded}",
+                  highlight=False, soft_wrap=True)
+    if report.rate:
+        console.print(f"measured: read {human_bytes(report.read_rate or 0)}/s, write "
+                      f"{human_bytes(report.write_rate or 0)}/s; estimated copy time "
+                      f"{human_duration(report.estimate_seconds)} (from a short sample; a real copy varies)",
+                      highlight=False, soft_wrap=True)
+
+
 # ---- starting and following -------------------------------------------------------------------
 
 async def _start(opts: TemporalOptions, plan: MigrationPlan, data: dict[str, Any], task_queue: str) -> bool:

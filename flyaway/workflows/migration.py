@@ -16,6 +16,7 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, FailureError
 
 with workflow.unsafe.imports_passed_through():
+    from flyaway.activities.secrets.activities import check_secrets
     from flyaway.activities.storage.activities import abort_uploads, check_weights
     from flyaway.models.copy import CopySettings, CopyWeightsInput, CopyWeightsResult
     from flyaway.models.plan import STAGES, MigrationPlan, parse_plan
@@ -112,6 +113,9 @@ class MigrationWorkflow:
         try:
             await workflow.execute_activity(check_weights, plan.weights, start_to_close_timeout=timedelta(minutes=5),
                                             retry_policy=CHECK_RETRY)
+            if plan.secrets is not None:
+                await workflow.execute_activity(check_secrets, plan.secrets, start_to_close_timeout=timedelta(minutes=5),
+                                                retry_policy=CHECK_RETRY)
         except ActivityError as error:
             raise ApplicationError(f"invalid plan: {failure_message(error)}", type="InvalidPlan",
                                    non_retryable=True) from None

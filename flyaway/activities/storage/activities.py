@@ -69,14 +69,6 @@ def non_retryable_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable
     return wrapper
 
 
-def first_error(group: BaseExceptionGroup) -> BaseException:
-    """The first real error inside nested task-group failures, so its type reaches Temporal as is."""
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
-
-
 def listing_name(listing_id: str) -> str:
     return f"runs/{listing_id}/listing.jsonl"
 
@@ -283,8 +275,6 @@ async def copy_batch(request: BatchRequest) -> BatchResult:
     heartbeat = asyncio.create_task(_heartbeat_forever(engine, request.offset))
     try:
         await engine.copy_all(lines, writer.add)
-    except BaseExceptionGroup as group:
-        raise first_error(group) from None
     finally:
         heartbeat.cancel()
         await writer.flush()

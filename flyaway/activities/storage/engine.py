@@ -32,7 +32,7 @@ import google_crc32c
 import structlog
 
 from flyaway.activities.errors import DataCorruption, LimitExceeded
-from flyaway.activities.storage.base import Destination, Source, SourceChanged, UploadGone
+from flyaway.activities.storage.base import Destination, DestObject, Source, SourceChanged, UploadGone
 from flyaway.models.copy import ListingLine, ManifestEntry, PartRecord, SourceFile, UploadState
 
 T = TypeVar("T")
@@ -41,6 +41,14 @@ log = structlog.get_logger(__name__)
 MiB = 1024 * 1024
 #: a file that keeps changing under us, or keeps arriving corrupted, is given up after this many tries
 MAX_FILE_ATTEMPTS = 3
+
+
+def first_error(group: BaseExceptionGroup) -> BaseException:
+    """The first real error inside nested task-group failures, so its type is handled as is."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 def part_checksum(algorithm: str, data: bytes) -> str:
@@ -53,6 +61,22 @@ def part_checksum(algorithm: str, data: bytes) -> str:
 
 def upload_state_name(key: str) -> str:
     return f"uploads/{hashlib.sha256(key.encode()).hexdigest()[:40]}.json"
+
+
+def copy_reason(line: ListingLine, current: DestObject | None) -> str | None:
+    """Why a file must be copied, or None when its destination copy matches the manifest."""
+    previous, file = line.previous, line.file
+    if previous is None:
+        return "new"
+    # a published hash (Hugging Face LFS) decides; otherwise the version (a new commit, ETag or mtime) does
+    same = previous.sha256 == file.sha256 if file.sha256 else previous.source_version == file.version
+    if previous.size != file.size or not same:
+        return "changed at the source"
+    if current is None:
+        return "missing at the destination"
+    if current.size != file.size or current.version != previous.dest_version:
+        return "changed at the destination"
+    return None
 
 
 class TokenBucket:
@@ -123,15 +147,16 @@ class CopyEngine:
         """Copy (or skip) every line, at most ``concurrency`` files at once; report each entry as it lands."""
 
         async def one(line: ListingLine) -> None:
-            try:
-                await on_entry(await self.copy_file(line))
-            finally:
-                self._files.release()
+            await on_entry(await self.copy_file(line))
 
-        async with asyncio.TaskGroup() as group:
-            for line in lines:
-                await self._files.acquire()
-                group.create_task(one(line))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for line in lines:
+                    await self._files.acquire()
+                    # released by a done callback: a task cancelled before it ran has no finally
+                    group.create_task(one(line)).add_done_callback(lambda _: self._files.release())
+        except BaseExceptionGroup as failures:
+            raise first_error(failures) from None
 
     async def copy_file(self, line: ListingLine) -> ManifestEntry:
         file = line.file
@@ -171,29 +196,30 @@ class CopyEngine:
         return min(self.part_size, self.dest.limits.max_single_put)
 
     async def _unchanged(self, line: ListingLine) -> bool:
-        previous, file = line.previous, line.file
-        if previous is None or previous.size != file.size:
+        if copy_reason(line, None) == "new":
             return False
-        # a published sha256 names the content itself, so a new version with the same one (a Hugging Face
-        # commit that left this file alone) is still unchanged
-        if (file.sha256 != previous.sha256) if file.sha256 else (previous.source_version != file.version):
-            return False
-        current = await self._run(self.dest.stat, file.key)
-        return current is not None and current.size == file.size and current.version == previous.dest_version
+        current = await self._run(self.dest.stat, line.file.key)
+        return copy_reason(line, current) is None
 
-    def _entry(self, file: SourceFile, sha256: str, dest_version: str, parts: int) -> ManifestEntry:
-        if file.sha256 and file.sha256 != sha256:
-            raise DataCorruption(f"{file.key}: source bytes hash to {sha256}, the source publishes {file.sha256}")
+    @staticmethod
+    def _check_published_sha256(file: SourceFile, digest: str) -> None:
+        """Bytes that do not hash to what the source publishes are corrupt: never make them visible."""
+        if file.sha256 and file.sha256 != digest:
+            raise DataCorruption(f"{file.key}: source bytes hash to {digest}, the source publishes {file.sha256}")
+
+    @staticmethod
+    def _entry(file: SourceFile, sha256: str, dest_version: str, parts: int) -> ManifestEntry:
         return ManifestEntry(key=file.key, size=file.size, sha256=sha256, source_version=file.version,
                              dest_version=dest_version, parts=parts, copied_at=datetime.now(timezone.utc))
 
     async def _copy_small(self, file: SourceFile) -> ManifestEntry:
+        def read_and_hash() -> tuple[bytes, str, str]:
+            data = self.source.read(file, 0, file.size)
+            return data, part_checksum(self.dest.part_checksum, data), hashlib.sha256(data).hexdigest()
+
         async with self._slots:
-            data = await self._run(self.source.read, file, 0, file.size)
-            checksum = await self._run(part_checksum, self.dest.part_checksum, data)
-            sha256 = await self._run(lambda: hashlib.sha256(data).hexdigest())
-            if file.sha256 and file.sha256 != sha256:
-                raise DataCorruption(f"{file.key}: source bytes hash to {sha256}, the source publishes {file.sha256}")
+            data, checksum, sha256 = await self._run(read_and_hash)
+            self._check_published_sha256(file, sha256)
             await self.bandwidth.take(len(data))
             version = await self._run(self.dest.put, file.key, data, checksum, sha256)
             self.counters.bytes_uploaded += len(data)
@@ -231,6 +257,23 @@ class CopyEngine:
         await self._run(self.dest.put_state, upload_state_name(file.key), state.model_dump_json().encode())
         return state, {}
 
+    async def _upload_part(self, key: str, upload_id: str, number: int, offset: int, data: bytes,
+                           checksum: str) -> PartRecord:
+        """Send one part; a part that arrives corrupted is sent again before the file is given up."""
+        for attempt in range(1, MAX_FILE_ATTEMPTS + 1):
+            await self.bandwidth.take(len(data))
+            try:
+                record = await self._run(self.dest.upload_part, key, upload_id, number, offset, data, checksum)
+            except DataCorruption as error:
+                if attempt == MAX_FILE_ATTEMPTS:
+                    raise
+                log.warning("part arrived corrupted; sending it again", key=key, part=number, error=str(error))
+                continue
+            finally:
+                self.counters.bytes_uploaded += len(data)
+            return record
+        raise AssertionError("unreachable")
+
     async def _copy_multipart(self, file: SourceFile) -> ManifestEntry:
         part_size = self.effective_part_size(file.size)
         count = math.ceil(file.size / part_size)
@@ -242,43 +285,42 @@ class CopyEngine:
 
         async def part(number: int, hashed_before: asyncio.Future[None], hashed: asyncio.Future[None],
                        sent_before: asyncio.Future[None], sent: asyncio.Future[None]) -> None:
-            try:
-                offset = (number - 1) * part_size
-                length = min(part_size, file.size - offset)
-                data = await self._run(self.source.read, file, offset, length)
-                checksum = await self._run(part_checksum, self.dest.part_checksum, data)
-                await hashed_before
-                await self._run(sha256.update, data)
-                hashed.set_result(None)
-                done = landed.get(number)
-                if done is not None and done.checksum in (checksum, "") and done.size == length:
-                    records[number - 1] = PartRecord(number=number, size=length, checksum=checksum)
-                    self.counters.parts_reused += 1
-                else:
-                    if self.dest.limits.sequential_parts:
-                        await sent_before
-                    await self.bandwidth.take(length)
-                    records[number - 1] = await self._run(self.dest.upload_part, file.key, state.upload_id,
-                                                          number, offset, data, checksum)
-                    self.counters.bytes_uploaded += length
-                sent.set_result(None)
-                self.counters.bytes_done += length
-            finally:
-                self._slots.release()
+            offset = (number - 1) * part_size
+            length = min(part_size, file.size - offset)
+            data = await self._run(self.source.read, file, offset, length)
+            checksum = await self._run(part_checksum, self.dest.part_checksum, data)
+            await hashed_before
+            await self._run(sha256.update, data)
+            hashed.set_result(None)
+            done = landed.get(number)
+            if done is not None and done.checksum in (checksum, "") and done.size == length:
+                records[number - 1] = PartRecord(number=number, size=length, checksum=checksum)
+                self.counters.parts_reused += 1
+            else:
+                if self.dest.limits.sequential_parts:
+                    await sent_before
+                records[number - 1] = await self._upload_part(file.key, state.upload_id, number, offset, data,
+                                                              checksum)
+            sent.set_result(None)
+            self.counters.bytes_done += length
 
         previous: asyncio.Future[None] = loop.create_future()
         previous.set_result(None)
         previous_sent = previous
-        async with asyncio.TaskGroup() as group:
-            for number in range(1, count + 1):
-                await self._slots.acquire()
-                hashed: asyncio.Future[None] = loop.create_future()
-                sent: asyncio.Future[None] = loop.create_future()
-                group.create_task(part(number, previous, hashed, previous_sent, sent))
-                previous, previous_sent = hashed, sent
+        try:
+            async with asyncio.TaskGroup() as group:
+                for number in range(1, count + 1):
+                    await self._slots.acquire()
+                    hashed: asyncio.Future[None] = loop.create_future()
+                    sent: asyncio.Future[None] = loop.create_future()
+                    # the slot is released by a done callback: a task cancelled before it ran has no finally
+                    group.create_task(part(number, previous, hashed, previous_sent, sent)).add_done_callback(
+                        lambda _: self._slots.release())
+                    previous, previous_sent = hashed, sent
+        except BaseExceptionGroup as failures:
+            raise first_error(failures) from None
         digest = sha256.hexdigest()
-        if file.sha256 and file.sha256 != digest:
-            raise DataCorruption(f"{file.key}: source bytes hash to {digest}, the source publishes {file.sha256}")
+        self._check_published_sha256(file, digest)
         parts = [record for record in records if record is not None]
         version = await self._run(self.dest.complete, file.key, state.upload_id, parts, digest)
         await self._run(self.dest.delete_state, upload_state_name(file.key))

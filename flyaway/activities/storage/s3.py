@@ -52,7 +52,7 @@ S3Compatible = S3Location | TigrisLocation | RunPodVolumeLocation
 _ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
                  "InvalidToken", "AllAccessDisabled", "AccountProblem"}
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
-                    "ServiceUnavailable", "RequestTimeTooSkewed", "BadDigest", "IncompleteBody"}
+                    "ServiceUnavailable", "RequestTimeTooSkewed", "IncompleteBody"}
 #: CompleteMultipartUpload of a large file can take minutes on some providers
 READ_TIMEOUT_SECONDS = 600
 #: a CompleteMultipartUpload that timed out is sent again for this many read timeouts: a second
@@ -142,6 +142,8 @@ class _S3Side:
             if code in _ACCESS_CODES or status == 403:
                 raise AccessDenied(f"{what}: access denied ({code or status}); check the credentials "
                                    f"and the bucket policy for {self.bucket_label()}") from None
+            if code in ("BadDigest", "InvalidDigest"):
+                raise DataCorruption(f"{what}: the bytes that arrived do not have the MD5 of the source bytes") from None
             if code == "NoSuchBucket":
                 raise NotFound(f"{self.bucket_label()} does not exist at "
                                f"{self.location.endpoint_url or 'AWS'}") from None

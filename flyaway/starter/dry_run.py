@@ -1,0 +1,109 @@
+"""``flyaway plan --dry-run``: what a migration would copy and skip, and how long it may take.
+
+It reads the source listing and the destination's manifest exactly as the copy does, and
+times a short sample of reads and writes (a few parts, in parallel) to estimate the duration.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from flyaway.activities.storage import open_destination, open_source
+from flyaway.activities.storage.activities import is_selected, previous_entries
+from flyaway.activities.storage.base import Destination, Source
+from flyaway.activities.storage.engine import copy_reason
+from flyaway.models.copy import ListingLine, SourceFile
+from flyaway.models.plan import MigrationPlan
+
+SAMPLE_PART = 8 * 1024 * 1024
+SAMPLE_PARTS = 4
+
+
+@dataclass
+class Decision:
+    file: SourceFile
+    reason: str | None  # None: unchanged, skipped
+
+
+@dataclass
+class DryRun:
+    decisions: list[Decision] = field(default_factory=list)
+    excluded: int = 0
+    read_rate: float | None = None
+    write_rate: float | None = None
+
+    @property
+    def to_copy(self) -> list[Decision]:
+        return [d for d in self.decisions if d.reason is not None]
+
+    @property
+    def bytes_to_copy(self) -> int:
+        return sum(d.file.size for d in self.to_copy)
+
+    @property
+    def bytes_unchanged(self) -> int:
+        return sum(d.file.size for d in self.decisions if d.reason is None)
+
+    @property
+    def rate(self) -> float | None:
+        rates = [r for r in (self.read_rate, self.write_rate) if r]
+        return min(rates) if rates else None
+
+    @property
+    def estimate_seconds(self) -> float | None:
+        return self.bytes_to_copy / self.rate if self.rate else None
+
+
+def _timed_parallel(jobs: list, workers: int) -> float:
+    """Bytes per second of running ``jobs`` (callables returning a byte count) in parallel."""
+    started = time.monotonic()
+    with ThreadPoolExecutor(workers) as pool:
+        moved = sum(pool.map(lambda job: job(), jobs))
+    return moved / max(time.monotonic() - started, 1e-6)
+
+
+def sample_read_rate(source: Source, files: list[SourceFile], concurrency: int) -> float | None:
+    biggest = max(files, key=lambda f: f.size, default=None)
+    if biggest is None or biggest.size == 0:
+        return None
+    length = min(SAMPLE_PART, biggest.size)
+    offsets = range(0, min(biggest.size - length, (SAMPLE_PARTS - 1) * length) + 1, length)
+    return _timed_parallel([lambda o=o: len(source.read(biggest, o, length)) for o in offsets], concurrency)
+
+
+def sample_write_rate(dest: Destination, concurrency: int) -> float:
+    data = os.urandom(SAMPLE_PART)
+
+    def write(index: int) -> int:
+        dest.put_state(f"probe/throughput-{index}", data)
+        return len(data)
+
+    try:
+        return _timed_parallel([lambda i=i: write(i) for i in range(SAMPLE_PARTS)], concurrency)
+    finally:
+        for index in range(SAMPLE_PARTS):
+            dest.delete_state(f"probe/throughput-{index}")
+
+
+def dry_run(plan: MigrationPlan, measure: bool = True) -> DryRun:
+    stage = plan.weights
+    source = open_source(stage.source, stage.concurrency)
+    dest = open_destination(stage.destination, stage.concurrency)
+    previous = previous_entries(dest)
+    report = DryRun()
+    for file in source.list():
+        if not is_selected(file.key, stage):
+            report.excluded += 1
+            continue
+        line = ListingLine(file=file, previous=previous.get(file.key))
+        reason = copy_reason(line, None)
+        if reason == "missing at the destination":
+            reason = copy_reason(line, dest.stat(file.key))
+        report.decisions.append(Decision(file=file, reason=reason))
+    if measure and report.to_copy:
+        report.read_rate = sample_read_rate(source, [d.file for d in report.to_copy], stage.concurrency)
+        report.write_rate = sample_write_rate(dest, stage.concurrency)
+    return report
