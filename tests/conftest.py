@@ -22,6 +22,9 @@ from tests.harness import (
     WorkerProcess,
 )
 
+#: fixtures of the fake hub and the fake Modal SDK, for every test module that copies through them
+pytest_plugins = ["tests.providers"]
+
 for _name, _value in TEST_AWS_ENV.items():
     os.environ.setdefault(_name, _value)
 

@@ -21,10 +21,9 @@ from flyaway.models.status import MigrationState, MigrationStatus
 from flyaway.starter.cli import app
 from flyaway.starter.dev import write_random_file
 from tests.fakes import modal_volume as fake_modal
-from tests.fakes.hf_hub import TOKEN, FakeHub
+from tests.fakes.hf_hub import FakeHub
 from tests.fixtures import make_tree
 from tests.harness import (
-    TEST_AWS_ENV,
     TemporalDevServer,
     WorkerProcess,
     eventually,
@@ -37,25 +36,9 @@ from tests.harness import (
     weights_plan,
 )
 
+from tests.providers import REPO, hf_location, modal_location, tree, worker_env
+
 MiB = 1024 * 1024
-REPO = "acme/llama"
-
-
-@pytest.fixture(scope="module")
-def hub() -> Iterator[FakeHub]:
-    with FakeHub() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def modal_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("modal")
-
-
-def worker_env(hub: FakeHub, modal_dir: Path) -> dict[str, str]:
-    return {**TEST_AWS_ENV, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN,
-            "FLYAWAY_MODAL_VOLUME_FACTORY": fake_modal.FACTORY, fake_modal.ROOT_ENV: str(modal_dir),
-            "MODAL_TOKEN_ID": fake_modal.TOKEN_ID, "MODAL_TOKEN_SECRET": fake_modal.TOKEN_SECRET}
 
 
 @pytest.fixture(scope="module")
@@ -74,20 +57,6 @@ def repo(hub: FakeHub, tmp_path_factory: pytest.TempPathFactory) -> dict[str, by
     contents = make_tree(tmp_path_factory.mktemp("hf-repo"), seed=3)
     hub.add_repo(REPO, contents)
     return contents
-
-
-def hf_location(repo_id: str = REPO, **fields: Any) -> dict[str, Any]:
-    return {"kind": "hf", "repo_id": repo_id, **fields}
-
-
-def modal_location(staging: Path, prefix: str, **fields: Any) -> dict[str, Any]:
-    return {"kind": "modal_volume", "volume": "weights", "create_if_missing": True, "prefix": prefix,
-            "staging_dir": str(staging), **fields}
-
-
-def tree(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
-            if p.is_file() and ".flyaway" not in p.relative_to(folder).parts}
 
 
 def unique(name: str) -> str:
