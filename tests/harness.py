@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 from temporalio.client import Client
 
 from flyaway.activities.storage.runpod import RUNPOD_MAX_BODY
@@ -106,6 +107,7 @@ class WorkerProcess:
         self.log_path = log_path
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
+        self.peak_rss = 0
 
     def start(self) -> None:
         env = {**os.environ, **self.env}
@@ -114,6 +116,17 @@ class WorkerProcess:
                 [*FLYAWAY, "worker", "--address", self.server.address, "--namespace", "default",
                  "--task-queue", self.task_queue, "--json-logs"],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+        threading.Thread(target=self._sample_rss, args=(self.process,), daemon=True).start()
+
+    def _sample_rss(self, process: subprocess.Popen[bytes]) -> None:
+        """Track the worker's peak resident memory, sampled every 0.1 s while it runs."""
+        try:
+            watched = psutil.Process(process.pid)
+            while process.poll() is None:
+                self.peak_rss = max(self.peak_rss, watched.memory_info().rss)
+                time.sleep(0.1)
+        except psutil.NoSuchProcess:
+            pass
 
     def kill(self) -> None:
         """SIGKILL: no graceful shutdown, no last heartbeat, exactly like a crashed machine."""

@@ -50,6 +50,6 @@ def test_a_hundred_thousand_files(temporal_server: TemporalDevServer, worker: Wo
     assert manifest.count(b"\n") == FILES
     runs, events = run_async(history_events(temporal_server, "migration-many-files-weights"))
     print(f"\n{FILES} files: {runs} runs of CopyWeightsWorkflow, {events} history events "
-          f"({events * 1000 / FILES:.1f} per 1,000 files)")
+          f"({events * 1000 / FILES:.1f} per 1,000 files); worker peak RSS {worker.peak_rss / 2**20:.0f} MiB")
     assert runs >= 2, "the copy should have continued as new"
     assert events * 1000 / FILES < 50

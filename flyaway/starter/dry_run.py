@@ -15,7 +15,7 @@ from flyaway.activities.storage import open_destination, open_source
 from flyaway.activities.storage.activities import is_selected, previous_entries
 from flyaway.activities.storage.base import Destination, Source
 from flyaway.activities.storage.engine import copy_reason
-from flyaway.models.copy import ListingLine, SourceFile
+from flyaway.models.copy import ListingLine, ManifestEntry, SourceFile
 from flyaway.models.plan import MigrationPlan
 
 SAMPLE_PART = 8 * 1024 * 1024
@@ -98,7 +98,8 @@ def dry_run(plan: MigrationPlan, measure: bool = True) -> DryRun:
         if not is_selected(file.key, stage):
             report.excluded += 1
             continue
-        line = ListingLine(file=file, previous=previous.get(file.key))
+        earlier = previous.get(file.key)
+        line = ListingLine(file=file, previous=ManifestEntry.model_validate_json(earlier) if earlier else None)
         reason = copy_reason(line, None)
         if reason == "missing at the destination":
             reason = copy_reason(line, dest.stat(file.key))

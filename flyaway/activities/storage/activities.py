@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import functools
+import io
+import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -83,15 +85,20 @@ def is_selected(key: str, stage: WeightsStage) -> bool:
     return not any(fnmatch.fnmatchcase(key, p) for p in stage.exclude)
 
 
-def read_entries(dest: Destination, names: list[str]) -> dict[str, ManifestEntry]:
-    """Manifest entries from state files, later files winning."""
-    entries: dict[str, ManifestEntry] = {}
+def read_raw_entries(dest: Destination, names: list[str]) -> dict[str, bytes]:
+    """Manifest lines by key from state files, later files winning, kept as JSON text: a parsed
+    entry costs several times its text, and a listing of 100,000 files parses each one at most once."""
+    entries: dict[str, bytes] = {}
     for name in names:
         for line in (dest.get_state(name) or b"").splitlines():
             if line.strip():
-                entry = ManifestEntry.model_validate_json(line)
-                entries[entry.key] = entry
+                entries[json.loads(line)["key"]] = line
     return entries
+
+
+def read_entries(dest: Destination, names: list[str]) -> dict[str, ManifestEntry]:
+    """Manifest entries from state files, later files winning."""
+    return {key: ManifestEntry.model_validate_json(line) for key, line in read_raw_entries(dest, names).items()}
 
 
 class DirectoryFanout:
@@ -124,10 +131,10 @@ class DirectoryFanout:
                                 f"{self.where}, the most one folder there can hold; split it or use include")
 
 
-def previous_entries(dest: Destination) -> dict[str, ManifestEntry]:
-    """What earlier runs copied: the verified manifest, then shards of runs that did not finish."""
+def previous_entries(dest: Destination) -> dict[str, bytes]:
+    """What earlier runs copied (JSON lines by key): the verified manifest, then shards of runs that did not finish."""
     shards = [name for name in dest.list_state("runs/") if "/manifest/" in name]
-    return read_entries(dest, [MANIFEST, *shards])
+    return read_raw_entries(dest, [MANIFEST, *shards])
 
 
 def _stage_label(stage: WeightsStage) -> str:
@@ -167,9 +174,11 @@ def _write_listing(stage: WeightsStage, listing_id: str, heartbeat: Callable[[in
         dest.check_file(file)
         if fanout is not None:
             fanout.add(file.key)
-        line = ListingLine(file=file, previous=previous.get(file.key))
-        candidates += line.previous is not None
-        lines.append(line.model_dump_json(exclude_none=True).encode() + b"\n")
+        earlier = previous.get(file.key)
+        candidates += earlier is not None
+        # a ListingLine, written without parsing the earlier entry
+        lines.append(b'{"file":' + file.model_dump_json(exclude_none=True).encode()
+                     + (b',"previous":' + earlier if earlier else b"") + b"}\n")
         files += 1
         size += file.size
         if files % 1000 == 0:
@@ -292,33 +301,45 @@ def _earlier_attempts(dest: Destination, request: BatchRequest) -> dict[str, Man
     return read_entries(dest, dest.list_state(prefix))
 
 
-def _iter_listing(dest: Destination, listing_id: str) -> Iterator[ListingLine]:
-    for raw in (dest.get_state(listing_name(listing_id)) or b"").splitlines():
-        if raw.strip():
-            yield ListingLine.model_validate_json(raw)
+def _listing_range(dest: Destination, listing_id: str, start: int, end: int | None) -> Iterator[ListingLine]:
+    raw = dest.get_state(listing_name(listing_id), start, None if end is None else end - start) or b""
+    for line in raw.splitlines():
+        if line.strip():
+            yield ListingLine.model_validate_json(line)
 
 
 def _verify(stage: WeightsStage, listing_id: str) -> VerifyResult:
+    """Batch by batch (shards are named by the listing offset of their batch), so memory follows the
+    batch size; only the destination's keys and versions are held for the whole listing."""
     dest = open_destination(stage.destination, stage.concurrency)
-    entries = read_entries(dest, dest.list_state(shard_prefix(listing_id)))
-    present = {obj.key: obj for obj in dest.list()}
-    manifest: list[ManifestEntry] = []
-    for line in _iter_listing(dest, listing_id):
-        entry = entries.get(line.file.key)
-        if entry is None:
-            raise DataCorruption(f"{line.file.key} was listed but never recorded as copied; retry the migration")
-        obj = present.get(entry.key)
-        if obj is None or obj.size != entry.size or obj.version != entry.dest_version:
-            found = "missing" if obj is None else f"{obj.size} bytes, version {obj.version}"
-            raise DataCorruption(f"{dest.describe()}/{entry.key}: expected {entry.size} bytes, version "
-                                 f"{entry.dest_version}; found {found}")
-        manifest.append(entry)
-    manifest.sort(key=lambda e: e.key)
-    dest.put_state(MANIFEST, b"".join(e.model_dump_json().encode() + b"\n" for e in manifest))
+    present = {obj.key: (obj.size, obj.version) for obj in dest.list()}
+    shards: dict[int, list[str]] = {}
+    prefix = shard_prefix(listing_id)
+    for name in dest.list_state(prefix):
+        shards.setdefault(int(name[len(prefix):].split("-", 1)[0]), []).append(name)
+    offsets = sorted(shards)
+    manifest = io.BytesIO()
+    files = size = 0
+    for start, end in zip(offsets, [*offsets[1:], None]):
+        entries = read_entries(dest, shards[start])
+        for line in _listing_range(dest, listing_id, start, end):
+            entry = entries.get(line.file.key)
+            if entry is None:
+                raise DataCorruption(f"{line.file.key} was listed but never recorded as copied; retry the migration")
+            found = present.get(entry.key)
+            if found != (entry.size, entry.dest_version):
+                what = "missing" if found is None else f"{found[0]} bytes, version {found[1]}"
+                raise DataCorruption(f"{dest.describe()}/{entry.key}: expected {entry.size} bytes, version "
+                                     f"{entry.dest_version}; found {what}")
+            manifest.write(entry.model_dump_json().encode() + b"\n")
+            files += 1
+            size += entry.size
+    if (offsets[0] if offsets else 0) != 0 or (not offsets and dest.get_state(listing_name(listing_id), 0, 1)):
+        raise DataCorruption("the first batch of the listing was never recorded as copied; retry the migration")
+    dest.put_state(MANIFEST, manifest.getvalue())
     for name in dest.list_state("runs/"):
         dest.delete_state(name)
-    return VerifyResult(files_verified=len(manifest), bytes_verified=sum(e.size for e in manifest),
-                        manifest_key=f"{dest.describe()}/.flyaway/{MANIFEST}")
+    return VerifyResult(files_verified=files, bytes_verified=size, manifest_key=f"{dest.describe()}/.flyaway/{MANIFEST}")
 
 
 @activity.defn(name="flyaway.weights.verify")
