@@ -16,7 +16,7 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from typer.testing import CliRunner
 
-from flyaway.activities.storage.local import sha256_of_file
+from flyaway.activities.storage.checksums import sha256_of_file
 from flyaway.models.status import MigrationState, MigrationStatus
 from flyaway.starter.cli import app
 from flyaway.starter.dev import write_random_file

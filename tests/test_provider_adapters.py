@@ -20,15 +20,32 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from typer.testing import CliRunner
 
-from flyaway.activities.errors import DataCorruption, LimitExceeded, MissingCredentials, NotFound, Unreachable
-from flyaway.activities.storage import open_destination, open_source, s3 as s3_module
+from flyaway.activities.errors import (
+    DataCorruption,
+    LimitExceeded,
+    MissingCredentials,
+    NotFound,
+)
+from flyaway.activities.storage import open_destination, open_source
+from flyaway.activities.storage import s3 as s3_module
+from flyaway.activities.storage.checksums import crc32c_combine
 from flyaway.activities.storage.engine import CopyEngine, part_checksum
-from flyaway.activities.storage.gcs import GcsDestination, crc32c_combine
+from flyaway.activities.storage.gcs import GcsDestination
 from flyaway.activities.storage.local import LocalDestination, LocalSource
-from flyaway.activities.storage.runpod import RUNPOD_LIMITS, RUNPOD_MAX_BODY, RunPodVolumeDestination
+from flyaway.activities.storage.runpod import (
+    RUNPOD_LIMITS,
+    RUNPOD_MAX_BODY,
+    RunPodVolumeDestination,
+)
 from flyaway.activities.storage.s3 import multipart_etag
 from flyaway.models.copy import ListingLine
-from flyaway.models.plan import GcsLocation, LocalLocation, RunPodVolumeLocation, TigrisLocation, parse_plan
+from flyaway.models.plan import (
+    GcsLocation,
+    LocalLocation,
+    RunPodVolumeLocation,
+    TigrisLocation,
+    parse_plan,
+)
 from flyaway.starter.cli import app
 from flyaway.starter.dev import free_port
 from tests.conftest import s3_client

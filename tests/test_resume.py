@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from flyaway.activities.storage.local import sha256_of_file
+from flyaway.activities.storage.checksums import sha256_of_file
 from flyaway.models.status import MigrationState
 from flyaway.starter.cli import app
 from flyaway.starter.dev import write_random_file
@@ -70,7 +70,7 @@ def test_a_killed_worker_costs_at_most_the_parts_in_flight(
     assert s3_sha256(s3, bucket, "m/model.safetensors") == sha
     resent = s3_proxy.uploaded - size - len('{"hidden_size": 4096}')
     print(f"\nkilled at {at_kill / MiB:.0f} MiB; re-sent {resent / MiB:.1f} MiB "
-          f"(bound {CONCURRENCY * PART / MiB:.0f} MiB)")
+          f"(bound {CONCURRENCY * PART / MiB:.0f} MiB); new worker's peak RSS {worker.peak_rss / MiB:.0f} MiB")
     assert 0 <= resent <= CONCURRENCY * PART
     assert "resuming upload" in worker.logs()
 

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from temporalio.client import Client
 
-from flyaway.activities.storage.local import sha256_of_file
+from flyaway.activities.storage.checksums import sha256_of_file
 from flyaway.connection import TASK_QUEUE, TemporalOptions, connect
 from flyaway.workflows.migration import SEARCH_ATTRIBUTES
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flyaway.activities.storage.base import Destination, Source
+from flyaway.activities.storage.fly_volume import FlyVolumeSource
 from flyaway.activities.storage.gcs import GcsDestination
 from flyaway.activities.storage.hf import HfSource
 from flyaway.activities.storage.local import LocalDestination, LocalSource
@@ -11,6 +12,7 @@ from flyaway.activities.storage.runpod import RunPodVolumeDestination
 from flyaway.activities.storage.s3 import S3Destination, S3Source
 from flyaway.models.plan import (
     DestinationLocation,
+    FlyVolumeLocation,
     GcsLocation,
     HfLocation,
     LocalLocation,
@@ -30,6 +32,8 @@ def open_source(location: SourceLocation, concurrency: int = 8) -> Source:
         return S3Source(location, concurrency)
     if isinstance(location, HfLocation):
         return HfSource(location)
+    if isinstance(location, FlyVolumeLocation):
+        return FlyVolumeSource(location)
     raise TypeError(f"no source adapter for {type(location).__name__}")
 
 

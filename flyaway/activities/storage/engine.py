@@ -19,6 +19,8 @@ whole object against the source bytes).
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import functools
 import hashlib
 import math
 import time
@@ -28,17 +30,30 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-import google_crc32c
 import structlog
 
 from flyaway.activities.errors import DataCorruption, LimitExceeded
-from flyaway.activities.storage.base import Destination, DestObject, Source, SourceChanged, UploadGone
-from flyaway.models.copy import ListingLine, ManifestEntry, PartRecord, SourceFile, UploadState
+from flyaway.activities.storage.base import (
+    Destination,
+    DestObject,
+    Source,
+    SourceChanged,
+    UploadGone,
+)
+from flyaway.activities.storage.checksums import part_checksum
+from flyaway.models.copy import (
+    ListingLine,
+    ManifestEntry,
+    PartRecord,
+    SourceFile,
+    UploadState,
+)
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
 MiB = 1024 * 1024
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # mallopt parameters (glibc's malloc.h)
 #: a file that keeps changing under us, or keeps arriving corrupted, is given up after this many tries
 MAX_FILE_ATTEMPTS = 3
 
@@ -49,14 +64,6 @@ def first_error(group: BaseExceptionGroup) -> BaseException:
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]
     return error
-
-
-def part_checksum(algorithm: str, data: bytes) -> str:
-    if algorithm == "md5":
-        return hashlib.md5(data).hexdigest()
-    if algorithm == "crc32c":
-        return f"{google_crc32c.value(data):08x}"
-    raise ValueError(f"unknown part checksum {algorithm}")
 
 
 def upload_state_name(key: str) -> str:
@@ -77,6 +84,22 @@ def copy_reason(line: ListingLine, current: DestObject | None) -> str | None:
     if current.size != file.size or current.version != previous.dest_version:
         return "changed at the destination"
     return None
+
+
+@functools.cache
+def return_freed_buffers_to_the_os() -> None:
+    """Make glibc serve part-sized buffers from mmap, so a freed part's memory leaves the process.
+
+    By default glibc raises its mmap threshold after the first large free, and later part buffers
+    come from per-thread arenas that keep their pages: RSS then grows far past
+    ``concurrency x part_size``. Other C libraries are left as they are.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 1024 * 1024)
+    libc.mallopt(M_ARENA_MAX, 4)
 
 
 class TokenBucket:
@@ -114,6 +137,7 @@ class EngineCounters:
 class CopyEngine:
     def __init__(self, source: Source, destination: Destination, *, part_size: int, concurrency: int,
                  bandwidth_limit: int | None = None) -> None:
+        return_freed_buffers_to_the_os()
         self.source = source
         self.dest = destination
         self.part_size = part_size

@@ -30,17 +30,25 @@ from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.auth.transport.requests import AuthorizedSession
 from google.cloud import storage
-from google.oauth2 import credentials as user_credentials, service_account
+from google.oauth2 import credentials as user_credentials
+from google.oauth2 import service_account
 
-from flyaway.activities.errors import AccessDenied, DataCorruption, MissingCredentials, NotFound, Unreachable
+from flyaway.activities.errors import (
+    AccessDenied,
+    DataCorruption,
+    MissingCredentials,
+    NotFound,
+    Unreachable,
+)
 from flyaway.activities.retry import REQUEST_RETRY_SECONDS, call_with_retries
 from flyaway.activities.storage.base import (
     STATE_DIR,
+    Destination,
     DestinationLimits,
     DestObject,
-    Destination,
     UploadGone,
 )
+from flyaway.activities.storage.checksums import combined_crc32c
 from flyaway.models.base import join_key
 from flyaway.models.copy import PartRecord
 from flyaway.models.plan import GcsLocation
@@ -54,7 +62,6 @@ CHUNK_TIMEOUT = (10, 300)
 #: resumable upload status codes: 308 "resume incomplete"; 499 answers the cancel of a session
 RESUME_INCOMPLETE = 308
 SESSION_GONE = (404, 410, 499)
-_CRC32C_POLY = 0x82F63B78
 
 
 class SessionRequestFailed(Exception):
@@ -74,47 +81,6 @@ def is_transient(error: BaseException) -> bool:
     else:
         return isinstance(error, (requests.ConnectionError, requests.Timeout, google.auth.exceptions.TransportError))
     return status is None or status in (408, 429) or (status >= 500 and status != 501)
-
-
-def _gf2_times(matrix: list[int], vector: int) -> int:
-    total, row = 0, 0
-    while vector:
-        if vector & 1:
-            total ^= matrix[row]
-        vector >>= 1
-        row += 1
-    return total
-
-
-def crc32c_combine(crc1: int, crc2: int, length2: int) -> int:
-    """The crc32c of A+B from crc32c(A), crc32c(B) and len(B), in O(log len(B)) (zlib's crc32_combine)."""
-    if length2 == 0:
-        return crc1
-    odd = [_CRC32C_POLY] + [1 << bit for bit in range(31)]  # the operator for one zero bit
-    even = [_gf2_times(odd, row) for row in odd]  # two zero bits
-    odd = [_gf2_times(even, row) for row in even]  # four zero bits
-    while True:  # apply len(B) zero bytes to crc1, squaring the operator for each bit of the length
-        even = [_gf2_times(odd, row) for row in odd]
-        if length2 & 1:
-            crc1 = _gf2_times(even, crc1)
-        length2 >>= 1
-        if not length2:
-            break
-        odd = [_gf2_times(even, row) for row in even]
-        if length2 & 1:
-            crc1 = _gf2_times(odd, crc1)
-        length2 >>= 1
-        if not length2:
-            break
-    return crc1 ^ crc2
-
-
-def combined_crc32c(parts: list[PartRecord]) -> int:
-    """The crc32c of a whole object from its parts' (hex) crc32c, in part order."""
-    crc = 0
-    for part in sorted(parts, key=lambda p: p.number):
-        crc = crc32c_combine(crc, int(part.checksum, 16), part.size)
-    return crc
 
 
 def crc32c_b64(value: int) -> str:
