@@ -56,6 +56,8 @@ MiB = 1024 * 1024
 M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # mallopt parameters (glibc's malloc.h)
 #: a file that keeps changing under us, or keeps arriving corrupted, is given up after this many tries
 MAX_FILE_ATTEMPTS = 3
+#: after a source file changed, give its writer this long before looking at it again
+SETTLE_SECONDS = 1.0
 
 
 def first_error(group: BaseExceptionGroup) -> BaseException:
@@ -198,12 +200,16 @@ class CopyEngine:
             try:
                 entry = await (self._copy_small(file) if file.size <= self._single_put_limit()
                                else self._copy_multipart(file))
+                if attempt > 1 and (await self._run(self.source.stat, file.key)).version != file.version:
+                    # it changed under an earlier attempt: what this one copied may be a passing state
+                    raise SourceChanged(file.key)
                 self.counters.files_copied += 1
                 self.counters.bytes_copied += file.size
                 return entry
             except SourceChanged:
                 log.warning("source file changed while copying; starting it again", key=file.key, attempt=attempt)
                 await self._forget_upload(file.key)
+                await asyncio.sleep(SETTLE_SECONDS)
                 file = await self._run(self.source.stat, file.key)
                 last = SourceChanged(file.key)
             except DataCorruption as error:
