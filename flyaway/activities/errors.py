@@ -50,6 +50,10 @@ class Unreachable(FlyawayError):
     """An endpoint did not answer while the plan was being checked (a typo is likelier than an outage)."""
 
 
+class TimedOut(FlyawayError):
+    """Something flyaway waits for (a Fly fork, an agent, a snapshot) did not happen within its deadline."""
+
+
 NON_RETRYABLE_ERROR_TYPES = [cls.__name__ for cls in
                              (InvalidPlan, MissingCredentials, AccessDenied, NotFound,
-                              SourceObjectMissing, DataCorruption, LimitExceeded, Unreachable)]
+                              SourceObjectMissing, DataCorruption, LimitExceeded, Unreachable, TimedOut)]

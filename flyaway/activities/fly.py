@@ -170,6 +170,11 @@ class FlyClient:
     def get_app(self) -> App:
         return App.model_validate(self._request("GET", "", subject=self._app_subject).json())
 
+    def delete_app(self) -> None:
+        """Delete the app with its Machines, volumes and their snapshots; an app already gone counts as deleted."""
+        if self._request_unless_gone("DELETE", "", subject=self._app_subject):
+            log.info("fly app deleted", app=self.app)
+
     # -- machines -------------------------------------------------------------------------
 
     def list_machines(self, *, region: str | None = None, metadata: dict[str, str] | None = None,
@@ -204,14 +209,18 @@ class FlyClient:
         return machine
 
     def wait_machine(self, machine_id: str, state: WaitState = "started", *,
-                     instance_id: str | None = None, timeout: float = 300.0) -> None:
+                     instance_id: str | None = None, timeout: float = 300.0,
+                     progress: Callable[[], None] | None = None) -> None:
         """Block until the Machine is in ``state``; the API waits at most 60 s per call, so loop.
 
-        Raises :class:`MachineWaitTimeout` naming the state the Machine is in when time is up.
+        ``progress`` is called before each call (an activity passes its heartbeat). Raises
+        :class:`MachineWaitTimeout` naming the state the Machine is in when time is up.
         Waiting for ``destroyed`` on a Machine that is already gone succeeds.
         """
         deadline = time.monotonic() + timeout
         while (remaining := deadline - time.monotonic()) > 0:
+            if progress is not None:
+                progress()
             window = max(1, min(self._wait_window, math.ceil(remaining)))
             params: dict[str, str | int] = {"state": state, "timeout": window}
             if instance_id:

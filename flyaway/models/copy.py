@@ -7,6 +7,7 @@ from datetime import datetime
 from pydantic import Field
 
 from flyaway.models.base import Record
+from flyaway.models.fly_agent import FlyAgent
 from flyaway.models.plan import WeightsStage
 
 
@@ -133,6 +134,7 @@ class CopyWeightsInput(Record):
     offset: int = 0
     counters: CopyCounters = Field(default_factory=CopyCounters)
     paused: bool = False
+    agent: FlyAgent | None = Field(None, description="the volume agent reading a fly_volume source, once started")
 
 
 class CopyWeightsResult(Record):

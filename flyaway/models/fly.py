@@ -8,12 +8,24 @@ nothing. A secret's value is deliberately not a field: flyaway lists names and d
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from flyaway.models.base import Record
+
+_APP_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def check_app_name(value: str) -> str:
+    if not _APP_NAME.match(value):
+        raise ValueError(f"'{value}' is not a Fly app name (lowercase letters, digits and '-')")
+    return value
+
+
+FlyAppName = Annotated[str, AfterValidator(check_app_name)]
 
 WaitState = Literal["started", "stopped", "suspended", "destroyed"]
 """States the ``wait`` endpoint can wait for (the API also knows ``failed`` and ``settled``)."""
@@ -62,12 +74,21 @@ class MachineInit(Record):
     exec: list[str] | None = None
 
 
+class MachineFile(Record):
+    """``config.files[]``: a file written into the Machine before it starts (``raw_value`` is base64)."""
+
+    guest_path: str
+    raw_value: str | None = None
+    secret_name: str | None = None
+
+
 class MachineConfig(Record):
     """``fly.MachineConfig``: the part of a Machine's configuration flyaway reads or sets."""
 
     image: str
     env: dict[str, str] = Field(default_factory=dict)
     mounts: list[MachineMount] = Field(default_factory=list)
+    files: list[MachineFile] = Field(default_factory=list)
     metadata: dict[str, str] = Field(default_factory=dict)
     guest: MachineGuest | None = None
     init: MachineInit | None = None

@@ -20,10 +20,13 @@ from pydantic import (
     PositiveInt,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from flyaway.models.base import AwsCredentials, Duration, EnvName, RelativeKey, StrictModel
+from flyaway.models.fly import FlyAppName
 from flyaway.models.secrets import SecretsStage
+from flyaway.models.teardown import TeardownStage
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -31,7 +34,7 @@ GiB = 1024 * MiB
 #: stages in the order a migration runs them
 STAGES = ("weights", "image", "secrets", "deploy", "canary", "teardown")
 #: stages this version can run; the others must be absent from a plan
-IMPLEMENTED_STAGES = ("weights", "secrets")
+IMPLEMENTED_STAGES = ("weights", "secrets", "teardown")
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
 _PLAN_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -252,7 +255,100 @@ class ModalVolumeLocation(StrictModel):
         return f"modal://{environment}{self.volume}/{self.prefix}"
 
 
-SourceLocation = Annotated[Union[LocalLocation, S3Location, HfLocation, TigrisLocation], Field(discriminator="kind")]
+_FLY_VOLUME = re.compile(r"^[a-z0-9_]{1,30}$")
+_FLY_REGION = re.compile(r"^[a-z]{3}$")
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
+
+
+class AgentTemporal(StrictModel):
+    """How the volume agent reaches Temporal from inside Fly; given to its Machine as ``TEMPORAL_*`` env."""
+
+    address: str = Field(description="host:port of the Temporal frontend as seen from Fly, "
+                                     "e.g. my-ns.a1b2c.tmprl.cloud:7233")
+    namespace: str = "default"
+    tls: bool | None = Field(None, description="TLS to the frontend; on when api_key_env is set, unless false")
+    api_key_env: EnvName | None = Field(
+        None, description="variable on the worker holding a Temporal API key; the worker puts its value into the "
+                          "agent Machine's env, so it never appears in the plan or the workflow history")
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if not _HOST_PORT.match(value):
+            raise ValueError(f"'{value}' is not host:port")
+        return value
+
+
+class FlyVolumeLocation(StrictModel):
+    """A Fly Volume, read through a fork of it mounted in a short-lived agent Machine of the same app.
+
+    The running app keeps serving from the original; the agent runs ``flyaway volume-agent`` and
+    copies straight from the fork to the destination.
+    """
+
+    kind: Literal["fly_volume"]
+    app: FlyAppName = Field(description="the Fly app that owns the volume")
+    volume: str = Field(description="volume id (vol_...) or name; a name shared by several volumes needs region "
+                                    "or the id")
+    region: str | None = Field(None, description="region the volume must be in, e.g. ord; checked, not chosen")
+    agent_image: str = Field(min_length=1, description="image of the agent Machine: this repository's Dockerfile, "
+                                                       "pushed where Fly can pull it")
+    agent_temporal: AgentTemporal
+    agent_env: list[EnvName] = Field(default_factory=list,
+                                     description="more variables of the worker to give the agent (proxies, "
+                                                 "endpoints); the destination's credentials are given anyway")
+    agent_cpus: PositiveInt = Field(2, le=16, description="performance CPUs of the agent Machine")
+    agent_memory_mb: PositiveInt = Field(4096, description="memory of the agent Machine, a multiple of 256")
+    mount_path: str = Field("/data", description="where the fork is mounted in the agent Machine")
+    keep_fork: bool = Field(False, description="keep the fork after the copy (the agent is removed anyway)")
+    fork_timeout: Duration = Field(timedelta(minutes=30), description="longest wait for the fork to be ready")
+    agent_start_timeout: Duration = Field(timedelta(minutes=5),
+                                          description="longest wait for the agent to start and poll its task queue")
+
+    @field_validator("volume")
+    @classmethod
+    def _volume(cls, value: str) -> str:
+        if not _FLY_VOLUME.match(value):
+            raise ValueError(f"'{value}' is neither a Fly volume id nor a volume name (lowercase letters, digits, "
+                             f"'_', at most 30)")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value is not None and not _FLY_REGION.match(value):
+            raise ValueError(f"'{value}' is not a Fly region code (three lowercase letters, e.g. ord)")
+        return value
+
+    @field_validator("agent_memory_mb")
+    @classmethod
+    def _memory(cls, value: int) -> int:
+        if value % 256:
+            raise ValueError(f"{value} is not a multiple of 256 MB")
+        return value
+
+    @field_validator("mount_path")
+    @classmethod
+    def _mount_path(cls, value: str) -> str:
+        return check_absolute_path(value)
+
+    @field_validator("fork_timeout", "agent_start_timeout")
+    @classmethod
+    def _positive_timeout(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() <= 0:
+            raise ValueError("must be a positive duration")
+        return value
+
+    def describe(self) -> str:
+        return f"fly://{self.app}/{self.volume}"
+
+    def mounted(self) -> LocalLocation:
+        """The fork as the agent sees it: a local folder."""
+        return LocalLocation(kind="local", path=self.mount_path)
+
+
+SourceLocation = Annotated[Union[LocalLocation, S3Location, HfLocation, TigrisLocation, FlyVolumeLocation],
+                           Field(discriminator="kind")]
 DestinationLocation = Annotated[Union[LocalLocation, S3Location, ModalVolumeLocation, RunPodVolumeLocation,
                                       GcsLocation], Field(discriminator="kind")]
 
@@ -306,6 +402,14 @@ class WeightsStage(StrictModel):
                 raise ValueError(f"pattern '{pattern}' escapes the source prefix")
         return values
 
+    @model_validator(mode="after")
+    def _agent_reaches_destination(self) -> WeightsStage:
+        if isinstance(self.source, FlyVolumeLocation) and isinstance(self.destination, LocalLocation):
+            raise ValueError("a fly_volume source is copied by an agent Machine on Fly, whose disk goes away with "
+                             "it; choose a destination it reaches over the network (s3, gcs, runpod_volume, "
+                             "modal_volume)")
+        return self
+
 
 UnimplementedStage = dict[str, Any] | None
 
@@ -320,7 +424,7 @@ class MigrationPlan(StrictModel):
     secrets: SecretsStage | None = None
     deploy: UnimplementedStage = None
     canary: UnimplementedStage = None
-    teardown: UnimplementedStage = None
+    teardown: TeardownStage | None = None
 
     @field_validator("name")
     @classmethod
@@ -336,6 +440,14 @@ class MigrationPlan(StrictModel):
             raise ValueError(f"stage '{info.field_name}' is not implemented in this version of flyaway; "
                              f"remove it from the plan")
         return None
+
+    @model_validator(mode="after")
+    def _teardown_knows_the_traffic_moved(self) -> MigrationPlan:
+        if self.teardown is not None and self.canary is None and not self.teardown.no_traffic_stage_ok:
+            raise ValueError("teardown: the plan has no canary stage, so nothing shows the new side holds the "
+                             "traffic; add a canary stage, or set teardown.no_traffic_stage_ok: true if you moved "
+                             "it yourself")
+        return self
 
     @property
     def workflow_id(self) -> str:

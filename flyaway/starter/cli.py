@@ -152,6 +152,27 @@ def plan_command(plan_file: Annotated[Path, typer.Argument(help="plan in YAML or
                       highlight=False, soft_wrap=True)
 
 
+@app.command()
+def teardown(plan_file: Annotated[Path, typer.Argument(help="plan in YAML or JSON")],
+             dry_run: Annotated[bool, typer.Option("--dry-run", help="print what would be destroyed")] = False) -> None:
+    """Print exactly what the teardown stage would destroy on Fly (reads the Fly API, changes nothing)."""
+    from flyaway.starter.teardown import describe_teardown
+
+    plan, _ = read_plan(plan_file)
+    if not dry_run:
+        fail(f"teardown runs as the migration's last stage (`flyaway approve {plan.name} teardown`); add --dry-run "
+             f"to see what it would destroy")
+    if plan.teardown is None:
+        fail(f"plan {plan.name} has no teardown section")
+    try:
+        lines = describe_teardown(plan)
+    except FlyawayError as error:
+        fail(str(error))
+        raise AssertionError("unreachable")
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 # ---- starting and following -------------------------------------------------------------------
 
 async def _start(opts: TemporalOptions, plan: MigrationPlan, data: dict[str, Any], task_queue: str) -> bool:
@@ -321,6 +342,19 @@ def worker(task_queue: TaskQueue = TASK_QUEUE,
 
     configure_logging(json=json_logs)
     run(run_worker(options(address, namespace, api_key, tls, profile), task_queue, max_activities))
+
+
+@app.command("volume-agent")
+def volume_agent(task_queue: Annotated[str, typer.Option("--task-queue", help="the fork's own task queue")],
+                 max_activities: Annotated[int, typer.Option(help="copy activities at once")] = 4,
+                 address: Address = None, namespace: Namespace = None, api_key: ApiKey = None, tls: Tls = None,
+                 profile: Profile = None,
+                 json_logs: Annotated[bool | None, typer.Option("--json-logs/--console-logs")] = None) -> None:
+    """Run the volume agent (inside a Fly Machine that mounts a fork): the copy activities on one queue."""
+    from flyaway.workers.volume_agent import run_volume_agent
+
+    configure_logging(json=json_logs)
+    run(run_volume_agent(options(address, namespace, api_key, tls, profile), task_queue, max_activities))
 
 
 @app.command()

@@ -13,6 +13,8 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
+from flyaway.activities.fly_agent import FLY_AGENT_ACTIVITIES
+from flyaway.activities.fly_teardown import FLY_TEARDOWN_ACTIVITIES
 from flyaway.activities.secrets.activities import SECRETS_ACTIVITIES
 from flyaway.activities.storage.activities import COPY_ACTIVITIES
 from flyaway.connection import TASK_QUEUE, TemporalOptions, connect
@@ -45,7 +47,7 @@ async def ensure_search_attributes(client: Client) -> None:
 
 def build_worker(client: Client, task_queue: str = TASK_QUEUE, max_activities: int = 20) -> Worker:
     return Worker(client, task_queue=task_queue, workflows=WORKFLOWS,
-                  activities=[*COPY_ACTIVITIES, *SECRETS_ACTIVITIES],
+                  activities=[*COPY_ACTIVITIES, *SECRETS_ACTIVITIES, *FLY_AGENT_ACTIVITIES, *FLY_TEARDOWN_ACTIVITIES],
                   activity_executor=ThreadPoolExecutor(max_activities),
                   max_concurrent_activities=max_activities)
 
@@ -55,11 +57,16 @@ async def run_worker(options: TemporalOptions, task_queue: str = TASK_QUEUE, max
     client = await connect(options)
     await ensure_search_attributes(client)
     worker = build_worker(client, task_queue, max_activities)
+    log.info("worker started", task_queue=task_queue, namespace=client.namespace, address=options.target)
+    await run_until_signalled(worker)
+    log.info("worker stopped")
+
+
+async def run_until_signalled(worker: Worker) -> None:
+    """Run ``worker`` until SIGINT or SIGTERM, then let it finish gracefully."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    log.info("worker started", task_queue=task_queue, namespace=client.namespace, address=options.target)
     async with worker:
         await stop.wait()
-    log.info("worker stopped")

@@ -8,7 +8,9 @@ attempt resumes from what landed.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -25,7 +27,14 @@ with workflow.unsafe.imports_passed_through():
         CopyWeightsResult,
         ListingResult,
     )
-    from flyaway.models.plan import WeightsStage
+    from flyaway.models.plan import FlyVolumeLocation, WeightsStage
+    from flyaway.workflows.fly_source import (
+        AGENT_SCHEDULE_TO_START,
+        agent_stage,
+        migration_id,
+        remove_volume_agents,
+        start_volume_agent,
+    )
 
 #: continue as new after this many batches or history events, well before Temporal's own limits
 BATCHES_BEFORE_CONTINUE = 40
@@ -45,16 +54,36 @@ class CopyWeightsWorkflow:
     def __init__(self) -> None:
         self._input: CopyWeightsInput | None = None
         self._interrupted = False
+        self._stage: WeightsStage | None = None
+        #: where the copy activities run: the volume agent's queue for a fly_volume source
+        self._route: dict[str, Any] = {}
 
     @workflow.run
     async def run(self, request: CopyWeightsInput) -> CopyWeightsResult:
+        """Copy; a fly_volume source is read by a volume agent, removed once verified or when the copy fails."""
         self._input = request
-        stage = request.stage
+        if not isinstance(request.stage.source, FlyVolumeLocation):
+            return await self._copy(request)
+        try:
+            if request.agent is None:
+                request.agent = await start_volume_agent(request.stage)
+            result = await self._copy(request)
+        except (Exception, asyncio.CancelledError):
+            await remove_volume_agents(request.stage, migration_id(), best_effort=True)
+            raise
+        await remove_volume_agents(request.stage, migration_id())
+        return result
+
+    async def _copy(self, request: CopyWeightsInput) -> CopyWeightsResult:
+        stage = self._stage = agent_stage(request.stage, request.agent)
+        if request.agent is not None:
+            self._route = {"task_queue": request.agent.task_queue,
+                           "schedule_to_start_timeout": AGENT_SCHEDULE_TO_START}
         if request.listing is None:
             request.listing = await workflow.execute_activity(
                 list_source, args=[stage, workflow.info().run_id], result_type=ListingResult,
                 start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=timedelta(minutes=5),
-                retry_policy=copy_retry_policy(stage))
+                retry_policy=copy_retry_policy(stage), **self._route)
             await self._report()
         listing = request.listing
         batches = 0
@@ -75,21 +104,21 @@ class CopyWeightsWorkflow:
                 workflow.continue_as_new(request)
         verified = await workflow.execute_activity(
             verify_copy, args=[stage, listing.listing_id], start_to_close_timeout=timedelta(hours=2),
-            heartbeat_timeout=timedelta(minutes=5), retry_policy=copy_retry_policy(stage))
+            heartbeat_timeout=timedelta(minutes=5), retry_policy=copy_retry_policy(stage), **self._route)
         return CopyWeightsResult(files_total=listing.files_total, bytes_total=listing.bytes_total,
                                  counters=request.counters, verify=verified)
 
     async def _copy_one_batch(self, request: CopyWeightsInput) -> BatchResult | None:
         """Run one batch; None if a pause or a tune interrupted it (it resumes on the next try)."""
-        assert request.listing is not None
+        assert request.listing is not None and self._stage is not None
         self._interrupted = False
         handle = workflow.start_activity(
             copy_batch,
-            BatchRequest(stage=request.stage, listing_id=request.listing.listing_id, offset=request.offset,
+            BatchRequest(stage=self._stage, listing_id=request.listing.listing_id, offset=request.offset,
                          settings=request.settings),
             result_type=BatchResult, start_to_close_timeout=timedelta(hours=48),
-            heartbeat_timeout=request.stage.heartbeat_timeout, retry_policy=copy_retry_policy(request.stage),
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED)
+            heartbeat_timeout=self._stage.heartbeat_timeout, retry_policy=copy_retry_policy(self._stage),
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED, **self._route)
         await workflow.wait_condition(lambda: handle.done() or self._interrupted)
         if not handle.done():
             handle.cancel()

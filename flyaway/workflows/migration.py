@@ -16,6 +16,7 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, FailureError
 
 with workflow.unsafe.imports_passed_through():
+    from flyaway.activities.fly_teardown import check_teardown
     from flyaway.activities.secrets.activities import check_secrets
     from flyaway.activities.storage.activities import abort_uploads, check_weights
     from flyaway.models.copy import CopySettings, CopyWeightsInput, CopyWeightsResult
@@ -29,8 +30,10 @@ with workflow.unsafe.imports_passed_through():
         TuneRequest,
     )
     from flyaway.workflows.copy_weights import PROGRESS_SIGNAL, CopyWeightsWorkflow
-    from flyaway.workflows.stages import STAGE_RUNNERS
+    from flyaway.workflows.fly_source import remove_volume_agents
+    from flyaway.workflows.stages import STAGE_RUNNERS, StageRefused
     from flyaway.workflows.stages import secrets as _secrets_stage  # noqa: F401  (registers the runner)
+    from flyaway.workflows.stages import teardown as _teardown_stage  # noqa: F401  (registers the runner)
 
 STAGE_ATTRIBUTE = SearchAttributeKey.for_keyword("FlyawayStage")
 STATE_ATTRIBUTE = SearchAttributeKey.for_keyword("FlyawayState")
@@ -116,6 +119,9 @@ class MigrationWorkflow:
             if plan.secrets is not None:
                 await workflow.execute_activity(check_secrets, plan.secrets, start_to_close_timeout=timedelta(minutes=5),
                                                 retry_policy=CHECK_RETRY)
+            if plan.teardown is not None:  # the app and the token's rights, before hours of copying
+                await workflow.execute_activity(check_teardown, plan.teardown,
+                                                start_to_close_timeout=timedelta(minutes=5), retry_policy=CHECK_RETRY)
         except ActivityError as error:
             raise ApplicationError(f"invalid plan: {failure_message(error)}", type="InvalidPlan",
                                    non_retryable=True) from None
@@ -128,7 +134,7 @@ class MigrationWorkflow:
             stage.state, stage.error = StageState.running, None
             try:
                 result = await (self._copy_weights(plan) if name == "weights" else STAGE_RUNNERS[name](self))
-            except (ActivityError, ChildWorkflowError) as error:
+            except (ActivityError, ChildWorkflowError, StageRefused) as error:
                 await self._abort_if_asked(plan)
                 message = failure_message(error)
                 stage.state, stage.error = StageState.waiting_for_operator, message
@@ -172,6 +178,7 @@ class MigrationWorkflow:
             self._child.cancel()
         await workflow.execute_activity(abort_uploads, plan.weights, start_to_close_timeout=timedelta(minutes=30),
                                         retry_policy=RetryPolicy(maximum_attempts=5))
+        await remove_volume_agents(plan.weights, workflow.info().workflow_id, best_effort=True)
         for stage in self._status.stages:
             if stage.state in (StageState.pending, StageState.running, StageState.waiting_for_operator):
                 stage.state = StageState.aborted

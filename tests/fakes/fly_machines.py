@@ -331,6 +331,13 @@ class FakeFlyMachinesAPI:
                            "organization": {"name": app.org_slug, "slug": app.org_slug},
                            "machine_count": len(app.machines), "volume_count": len(app.volumes)})
 
+    def delete_app(self, app: FakeApp, query: Query, body: Any) -> Reply:
+        """Deleting an app takes its Machines, volumes and snapshots with it (202, as the API answers)."""
+        del self.apps[app.name]
+        for machine in app.machines.values():
+            self._set_state(machine, "destroyed")
+        return Reply(202, None)
+
     def list_machines(self, app: FakeApp, query: Query, body: Any) -> Reply:
         include_deleted = _flag(query, "include_deleted")
         wanted_metadata = {key.removeprefix("metadata."): values[0] for key, values in query.items()
@@ -480,6 +487,7 @@ _APP = r"/apps/(?P<app>[^/]+)"
 _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     (method, re.compile(_APP + pattern), endpoint) for method, pattern, endpoint in [
         ("GET", "", "get_app"),
+        ("DELETE", "", "delete_app"),
         ("GET", "/machines", "list_machines"),
         ("POST", "/machines", "create_machine"),
         ("GET", "/machines/(?P<id>[^/]+)", "get_machine"),

@@ -4,8 +4,8 @@ A stage runner is an ``async`` function that takes a :class:`StageContext` and r
 stage's result (kept in ``context.results[name]`` for later stages: the deploy stage's
 endpoint for the canary, the secrets stage's references for the deploy). It runs inside
 ``MigrationWorkflow``, so it must be deterministic: activities and child workflows only.
-An ``ActivityError`` or ``ChildWorkflowError`` it lets out moves the migration to
-``waiting_for_operator``; ``retry`` runs the stage again.
+An ``ActivityError``, ``ChildWorkflowError`` or :class:`StageRefused` it lets out moves the
+migration to ``waiting_for_operator``; ``retry`` runs the stage again.
 """
 
 from __future__ import annotations
@@ -13,8 +13,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from temporalio.exceptions import ApplicationError
+
 from flyaway.models.plan import MigrationPlan
 from flyaway.models.status import StageStatus
+
+
+class StageRefused(ApplicationError):
+    """A runner's own gate is not met (no activity failed): the operator sees why and decides."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, type="StageRefused", non_retryable=True)
 
 
 class StageContext(Protocol):

@@ -1,0 +1,327 @@
+"""The volume agent on Fly: fork the volume, run an agent Machine on the fork, remove both.
+
+Everything an agent run makes is named after its migration and its run, so any later call
+finds it without a record of its own:
+
+- the agent Machine carries the metadata ``flyaway_role=volume-agent``, ``flyaway_migration``
+  and ``flyaway_run``, and a name unique per run (the client finds it again by that name after
+  an ambiguous create);
+- the fork is named ``flyaway_<migration tag>_<run tag>`` (volumes have no metadata, and their
+  names are at most 30 characters).
+
+A retried ``prepare`` reuses what earlier attempts of its run made; agents and forks of other
+runs of the same migration are leftovers of a run that crashed, and it removes them first.
+
+The agent Machine gets what it needs as env, read from this worker's environment when the
+Machine config is built: the Temporal connection (the API key's value, never its name's
+value in a plan or in history), the destination's credentials, the payload codec keys, and
+the variables the plan lists in ``agent_env``. A GCS key file travels as a Machine file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from temporalio import activity
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+from flyaway.activities.errors import FlyawayError, MissingCredentials, NotFound, TimedOut
+from flyaway.activities.fly import FlyClient, MachineWaitTimeout
+from flyaway.activities.fly_activity import activity_client, final_errors
+from flyaway.activities.storage.activities import non_retryable_errors
+from flyaway.activities.storage.fly_volume import resolve_volume
+from flyaway.codec import KEYS_ENV
+from flyaway.models.fly import (
+    Machine,
+    MachineConfig,
+    MachineFile,
+    MachineGuest,
+    MachineInit,
+    MachineMount,
+    MachineRestart,
+    Volume,
+)
+from flyaway.models.fly_agent import AgentCleanupReport, AgentCleanupRequest, AgentRequest, FlyAgent
+from flyaway.models.plan import (
+    DestinationLocation,
+    FlyVolumeLocation,
+    GcsLocation,
+    ModalVolumeLocation,
+    RunPodVolumeLocation,
+    S3Location,
+)
+
+log = structlog.get_logger(__name__)
+
+AGENT_ROLE = "volume-agent"
+AGENT_TASK_QUEUE_PREFIX = "flyaway-agent-"
+#: a fork is "hydrating" while Fly copies its blocks, then "created": ready to mount
+READY_VOLUME_STATE = "created"
+POLL_SECONDS = 2.0
+DETACH_TIMEOUT_SECONDS = 120.0
+DESTROY_TIMEOUT_SECONDS = 120.0
+#: where a GCS service account key lands in the agent Machine
+GCS_KEY_PATH = "/etc/flyaway/gcp-credentials.json"
+
+
+def _tag(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class AgentNames:
+    """Names and metadata of a migration's agents; ``run_tag`` is set for one run's."""
+
+    migration_id: str
+    run_tag: str = ""
+
+    @classmethod
+    def for_run(cls, migration_id: str, run_id: str) -> AgentNames:
+        return cls(migration_id, _tag(run_id))
+
+    @property
+    def fork_prefix(self) -> str:
+        return f"flyaway_{_tag(self.migration_id)}_"
+
+    @property
+    def fork(self) -> str:
+        return self.fork_prefix + self.run_tag
+
+    @property
+    def machine(self) -> str:
+        return f"flyaway-agent-{_tag(self.migration_id)}-{self.run_tag}"
+
+    @property
+    def migration_metadata(self) -> dict[str, str]:
+        return {"flyaway_role": AGENT_ROLE, "flyaway_migration": self.migration_id}
+
+    @property
+    def run_metadata(self) -> dict[str, str]:
+        return {**self.migration_metadata, "flyaway_run": self.run_tag}
+
+    def run_of_machine(self, machine: Machine) -> str | None:
+        """The run tag of one of this migration's agents, None for any other Machine."""
+        metadata = machine.metadata
+        if any(metadata.get(key) != value for key, value in self.migration_metadata.items()):
+            return None
+        return metadata.get("flyaway_run", "")
+
+    def run_of_fork(self, volume: Volume) -> str | None:
+        return volume.name.removeprefix(self.fork_prefix) if volume.name.startswith(self.fork_prefix) else None
+
+
+# ---- the agent Machine's config ----------------------------------------------------------------
+
+def _worker_value(name: str, environ: Mapping[str, str], field: str) -> str:
+    value = environ.get(name)
+    if not value:
+        raise MissingCredentials(f"{field} names {name}, which is not set in the worker's environment; the agent "
+                                 f"Machine gets its value from there")
+    return value
+
+
+def _destination_credentials(destination: DestinationLocation) -> tuple[list[str], list[str], str | None]:
+    """(variables required, variables optional, variable naming a key file) the destination's adapter reads."""
+    if isinstance(destination, (S3Location, RunPodVolumeLocation)):
+        credentials = destination.credentials
+        optional = [credentials.session_token_env] if credentials.session_token_env else []
+        return [credentials.access_key_id_env, credentials.secret_access_key_env], optional, None
+    if isinstance(destination, ModalVolumeLocation):
+        return [destination.token_id_env, destination.token_secret_env], [], None
+    if isinstance(destination, GcsLocation):
+        return [], [], destination.credentials_env
+    return [], [], None
+
+
+def agent_environment(source: FlyVolumeLocation, destination: DestinationLocation,
+                      environ: Mapping[str, str]) -> tuple[dict[str, str], list[MachineFile]]:
+    """The agent Machine's env and files, with values from the worker's environment ``environ``."""
+    temporal = source.agent_temporal
+    env = {"TEMPORAL_ADDRESS": temporal.address, "TEMPORAL_NAMESPACE": temporal.namespace}
+    if temporal.tls is not None:
+        env["TEMPORAL_TLS"] = "true" if temporal.tls else "false"
+    if temporal.api_key_env:
+        env["TEMPORAL_API_KEY"] = _worker_value(temporal.api_key_env, environ,
+                                                "weights.source.agent_temporal.api_key_env")
+    required, optional, key_file_env = _destination_credentials(destination)
+    for name in required:
+        env[name] = _worker_value(name, environ, "weights.destination")
+    for name in (*optional, KEYS_ENV):
+        if environ.get(name):
+            env[name] = environ[name]
+    for name in source.agent_env:
+        env[name] = _worker_value(name, environ, "weights.source.agent_env")
+    files: list[MachineFile] = []
+    if key_file_env and environ.get(key_file_env):
+        key_file = Path(environ[key_file_env])
+        if not key_file.is_file():
+            raise MissingCredentials(f"{key_file_env} names {key_file}, which is not a file on the worker")
+        files.append(MachineFile(guest_path=GCS_KEY_PATH, raw_value=base64.b64encode(key_file.read_bytes()).decode()))
+        env[key_file_env] = GCS_KEY_PATH
+    return env, files
+
+
+def agent_config(source: FlyVolumeLocation, destination: DestinationLocation, fork_id: str, task_queue: str,
+                 environ: Mapping[str, str] = os.environ) -> MachineConfig:
+    """An agent Machine with the fork mounted, running ``flyaway volume-agent`` on its own queue."""
+    env, files = agent_environment(source, destination, environ)
+    return MachineConfig(
+        image=source.agent_image, env=env, files=files,
+        mounts=[MachineMount(volume=fork_id, path=source.mount_path)],
+        guest=MachineGuest(cpu_kind="performance", cpus=source.agent_cpus, memory_mb=source.agent_memory_mb),
+        init=MachineInit(entrypoint=["flyaway"], cmd=["volume-agent", "--task-queue", task_queue, "--json-logs"]),
+        restart=MachineRestart(policy="on-failure", max_retries=5), auto_destroy=False)
+
+
+# ---- finding, starting and removing agents -----------------------------------------------------
+
+def _poll(check: Callable[[], bool], timeout: float, on_timeout: Callable[[], FlyawayError]) -> None:
+    """Call ``check`` every few seconds, heartbeating, until it is true; raise ``on_timeout()`` when time is up."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise on_timeout()
+        activity.heartbeat()
+        time.sleep(POLL_SECONDS)
+
+
+def _wait_ready(client: FlyClient, fork: Volume, timeout: float) -> None:
+    current = fork
+
+    def ready() -> bool:
+        nonlocal current
+        current = client.get_volume(fork.id)
+        return current.state == READY_VOLUME_STATE
+
+    _poll(ready, timeout, lambda: TimedOut(
+        f"fork {fork.id} of Fly app '{client.app}' was still '{current.state}' after {timeout:g} s; a large volume "
+        f"may need a longer weights.source.fork_timeout"))
+
+
+def _wait_detached(client: FlyClient, volume_id: str) -> None:
+    def detached() -> bool:
+        try:
+            return client.get_volume(volume_id).attached_machine_id is None
+        except NotFound:
+            return True
+
+    _poll(detached, DETACH_TIMEOUT_SECONDS, lambda: TimedOut(
+        f"volume {volume_id} of Fly app '{client.app}' is still attached to a Machine after "
+        f"{DETACH_TIMEOUT_SECONDS:g} s"))
+
+
+def remove_agents(client: FlyClient, names: AgentNames, runs: Callable[[str], bool],
+                  delete_forks: bool) -> AgentCleanupReport:
+    """Destroy the migration's agent Machines of the ``runs`` chosen, then delete (or keep) their forks."""
+    report = AgentCleanupReport()
+    # the API filters by metadata already; checking it again here means that a filter the API
+    # ignored can never make this destroy the app's own Machines
+    machines = [m for m in client.list_machines(metadata=names.migration_metadata)
+                if m.state != "destroyed" and (run := names.run_of_machine(m)) is not None and runs(run)]
+    for machine in machines:
+        client.destroy(machine.id, force=True)
+    for machine in machines:
+        client.wait_machine(machine.id, "destroyed", timeout=DESTROY_TIMEOUT_SECONDS, progress=activity.heartbeat)
+        report.machines_destroyed.append(machine.id)
+    for fork in client.list_volumes():
+        run = names.run_of_fork(fork)
+        if run is None or not runs(run):
+            continue
+        if not delete_forks:
+            report.forks_kept.append(fork.id)
+            continue
+        _wait_detached(client, fork.id)
+        client.delete_volume(fork.id)
+        report.forks_deleted.append(fork.id)
+    if report.machines_destroyed or report.forks_deleted:
+        log.info("volume agents removed", app=client.app, migration=names.migration_id,
+                 machines=report.machines_destroyed, forks=report.forks_deleted)
+    return report
+
+
+def _start_agent(client: FlyClient, request: AgentRequest, names: AgentNames, volume: Volume) -> FlyAgent:
+    source = request.source
+    fork = next((v for v in client.list_volumes() if v.name == names.fork), None)
+    if fork is None:
+        fork = client.fork_volume(volume.id, name=names.fork, region=volume.region)
+    _wait_ready(client, fork, source.fork_timeout.total_seconds())
+    task_queue = AGENT_TASK_QUEUE_PREFIX + fork.id
+    machine = next((m for m in client.list_machines(metadata=names.run_metadata)
+                    if m.name == names.machine and m.state != "destroyed"), None)
+    if machine is None:
+        config = agent_config(source, request.stage.destination, fork.id, task_queue)
+        machine = client.create_machine(config, region=fork.region,
+                                        name=names.machine, metadata=names.run_metadata)
+    timeout = source.agent_start_timeout.total_seconds()
+    try:
+        client.wait_machine(machine.id, "started", timeout=timeout, progress=activity.heartbeat)
+    except MachineWaitTimeout as error:
+        raise TimedOut(f"the agent Machine did not start: {error}; see `fly logs -a {client.app} "
+                       f"--machine {machine.id}`") from None
+    log.info("volume agent started", app=client.app, machine_id=machine.id, fork=fork.id, task_queue=task_queue)
+    return FlyAgent(app=client.app, region=fork.region, source_volume_id=volume.id, fork_volume_id=fork.id,
+                    machine_id=machine.id, task_queue=task_queue)
+
+
+@activity.defn(name="flyaway.fly.prepare_source")
+@final_errors
+def prepare_fly_source(request: AgentRequest) -> FlyAgent:
+    """Fork the volume and start an agent Machine on the fork; reuses what a retry finds of its run.
+
+    A failure that retrying cannot fix removes what this run made before it is reported.
+    """
+    source = request.source
+    names = AgentNames.for_run(request.migration_id, request.run_id)
+    with activity_client(source.app) as client:
+        volume = resolve_volume(client, source)
+        remove_agents(client, names, lambda run: run != names.run_tag, delete_forks=not source.keep_fork)
+        try:
+            return _start_agent(client, request, names, volume)
+        except FlyawayError:
+            remove_agents(client, names, lambda run: run == names.run_tag, delete_forks=True)
+            raise
+
+
+@activity.defn(name="flyaway.fly.wait_for_agent")
+@non_retryable_errors
+async def wait_for_volume_agent(agent: FlyAgent, timeout_seconds: float) -> None:
+    """Return once the agent's worker polls its task queue: the Machine started *and* reached Temporal."""
+    client = activity.client()
+    request = DescribeTaskQueueRequest(namespace=client.namespace, task_queue=TaskQueue(name=agent.task_queue),
+                                       task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)
+    deadline = time.monotonic() + timeout_seconds
+    while not (await client.workflow_service.describe_task_queue(request)).pollers:
+        if time.monotonic() > deadline:
+            raise TimedOut(f"the agent Machine {agent.machine_id} of Fly app '{agent.app}' started, but no worker "
+                           f"polled task queue {agent.task_queue} within {timeout_seconds:g} s; check "
+                           f"weights.source.agent_temporal (the address must be reachable from Fly) and the agent's "
+                           f"logs (`fly logs -a {agent.app} --machine {agent.machine_id}`)")
+        activity.heartbeat()
+        await asyncio.sleep(1.0)
+
+
+@activity.defn(name="flyaway.fly.cleanup_source")
+@final_errors
+def cleanup_fly_source(request: AgentCleanupRequest) -> AgentCleanupReport:
+    """Destroy every agent Machine of the migration and delete their forks (unless ``keep_fork``)."""
+    source = request.source
+    with activity_client(source.app) as client:
+        try:
+            client.get_app()
+        except NotFound:
+            return AgentCleanupReport()
+        return remove_agents(client, AgentNames(request.migration_id), lambda run: True,
+                             delete_forks=not source.keep_fork)
+
+
+FLY_AGENT_ACTIVITIES = [prepare_fly_source, wait_for_volume_agent, cleanup_fly_source]

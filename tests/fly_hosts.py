@@ -1,0 +1,71 @@
+"""Fly's hosts, played locally: a Machine the fake Fly API creates with a ``flyaway`` command runs
+as a local process, with exactly the Machine's env, and its mounted volume is a local folder.
+
+A volume's data is the folder ``root/<volume id>``; a fork's folder is a copy of its source's
+(modification times kept), made when a Machine first mounts the fork, and the mount path is a
+symlink to it. Destroying the Machine stops the process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from flyaway.starter.dev import stop_process
+from tests.fakes.fly_machines import FakeFlyMachinesAPI, FakeMachine
+from tests.harness import FLYAWAY, REPO
+
+
+class LocalFlyHosts:
+    def __init__(self, fake: FakeFlyMachinesAPI, root: Path) -> None:
+        self.fake = fake
+        self.root = root
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        fake.on_machine_created = self.start
+        fake.on_machine_destroyed = self.stop
+
+    def volume_dir(self, volume_id: str) -> Path:
+        return self.root / "volumes" / volume_id
+
+    def log_of(self, machine_id: str) -> str:
+        path = self.root / f"{machine_id}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start(self, machine: FakeMachine) -> None:
+        init = machine.config.get("init") or {}
+        command = [*(init.get("entrypoint") or []), *(init.get("cmd") or [])]
+        if command[:1] != ["flyaway"]:
+            return
+        for mount in machine.config.get("mounts") or []:
+            self._mount(machine.app, mount["volume"], Path(mount["path"]))
+        home = self.root / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        env = {"PATH": os.environ["PATH"], "HOME": str(home), **machine.config.get("env", {})}
+        with (self.root / f"{machine.id}.log").open("ab") as log:
+            self.processes[machine.id] = subprocess.Popen(
+                [*FLYAWAY, *command[1:]], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                start_new_session=True)
+
+    def _mount(self, app: str, volume_id: str, path: Path) -> None:
+        volume = self.fake.apps[app].volumes[volume_id]
+        data = self.volume_dir(volume_id)
+        if not data.exists() and volume.source_volume_id:
+            shutil.copytree(self.volume_dir(volume.source_volume_id), data, symlinks=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():
+            path.unlink()
+        path.symlink_to(data, target_is_directory=True)
+
+    def stop(self, machine: FakeMachine) -> None:
+        process = self.processes.get(machine.id)
+        if process is not None:
+            stop_process(process)
+
+    def running(self) -> list[str]:
+        return [machine_id for machine_id, process in self.processes.items() if process.poll() is None]
+
+    def close(self) -> None:
+        for process in self.processes.values():
+            stop_process(process)
