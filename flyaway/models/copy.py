@@ -78,15 +78,27 @@ class BatchRequest(Record):
     settings: CopySettings
 
 
-class BatchResult(Record):
-    next_offset: int
-    done: bool
+class CopyCounters(Record):
+    """What a copy did; carried across batches and continue-as-new."""
+
     files_copied: int = 0
     files_skipped: int = 0
     bytes_copied: int = 0
     bytes_skipped: int = 0
-    bytes_uploaded: int = Field(0, description="bytes sent in this attempt, parts reused from a checkpoint excluded")
+    bytes_uploaded: int = Field(0, description="bytes sent, parts reused from a checkpoint excluded")
     parts_reused: int = 0
+
+    def add(self, other: CopyCounters) -> None:
+        for name in CopyCounters.model_fields:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def counts(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in CopyCounters.model_fields}
+
+
+class BatchResult(CopyCounters):
+    next_offset: int
+    done: bool
 
 
 class CopyProgress(Record):
@@ -104,25 +116,6 @@ class VerifyResult(Record):
     files_verified: int
     bytes_verified: int
     manifest_key: str
-
-
-class CopyCounters(Record):
-    """Counters a copy carries across batches and continue-as-new."""
-
-    files_copied: int = 0
-    files_skipped: int = 0
-    bytes_copied: int = 0
-    bytes_skipped: int = 0
-    bytes_uploaded: int = 0
-    parts_reused: int = 0
-
-    def add(self, result: BatchResult) -> None:
-        self.files_copied += result.files_copied
-        self.files_skipped += result.files_skipped
-        self.bytes_copied += result.bytes_copied
-        self.bytes_skipped += result.bytes_skipped
-        self.bytes_uploaded += result.bytes_uploaded
-        self.parts_reused += result.parts_reused
 
 
 class CopyWeightsInput(Record):

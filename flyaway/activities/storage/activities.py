@@ -291,9 +291,7 @@ async def copy_batch(request: BatchRequest) -> BatchResult:
     c = engine.counters
     log.info("batch copied", offset=request.offset, files=len(lines), copied=c.files_copied,
              skipped=c.files_skipped, bytes_uploaded=c.bytes_uploaded, parts_reused=c.parts_reused)
-    return BatchResult(next_offset=next_offset, done=done, files_copied=c.files_copied,
-                       files_skipped=c.files_skipped, bytes_copied=c.bytes_copied, bytes_skipped=c.bytes_skipped,
-                       bytes_uploaded=c.bytes_uploaded, parts_reused=c.parts_reused)
+    return BatchResult(next_offset=next_offset, done=done, **c.counts())
 
 
 def _earlier_attempts(dest: Destination, request: BatchRequest) -> dict[str, ManifestEntry]:

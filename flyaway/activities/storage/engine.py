@@ -26,11 +26,11 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import structlog
+from pydantic import Field
 
 from flyaway.activities.errors import DataCorruption, LimitExceeded
 from flyaway.activities.storage.base import (
@@ -42,6 +42,7 @@ from flyaway.activities.storage.base import (
 )
 from flyaway.activities.storage.checksums import part_checksum
 from flyaway.models.copy import (
+    CopyCounters,
     ListingLine,
     ManifestEntry,
     PartRecord,
@@ -124,16 +125,11 @@ class TokenBucket:
                 await asyncio.sleep(-self._tokens / self.rate)
 
 
-@dataclass
-class EngineCounters:
-    files_copied: int = 0
-    files_skipped: int = 0
-    bytes_copied: int = 0
-    bytes_skipped: int = 0
-    bytes_uploaded: int = 0
-    parts_reused: int = 0
+class EngineCounters(CopyCounters):
+    """The copy's counters, plus what only the heartbeat needs."""
+
     bytes_done: int = 0
-    uploads: dict[str, str] = field(default_factory=dict)
+    uploads: dict[str, str] = Field(default_factory=dict)
 
 
 class CopyEngine:
