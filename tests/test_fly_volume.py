@@ -257,6 +257,13 @@ def test_a_fork_that_never_becomes_ready_is_deleted(fly_api: FlyApp) -> None:
     assert [v.state for v in fly.forks()] == ["destroyed"] and fly.agents() == []
 
 
+def test_a_variable_the_agent_needs_is_missing_before_anything_is_created(fly_api: FlyApp) -> None:
+    with pytest.raises(ApplicationError, match="api_key_env names FLYAWAY_TEST_UNSET, which is not set") as failure:
+        prepare(location(agent_temporal={"address": "t.example:7233", "api_key_env": "FLYAWAY_TEST_UNSET"}))
+    assert failure.value.type == "MissingCredentials"
+    assert fly_api.fake.requests_to("POST", ".*") == []
+
+
 def test_a_token_that_may_not_create_machines_leaves_no_fork(fly_api: FlyApp) -> None:
     fly = fly_api
     fly.fake.fail_next("POST", f"/apps/{APP}/machines", 403, message="unauthorized")
@@ -305,12 +312,12 @@ def test_agent_environment_comes_from_the_worker(tmp_path: Path) -> None:
     key_file.write_text('{"type": "service_account"}')
     environ = {"TEMPORAL_CLOUD_KEY": "secret-key", "GOOGLE_APPLICATION_CREDENTIALS": str(key_file),
                "HTTPS_PROXY": "http://proxy:3128", "FLYAWAY_CODEC_KEYS": "k1:abc"}
-    source = location(agent_temporal={"address": "ns.acct.tmprl.cloud:7233", "namespace": "ns.acct",
-                                      "api_key_env": "TEMPORAL_CLOUD_KEY"}, agent_env=["HTTPS_PROXY"])
+    source = location(agent_temporal={"address": "ns.acct.tmprl.cloud:7233", "api_key_env": "TEMPORAL_CLOUD_KEY"},
+                      agent_env=["HTTPS_PROXY"])
     to_gcs = WeightsStage.model_validate({"source": source.model_dump(),
                                           "destination": {"kind": "gcs", "bucket": "bb-w"}})
 
-    env, files = agent_environment(source, to_gcs.destination, environ)
+    env, files = agent_environment(source, to_gcs.destination, "ns.acct", environ)
 
     assert env == {"TEMPORAL_ADDRESS": "ns.acct.tmprl.cloud:7233", "TEMPORAL_NAMESPACE": "ns.acct",
                    "TEMPORAL_API_KEY": "secret-key", "HTTPS_PROXY": "http://proxy:3128", "FLYAWAY_CODEC_KEYS": "k1:abc",
@@ -318,7 +325,7 @@ def test_agent_environment_comes_from_the_worker(tmp_path: Path) -> None:
     assert [(f.guest_path, base64.b64decode(f.raw_value or "")) for f in files] == [
         ("/etc/flyaway/gcp-credentials.json", b'{"type": "service_account"}')]
     with pytest.raises(MissingCredentials, match="agent_temporal.api_key_env names TEMPORAL_CLOUD_KEY, which is not set"):
-        agent_environment(source, to_gcs.destination, {})
+        agent_environment(source, to_gcs.destination, "ns.acct", {})
     s3 = stage_of(source)
     with pytest.raises(MissingCredentials, match="weights.destination names AWS_ACCESS_KEY_ID"):
-        agent_environment(source, s3.destination, {"TEMPORAL_CLOUD_KEY": "k", "HTTPS_PROXY": "p"})
+        agent_environment(source, s3.destination, "ns.acct", {"TEMPORAL_CLOUD_KEY": "k", "HTTPS_PROXY": "p"})

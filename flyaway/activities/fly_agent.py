@@ -143,11 +143,12 @@ def _destination_credentials(destination: DestinationLocation) -> tuple[list[str
     return [], [], None
 
 
-def agent_environment(source: FlyVolumeLocation, destination: DestinationLocation,
+def agent_environment(source: FlyVolumeLocation, destination: DestinationLocation, namespace: str,
                       environ: Mapping[str, str]) -> tuple[dict[str, str], list[MachineFile]]:
-    """The agent Machine's env and files, with values from the worker's environment ``environ``."""
+    """The agent Machine's env and files, with values from the worker's environment ``environ``;
+    ``namespace`` is the migration's."""
     temporal = source.agent_temporal
-    env = {"TEMPORAL_ADDRESS": temporal.address, "TEMPORAL_NAMESPACE": temporal.namespace}
+    env = {"TEMPORAL_ADDRESS": temporal.address, "TEMPORAL_NAMESPACE": namespace}
     if temporal.tls is not None:
         env["TEMPORAL_TLS"] = "true" if temporal.tls else "false"
     if temporal.api_key_env:
@@ -172,9 +173,9 @@ def agent_environment(source: FlyVolumeLocation, destination: DestinationLocatio
 
 
 def agent_config(source: FlyVolumeLocation, destination: DestinationLocation, fork_id: str, task_queue: str,
-                 environ: Mapping[str, str] = os.environ) -> MachineConfig:
+                 namespace: str, environ: Mapping[str, str] = os.environ) -> MachineConfig:
     """An agent Machine with the fork mounted, running ``flyaway volume-agent`` on its own queue."""
-    env, files = agent_environment(source, destination, environ)
+    env, files = agent_environment(source, destination, namespace, environ)
     return MachineConfig(
         image=source.agent_image, env=env, files=files,
         mounts=[MachineMount(volume=fork_id, path=source.mount_path)],
@@ -259,7 +260,7 @@ def _start_agent(client: FlyClient, request: AgentRequest, names: AgentNames, vo
     machine = next((m for m in client.list_machines(metadata=names.run_metadata)
                     if m.name == names.machine and m.state != "destroyed"), None)
     if machine is None:
-        config = agent_config(source, request.stage.destination, fork.id, task_queue)
+        config = agent_config(source, request.stage.destination, fork.id, task_queue, activity.info().namespace)
         machine = client.create_machine(config, region=fork.region,
                                         name=names.machine, metadata=names.run_metadata)
     timeout = source.agent_start_timeout.total_seconds()
@@ -282,6 +283,8 @@ def prepare_fly_source(request: AgentRequest) -> FlyAgent:
     """
     source = request.source
     names = AgentNames.for_run(request.migration_id, request.run_id)
+    # a variable the agent needs and the worker lacks fails here, before anything is created
+    agent_environment(source, request.stage.destination, activity.info().namespace, os.environ)
     with activity_client(source.app) as client:
         volume = resolve_volume(client, source)
         remove_agents(client, names, lambda run: run != names.run_tag, delete_forks=not source.keep_fork)

@@ -140,7 +140,7 @@ def snapshot_volumes(stage: TeardownStage) -> dict[str, str]:
             for volume_id, earlier in before.items():
                 new = _snapshot_ids(client, volume_id, done_only=True) - set(earlier)
                 if new and volume_id not in taken:
-                    taken[volume_id] = sorted(new)[0]
+                    taken[volume_id] = min(new)
             if len(taken) < len(before):
                 if time.monotonic() > deadline:
                     missing = sorted(set(before) - set(taken))

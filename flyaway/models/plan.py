@@ -261,11 +261,13 @@ _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
 
 
 class AgentTemporal(StrictModel):
-    """How the volume agent reaches Temporal from inside Fly; given to its Machine as ``TEMPORAL_*`` env."""
+    """How the volume agent reaches Temporal from inside Fly; given to its Machine as ``TEMPORAL_*`` env.
+
+    Its namespace is the migration's own: the agent must poll where the copy schedules its work.
+    """
 
     address: str = Field(description="host:port of the Temporal frontend as seen from Fly, "
                                      "e.g. my-ns.a1b2c.tmprl.cloud:7233")
-    namespace: str = "default"
     tls: bool | None = Field(None, description="TLS to the frontend; on when api_key_env is set, unless false")
     api_key_env: EnvName | None = Field(
         None, description="variable on the worker holding a Temporal API key; the worker puts its value into the "

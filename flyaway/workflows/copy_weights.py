@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -55,8 +54,9 @@ class CopyWeightsWorkflow:
         self._input: CopyWeightsInput | None = None
         self._interrupted = False
         self._stage: WeightsStage | None = None
-        #: where the copy activities run: the volume agent's queue for a fly_volume source
-        self._route: dict[str, Any] = {}
+        #: where the copy activities run: the volume agent's queue for a fly_volume source, else the workflow's
+        self._task_queue: str | None = None
+        self._schedule_to_start: timedelta | None = None
 
     @workflow.run
     async def run(self, request: CopyWeightsInput) -> CopyWeightsResult:
@@ -77,13 +77,13 @@ class CopyWeightsWorkflow:
     async def _copy(self, request: CopyWeightsInput) -> CopyWeightsResult:
         stage = self._stage = agent_stage(request.stage, request.agent)
         if request.agent is not None:
-            self._route = {"task_queue": request.agent.task_queue,
-                           "schedule_to_start_timeout": AGENT_SCHEDULE_TO_START}
+            self._task_queue, self._schedule_to_start = request.agent.task_queue, AGENT_SCHEDULE_TO_START
         if request.listing is None:
             request.listing = await workflow.execute_activity(
                 list_source, args=[stage, workflow.info().run_id], result_type=ListingResult,
                 start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=timedelta(minutes=5),
-                retry_policy=copy_retry_policy(stage), **self._route)
+                retry_policy=copy_retry_policy(stage), task_queue=self._task_queue,
+                schedule_to_start_timeout=self._schedule_to_start)
             await self._report()
         listing = request.listing
         batches = 0
@@ -104,7 +104,8 @@ class CopyWeightsWorkflow:
                 workflow.continue_as_new(request)
         verified = await workflow.execute_activity(
             verify_copy, args=[stage, listing.listing_id], start_to_close_timeout=timedelta(hours=2),
-            heartbeat_timeout=timedelta(minutes=5), retry_policy=copy_retry_policy(stage), **self._route)
+            heartbeat_timeout=timedelta(minutes=5), retry_policy=copy_retry_policy(stage), task_queue=self._task_queue,
+            schedule_to_start_timeout=self._schedule_to_start)
         return CopyWeightsResult(files_total=listing.files_total, bytes_total=listing.bytes_total,
                                  counters=request.counters, verify=verified)
 
@@ -118,7 +119,8 @@ class CopyWeightsWorkflow:
                          settings=request.settings),
             result_type=BatchResult, start_to_close_timeout=timedelta(hours=48),
             heartbeat_timeout=self._stage.heartbeat_timeout, retry_policy=copy_retry_policy(self._stage),
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED, **self._route)
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            task_queue=self._task_queue, schedule_to_start_timeout=self._schedule_to_start)
         await workflow.wait_condition(lambda: handle.done() or self._interrupted)
         if not handle.done():
             handle.cancel()
