@@ -19,6 +19,7 @@ import socket
 import subprocess
 import tarfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +30,11 @@ import httpx
 import pytest
 import yaml
 from structlog.testing import capture_logs
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
 from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
+from flyaway.activities.image_activities import check_image_stage, copy_image_stage, fly_image
 from flyaway.activities.images import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -51,7 +55,12 @@ from flyaway.models.image import (
     RegistryCredentials,
     default_credentials,
 )
+from flyaway.models.status import MigrationState, StageState
+from tests.fakes.fly_machines import FakeFlyMachinesAPI
+from tests.fakes.health import StartingService
 from tests.fakes.registry_token_auth import TokenAuthServer, User
+from tests.fakes.runpod_serverless import FakeRunpodServerless
+from tests.harness import TemporalDevServer, WorkerProcess, run_migration, weights_plan
 
 REGISTRY_BINARY = Path("/usr/bin/docker-registry")
 pytestmark = pytest.mark.skipif(not REGISTRY_BINARY.exists(), reason="needs Debian's docker-registry package")
@@ -530,14 +539,16 @@ def test_stage_validation_names_the_problem() -> None:
         ImageStage(destination="ghcr.io/org/app", set_env={"BAD-NAME": "1"})
     with pytest.raises(ValueError, match="exactly one of password_env"):
         RegistryCredentials(username="x")
-    assert ImageStage(destination="ghcr.io/org/app").drop_env == ["FLY_*", "PRIMARY_REGION"]
+    with pytest.raises(ValueError, match="give source .* or fly_app"):
+        ImageStage(destination="ghcr.io/org/app")
+    assert ImageStage(destination="ghcr.io/org/app", fly_app="gpu-app").drop_env == ["FLY_*", "PRIMARY_REGION"]
 
 
 def test_config_rewrite_is_deterministic_and_keeps_what_the_plan_does_not_touch() -> None:
     config = {"architecture": "amd64", "os": "linux", "config": {"Env": SOURCE_ENV, "Cmd": ["serve"]},
               "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "d" * 64]}}
-    stage = ImageStage(destination="ghcr.io/org/app", drop_env=["FLY_*", "PRIMARY_REGION", "LOG_*"],
-                       set_env={"FLY_KEEP": "set-wins"})
+    stage = ImageStage(fly_app="gpu-app", destination="ghcr.io/org/app",
+                       drop_env=["FLY_*", "PRIMARY_REGION", "LOG_*"], set_env={"FLY_KEEP": "set-wins"})
     rewritten = rewrite_config(config, stage, "registry.fly.io/app@sha256:" + "e" * 64)
     assert canonical_json(rewritten) == canonical_json(rewrite_config(json.loads(json.dumps(config)), stage,
                                                                       "registry.fly.io/app@sha256:" + "e" * 64))
@@ -553,3 +564,104 @@ def test_challenges_parse_with_quoted_commas() -> None:
     assert scheme == "bearer"
     assert params == {"realm": "https://auth.example/token", "service": "reg",
                       "scope": "repository:a/b:pull,push", "error": "insufficient_scope"}
+
+
+# ---------------------------------------------------------------------------------------------
+# the image stage: which image, the activity, and a migration through a worker
+
+
+def deployed_machine(fly: FakeFlyMachinesAPI, image: str, release: str, group: str = "app") -> None:
+    fly.add_machine("gpu-app", f"m-{release}-{group}", config={
+        "image": image, "metadata": {"fly_process_group": group, "fly_release_version": release}})
+
+
+@pytest.fixture
+def fly(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeFlyMachinesAPI]:
+    with FakeFlyMachinesAPI("fly-test-token") as fake:
+        fake.add_app("gpu-app")
+        monkeypatch.setenv("FLY_API_TOKEN", "fly-test-token")
+        monkeypatch.setenv("FLY_API_BASE_URL", fake.base_url)
+        yield fake
+
+
+def test_the_fly_apps_image_is_its_newest_release_in_the_process_group(fly: FakeFlyMachinesAPI) -> None:
+    deployed_machine(fly, "registry.fly.io/gpu-app:deployment-9", "9")
+    deployed_machine(fly, "registry.fly.io/gpu-app:deployment-10", "10")
+    deployed_machine(fly, "registry.fly.io/gpu-app:deployment-11", "11", group="worker")
+    fly.add_machine("gpu-app", "flyaway-agent", config={"image": "ghcr.io/flyaway/agent:1"})  # no process group
+    assert fly_image("gpu-app", "app") == "registry.fly.io/gpu-app:deployment-10"
+    assert fly_image("gpu-app", "worker") == "registry.fly.io/gpu-app:deployment-11"
+    with pytest.raises(NotFound, match="no Machine in process group 'web'.*image.source"):
+        fly_image("gpu-app", "web")
+
+
+def test_the_activity_fails_for_good_on_a_missing_image_and_copies_the_fly_apps_image(
+        basic_registry: Registry, fly: FakeFlyMachinesAPI) -> None:
+    source = build_image(basic_repository(basic_registry, "fly/activity-app"), "deployment-3")
+    deployed_machine(fly, source.reference, "3")
+    stage = ImageStage(fly_app="gpu-app", destination=f"{basic_registry.host}/team/activity-app:v1",
+                       platform="linux/amd64", source_credentials=ALICE, destination_credentials=ALICE)
+    environment = ActivityEnvironment()
+    heartbeats: list[Any] = []
+    environment.on_heartbeat = lambda *details: heartbeats.append(details[0])
+    result = asyncio.run(environment.run(copy_image_stage, stage))
+    assert result.source_image == f"{basic_registry.host}/fly/activity-app@{source.digest}"
+    assert result.platforms == ["linux/amd64"] and result.tag_updated
+    assert heartbeats and heartbeats[-1] == result.bytes_copied
+
+    missing = stage.model_copy(update={"source": f"{basic_registry.host}/fly/activity-app:deployment-404"})
+    with pytest.raises(ApplicationError) as raised:
+        asyncio.run(ActivityEnvironment().run(copy_image_stage, missing))
+    assert raised.value.type == "NotFound" and raised.value.non_retryable
+    assert "activity-app:deployment-404" in raised.value.message
+
+
+def test_the_check_resolves_the_fly_image_and_both_logins(fly: FakeFlyMachinesAPI,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    deployed_machine(fly, "registry.fly.io/gpu-app:deployment-5", "5")
+    stage = ImageStage(fly_app="gpu-app", destination="127.0.0.1:9/team/gpu-app:v1")
+    assert asyncio.run(ActivityEnvironment().run(check_image_stage, stage)) == "registry.fly.io/gpu-app:deployment-5"
+    with pytest.raises(ApplicationError, match=r"\$TEST_PUSHER_PASSWORD") as raised:
+        monkeypatch.delenv("TEST_PUSHER_PASSWORD")
+        asyncio.run(ActivityEnvironment().run(check_image_stage,
+                                              stage.model_copy(update={"destination_credentials": PUSHER})))
+    assert raised.value.type == "MissingCredentials"
+
+
+def test_a_migration_copies_the_fly_apps_image_and_deploys_the_copy(
+        basic_registry: Registry, token_registry: Registry, token_service: TokenAuthServer,
+        temporal_server: TemporalDevServer, task_queue: str, tmp_path: Path) -> None:
+    source = build_image(basic_repository(basic_registry, "fly/e2e-app"), "deployment-7")
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "config.json").write_text("{}")
+    with FakeFlyMachinesAPI("fly-e2e-token") as fly, StartingService(ready_after=1) as service, \
+            FakeRunpodServerless(endpoint_base=service.url) as runpod:
+        fly.add_app("gpu-app")
+        deployed_machine(fly, source.reference, "7")
+        env = {"FLY_API_TOKEN": "fly-e2e-token", "FLY_API_BASE_URL": fly.base_url, "RUNPOD_API_KEY": runpod.api_key,
+               "TEST_SOURCE_PASSWORD": SOURCE_PASSWORD, "TEST_PUSHER_PASSWORD": PUSHER_PASSWORD}
+        plan = weights_plan(f"image-deploy-{uuid.uuid4().hex[:8]}", {"kind": "local", "path": str(tmp_path / "weights")},
+                            {"kind": "local", "path": str(tmp_path / "copy")})
+        plan["image"] = {"fly_app": "gpu-app", "destination": f"{token_registry.host}/team/e2e-app:migrated",
+                         "set_env": {"HF_HOME": "/runpod-volume/hf"},
+                         "source_credentials": ALICE.model_dump(exclude_none=True),
+                         "destination_credentials": PUSHER.model_dump(exclude_none=True)}
+        plan["deploy"] = {"platform": "runpod", "endpoint_name": "e2e-app", "api_url": runpod.api_url,
+                          "mount_weights": False, "cmd": ["--model", "/runpod-volume/llama"],
+                          "health": {"interval": "0.2s", "deadline": "60s"}}
+        worker = WorkerProcess(temporal_server, task_queue, tmp_path / "worker.log", env)
+        worker.start()
+        try:
+            result = run_migration(temporal_server, plan, task_queue, timeout=120)
+        finally:
+            worker.stop()
+
+        assert result.status.state == MigrationState.completed, worker.logs()[-3000:]
+        (endpoint,) = runpod.endpoints.values()
+        _, index = token_repository(token_registry, token_service, "team/e2e-app").manifest("migrated")
+        assert endpoint["image"] == f"{token_registry.host}/team/e2e-app@{sha256(index)}", "the copy, by digest"
+        assert endpoint["args"] == "--model /runpod-volume/llama"
+        stages = {stage.name: stage for stage in result.status.stages}
+        assert stages["image"].state == StageState.completed and "2 platform(s)" in stages["image"].detail
+        assert stages["deploy"].detail == f"RunPod {endpoint['id']} created at {service.url}"
+        assert service.requests, "the deploy waited for the health check"

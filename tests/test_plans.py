@@ -62,7 +62,7 @@ SHAPE_ERRORS = [
     ("relative local path", "weights.source.path", "weights", "plan.weights.source.path: 'weights' is relative"),
     ("local path with ..", "weights.source.path", "/srv/../etc", "plan.weights.source.path: '/srv/../etc' contains '..'"),
     ("unknown stage field", "weights.chunk_size", "8MiB", "plan.weights.chunk_size: unknown field"),
-    ("stage not implemented", "image", {"destination": "gcr.io/x/y"}, "plan.image: stage 'image' is not implemented"),
+    ("image without a source", "image", {"destination": "gcr.io/x/y"}, "plan.image: give source"),
     ("bad plan name", "name", "My Plan", "plan.name: 'My Plan' is not a valid name"),
     ("zero concurrency", "weights.concurrency", 0, "plan.weights.concurrency:"),
     ("include escaping", "weights.include", ["../secrets/*"], "plan.weights.include: pattern '../secrets/*' escapes"),

@@ -150,7 +150,11 @@ class ImageStage(StrictModel):
     """Copy the service's image to the target's registry with a config fit for the target."""
 
     source: str | None = Field(
-        None, description="image reference to copy; absent: the image the Fly app's Machines run")
+        None, description="image reference to copy; absent: the image the Fly app's Machines run (fly_app)")
+    fly_app: str | None = Field(
+        None, description="Fly app whose deployed image is copied when source is absent (read from its Machines' "
+                          "config through the Machines API, FLY_API_TOKEN)")
+    fly_process_group: str = Field("app", description="process group of the Machines whose image is copied")
     destination: str = Field(description="where to push, registry/repository[:tag] (tag defaults to latest)")
     platform: str = Field("all", description="'all' platforms of a multi-platform image, or one like linux/amd64")
     drop_env: list[str] = Field(default_factory=lambda: list(DEFAULT_DROP_ENV),
@@ -196,6 +200,12 @@ class ImageStage(StrictModel):
         for name in value:
             check_env_name(name)
         return value
+
+    @model_validator(mode="after")
+    def _source_or_fly_app(self) -> Self:
+        if self.source is None and not self.fly_app:
+            raise ValueError("give source (an image reference) or fly_app (the Fly app whose image is copied)")
+        return self
 
     @property
     def source_reference(self) -> ImageReference | None:

@@ -24,7 +24,9 @@ from pydantic import (
 )
 
 from flyaway.models.base import AwsCredentials, Duration, EnvName, RelativeKey, StrictModel
+from flyaway.models.deploy import DeployStage, check_deploy
 from flyaway.models.fly import FlyAppName
+from flyaway.models.image import ImageStage
 from flyaway.models.secrets import SecretsStage
 from flyaway.models.teardown import TeardownStage
 
@@ -34,7 +36,7 @@ GiB = 1024 * MiB
 #: stages in the order a migration runs them
 STAGES = ("weights", "image", "secrets", "deploy", "canary", "teardown")
 #: stages this version can run; the others must be absent from a plan
-IMPLEMENTED_STAGES = ("weights", "secrets", "teardown")
+IMPLEMENTED_STAGES = ("weights", "image", "secrets", "deploy", "teardown")
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
 _PLAN_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -422,9 +424,9 @@ class MigrationPlan(StrictModel):
     name: str = Field(description="lowercase letters, digits and '-'; the workflow id is migration-<name>")
     description: str = ""
     weights: WeightsStage
-    image: UnimplementedStage = None
+    image: ImageStage | None = None
     secrets: SecretsStage | None = None
-    deploy: UnimplementedStage = None
+    deploy: DeployStage | None = None
     canary: UnimplementedStage = None
     teardown: TeardownStage | None = None
 
@@ -449,6 +451,14 @@ class MigrationPlan(StrictModel):
             raise ValueError("teardown: the plan has no canary stage, so nothing shows the new side holds the "
                              "traffic; add a canary stage, or set teardown.no_traffic_stage_ok: true if you moved "
                              "it yourself")
+        return self
+
+    @model_validator(mode="after")
+    def _deploy_fits_the_other_stages(self) -> MigrationPlan:
+        if self.deploy is not None:
+            check_deploy(self.deploy, has_image_stage=self.image is not None,
+                         weights_kind=self.weights.destination.kind,
+                         secrets_kind=self.secrets.destination.kind if self.secrets else None)
         return self
 
     @property

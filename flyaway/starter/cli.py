@@ -113,6 +113,23 @@ def validate(plan_file: Annotated[Path, typer.Argument(help="plan in YAML or JSO
                   highlight=False)
 
 
+@app.command()
+def translate(fly_toml: Annotated[Path, typer.Argument(help="the app's fly.toml")],
+              to: Annotated[str, typer.Option("--to", help="cloud_run, runpod or modal")]) -> None:
+    """Print a fly.toml as a plan's deploy section for the target, and what has no equivalent there."""
+    from flyaway.models.deploy import PLATFORM_NAMES
+    from flyaway.starter.translate import translation_text
+
+    if to not in PLATFORM_NAMES:
+        fail(f"--to {to}: choose one of {', '.join(PLATFORM_NAMES)}")
+    try:
+        text = translation_text(str(fly_toml.resolve()), to)  # type: ignore[arg-type]
+    except FlyawayError as error:
+        fail(str(error))
+        raise AssertionError("unreachable")
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command("plan")
 def plan_command(plan_file: Annotated[Path, typer.Argument(help="plan in YAML or JSON")],
                  dry_run: Annotated[bool, typer.Option("--dry-run", help="(the default) change nothing")] = True,

@@ -13,8 +13,10 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
+from flyaway.activities.deploy.activities import DEPLOY_ACTIVITIES
 from flyaway.activities.fly_agent import FLY_AGENT_ACTIVITIES
 from flyaway.activities.fly_teardown import FLY_TEARDOWN_ACTIVITIES
+from flyaway.activities.image_activities import IMAGE_ACTIVITIES
 from flyaway.activities.secrets.activities import SECRETS_ACTIVITIES
 from flyaway.activities.storage.activities import COPY_ACTIVITIES
 from flyaway.connection import TASK_QUEUE, TemporalOptions, connect
@@ -47,7 +49,8 @@ async def ensure_search_attributes(client: Client) -> None:
 
 def build_worker(client: Client, task_queue: str = TASK_QUEUE, max_activities: int = 20) -> Worker:
     return Worker(client, task_queue=task_queue, workflows=WORKFLOWS,
-                  activities=[*COPY_ACTIVITIES, *SECRETS_ACTIVITIES, *FLY_AGENT_ACTIVITIES, *FLY_TEARDOWN_ACTIVITIES],
+                  activities=[*COPY_ACTIVITIES, *SECRETS_ACTIVITIES, *FLY_AGENT_ACTIVITIES, *FLY_TEARDOWN_ACTIVITIES,
+                              *IMAGE_ACTIVITIES, *DEPLOY_ACTIVITIES],
                   activity_executor=ThreadPoolExecutor(max_activities),
                   max_concurrent_activities=max_activities)
 

@@ -17,6 +17,8 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from flyaway.activities.fly_teardown import check_teardown
+    from flyaway.activities.deploy.activities import check_deploy
+    from flyaway.activities.image_activities import check_image_stage
     from flyaway.activities.secrets.activities import check_secrets
     from flyaway.activities.storage.activities import abort_uploads, check_weights
     from flyaway.models.copy import CopySettings, CopyWeightsInput, CopyWeightsResult
@@ -32,6 +34,8 @@ with workflow.unsafe.imports_passed_through():
     from flyaway.workflows.copy_weights import PROGRESS_SIGNAL, CopyWeightsWorkflow
     from flyaway.workflows.fly_source import remove_volume_agents
     from flyaway.workflows.stages import STAGE_RUNNERS, StageRefused
+    from flyaway.workflows.stages import deploy as deploy_stage
+    from flyaway.workflows.stages import image as _image_stage  # noqa: F401  (registers the runner)
     from flyaway.workflows.stages import secrets as _secrets_stage  # noqa: F401  (registers the runner)
     from flyaway.workflows.stages import teardown as _teardown_stage  # noqa: F401  (registers the runner)
 
@@ -119,6 +123,12 @@ class MigrationWorkflow:
             if plan.secrets is not None:
                 await workflow.execute_activity(check_secrets, plan.secrets, start_to_close_timeout=timedelta(minutes=5),
                                                 retry_policy=CHECK_RETRY)
+            if plan.image is not None:  # the source image and both registry logins
+                await workflow.execute_activity(check_image_stage, plan.image,
+                                                start_to_close_timeout=timedelta(minutes=5), retry_policy=CHECK_RETRY)
+            if plan.deploy is not None:  # the fly.toml, the platform's credentials and rights
+                await workflow.execute_activity(check_deploy, deploy_stage.deploy_request(plan, {}),
+                                                start_to_close_timeout=timedelta(minutes=5), retry_policy=CHECK_RETRY)
             if plan.teardown is not None:  # the app and the token's rights, before hours of copying
                 await workflow.execute_activity(check_teardown, plan.teardown,
                                                 start_to_close_timeout=timedelta(minutes=5), retry_policy=CHECK_RETRY)
