@@ -25,7 +25,7 @@ fi
 
 debian_packages=()
 case "$use" in
-  test)  debian_packages=(docker-registry) ;;
+  test)  debian_packages=(docker-registry docker-compose chromium) ;;
   bench) debian_packages=(docker-registry rclone) ;;
 esac
 missing=()

