@@ -10,6 +10,7 @@ ones pause for an operator instead).
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -180,7 +181,8 @@ class AnalysisSettings(StrictModel):
 class CanaryStage(StrictModel):
     router: RouterConfig
     old_endpoint: BaseUrl = Field(description="base URL of the Fly service, e.g. https://app.fly.dev")
-    new_endpoint: BaseUrl = Field(description="base URL of the new deployment")
+    new_endpoint: BaseUrl | None = Field(None, description="base URL of the new deployment; the deploy stage's "
+                                                           "endpoint when absent")
     steps: list[CanaryStep] = Field(min_length=1)
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
 
@@ -248,3 +250,114 @@ class WeightState(Record):
         total = new_share + old_share
         new_percent = 50 if total == 0 else round(100 * new_share / total)
         return cls.split(new_percent, confirmed=True)
+
+
+class WeightChange(Record):
+    """What a weight change did: the split read back, the change in words, and how long clients may lag."""
+
+    state: WeightState
+    change: str
+    propagation_seconds: int = Field(description="a DNS TTL, 0 when the router's change is immediate")
+
+
+# --- the canary workflow's state -------------------------------------------------------------
+
+class CanaryState(StrEnum):
+    CHECKING = "checking"
+    PROGRESSING = "progressing"
+    WAITING_FOR_APPROVAL = "waiting_for_approval"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    ROLLED_BACK = "rolled_back"
+    ABORTED = "aborted"
+
+
+class StepOutcome(StrEnum):
+    PASSED = "passed"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+    ABORTED = "aborted"
+
+
+class StepRecord(Record):
+    """One step as it ran: when its weight was in place, how its analyses went, how it ended."""
+
+    index: int = Field(description="0-based index into the plan's steps")
+    weight: int
+    started_at: datetime
+    applied_at: datetime | None = Field(None, description="when the weight was set (manual: approved as made)")
+    ended_at: datetime | None = None
+    outcome: StepOutcome | None = None
+    successful: int = 0
+    failed: int = 0
+    inconclusive: int = 0
+    approved: bool = Field(False, description="the step's wait_for_approval gate was approved")
+
+    @property
+    def analyses(self) -> int:
+        return self.successful + self.failed + self.inconclusive
+
+
+class CanaryStatus(Record):
+    """The canary as the migration's ``status`` query shows it; also the state a continued run resumes from."""
+
+    state: CanaryState = CanaryState.CHECKING
+    router: str
+    new_endpoint: str
+    steps_total: int
+    step: int = Field(0, description="0-based index of the current step")
+    weight: WeightState | None = Field(None, description="the split as last set or read back")
+    change: str | None = Field(None, description="the router change of the current step, in words")
+    propagation_seconds: int = Field(0, description="how long clients may keep the previous split (a DNS TTL)")
+    approval: str | None = Field(None, description="what `approve canary` approves now; None when nothing waits")
+    paused: bool = False
+    promote_requested: bool = False
+    step_failures: int = Field(0, description="failed analyses in this step, counted against failure_limit")
+    step_inconclusives: int = Field(0, description="inconclusive analyses since the step began or was resumed, "
+                                                   "counted against inconclusive_limit")
+    last_analysis: AnalysisResult | None = None
+    message: str | None = Field(None, description="why the canary paused, rolled back or was aborted")
+    history: list[StepRecord] = Field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for the stage's detail in the status table."""
+        split = "" if self.weight is None else (f"{self.weight.new_weight}% on the new side"
+                                                f"{'' if self.weight.confirmed else ' (unconfirmed)'}")
+        parts = [f"{self.state.value}: step {self.step + 1}/{self.steps_total}", split]
+        analysis = self.last_analysis
+        if analysis is not None:
+            parts.append(f"last analysis {analysis.verdict.value}: new {_side(analysis.new)}, "
+                         f"old {_side(analysis.old)}")
+        if self.approval is not None:
+            parts.append(f"waiting for approval: {self.approval}")
+        if self.message is not None:
+            parts.append(self.message)
+        return "; ".join(part for part in parts if part)
+
+
+def _side(stats: SideStats) -> str:
+    rate = "-" if stats.success_rate is None else f"{stats.success_rate}%"
+    return f"{stats.requests} req {rate} ok p95 {stats.p95_ms} ms"
+
+
+class CanaryInput(Record):
+    """What the migration hands its canary child; ``progress`` is set when a run continues as new."""
+
+    stage: CanaryStage = Field(description="the plan's canary section with new_endpoint resolved")
+    migration_name: str
+    progress: CanaryStatus | None = None
+
+
+class CanaryResult(Record):
+    """The final report of a completed canary, read by the teardown stage."""
+
+    completed: bool
+    new_weight: int
+    old_weight: int
+    client_base_url: str = Field(description="the base URL clients should use now: the new endpoint")
+    routed_name: str | None = Field(None, description="the DNS name the router serves, which now leads to the "
+                                                      "new endpoint (Route53 record); clients using it need no change")
+    dns_ttl_seconds: int = Field(description="how long resolvers may still send clients to Fly; 0 when immediate")
+    teardown_not_before: datetime = Field(description="when the last cached answer pointing at Fly expires")
+    report: str
+    history: list[StepRecord]

@@ -18,12 +18,12 @@ from pydantic import (
     Field,
     HttpUrl,
     PositiveInt,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from flyaway.models.base import AwsCredentials, Duration, EnvName, RelativeKey, StrictModel
+from flyaway.models.canary import CanaryStage
 from flyaway.models.deploy import DeployStage, check_deploy
 from flyaway.models.fly import FlyAppName
 from flyaway.models.image import ImageStage
@@ -35,8 +35,6 @@ GiB = 1024 * MiB
 
 #: stages in the order a migration runs them
 STAGES = ("weights", "image", "secrets", "deploy", "canary", "teardown")
-#: stages this version can run; the others must be absent from a plan
-IMPLEMENTED_STAGES = ("weights", "image", "secrets", "deploy", "teardown")
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
 _PLAN_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -415,9 +413,6 @@ class WeightsStage(StrictModel):
         return self
 
 
-UnimplementedStage = dict[str, Any] | None
-
-
 class MigrationPlan(StrictModel):
     """One migration: where the weights go and, later, the image, secrets, service and traffic."""
 
@@ -427,7 +422,7 @@ class MigrationPlan(StrictModel):
     image: ImageStage | None = None
     secrets: SecretsStage | None = None
     deploy: DeployStage | None = None
-    canary: UnimplementedStage = None
+    canary: CanaryStage | None = None
     teardown: TeardownStage | None = None
 
     @field_validator("name")
@@ -436,14 +431,6 @@ class MigrationPlan(StrictModel):
         if not _PLAN_NAME.match(value):
             raise ValueError(f"'{value}' is not a valid name; use 1-63 lowercase letters, digits and '-'")
         return value
-
-    @field_validator(*(stage for stage in STAGES if stage not in IMPLEMENTED_STAGES))
-    @classmethod
-    def _only_implemented_stages(cls, value: UnimplementedStage, info: ValidationInfo) -> None:
-        if value is not None:
-            raise ValueError(f"stage '{info.field_name}' is not implemented in this version of flyaway; "
-                             f"remove it from the plan")
-        return None
 
     @model_validator(mode="after")
     def _teardown_knows_the_traffic_moved(self) -> MigrationPlan:
@@ -459,6 +446,12 @@ class MigrationPlan(StrictModel):
             check_deploy(self.deploy, has_image_stage=self.image is not None,
                          weights_kind=self.weights.destination.kind,
                          secrets_kind=self.secrets.destination.kind if self.secrets else None)
+        return self
+
+    @model_validator(mode="after")
+    def _canary_has_a_new_endpoint(self) -> MigrationPlan:
+        if self.canary is not None and self.canary.new_endpoint is None and self.deploy is None:
+            raise ValueError("canary.new_endpoint: required, since the plan has no deploy stage to provide it")
         return self
 
     @property

@@ -7,6 +7,7 @@ from enum import Enum
 from pydantic import Field
 
 from flyaway.models.base import Record
+from flyaway.models.canary import CanaryStatus
 
 
 class StageState(str, Enum):
@@ -51,6 +52,7 @@ class MigrationStatus(Record):
     concurrency: int = 0
     bandwidth_limit: int | None = None
     approvals: list[str] = Field(default_factory=list)
+    canary: CanaryStatus | None = Field(None, description="weight, step, last analysis and step history")
 
     def stage_status(self, name: str) -> StageStatus:
         return next(stage for stage in self.stages if stage.name == name)

@@ -295,8 +295,15 @@ def _steer(migration: str, name: str, opts: TemporalOptions, *args: Any) -> None
 def approve(migration: MigrationId, stage: Annotated[str, typer.Argument(help="stage to approve")],
             address: Address = None, namespace: Namespace = None, api_key: ApiKey = None, tls: Tls = None,
             profile: Profile = None) -> None:
-    """Approve a gated stage (for example teardown)."""
+    """Approve a gated stage (for example teardown), or the canary's current step."""
     _steer(migration, "approve", options(address, namespace, api_key, tls, profile), stage)
+
+
+@app.command()
+def promote(migration: MigrationId, address: Address = None, namespace: Namespace = None, api_key: ApiKey = None,
+            tls: Tls = None, profile: Profile = None) -> None:
+    """Skip the canary's remaining steps: all traffic to the new endpoint now."""
+    _steer(migration, "promote", options(address, namespace, api_key, tls, profile))
 
 
 @app.command()
@@ -382,13 +389,23 @@ def dev(state_dir: Annotated[Path, typer.Option(help="where the dev server keeps
         demo: Annotated[bool, typer.Option("--demo", help="also run the demo migration on local servers")] = False,
         demo_size: Annotated[str, typer.Option(help="size of the demo's big weights file")] = "1GiB",
         exit_after: Annotated[bool, typer.Option("--exit", help="stop everything once the demo ends")] = False,
+        codec_port: Annotated[int | None, typer.Option(
+            help="codec server port, when FLYAWAY_CODEC_KEYS is set (default: a free one)")] = None,
         ) -> None:
-    """Temporal dev server with its UI, a worker and (with --demo) a demo migration: one command, no Docker."""
+    """Temporal dev server with its UI, a worker and (with --demo) a demo migration: one command, no Docker.
+
+    With FLYAWAY_CODEC_KEYS set, payloads are encrypted and the UI decrypts them through a codec server.
+    """
+    from flyaway.codec import CodecError
     from flyaway.starter.dev import DevStack
 
     configure_logging(json=None, level="WARNING")
-    stack = DevStack(state_dir=state_dir, port=port, ui_port=ui_port, console=console)
-    code = asyncio.run(stack.run(demo=demo, demo_size=demo_size, exit_after=exit_after))
+    stack = DevStack(state_dir=state_dir, port=port, ui_port=ui_port, console=console, codec_port=codec_port)
+    try:
+        code = asyncio.run(stack.run(demo=demo, demo_size=demo_size, exit_after=exit_after))
+    except CodecError as error:
+        fail(str(error))
+        raise AssertionError("unreachable")
     raise typer.Exit(code)
 
 

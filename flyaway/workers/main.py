@@ -19,13 +19,15 @@ from flyaway.activities.fly_teardown import FLY_TEARDOWN_ACTIVITIES
 from flyaway.activities.image_activities import IMAGE_ACTIVITIES
 from flyaway.activities.secrets.activities import SECRETS_ACTIVITIES
 from flyaway.activities.storage.activities import COPY_ACTIVITIES
+from flyaway.activities.traffic.activities import TRAFFIC_ACTIVITIES
 from flyaway.connection import TASK_QUEUE, TemporalOptions, connect
+from flyaway.workflows.canary import CanaryWorkflow
 from flyaway.workflows.copy_weights import CopyWeightsWorkflow
 from flyaway.workflows.migration import SEARCH_ATTRIBUTES, MigrationWorkflow
 
 log = structlog.get_logger(__name__)
 
-WORKFLOWS = [MigrationWorkflow, CopyWeightsWorkflow]
+WORKFLOWS = [MigrationWorkflow, CopyWeightsWorkflow, CanaryWorkflow]
 _INDEXED_TYPES = {"Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
                   "Double": IndexedValueType.INDEXED_VALUE_TYPE_DOUBLE}
 
@@ -50,7 +52,7 @@ async def ensure_search_attributes(client: Client) -> None:
 def build_worker(client: Client, task_queue: str = TASK_QUEUE, max_activities: int = 20) -> Worker:
     return Worker(client, task_queue=task_queue, workflows=WORKFLOWS,
                   activities=[*COPY_ACTIVITIES, *SECRETS_ACTIVITIES, *FLY_AGENT_ACTIVITIES, *FLY_TEARDOWN_ACTIVITIES,
-                              *IMAGE_ACTIVITIES, *DEPLOY_ACTIVITIES],
+                              *TRAFFIC_ACTIVITIES, *IMAGE_ACTIVITIES, *DEPLOY_ACTIVITIES],
                   activity_executor=ThreadPoolExecutor(max_activities),
                   max_concurrent_activities=max_activities)
 

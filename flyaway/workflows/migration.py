@@ -21,6 +21,8 @@ with workflow.unsafe.imports_passed_through():
     from flyaway.activities.image_activities import check_image_stage
     from flyaway.activities.secrets.activities import check_secrets
     from flyaway.activities.storage.activities import abort_uploads, check_weights
+    from flyaway.activities.traffic.activities import check_router
+    from flyaway.models.canary import CanaryStatus
     from flyaway.models.copy import CopySettings, CopyWeightsInput, CopyWeightsResult
     from flyaway.models.plan import STAGES, MigrationPlan, parse_plan
     from flyaway.models.status import (
@@ -31,9 +33,11 @@ with workflow.unsafe.imports_passed_through():
         StageStatus,
         TuneRequest,
     )
+    from flyaway.workflows.canary import CANARY_PROGRESS_SIGNAL
     from flyaway.workflows.copy_weights import PROGRESS_SIGNAL, CopyWeightsWorkflow
     from flyaway.workflows.fly_source import remove_volume_agents
     from flyaway.workflows.stages import STAGE_RUNNERS, StageRefused
+    from flyaway.workflows.stages import canary as canary_stage
     from flyaway.workflows.stages import deploy as deploy_stage
     from flyaway.workflows.stages import image as _image_stage  # noqa: F401  (registers the runner)
     from flyaway.workflows.stages import secrets as _secrets_stage  # noqa: F401  (registers the runner)
@@ -129,6 +133,9 @@ class MigrationWorkflow:
             if plan.deploy is not None:  # the fly.toml, the platform's credentials and rights
                 await workflow.execute_activity(check_deploy, deploy_stage.deploy_request(plan, {}),
                                                 start_to_close_timeout=timedelta(minutes=5), retry_policy=CHECK_RETRY)
+            if plan.canary is not None:  # records, pool and rights, before any weight changes
+                await workflow.execute_activity(check_router, plan.canary,
+                                                start_to_close_timeout=timedelta(minutes=5), retry_policy=CHECK_RETRY)
             if plan.teardown is not None:  # the app and the token's rights, before hours of copying
                 await workflow.execute_activity(check_teardown, plan.teardown,
                                                 start_to_close_timeout=timedelta(minutes=5), retry_policy=CHECK_RETRY)
@@ -158,22 +165,24 @@ class MigrationWorkflow:
             stage.state = StageState.completed
             return result
 
-    async def _copy_weights(self, plan: MigrationPlan) -> CopyWeightsResult:
-        assert self._settings is not None
-        self._copy_started = None
-        self._child = await workflow.start_child_workflow(
-            CopyWeightsWorkflow.run,
-            CopyWeightsInput(stage=plan.weights, settings=self._settings, paused=self._paused),
-            id=f"{workflow.info().workflow_id}-weights",
-            task_queue=workflow.info().task_queue,
-        )
+    async def run_child(self, run: Any, arg: Any, stage: str) -> Any:
+        """Run ``stage``'s child workflow to its end; the operator's signals go to it, ``abort`` cancels it."""
+        self._child = await workflow.start_child_workflow(run, arg, id=f"{workflow.info().workflow_id}-{stage}",
+                                                          task_queue=workflow.info().task_queue)
         await workflow.wait_condition(lambda: self._child is None or self._child.done()
                                       or self._abort_reason is not None)
         child, self._child = self._child, None
         assert child is not None
         if not child.done():
             child.cancel()
-        result: CopyWeightsResult = await child
+        return await child
+
+    async def _copy_weights(self, plan: MigrationPlan) -> CopyWeightsResult:
+        assert self._settings is not None
+        self._copy_started = None
+        result: CopyWeightsResult = await self.run_child(
+            CopyWeightsWorkflow.run, CopyWeightsInput(stage=plan.weights, settings=self._settings, paused=self._paused),
+            "weights")
         status = self._status
         status.files_done, status.bytes_done = status.files_total, status.bytes_total
         status.stage_status("weights").detail = (
@@ -224,6 +233,15 @@ class MigrationWorkflow:
         status.eta_seconds = remaining / status.rate_bytes_per_second if status.rate_bytes_per_second > 0 else None
         status.stage_status("weights").detail = f"{status.files_done}/{status.files_total} files"
 
+    @workflow.signal(name=CANARY_PROGRESS_SIGNAL)
+    def canary_progress(self, canary: CanaryStatus) -> None:
+        """The canary child's state; a canary that paused itself shows the migration paused."""
+        self._status.canary = canary
+        self._status.stage_status("canary").detail = canary.summary()
+        paused = canary.paused or self._paused
+        if self._status.state == (MigrationState.running if paused else MigrationState.paused):
+            self._set_state(MigrationState.paused if paused else MigrationState.running, "canary")
+
     # ---- what an operator can see and do -------------------------------------------------------
 
     @workflow.query
@@ -261,7 +279,7 @@ class MigrationWorkflow:
     @resume.validator
     def _validate_resume(self) -> None:
         self._require_active()
-        if not self._paused:
+        if not self._paused and self._status.state != MigrationState.paused:
             raise ValueError("the migration is not paused")
 
     @workflow.update
@@ -288,8 +306,11 @@ class MigrationWorkflow:
             raise ValueError("give a reason for the abort")
 
     @workflow.update
-    def approve(self, stage: str) -> MigrationStatus:
-        self._status.approvals.append(stage)
+    async def approve(self, stage: str) -> MigrationStatus:
+        if stage == "canary":  # the canary's current gate, not the stage once and for all
+            await self._signal_child("approve")
+        else:
+            self._status.approvals.append(stage)
         return self._status
 
     @approve.validator
@@ -300,8 +321,21 @@ class MigrationWorkflow:
             raise ValueError(f"unknown stage '{stage}'; stages are {', '.join(STAGES)}")
         if stage not in self._plan.stages_present():
             raise ValueError(f"stage '{stage}' is not in this migration's plan")
-        if stage in self._status.approvals:
+        if stage == "canary":
+            canary_stage.check_approvable(self._status.canary)
+        elif stage in self._status.approvals:
             raise ValueError(f"stage '{stage}' is already approved")
+
+    @workflow.update
+    async def promote(self) -> MigrationStatus:
+        """Skip the canary's remaining steps: all traffic to the new endpoint now."""
+        await self._signal_child("promote")
+        return self._status
+
+    @promote.validator
+    def _validate_promote(self) -> None:
+        self._require_active()
+        canary_stage.check_promotable(self._status.canary)
 
     @workflow.update
     async def tune(self, request: TuneRequest) -> MigrationStatus:
@@ -312,7 +346,8 @@ class MigrationWorkflow:
             self._settings.bandwidth_limit = request.bandwidth_limit or None
         self._status.concurrency = self._settings.concurrency
         self._status.bandwidth_limit = self._settings.bandwidth_limit
-        await self._signal_child("tune", self._settings)
+        if self._status.stage == "weights":
+            await self._signal_child("tune", self._settings)
         return self._status
 
     @tune.validator

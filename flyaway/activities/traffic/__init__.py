@@ -53,7 +53,7 @@ def router_for(stage: CanaryStage) -> Router:
     if isinstance(config, CloudflareRouterConfig):
         return CloudflareRouter(config)
     if isinstance(config, ManualRouterConfig):
-        return ManualRouter(config, stage.old_endpoint, stage.new_endpoint)
+        return ManualRouter(config, stage.old_endpoint, stage.new_endpoint or "(the deploy stage's endpoint)")
     raise TypeError(f"unknown router kind: {type(config).__name__}")
 
 

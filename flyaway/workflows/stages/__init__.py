@@ -37,6 +37,9 @@ class StageContext(Protocol):
 
     async def wait_while_paused(self) -> None: ...
 
+    async def run_child(self, run: Any, arg: Any, stage: str) -> Any:
+        """Run ``stage``'s child workflow to its end; the operator's signals go to it, ``abort`` cancels it."""
+
 
 StageRunner = Callable[[StageContext], Awaitable[Any]]
 STAGE_RUNNERS: dict[str, StageRunner] = {}

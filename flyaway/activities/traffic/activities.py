@@ -1,0 +1,79 @@
+"""The canary's activities: check the router, set a weight, run one analysis.
+
+Routers are synchronous and hold no state between calls, so each activity builds the router
+from the plan and runs it in a thread while it heartbeats: a worker that dies in the middle of
+a weight change (a rollback above all) is noticed within the heartbeat timeout, not the much
+longer start-to-close timeout a Route53 change needs. The analysis probes both endpoints and
+judges them in one activity, so only the verdict and its numbers enter the workflow history,
+never the raw samples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import structlog
+from temporalio import activity
+
+from flyaway.activities.storage.activities import non_retryable_errors
+from flyaway.activities.traffic import analyse, probe_both, router_for
+from flyaway.models.canary import AnalysisResult, CanaryStage, WeightChange, WeightState
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+HEARTBEAT_SECONDS = 5.0
+
+
+async def _heartbeating(work: Awaitable[T]) -> T:
+    """Await ``work``, heartbeating every few seconds until it is done."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_SECONDS)
+            if done:
+                return task.result()
+            activity.heartbeat()
+    finally:
+        task.cancel()
+
+
+@activity.defn(name="flyaway.traffic.check")
+@non_retryable_errors
+async def check_router(stage: CanaryStage) -> WeightState:
+    """The records or pool exist and the credentials may change them; changes nothing, returns the split."""
+    return await _heartbeating(asyncio.to_thread(lambda: router_for(stage).check()))
+
+
+@activity.defn(name="flyaway.traffic.set_weight")
+@non_retryable_errors
+async def set_weight(stage: CanaryStage, new_percent: int) -> WeightChange:
+    """Give the new side ``new_percent``: idempotent, read back (the manual router only describes it)."""
+
+    def change() -> WeightChange:
+        router = router_for(stage)
+        state = router.set_weight(new_percent)
+        return WeightChange(state=state, change=router.describe_change(new_percent),
+                            propagation_seconds=router.propagation_seconds())
+
+    result = await _heartbeating(asyncio.to_thread(change))
+    log.info("canary weight set", new_percent=new_percent, confirmed=result.state.confirmed, change=result.change)
+    return result
+
+
+@activity.defn(name="flyaway.traffic.analyse")
+@non_retryable_errors
+async def run_analysis(stage: CanaryStage) -> AnalysisResult:
+    """Probe both endpoints with the plan's requests and judge the new side against the thresholds."""
+    assert stage.new_endpoint is not None, "the canary workflow resolves the new endpoint first"
+    settings = stage.analysis
+    old_samples, new_samples = await _heartbeating(probe_both(stage.old_endpoint, stage.new_endpoint, settings))
+    result = analyse(old_samples, new_samples, settings.thresholds)
+    log.info("canary analysis", verdict=result.verdict.value, new_success_rate=result.new.success_rate,
+             new_p95_ms=result.new.p95_ms, reasons=result.reasons)
+    return result
+
+
+TRAFFIC_ACTIVITIES = [check_router, set_weight, run_analysis]
