@@ -97,7 +97,8 @@ def test_every_source_to_every_destination(
             pair = f"{source}-to-{kind}".replace("_", "-")
             location, read_back = destination(kind, pair)
             plan = weights_plan(f"matrix-{pair}-{uuid.uuid4().hex[:4]}", sources[source], location,
-                                part_size="5MiB", concurrency=4)
+                                part_size="5MiB", concurrency=4,
+                                heartbeat_timeout="30s")  # 20 copies share 2 cores: heartbeats may lag
             pairs[pair] = (plan, read_back)
 
     async def run_all() -> dict[str, Any]:

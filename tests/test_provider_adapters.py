@@ -28,6 +28,7 @@ from flyaway.activities.errors import (
 )
 from flyaway.activities.storage import open_destination, open_source
 from flyaway.activities.storage import s3 as s3_module
+from flyaway.activities.storage.base import UploadGone
 from flyaway.activities.storage.checksums import crc32c_combine
 from flyaway.activities.storage.engine import CopyEngine, part_checksum
 from flyaway.activities.storage.gcs import GcsDestination
@@ -263,6 +264,19 @@ def test_a_gcs_session_resumes_in_a_new_process_from_the_persisted_offset(
     assert str(blob.generation) == generation
     assert blob.download_as_bytes() == data
     assert second.list_state("") == []  # the session's record is gone with it
+
+
+def test_a_gcs_session_the_server_will_not_resume_is_given_up_not_retried_forever(
+        emulator_env: None, gcs_bucket: str) -> None:
+    """The emulator answers a status query on an empty session with 'bytes=0-0' and then refuses
+    offset 1: the adapter must say the upload is gone (the engine starts the file again), not loop."""
+    location = GcsLocation(kind="gcs", bucket=gcs_bucket, prefix="w")
+    token = GcsDestination(location).begin_upload("empty-session.bin", 2 * MiB)
+    second = GcsDestination(location)
+    second.list_parts("empty-session.bin", token)
+    chunk = os.urandom(MiB)
+    with pytest.raises(UploadGone):
+        second.upload_part("empty-session.bin", token, 1, 0, chunk, part_checksum("crc32c", chunk))
 
 
 def test_gcs_catches_bytes_that_are_not_the_source_bytes(emulator_env: None, gcs_bucket: str) -> None:

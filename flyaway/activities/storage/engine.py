@@ -208,9 +208,10 @@ class CopyEngine:
                 await asyncio.sleep(SETTLE_SECONDS)
                 file = await self._run(self.source.stat, file.key)
                 last = SourceChanged(file.key)
-            except DataCorruption as error:
-                log.warning("verification failed; copying the file again", key=file.key, attempt=attempt,
-                            error=str(error))
+            except (DataCorruption, UploadGone) as error:
+                # bytes that did not verify, or an upload the destination lost or no longer accepts
+                log.warning("copying the file again", key=file.key, attempt=attempt,
+                            reason=f"{type(error).__name__}: {error}")
                 await self._forget_upload(file.key)
                 last = error
         if isinstance(last, SourceChanged):

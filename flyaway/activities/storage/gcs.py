@@ -287,7 +287,12 @@ class GcsDestination(Destination):
                 body = data if persisted == offset else data[persisted - offset:]
                 response = self._request("PUT", session, data=body, headers={
                     "Content-Range": f"bytes {persisted}-{end - 1}/{session.size}"})
-                held = self._persisted_after(session, response, token)
+                try:
+                    held = self._persisted_after(session, response, token)
+                except SessionRequestFailed as error:
+                    if error.status == 400:  # the server disagrees with the offset it told us: start a new session
+                        raise UploadGone(token) from None
+                    raise
                 if held <= persisted:
                     raise SessionRequestFailed(503, f"the server kept none of bytes {persisted}-{end - 1}")
                 persisted = held
