@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import http.client
 import os
+import random
 import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -161,6 +163,9 @@ class S3FaultProxy:
     ``mode`` is "pass" (forward everything) or "deny" (answer 403 AccessDenied to every
     request). ``uploaded`` counts request body bytes of PUTs of object data and parts.
     ``corrupt`` is how many object-data PUTs get one byte flipped on the way (-1: all of them).
+    ``chaos(rate, seed)`` makes that share of object-data PUTs and GETs fail at random: a 503
+    SlowDown, a reset (the socket closed without an answer) or a stall (``stall_seconds`` before
+    forwarding). ``faults`` counts them by kind; ``failed_bytes`` is the request bytes that failed.
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -170,6 +175,11 @@ class S3FaultProxy:
         self.requests = 0
         self.corrupt = 0
         self.corrupted = 0
+        self.fault_rate = 0.0
+        self.stall_seconds = 2.0
+        self.faults: Counter[str] = Counter()
+        self.failed_bytes = 0
+        self._random = random.Random(0)
         self._lock = threading.Lock()
         proxy = self
 
@@ -192,7 +202,14 @@ class S3FaultProxy:
                             proxy.corrupted += 1
                 if len(body) < length:  # the client died mid-body: forwarding it would leave the
                     return  # upstream waiting for the rest (the GCS emulator serves one request at a time)
-                refusal = proxy.refusal(self.command, self.path, len(body))
+                fault = proxy.draw_fault(self.command, self.path, len(body))
+                if fault == "reset":
+                    self.close_connection = True
+                    return
+                if fault == "stall":
+                    time.sleep(proxy.stall_seconds)
+                refusal = (503, "SlowDown") if fault == "slowdown" else proxy.refusal(self.command, self.path,
+                                                                                       len(body))
                 if refusal is not None:
                     status, code = refusal
                     payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
@@ -237,6 +254,23 @@ class S3FaultProxy:
     def refusal(self, command: str, path: str, size: int) -> tuple[int, str] | None:
         """(HTTP status, S3 error code) to answer instead of forwarding, or None to forward."""
         return (403, "AccessDenied") if self.mode == "deny" else None
+
+    def chaos(self, rate: float, seed: int) -> None:
+        self.fault_rate = rate
+        self._random = random.Random(seed)
+
+    def draw_fault(self, command: str, path: str, size: int) -> str | None:
+        """The fault to inject into this request ("slowdown", "reset", "stall"), or None."""
+        key = urllib.parse.urlsplit(path).path.strip("/")
+        if command not in ("PUT", "GET") or "/" not in key or "/.flyaway/" in path:
+            return None  # only object data: not buckets, listings or flyaway's state
+        with self._lock:
+            if self._random.random() >= self.fault_rate:
+                return None
+            fault = self._random.choice(("slowdown", "reset", "stall"))
+            self.faults[fault] += 1
+            self.failed_bytes += size if fault != "stall" else 0
+        return fault
 
     def hold(self, command: str, path: str, status: int) -> float:
         """Seconds to sit on the upstream's answer (of HTTP ``status``) before passing it on."""
