@@ -7,58 +7,28 @@ The client library runs over its REST transport, which also takes an ``http://``
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import TypeVar
 
-import google.auth
 import google_crc32c
-import requests
 from google.api_core import exceptions as google_errors
 from google.api_core.client_options import ClientOptions
-from google.auth.credentials import AnonymousCredentials, Credentials
-from google.auth.exceptions import DefaultCredentialsError, GoogleAuthError
 from google.cloud import secretmanager
 
-from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
+from flyaway.activities.errors import AccessDenied, InvalidPlan, NotFound
+from flyaway.activities.google_cloud import is_transient, load_credentials
 from flyaway.activities.retry import call_with_retries
 from flyaway.activities.secrets.base import StoredSecret
 from flyaway.models.secrets import GcpSecretManagerDestination, secret_digest
 
 T = TypeVar("T")
-SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
-
-
-def _is_transient(error: BaseException) -> bool:
-    return isinstance(error, (google_errors.ServerError, google_errors.TooManyRequests,
-                              google_errors.DeadlineExceeded, requests.ConnectionError, requests.Timeout))
-
-
-def _credentials(destination: GcpSecretManagerDestination) -> Credentials:
-    path = os.environ.get(destination.credentials_env)
-    try:
-        if path:
-            credentials, _ = google.auth.load_credentials_from_file(path, scopes=SCOPES)
-            return credentials
-        if destination.endpoint:
-            return AnonymousCredentials()
-        credentials, _ = google.auth.default(scopes=SCOPES)
-        return credentials
-    except DefaultCredentialsError as error:
-        raise MissingCredentials(f"no Google credentials for {destination.describe()}: set "
-                                 f"{destination.credentials_env} to a service-account key file, or run the "
-                                 f"worker with Application Default Credentials ({error})") from None
-    except GoogleAuthError as error:
-        raise MissingCredentials(f"{destination.credentials_env}={path}: not usable Google credentials "
-                                 f"({type(error).__name__})") from None
-
-
 class GcpSecretStore:
     def __init__(self, destination: GcpSecretManagerDestination) -> None:
         self.destination = destination
         options = ClientOptions(api_endpoint=destination.endpoint) if destination.endpoint else None
         self._client = secretmanager.SecretManagerServiceClient(
-            credentials=_credentials(destination), transport="rest", client_options=options)
+            credentials=load_credentials(destination.credentials_env, anonymous=bool(destination.endpoint),
+                                         what=destination.describe()), transport="rest", client_options=options)
 
     def _secret_path(self, name: str) -> str:
         return self._client.secret_path(self.destination.project, self.destination.store_name(name))
@@ -68,7 +38,7 @@ class GcpSecretStore:
         """One API call, retried while transient; refusals become flyaway's errors, ``expected`` ones
         are left to the caller."""
         try:
-            return call_with_retries(fn, _is_transient)
+            return call_with_retries(fn, is_transient)
         except expected:
             raise
         except (google_errors.Unauthorized, google_errors.Forbidden) as error:
