@@ -412,6 +412,7 @@ def test_slow_new_side_fails_on_latency_and_on_ratio(endpoints: tuple[FakeEndpoi
     absolute = run_analysis(old, new, settings(**quick, thresholds={"min_requests": 20, "max_p95_ms": 150}))
     assert absolute.verdict == Verdict.FAILED
     assert any("p95 latency" in reason and "max_p95_ms 150" in reason for reason in absolute.reasons)
+    new.slow_seconds = 0.6  # far above what a loaded machine adds to the old side's latency
     relative = run_analysis(old, new, settings(**quick, thresholds={"min_requests": 20, "max_p99_ms": None,
                                                                     "max_latency_ratio": 2}))
     assert relative.verdict == Verdict.FAILED
