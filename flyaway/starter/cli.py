@@ -440,9 +440,22 @@ def codec_key() -> None:
     print(generate_key())
 
 
-def main() -> None:  # pragma: no cover - console entry point for `python -m`
-    app()
+def main() -> None:
+    """The console entry point: run the command, flush its output, and end the process at once.
+
+    At interpreter shutdown, threads of the Temporal client's native runtime can abort a finished
+    command (``PyGILState_Release: thread state ... must be current``, exit -6), so the process
+    ends with ``os._exit`` and the command's own exit code instead of going through finalization.
+    """
+    try:
+        app()
+        code = 0
+    except SystemExit as finished:
+        code = finished.code if isinstance(finished.code, int) else (0 if finished.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+if __name__ == "__main__":
+    main()
