@@ -8,9 +8,11 @@ is steered through the CLI. Intervals are short: there is no time-skipping serve
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,6 +28,7 @@ from flyaway.starter.cli import app
 from flyaway.workflows.stages.canary import deployed_endpoint
 from tests.fakes.cloudflare import FakeCloudflare
 from tests.fakes.endpoint import FakeEndpoint
+from tests.fakes.fly_machines import FakeFlyMachinesAPI
 from tests.harness import (
     TEST_AWS_ENV,
     MotoServer,
@@ -364,3 +367,39 @@ def test_worker_killed_mid_step_resumes_at_the_same_weight_and_abort_sends_traff
                                                                    (40, StepOutcome.ABORTED)]
     finally:
         worker.stop()
+
+
+# --- the DNS TTL before teardown ------------------------------------------------------------------
+
+def test_teardown_waits_out_the_dns_ttl_before_stopping_fly_machines(
+        temporal_server: TemporalDevServer, moto_server: MotoServer, route53: Any, zone: str,
+        endpoints: tuple[FakeEndpoint, FakeEndpoint], tmp_path: Path) -> None:
+    ttl, token = 5, "fo1_canary-ttl-token"
+    with FakeFlyMachinesAPI(token) as fly:
+        fly.add_app("old-app")
+        fly.add_machine("old-app", "web-1", state="started", config={"image": "registry.fly.io/old-app:v1"})
+        worker = WorkerProcess(temporal_server, f"flyaway-canary-ttl-{uuid.uuid4().hex[:8]}", tmp_path / "worker.log",
+                               {**WORKER_ENV, "FLY_API_TOKEN": token, "FLY_API_BASE_URL": fly.base_url})
+        worker.start()
+        try:
+            plan = canary_plan("canary-ttl", tmp_path, route53_router(moto_server, zone, ttl=ttl), endpoints,
+                               [{"weight": 100}])
+            plan["teardown"] = {"app": "old-app", "approval_required": False, "heartbeat_timeout": "3s"}
+            workflow_id = run_async(start_migration(temporal_server, plan, worker.task_queue))
+            detail = eventually(lambda: (d := status_of(temporal_server, workflow_id).stage_status("teardown").detail)
+                                and d.startswith("waiting for the DNS TTL until ") and d, 60, interval=0.1,
+                                what="the teardown to wait out the TTL")
+            seen_wall, seen_monotonic = time.time(), time.monotonic()
+            match = re.match(r"waiting for the DNS TTL until (\S+):", detail)
+            assert match is not None, detail
+            not_before = datetime.fromisoformat(match.group(1)).timestamp()
+            assert 0 < not_before - seen_wall <= ttl
+            assert [r for r in fly.requests if r.method != "GET"] == [], "nothing on Fly moves before the TTL is over"
+
+            result = run_async(migration_result(temporal_server, workflow_id, timeout=60))
+            assert result.status.state == MigrationState.completed
+            first_change = min(r.at for r in fly.requests if r.method != "GET")
+            assert first_change >= seen_monotonic + (not_before - seen_wall) - 0.05  # wall and monotonic clocks
+            assert {m.state for m in fly.apps["old-app"].machines.values()} == {"destroyed"}
+        finally:
+            worker.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from flyaway.models.copy import CopyCounters, CopyWeightsResult, VerifyResult
 from flyaway.models.plan import parse_plan
 from flyaway.models.status import MigrationState, StageState
 from flyaway.starter.cli import app as cli_app
-from flyaway.workflows.stages.teardown import teardown_refusal
+from flyaway.workflows.stages.teardown import dns_ttl_end, teardown_refusal
 from tests.fakes.fly_machines import FakeFlyMachinesAPI, RecordedRequest
 from tests.fixtures import make_tree
 from tests.harness import (
@@ -66,6 +67,14 @@ def test_the_gate_needs_a_verified_manifest_and_all_traffic_moved() -> None:
         with_canary, {**done, "canary": {"completed": True, "new_weight": 100, "old_weight": 5}}) or "")
     assert teardown_refusal(with_canary, {**done, "canary": {"completed": True, "new_weight": 100,
                                                               "old_weight": 0}}) is None
+
+
+def test_the_dns_ttl_end_is_read_from_the_canary_result_as_a_model_or_as_plain_data() -> None:
+    # the canary test suite runs a migration whose teardown waits it out (test_canary.py)
+    end = datetime(2026, 7, 31, 12, 0, 5, tzinfo=UTC)
+    assert dns_ttl_end({"canary": {"teardown_not_before": "2026-07-31T12:00:05Z"}}) == end
+    assert dns_ttl_end({"canary": {"teardown_not_before": end}}) == end
+    assert dns_ttl_end({}) is None
 
 
 def test_the_plan_must_say_how_traffic_moved_and_that_app_deletion_deletes_volumes() -> None:

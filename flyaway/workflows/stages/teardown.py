@@ -4,12 +4,13 @@ The gate is checked in the workflow from what earlier stages returned: the weigh
 verified (and not empty), and the canary finished with all traffic on the new side, Fly's
 weight at 0 (or, in a plan without a canary stage, ``no_traffic_stage_ok``). A gate not met
 raises :class:`StageRefused` before any activity runs: the migration waits for the operator
-with the reason, and nothing on Fly is touched.
+with the reason, and nothing on Fly is touched. After the approval, the stage waits out the DNS
+TTL of the canary's last weight change (``teardown_not_before``) before it stops any Machine.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -64,6 +65,25 @@ def teardown_refusal(plan: MigrationPlan, results: dict[str, Any]) -> str | None
     return None
 
 
+def dns_ttl_end(results: dict[str, Any]) -> datetime | None:
+    """When the canary's last DNS answer pointing at Fly expires (``CanaryResult.teardown_not_before``), if known.
+
+    A result carried over as plain data holds the time as ISO 8601 text.
+    """
+    value = _field(results.get("canary"), "teardown_not_before")
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+async def _wait_out_dns_ttl(context: StageContext) -> None:
+    """Sleep (a durable timer) until resolvers can no longer send clients to Fly, so no request meets a stopped app."""
+    not_before = dns_ttl_end(context.results)
+    if not_before is None or workflow.now() >= not_before:
+        return
+    context.stage_status("teardown").detail = (f"waiting for the DNS TTL until {not_before.isoformat()}: resolvers "
+                                               f"may still send clients to Fly")
+    await workflow.sleep(not_before - workflow.now())
+
+
 async def _step(context: StageContext, detail: str, activity: Any, *args: Any,
                 timeout: timedelta = STEP_TIMEOUT) -> Any:
     stage = context.plan.teardown
@@ -83,6 +103,7 @@ async def run_teardown(context: StageContext) -> TeardownReport:
         raise StageRefused(f"teardown of Fly app '{stage.app}' refused, nothing was touched: {reason}")
     if stage.approval_required:
         await context.wait_for_approval("teardown")
+    await _wait_out_dns_ttl(context)
     inventory = await _step(context, "reading the app", teardown_inventory)
     report = TeardownReport(app=stage.app)
     await _step(context, f"cordoning and stopping {len(inventory.machines)} machines", stop_machines,
