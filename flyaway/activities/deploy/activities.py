@@ -14,16 +14,13 @@ import asyncio
 import structlog
 from temporalio import activity
 
-from flyaway.activities.deploy.cloud_run import CloudRunDeployer
+from flyaway.activities.deploy.base import Deployer
 from flyaway.activities.deploy.fly_toml import apply_translation, read_fly_toml, translate
 from flyaway.activities.deploy.health import wait_healthy
-from flyaway.activities.deploy.modal import ModalDeployer
-from flyaway.activities.deploy.runpod import RunpodDeployer
 from flyaway.activities.storage.activities import non_retryable_errors
 from flyaway.models.deploy import CloudRunDeploy, DeployRequest, DeployResult, ModalDeploy, RunpodDeploy
 
 log = structlog.get_logger(__name__)
-Deployer = CloudRunDeployer | RunpodDeployer | ModalDeployer
 
 
 def effective_stage(request: DeployRequest) -> tuple[CloudRunDeploy | RunpodDeploy | ModalDeploy, list[str]]:
@@ -37,11 +34,15 @@ def effective_stage(request: DeployRequest) -> tuple[CloudRunDeploy | RunpodDepl
 
 
 def open_deployer(stage: CloudRunDeploy | RunpodDeploy | ModalDeploy, request: DeployRequest) -> Deployer:
+    """The platform's deployer; each imports its SDK (google-cloud-run, modal) only when a plan uses it."""
     arguments = (request.image, request.secrets, request.weights)
     if isinstance(stage, CloudRunDeploy):
+        from flyaway.activities.deploy.cloud_run import CloudRunDeployer
         return CloudRunDeployer(stage, *arguments)
     if isinstance(stage, RunpodDeploy):
+        from flyaway.activities.deploy.runpod import RunpodDeployer
         return RunpodDeployer(stage, *arguments)
+    from flyaway.activities.deploy.modal import ModalDeployer
     return ModalDeployer(stage, *arguments)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from flyaway.activities.deploy.health import HealthProbe
 from flyaway.activities.errors import InvalidPlan
@@ -18,6 +19,18 @@ class Applied:
     outcome: DeployOutcome
     #: what flyaway GETs until it answers 200; None when the platform's own probe is all there is
     probe: HealthProbe | None
+
+
+class Deployer(Protocol):
+    """Creates or updates one service on its platform, idempotently."""
+
+    async def check(self) -> None:
+        """Raise a ``FlyawayError`` unless the credentials are there and the platform lets them in."""
+
+    async def apply(self) -> Applied:
+        """Create the service or bring it to the plan's settings."""
+
+    async def aclose(self) -> None: ...
 
 
 def plain_env(stage: CloudRunDeploy | RunpodDeploy | ModalDeploy, secrets: dict[str, str],

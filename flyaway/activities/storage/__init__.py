@@ -1,13 +1,15 @@
-"""Sources, destinations and the copy engine that moves bytes between them."""
+"""Sources, destinations and the copy engine that moves bytes between them.
+
+The adapters of Hugging Face, GCS and Modal are imported when a plan uses them: their SDKs
+(google-cloud-storage with grpc, modal, huggingface_hub) cost a worker tens of MB it would
+otherwise keep for nothing.
+"""
 
 from __future__ import annotations
 
 from flyaway.activities.storage.base import Destination, Source
 from flyaway.activities.storage.fly_volume import FlyVolumeSource
-from flyaway.activities.storage.gcs import GcsDestination
-from flyaway.activities.storage.hf import HfSource
 from flyaway.activities.storage.local import LocalDestination, LocalSource
-from flyaway.activities.storage.modal_volume import ModalVolumeDestination
 from flyaway.activities.storage.runpod import RunPodVolumeDestination
 from flyaway.activities.storage.s3 import S3Destination, S3Source
 from flyaway.models.plan import (
@@ -31,6 +33,7 @@ def open_source(location: SourceLocation, concurrency: int = 8) -> Source:
     if isinstance(location, (S3Location, TigrisLocation)):
         return S3Source(location, concurrency)
     if isinstance(location, HfLocation):
+        from flyaway.activities.storage.hf import HfSource
         return HfSource(location)
     if isinstance(location, FlyVolumeLocation):
         return FlyVolumeSource(location)
@@ -46,7 +49,9 @@ def open_destination(location: DestinationLocation, concurrency: int = 8) -> Des
     if isinstance(location, RunPodVolumeLocation):
         return RunPodVolumeDestination(location, concurrency)
     if isinstance(location, GcsLocation):
+        from flyaway.activities.storage.gcs import GcsDestination
         return GcsDestination(location, concurrency)
     if isinstance(location, ModalVolumeLocation):
+        from flyaway.activities.storage.modal_volume import ModalVolumeDestination
         return ModalVolumeDestination(location)
     raise TypeError(f"no destination adapter for {type(location).__name__}")
