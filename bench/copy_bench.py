@@ -52,14 +52,17 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, BinaryIO, Self
 
 import boto3
 import psutil
+from boto3.s3.transfer import TransferConfig
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
 from pydantic import ByteSize, TypeAdapter
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
@@ -73,6 +76,7 @@ from flyaway.starter.dev import (
     start_temporal,
     stop_process,
     venv_binary,
+    wait_for_port,
     write_random_file,
 )
 
@@ -82,7 +86,8 @@ SEED = 20261123
 TASK_QUEUE = "flyaway-bench"
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_EC2_METADATA_DISABLED": "true"}
-RCLONE_REMOTE = "BENCHS3"
+#: the keys a runpod_volume destination reads (moto takes any)
+RUNPOD_ENV = {"RUNPOD_S3_ACCESS_KEY": "user_bench", "RUNPOD_S3_SECRET_KEY": "rps_bench"}
 SAMPLE_SECONDS = 0.05
 READ_CHUNK = 16 * MiB
 #: goals from the issue: throughput ratios flyaway/peer at least this, worker peak RSS under this
@@ -102,13 +107,24 @@ def byte_size(text: str) -> int:
 
 @dataclass(frozen=True)
 class DataSpec:
+    """A data set: one large file (none when ``size_big`` is 0) and ``small_files`` files of random
+    sizes between ``small_min`` and ``small_max`` bytes, the same bytes for the same spec."""
+
+    name: str
     size_big: int
     small_files: int
+    small_min: int = 16 * KiB
+    small_max: int = 4 * MiB
     seed: int = SEED
 
     def small_sizes(self) -> list[int]:
         rng = random.Random(self.seed)
-        return [rng.randint(16 * KiB, 4 * MiB) for _ in range(self.small_files)]
+        return [rng.randint(self.small_min, self.small_max) for _ in range(self.small_files)]
+
+    def describe(self) -> str:
+        big = f"one {ByteSize(self.size_big).human_readable()} file and " if self.size_big else ""
+        return (f"{big}{self.small_files} files of {ByteSize(self.small_min).human_readable()}-"
+                f"{ByteSize(self.small_max).human_readable()}")
 
 
 @dataclass(frozen=True)
@@ -119,22 +135,22 @@ class DataSet:
 
 
 def prepare_data(folder: Path, spec: DataSpec) -> DataSet:
-    """The data set under ``folder/source``, generated unless ``folder`` already holds this very spec."""
-    source, spec_file = folder / "source", folder / "dataset.json"
+    """The data set under ``folder/<name>/source``, generated unless that folder already holds this very spec."""
+    source, spec_file = folder / spec.name / "source", folder / spec.name / "dataset.json"
     sizes = spec.small_sizes()
     if spec_file.exists() and json.loads(spec_file.read_text()) == asdict(spec):
         progress(f"reusing the data set in {source}")
     else:
-        progress(f"generating the data set in {source}: one {ByteSize(spec.size_big).human_readable()} file "
-                 f"and {spec.small_files} files of 16 KiB-4 MiB")
+        progress(f"generating the data set in {source}: {spec.describe()}")
         shutil.rmtree(source, ignore_errors=True)
         (source / "shards").mkdir(parents=True)
-        write_random_file(source / "model.safetensors", spec.size_big)
+        if spec.size_big:
+            write_random_file(source / "model.safetensors", spec.size_big)
         rng = random.Random(spec.seed + 1)
         for number, size in enumerate(sizes):
             (source / "shards" / f"shard-{number:05d}.bin").write_bytes(rng.randbytes(size))
         spec_file.write_text(json.dumps(asdict(spec)))
-    return DataSet(source=source, files=1 + len(sizes), bytes=spec.size_big + sum(sizes))
+    return DataSet(source=source, files=(1 if spec.size_big else 0) + len(sizes), bytes=spec.size_big + sum(sizes))
 
 
 def settle_source(folder: Path, cold: bool) -> None:
@@ -333,7 +349,7 @@ class FlyawayStack:
         return TemporalOptions(address=f"127.0.0.1:{self.port}", namespace="default", tls=False)
 
     @contextmanager
-    def worker(self, name: str) -> Iterator[subprocess.Popen[bytes]]:
+    def worker(self, name: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
         log = self.logs / f"worker-{name}.log"
         flyaway = venv_binary("flyaway")
         if flyaway is None:
@@ -341,7 +357,7 @@ class FlyawayStack:
         command = [flyaway, "worker", "--address", self.options.target, "--namespace", "default",
                    "--task-queue", TASK_QUEUE, "--json-logs"]
         with log.open("ab") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **AWS_ENV},
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env},
                                        cwd=self.workdir, start_new_session=True)
         try:
             deadline = time.monotonic() + 60
@@ -353,9 +369,12 @@ class FlyawayStack:
         finally:
             stop_process(process)
 
-    def copy(self, path: str, name: str, stage: dict[str, Any], data: DataSet) -> Measurement:
+    def copy(self, path: str, name: str, stage: dict[str, Any], data: DataSet,
+             env: dict[str, str] = AWS_ENV) -> Measurement:
+        """One migration of ``stage`` on a fresh worker whose environment adds ``env`` (credentials,
+        emulator addresses)."""
         plan = {"name": f"bench-{name}-{uuid.uuid4().hex[:8]}", "weights": stage}
-        with self.worker(name) as process, ProcessWatch(process.pid) as worker:
+        with self.worker(name, env) as process, ProcessWatch(process.pid) as worker:
             progress(f"  flyaway: migration {plan['name']}")
             seconds, figures = asyncio.run(self._migrate(plan))
         return Measurement(path=path, tool="flyaway", seconds=seconds, cpu_seconds=worker.cpu_seconds,
@@ -387,22 +406,28 @@ class Settings:
         return {"source": source, "destination": destination, "part_size": f"{self.part_size}B",
                 "concurrency": self.concurrency}
 
-    def rclone_tuned(self) -> list[str]:
+    def rclone_tuned(self, backend: str) -> list[str]:
+        """rclone's flags for flyaway's part size and concurrency (its GCS backend has no chunk size flag)."""
+        transfers = ["--transfers", str(self.concurrency)]
+        if backend != "s3":
+            return transfers
         return ["--s3-chunk-size", f"{self.part_size // KiB}Ki", "--s3-upload-concurrency", str(self.concurrency),
-                "--transfers", str(self.concurrency)]
+                *transfers]
 
 
-class MotoS3:
-    """moto on loopback, one fresh server per tool: each starts from the same empty store, and moto's
-    memory (it holds every object) is freed before the next tool runs."""
+class StorageServer:
+    """A storage server on loopback, started fresh for each tool: each tool finds the same empty store,
+    and the server's memory (moto and the GCS emulator hold every object) is freed before the next."""
+
+    name = "server"
 
     def __init__(self, log: Path) -> None:
         self.port = free_port()
         with log.open("ab") as out:
-            self.process = start_moto(self.port, out)
-        self.client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                                   aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
-                                   aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"])
+            self.process = self.start(out)
+
+    def start(self, log: BinaryIO) -> subprocess.Popen[bytes]:
+        raise NotImplementedError
 
     def __enter__(self) -> Self:
         return self
@@ -418,24 +443,75 @@ class MotoS3:
         times = psutil.Process(self.process.pid).cpu_times()
         return times.user + times.system
 
+    def create_bucket(self, bucket: str) -> None:
+        raise NotImplementedError
+
     def object_sizes(self, bucket: str, prefix: str) -> dict[str, int]:
-        sizes = {}
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
-            for item in page.get("Contents", []):
-                key = item["Key"][len(prefix) + 1:]
-                if not key.startswith(".flyaway/"):
-                    sizes[key] = item["Size"]
-        return sizes
+        """Key below ``prefix`` -> size, leaving out flyaway's own state."""
+        raise NotImplementedError
 
 
-def rclone_env(endpoint: str) -> dict[str, str]:
-    """An S3 remote named by environment; without AWS_CA_BUNDLE, which rclone fails to load here."""
+def relative_sizes(items: Iterable[tuple[str, int]], prefix: str) -> dict[str, int]:
+    sizes = {name[len(prefix) + 1:]: size for name, size in items}
+    return {key: size for key, size in sizes.items() if not key.startswith(".flyaway/")}
+
+
+class MotoS3(StorageServer):
+    """moto on loopback: S3, Tigris and RunPod's S3 API in these benchmarks."""
+
+    name = "moto"
+
+    def start(self, log: BinaryIO) -> subprocess.Popen[bytes]:
+        process = start_moto(self.port, log)
+        self.client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                                   aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
+                                   aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"])
+        return process
+
+    def create_bucket(self, bucket: str) -> None:
+        self.client.create_bucket(Bucket=bucket)
+
+    def object_sizes(self, bucket: str, prefix: str) -> dict[str, int]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/")
+        return relative_sizes(((item["Key"], item["Size"]) for page in pages for item in page.get("Contents", [])),
+                              prefix)
+
+
+class GcsEmulatorServer(StorageServer):
+    """``gcp-storage-emulator`` in memory, through ``bench/gcs_emulator.py`` so that rclone can write to it."""
+
+    name = "GCS emulator"
+
+    def start(self, log: BinaryIO) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("gcs_emulator.py")), "--port",
+                                    str(self.port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for_port(self.port, 30, process)
+        self.client = storage.Client(project="bench", credentials=AnonymousCredentials(),
+                                     client_options={"api_endpoint": self.endpoint})
+        return process
+
+    def create_bucket(self, bucket: str) -> None:
+        self.client.create_bucket(bucket)
+
+    def object_sizes(self, bucket: str, prefix: str) -> dict[str, int]:
+        return relative_sizes(((blob.name, blob.size) for blob in self.client.list_blobs(bucket, prefix=f"{prefix}/")),
+                              prefix)
+
+
+def rclone_env(**remotes: dict[str, str]) -> dict[str, str]:
+    """rclone remotes named by environment (``name={"type": "s3", ...}``); without AWS_CA_BUNDLE,
+    which rclone fails to load here."""
     env = {key: value for key, value in os.environ.items() if key != "AWS_CA_BUNDLE"}
-    prefix = f"RCLONE_CONFIG_{RCLONE_REMOTE}_"
-    env.update({f"{prefix}TYPE": "s3", f"{prefix}PROVIDER": "Other", f"{prefix}ENDPOINT": endpoint,
-                f"{prefix}ACCESS_KEY_ID": AWS_ENV["AWS_ACCESS_KEY_ID"],
-                f"{prefix}SECRET_ACCESS_KEY": AWS_ENV["AWS_SECRET_ACCESS_KEY"], f"{prefix}REGION": "us-east-1"})
+    for name, options in remotes.items():
+        env.update({f"RCLONE_CONFIG_{name.upper()}_{option.upper()}": value for option, value in options.items()})
     return env
+
+
+def rclone_s3(endpoint: str) -> dict[str, str]:
+    """An rclone S3 remote on a moto server; two remotes on two servers make rclone stream through itself,
+    as it does between two providers (it copies server-side only within one remote)."""
+    return {"type": "s3", "provider": "Other", "endpoint": endpoint, "access_key_id": AWS_ENV["AWS_ACCESS_KEY_ID"],
+            "secret_access_key": AWS_ENV["AWS_SECRET_ACCESS_KEY"], "region": "us-east-1"}
 
 
 def rclone_retries(log: Path) -> list[str]:
@@ -472,9 +548,8 @@ def best_of(repeat: int, once: Callable[[], Measurement]) -> Measurement:
 
 @dataclass(frozen=True)
 class Bench:
-    """What every data path needs: data set, flyaway's settings, Temporal stack, where to write, how to run."""
+    """What every data path needs: flyaway's settings, Temporal stack, where to write, how to run."""
 
-    data: DataSet
     settings: Settings
     stack: FlyawayStack
     scratch: Path
@@ -483,43 +558,130 @@ class Bench:
     repeat: int
 
 
-def bench_s3(bench: Bench) -> list[Measurement]:
-    path, bucket, data = "local -> s3", "bench", bench.data
-    progress(f"{path}: a fresh moto server on loopback for each tool")
-    expected = tree_sizes(data.source)
-    logs = bench.logs
+@dataclass(frozen=True)
+class RemotePath:
+    """A data path that writes to a storage server on loopback: how each tool writes ``data`` there."""
 
-    def rclone(tool: str, flags: list[str]) -> Callable[[MotoS3], Measurement]:
-        def run(s3: MotoS3) -> Measurement:
-            log = logs / f"rclone-s3-{uuid.uuid4().hex[:6]}.log"
-            seconds, cpu = timed_command(["rclone", "copy", str(data.source), f"{RCLONE_REMOTE}:{bucket}/data",
-                                          *flags], log, rclone_env(s3.endpoint))
-            return Measurement(path, tool, seconds, cpu, data.bytes, data.files, notes=rclone_retries(log))
+    path: str
+    name: str
+    data: DataSet
+    server: Callable[[Path], StorageServer]
+    rclone_backend: str
+    #: the rclone remote (an ``rclone_env`` entry) of the destination server
+    rclone_remote: Callable[[StorageServer], dict[str, str]]
+    #: rclone's source: the local folder, or a remote on another server
+    rclone_source: str
+    rclone_source_remotes: dict[str, dict[str, str]]
+    #: flyaway's stage and worker environment for the destination server
+    flyaway: Callable[[StorageServer], tuple[dict[str, Any], dict[str, str]]]
+    #: servers the source lives on, whose CPU time the notes report too
+    source_servers: tuple[StorageServer, ...] = ()
+
+
+DEST_BUCKET, DEST_PREFIX = "bench", "data"
+
+
+def bench_remote(bench: Bench, remote: RemotePath) -> list[Measurement]:
+    """rclone with its defaults, rclone tuned like flyaway, then flyaway, each onto a fresh server."""
+    data = remote.data
+    progress(f"{remote.path}: a fresh server on loopback for each tool")
+    expected = tree_sizes(data.source)
+
+    def rclone(tool: str, flags: list[str]) -> Callable[[StorageServer], Measurement]:
+        def run(server: StorageServer) -> Measurement:
+            log = bench.logs / f"rclone-{remote.name}-{uuid.uuid4().hex[:6]}.log"
+            env = rclone_env(dest=remote.rclone_remote(server), **remote.rclone_source_remotes)
+            seconds, cpu = timed_command(["rclone", "copy", remote.rclone_source, f"dest:{DEST_BUCKET}/{DEST_PREFIX}",
+                                          *flags], log, env)
+            return Measurement(remote.path, tool, seconds, cpu, data.bytes, data.files, notes=rclone_retries(log))
         return run
 
-    def flyaway(s3: MotoS3) -> Measurement:
-        destination = {"kind": "s3", "bucket": bucket, "prefix": "data", "endpoint_url": s3.endpoint,
-                       "addressing_style": "path", "region": "us-east-1"}
-        stage = bench.settings.stage({"kind": "local", "path": str(data.source)}, destination)
-        return bench.stack.copy(path, "s3", stage, data)
+    def flyaway(server: StorageServer) -> Measurement:
+        stage, env = remote.flyaway(server)
+        return bench.stack.copy(remote.path, remote.name, stage, data, env)
 
-    def once(run: Callable[[MotoS3], Measurement]) -> Measurement:
-        with MotoS3(logs / "moto.log") as s3:
-            s3.client.create_bucket(Bucket=bucket)
+    def once(run: Callable[[StorageServer], Measurement]) -> Measurement:
+        with remote.server(bench.logs / f"{remote.name}-server.log") as server:
+            server.create_bucket(DEST_BUCKET)
             settle_source(data.source, bench.cold)
-            busy_before = s3.cpu_seconds()
-            measurement = run(s3)
-            measurement.notes.append(f"moto busy {(s3.cpu_seconds() - busy_before) / measurement.seconds:.0%}")
-            check_complete(expected, s3.object_sizes(bucket, "data"), measurement.tool)
+            watched = (server, *remote.source_servers)
+            busy_before = [watch.cpu_seconds() for watch in watched]
+            measurement = run(server)
+            for watch, before in zip(watched, busy_before, strict=True):
+                busy = (watch.cpu_seconds() - before) / measurement.seconds
+                measurement.notes.append(f"{watch.name} busy {busy:.0%}")
+            check_complete(expected, server.object_sizes(DEST_BUCKET, DEST_PREFIX), measurement.tool)
         progress(f"  {measurement.tool}: {measurement.seconds:.1f} s")
         return measurement
 
-    runs = (rclone("rclone (defaults)", []), rclone("rclone (tuned)", bench.settings.rclone_tuned()), flyaway)
+    tuned = bench.settings.rclone_tuned(remote.rclone_backend)
+    runs = (rclone("rclone (defaults)", []), rclone("rclone (tuned)", tuned), flyaway)
     return [best_of(bench.repeat, functools.partial(once, run)) for run in runs]
 
 
-def bench_local(bench: Bench) -> list[Measurement]:
-    path, data = f"local -> local ({'cold' if bench.cold else 'warm'} cache)", bench.data
+def local_source(data: DataSet) -> dict[str, Any]:
+    return {"kind": "local", "path": str(data.source)}
+
+
+def s3_destination(server: StorageServer) -> dict[str, Any]:
+    return {"kind": "s3", "bucket": DEST_BUCKET, "prefix": DEST_PREFIX, "endpoint_url": server.endpoint,
+            "addressing_style": "path", "region": "us-east-1"}
+
+
+def bench_s3(bench: Bench, data: DataSet, path: str = "local -> s3") -> list[Measurement]:
+    """Local files to S3 (moto)."""
+    return bench_remote(bench, RemotePath(
+        path=path, name="s3", data=data, server=MotoS3, rclone_backend="s3",
+        rclone_remote=lambda server: rclone_s3(server.endpoint), rclone_source=str(data.source),
+        rclone_source_remotes={},
+        flyaway=lambda server: (bench.settings.stage(local_source(data), s3_destination(server)), AWS_ENV)))
+
+
+def bench_tigris_to_runpod(bench: Bench, data: DataSet) -> list[Measurement]:
+    """Bucket to bucket across two S3 servers, the shape of Tigris to a RunPod Network Volume: one moto
+    holds the source for every tool, a fresh one plays the volume's S3 API."""
+    source_bucket = "bench-source"
+    with MotoS3(bench.logs / "moto-source.log") as source:
+        progress(f"uploading the data set to the source moto ({data.bytes / GiB:.2f} GiB)")
+        source.create_bucket(source_bucket)
+        transfer = TransferConfig(multipart_chunksize=bench.settings.part_size,
+                                  max_concurrency=bench.settings.concurrency)
+        for path in sorted(data.source.rglob("*")):
+            if path.is_file():
+                source.client.upload_file(str(path), source_bucket, f"data/{path.relative_to(data.source)}",
+                                          Config=transfer)
+        tigris = {"kind": "tigris", "bucket": source_bucket, "prefix": "data", "endpoint_url": source.endpoint,
+                  "addressing_style": "path"}
+
+        def flyaway(server: StorageServer) -> tuple[dict[str, Any], dict[str, str]]:
+            volume = {"kind": "runpod_volume", "volume_id": DEST_BUCKET, "datacenter": "EUR-IS-1",
+                      "prefix": DEST_PREFIX, "endpoint_url": server.endpoint}
+            return bench.settings.stage(tigris, volume), {**AWS_ENV, **RUNPOD_ENV}
+
+        return bench_remote(bench, RemotePath(
+            path="tigris -> runpod_volume (moto -> moto)", name="s3-s3", data=data, server=MotoS3,
+            rclone_backend="s3", rclone_remote=lambda server: rclone_s3(server.endpoint),
+            rclone_source=f"source:{source_bucket}/data", rclone_source_remotes={"source": rclone_s3(source.endpoint)},
+            flyaway=flyaway, source_servers=(source,)))
+
+
+def bench_gcs(bench: Bench, data: DataSet) -> list[Measurement]:
+    """Local files to Cloud Storage (the emulator)."""
+
+    def rclone_gcs(server: StorageServer) -> dict[str, str]:
+        return {"type": "google cloud storage", "endpoint": f"{server.endpoint}/storage/v1/", "anonymous": "true"}
+
+    def flyaway(server: StorageServer) -> tuple[dict[str, Any], dict[str, str]]:
+        destination = {"kind": "gcs", "bucket": DEST_BUCKET, "prefix": DEST_PREFIX, "project": "bench"}
+        return bench.settings.stage(local_source(data), destination), {"STORAGE_EMULATOR_HOST": server.endpoint}
+
+    return bench_remote(bench, RemotePath(
+        path="local -> gcs (emulator)", name="gcs", data=data, server=GcsEmulatorServer, rclone_backend="gcs",
+        rclone_remote=rclone_gcs, rclone_source=str(data.source), rclone_source_remotes={}, flyaway=flyaway))
+
+
+def bench_local(bench: Bench, data: DataSet) -> list[Measurement]:
+    path = f"local -> local ({'cold' if bench.cold else 'warm'} cache)"
     progress(path)
     expected = tree_sizes(data.source)
 
@@ -588,17 +750,19 @@ def render_table(measurements: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
-def write_results(measurements: list[Measurement], data: DataSet, settings: Settings,
-                  target: Path = RESULTS / "latest.json") -> None:
+def write_results(measurements: list[Measurement], settings: Settings, target: Path = RESULTS / "latest.json") -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    header = {"kind": "dataset", "files": data.files, "bytes": data.bytes, "part_size": settings.part_size,
-              "concurrency": settings.concurrency, "cpus": os.cpu_count(), "load_average": os.getloadavg(),
-              "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    header = {"kind": "settings", "part_size": settings.part_size, "concurrency": settings.concurrency,
+              "cpus": os.cpu_count(), "load_average": os.getloadavg(), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     lines = [header, *(m.record() for m in measurements), *(r.record() for r in ratios(measurements))]
     target.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
 # ---- the command line --------------------------------------------------------------------------
+
+#: every data path, in the order a full run takes them
+PATHS = ("s3", "s3-s3", "gcs", "local", "many-files")
+
 
 def parser() -> argparse.ArgumentParser:
     defaults = WeightsStage.model_fields
@@ -606,47 +770,61 @@ def parser() -> argparse.ArgumentParser:
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("--size-big", type=byte_size, default="2GiB", help="size of the one large file (2GiB)")
     cli.add_argument("--small-files", type=int, default=500, help="how many files of 16 KiB-4 MiB (500)")
+    cli.add_argument("--gcs-size-big", type=byte_size, default="512MiB",
+                     help="the large file of the GCS data set (512MiB; the emulator rewrites an upload's whole "
+                          "buffer for every chunk, so its cost grows with the square of the size)")
+    cli.add_argument("--gcs-small-files", type=int, default=100, help="small files of the GCS data set (100)")
+    cli.add_argument("--many-files", type=int, default=10_000, help="how many files of 1-8 KiB for many-files (10000)")
     cli.add_argument("--part-size", type=byte_size, default=int(defaults["part_size"].default),
                      help="flyaway's part size, and tuned rclone's chunk size (flyaway's default)")
     cli.add_argument("--concurrency", type=int, default=defaults["concurrency"].default,
                      help="flyaway's concurrency, and tuned rclone's transfers and upload concurrency")
-    cli.add_argument("--only", choices=("s3", "local"), help="run one data path only")
+    cli.add_argument("--only", choices=PATHS, action="append",
+                     help="run this data path only (repeat the flag for several); all by default")
     cli.add_argument("--cold-cache", action="store_true",
                      help="evict the source from the page cache before each tool instead of reading it once")
     cli.add_argument("--repeat", type=int, default=1,
                      help="run each tool this many times and keep its fastest run (for a busy machine)")
     cli.add_argument("--keep-data", type=Path, metavar="DIR",
-                     help="generate the data set in DIR and keep it; reused when DIR already holds it")
+                     help="generate the data sets in DIR and keep them; reused when DIR already holds them")
     return cli
 
 
-def run(args: argparse.Namespace) -> tuple[list[Measurement], DataSet, Settings]:
+def data_specs(args: argparse.Namespace) -> dict[str, DataSpec]:
+    """The data set of each data path."""
+    main = DataSpec("main", size_big=args.size_big, small_files=args.small_files)
+    return {"s3": main, "s3-s3": main, "local": main,
+            "gcs": DataSpec("gcs", size_big=args.gcs_size_big, small_files=args.gcs_small_files),
+            "many-files": DataSpec("many", size_big=0, small_files=args.many_files, small_min=KiB, small_max=8 * KiB)}
+
+
+def run(args: argparse.Namespace) -> tuple[list[Measurement], Settings]:
     """Every copy benchmark the arguments ask for, in one run."""
     if shutil.which("rclone") is None:
         raise SystemExit("rclone is missing: run `scripts/setup.sh bench` (Debian package rclone)")
     settings = Settings(part_size=args.part_size, concurrency=args.concurrency)
+    benchmarks: dict[str, Callable[[Bench, DataSet], list[Measurement]]] = {
+        "s3": bench_s3, "s3-s3": bench_tigris_to_runpod, "gcs": bench_gcs, "local": bench_local,
+        "many-files": functools.partial(bench_s3, path="local -> s3, many tiny files")}
     logs = RESULTS / "logs"
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
+    specs = data_specs(args)
     with tempfile.TemporaryDirectory(prefix="flyaway-bench-") as scratch_name:
         scratch = Path(scratch_name)
         data_dir = args.keep_data.resolve() if args.keep_data else scratch / "data"
-        data = prepare_data(data_dir, DataSpec(size_big=args.size_big, small_files=args.small_files))
         measurements: list[Measurement] = []
         with FlyawayStack(scratch, logs) as stack:
-            bench = Bench(data, settings, stack, scratch, logs, args.cold_cache, args.repeat)
-            if args.only in (None, "s3"):
-                measurements += bench_s3(bench)
-            if args.only in (None, "local"):
-                measurements += bench_local(bench)
-    return measurements, data, settings
+            bench = Bench(settings, stack, scratch, logs, args.cold_cache, args.repeat)
+            for name in args.only or PATHS:
+                measurements += benchmarks[name](bench, prepare_data(data_dir, specs[name]))
+    return measurements, settings
 
 
-def report(measurements: list[Measurement], data: DataSet, settings: Settings) -> None:
+def report(measurements: list[Measurement], settings: Settings) -> None:
     """The table on stdout and the JSON lines in ``bench/results/latest.json``."""
-    write_results(measurements, data, settings)
-    print(f"data set: {data.files} files, {data.bytes / GiB:.2f} GiB; flyaway part size "
-          f"{ByteSize(settings.part_size).human_readable()}, concurrency {settings.concurrency}; "
+    write_results(measurements, settings)
+    print(f"flyaway part size {ByteSize(settings.part_size).human_readable()}, concurrency {settings.concurrency}; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end\n")
     print(render_table(measurements))
 
