@@ -27,7 +27,7 @@ from flyaway.models.status import MigrationState, MigrationStatus
 from flyaway.starter.cli import app
 from flyaway.workflows.stages.canary import deployed_endpoint
 from tests.fakes.cloudflare import FakeCloudflare
-from tests.fakes.endpoint import FakeEndpoint
+from tests.fakes.endpoint import FakeEndpoint, client_traffic
 from tests.fakes.fly_machines import FakeFlyMachinesAPI
 from tests.harness import (
     TEST_AWS_ENV,
@@ -200,6 +200,49 @@ def test_route53_failure_rolls_back_within_an_interval_and_retry_finishes(
     assert all(r.successful >= 1 and r.failed == 0 for r in canary.history)
     assert canary.message is not None and f"clients should use {new.url}" in canary.message
     assert "keep using api.example.com" in canary.message and "60 s (the DNS TTL)" in canary.message
+
+
+def test_passive_metrics_alone_pause_without_traffic_and_roll_back_a_failing_new_side(
+        temporal_server: TemporalDevServer, canary_worker: WorkerProcess, moto_server: MotoServer, route53: Any,
+        zone: str, endpoints: tuple[FakeEndpoint, FakeEndpoint], tmp_path: Path) -> None:
+    old, new = endpoints
+    plan = canary_plan("canary-passive", tmp_path, route53_router(moto_server, zone), endpoints,
+                       [{"weight": 10}, {"weight": 50, "pause_seconds": 600}, {"weight": 100}],
+                       probes=[], metrics={})  # vLLM's metric names, each endpoint's /metrics
+    workflow_id = run_async(start_migration(temporal_server, plan, canary_worker.task_queue))
+
+    canary = canary_when(temporal_server, workflow_id, "a paused canary", lambda c: c.state == CanaryState.PAUSED)
+    assert canary.message is not None and "metrics: new side had 0 requests, fewer than min_requests 20" in canary.message
+    assert (old.requests, new.requests) == (0, 0)  # no probes: nothing but the clients' traffic is judged
+
+    with client_traffic(old, new):
+        assert cli(temporal_server, "resume", "canary-passive").exit_code == 0
+        canary = canary_when(temporal_server, workflow_id, "step 2 at 50%", holding(1))
+        assert route53_weights(route53, zone) == (50, 50)
+        analysis = canary.last_analysis
+        assert analysis is not None and analysis.verdict == Verdict.SUCCESSFUL and analysis.new is None
+        assert analysis.passive is not None and analysis.passive.new is not None
+        assert analysis.passive.new.requests >= 20 and analysis.passive.new.success_rate == 100.0
+
+        new.mode = "failing"
+        failed_at = time.monotonic()
+        eventually(lambda: route53_weights(route53, zone) == (0, 100), 10, interval=0.05, what="the rollback")
+        assert time.monotonic() - failed_at < INTERVAL + 2.0  # the interval's end, its verdict, one weight change
+
+    status = eventually(lambda: (s := status_of(temporal_server, workflow_id)).state
+                        == MigrationState.waiting_for_operator and s, 10, what="waiting_for_operator")
+    canary = status.canary
+    assert canary is not None and canary.state == CanaryState.ROLLED_BACK
+    analysis = canary.last_analysis
+    assert analysis is not None and analysis.verdict == Verdict.FAILED and analysis.passive is not None
+    assert analysis.passive.new is not None and analysis.passive.old is not None
+    assert 75 <= (analysis.passive.new.success_rate or 0) < 99 and analysis.passive.old.success_rate == 100.0
+    assert analysis.reasons[0].startswith("metrics: success rate") and analysis.readings is None
+    assert f"metrics new {analysis.passive.new.requests} req {analysis.passive.new.success_rate}% ok" in \
+        canary.summary()
+    assert [(r.weight, r.outcome) for r in canary.history] == [(10, StepOutcome.PASSED),
+                                                               (50, StepOutcome.ROLLED_BACK)]
+    assert cli(temporal_server, "abort", "canary-passive", "--reason", "test over").exit_code == 0
 
 
 @pytest.mark.parametrize(("router_overrides", "field"), [({"new_set_identifier": "canary"}, "new_set_identifier"),

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -17,7 +19,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
+from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound, Unreachable
 from flyaway.activities.traffic import (
     CloudflareRouter,
     ManualRouter,
@@ -27,11 +29,25 @@ from flyaway.activities.traffic import (
     probe_endpoint,
     router_for,
 )
+from flyaway.activities.traffic.analysis import combine
+from flyaway.activities.traffic.metrics import (
+    check_pages,
+    histogram_quantile,
+    interval_stats,
+    judge_interval,
+    parse_page,
+    read_pages,
+    snapshots_of,
+)
 from flyaway.models.canary import (
     AnalysisSettings,
     CanaryStage,
     CloudflareRouterConfig,
     ManualRouterConfig,
+    MetricsSnapshot,
+    MetricsSnapshots,
+    PassiveAnalysis,
+    PassiveMetrics,
     Probe,
     ProbeSample,
     Route53RouterConfig,
@@ -41,7 +57,8 @@ from flyaway.models.canary import (
 )
 from flyaway.starter.dev import free_port, start_moto, stop_process
 from tests.fakes.cloudflare import FakeCloudflare
-from tests.fakes.endpoint import FakeEndpoint
+from tests.fakes.endpoint import FakeEndpoint, client_traffic
+from tests.harness import eventually
 
 STEPS = (5, 25, 50, 100)
 RECORD = "api.example.com."
@@ -469,3 +486,191 @@ def test_analyse_percentiles_and_verdict_order() -> None:
     # a broken threshold wins over an inconclusive comparison
     slow = analyse(samples([10.0] * 30, ok=False), samples([900.0] * 30), Thresholds(max_latency_ratio=1.5))
     assert slow.verdict == Verdict.FAILED
+
+
+# --- passive metrics: the histogram math ------------------------------------------------------
+
+def snapshot(requests: float, successes: float, buckets: list[float], count: float, at: float = 0.0,
+             bounds: list[float] | None = None, started: float | None = 1.0) -> MetricsSnapshot:
+    return MetricsSnapshot(taken_at=datetime.fromtimestamp(at, UTC), requests=requests, successes=successes,
+                           bounds=[0.1, 0.5, 1.0] if bounds is None else bounds, buckets=buckets, count=count,
+                           process_started=started)
+
+
+def test_histogram_quantile_interpolates_like_prometheus() -> None:
+    bounds, buckets = [0.1, 0.5, 1.0], [10.0, 60.0, 90.0]
+    assert histogram_quantile(0.5, bounds, buckets, 100) == pytest.approx(0.1 + 0.4 * 40 / 50)  # in (0.1, 0.5]
+    assert histogram_quantile(0.05, bounds, buckets, 100) == pytest.approx(0.05)  # the first bucket starts at 0
+    assert histogram_quantile(0.95, bounds, buckets, 100) == 1.0  # in +Inf: the highest finite bound
+    assert histogram_quantile(0.99, bounds, [0.0, 0.0, 0.0], 0) is None
+    assert histogram_quantile(0.5, [-1.0, 1.0], [4.0, 4.0], 4) == -1.0  # a first bound <= 0 is the answer itself
+
+
+def test_interval_stats_are_the_difference_of_two_readings() -> None:
+    start = snapshot(100, 99, [50, 90, 100], 100, at=0)
+    end = snapshot(200, 179, [60, 150, 200], 200, at=60)  # 100 requests: 10 <= 0.1 s, 50 more <= 0.5 s, 40 <= 1 s
+    stats = interval_stats(start, end)
+    assert stats is not None
+    assert (stats.requests, stats.successes, stats.success_rate) == (100, 80, 80.0)
+    # the interval's buckets, not the totals (whose median is in the first bucket)
+    assert (stats.p50_ms, stats.p95_ms, stats.p99_ms) == (100 + 400 * 40 / 50, 500 + 500 * 35 / 40,
+                                                          500 + 500 * 39 / 40)
+    quiet = interval_stats(end, end)
+    assert quiet is not None and (quiet.requests, quiet.success_rate, quiet.p99_ms) == (0, None, None)
+    first_series = interval_stats(snapshot(0, 0, [], 0, bounds=[]), snapshot(10, 10, [10, 10, 10], 10))
+    assert first_series is not None and first_series.requests == 10  # buckets that had no series yet count as 0
+
+
+@pytest.mark.parametrize("end", [
+    snapshot(5, 5, [5, 5, 5], 5),  # counters went down: the server restarted
+    snapshot(300, 280, [60, 150, 300], 300, started=2.0),  # higher again already, but a new process
+    snapshot(300, 280, [60, 150, 300], 300, bounds=[0.2, 0.5, 1.0]),  # other buckets
+    snapshot(300, 280, [40, 150, 300], 300),  # one bucket went down
+])
+def test_a_reset_between_readings_is_not_measured(end: MetricsSnapshot) -> None:
+    assert interval_stats(snapshot(200, 179, [60, 150, 200], 200), end) is None
+
+
+def test_passive_verdicts_inconclusive_without_traffic_or_after_a_reset() -> None:
+    thresholds = Thresholds(min_requests=20, max_p99_ms=2000)
+    healthy = snapshot(100, 100, [100, 100, 100], 100, at=60)
+    baseline = MetricsSnapshots(old=snapshot(0, 0, [0, 0, 0], 0), new=snapshot(0, 0, [0, 0, 0], 0))
+    passed, following = judge_interval(baseline, {"old": healthy, "new": healthy}, thresholds)
+    assert (passed.verdict, passed.seconds, passed.new and passed.new.requests) == (Verdict.SUCCESSFUL, 60.0, 100)
+    assert following == MetricsSnapshots(old=healthy, new=healthy)
+
+    idle, _ = judge_interval(following, {"old": healthy, "new": healthy}, thresholds)
+    assert idle.verdict == Verdict.INCONCLUSIVE
+    assert idle.reasons == ["new side had 0 requests, fewer than min_requests 20"]
+
+    restarted = snapshot(30, 30, [30, 30, 30], 30, at=120, started=2.0)
+    reset, following = judge_interval(following, {"old": healthy, "new": restarted}, thresholds)
+    assert reset.verdict == Verdict.INCONCLUSIVE and reset.new is None
+    assert "the new side's counters went down or its process restarted" in reset.reasons[0]
+    assert following.new == restarted  # the next interval starts at the restarted server's reading
+
+    unread, kept = judge_interval(following, {"old": healthy, "new": "ConnectError: refused"}, thresholds)
+    assert unread.verdict == Verdict.INCONCLUSIVE
+    assert unread.reasons == ["the new side's metrics could not be read: ConnectError: refused"]
+    assert kept.new == restarted  # kept: the next interval spans this one too
+
+    failing = snapshot(130, 110, [130, 130, 130], 130, at=180, started=2.0)
+    failed, _ = judge_interval(kept, {"old": "HTTP 503", "new": failing}, thresholds)
+    assert failed.verdict == Verdict.FAILED  # a broken threshold counts even without the old side
+    assert "success rate 80.0% is below min_success_rate 99.0% (80/100)" in failed.reasons[0]
+
+
+def test_analysis_takes_the_worse_of_probes_and_metrics() -> None:
+    hundred = samples([10.0] * 100)
+    probes = analyse(hundred, hundred, Thresholds())
+    passive = PassiveAnalysis(verdict=Verdict.INCONCLUSIVE, old=None, new=None, reasons=["no earlier reading"])
+    both = combine(probes, passive, None)
+    assert (both.verdict, both.reasons, both.new) == (Verdict.INCONCLUSIVE, ["metrics: no earlier reading"],
+                                                     probes.new)
+    failed = combine(analyse(hundred, samples([10.0] * 100, ok=False), Thresholds()), passive, None)
+    assert failed.verdict == Verdict.FAILED and failed.reasons[-1] == "metrics: no earlier reading"
+    alone = combine(None, passive.model_copy(update={"verdict": Verdict.SUCCESSFUL, "reasons": []}), None)
+    assert (alone.verdict, alone.old, alone.new) == (Verdict.SUCCESSFUL, None, None)
+
+
+# --- passive metrics: pages ---------------------------------------------------------------------
+
+INSTRUMENTATOR_PAGE = """\
+# HELP http_requests_total Total number of requests by method, status and handler.
+# TYPE http_requests_total counter
+http_requests_total{handler="/v1/completions",method="POST",status="2xx"} 95.0
+http_requests_total{handler="/v1/completions",method="POST",status="5xx"} 5.0
+http_requests_total{handler="/health",method="GET",status="2xx"} 1000.0
+# HELP http_request_duration_seconds Latency with only few buckets by handler.
+# TYPE http_request_duration_seconds histogram
+http_request_duration_seconds_bucket{handler="/v1/completions",le="0.1",method="POST"} 40.0
+http_request_duration_seconds_bucket{handler="/v1/completions",le="1.0",method="POST"} 100.0
+http_request_duration_seconds_bucket{handler="/v1/completions",le="+Inf",method="POST"} 100.0
+http_request_duration_seconds_count{handler="/v1/completions",method="POST"} 100.0
+http_request_duration_seconds_sum{handler="/v1/completions",method="POST"} 20.0
+http_request_duration_seconds_bucket{handler="/health",le="0.1",method="GET"} 1000.0
+http_request_duration_seconds_bucket{handler="/health",le="1.0",method="GET"} 1000.0
+http_request_duration_seconds_bucket{handler="/health",le="+Inf",method="GET"} 1000.0
+"""
+INSTRUMENTATOR = PassiveMetrics(requests_counter="http_requests_total", outcome_label="status", success_values="2xx",
+                                latency_histogram="http_request_duration_seconds",
+                                match_labels={"handler": "/v1/completions"})
+
+
+def test_a_generic_instrumented_page_with_label_selection() -> None:
+    reading = parse_page(INSTRUMENTATOR_PAGE, INSTRUMENTATOR, datetime.now(UTC))
+    assert (reading.requests, reading.successes, reading.count) == (100.0, 95.0, 100.0)  # /health left out
+    assert (reading.bounds, reading.buckets, reading.process_started) == ([0.1, 1.0], [40.0, 100.0], None)
+    with pytest.raises(InvalidPlan, match=r"canary\.analysis\.metrics\.latency_histogram: 'vllm:e2e_request_latency"
+                                          r"_seconds' is not on the page"):
+        parse_page(INSTRUMENTATOR_PAGE, INSTRUMENTATOR.model_copy(update={
+            "latency_histogram": "vllm:e2e_request_latency_seconds"}), datetime.now(UTC))
+    with pytest.raises(InvalidPlan, match=r"metrics\.latency_histogram: 'http_requests_total' is a counter"):
+        parse_page(INSTRUMENTATOR_PAGE, INSTRUMENTATOR.model_copy(update={"latency_histogram": "http_requests_total"}),
+                   datetime.now(UTC))
+    with pytest.raises(InvalidPlan, match=r"metrics\.requests_counter: 'vllm:request_success_total' is not on"):
+        parse_page(INSTRUMENTATOR_PAGE, PassiveMetrics(latency_histogram="http_request_duration_seconds"),
+                   datetime.now(UTC))
+
+
+def metrics_stage(endpoints: tuple[FakeEndpoint, FakeEndpoint], **metrics: Any) -> CanaryStage:
+    """A stage judged by the two endpoints' metrics pages alone."""
+    return CanaryStage.model_validate(stage(old_endpoint=endpoints[0].url, new_endpoint=endpoints[1].url,
+                                            analysis={"probes": [], "metrics": metrics}))
+
+
+def test_fake_endpoints_pages_judge_the_traffic_they_served(endpoints: tuple[FakeEndpoint, FakeEndpoint]) -> None:
+    old, new = endpoints
+    passive_stage = metrics_stage(endpoints)
+    thresholds = Thresholds(min_requests=20, max_p99_ms=1000)
+    baseline = snapshots_of(asyncio.run(read_pages(passive_stage)))
+    with client_traffic(old, new):
+        eventually(lambda: new.requests >= 40 and old.requests >= 40, 10, interval=0.05)
+    healthy, baseline = judge_interval(baseline, asyncio.run(read_pages(passive_stage)), thresholds)
+    assert healthy.verdict == Verdict.SUCCESSFUL, healthy.reasons
+    assert healthy.new is not None and healthy.new.requests == new.requests and healthy.new.success_rate == 100.0
+    assert healthy.new.p99_ms is not None and healthy.new.p99_ms <= 300  # every answer in vLLM's first bucket
+
+    new.mode = "failing"
+    with client_traffic(old, new):
+        eventually(lambda: new.requests >= 100, 10, interval=0.05)
+    failing, baseline = judge_interval(baseline, asyncio.run(read_pages(passive_stage)), thresholds)
+    assert failing.verdict == Verdict.FAILED
+    assert failing.new is not None and 75 <= (failing.new.success_rate or 0) <= 85
+
+    new.restart()
+    with client_traffic(new):
+        eventually(lambda: new.requests >= 130, 10, interval=0.05)
+    after_restart, _ = judge_interval(baseline, asyncio.run(read_pages(passive_stage)), thresholds)
+    assert after_restart.verdict == Verdict.INCONCLUSIVE and after_restart.new is None
+    assert "process restarted" in after_restart.reasons[0]
+
+
+def test_metrics_pages_are_checked_before_the_canary_naming_the_field(
+        endpoints: tuple[FakeEndpoint, FakeEndpoint], monkeypatch: pytest.MonkeyPatch) -> None:
+    new = endpoints[1]
+    asyncio.run(check_pages(metrics_stage(endpoints)))
+    with pytest.raises(InvalidPlan, match=r"canary\.analysis\.metrics: the page is not in the Prometheus text "
+                                          r"format .*\(http://.*/v1/models\)"):  # the fake answers JSON there
+        asyncio.run(check_pages(metrics_stage(endpoints, new={"url": f"{new.url}/v1/models"})))
+    with pytest.raises(Unreachable, match=r"canary\.analysis\.metrics\.old: .* did not answer"):
+        asyncio.run(check_pages(metrics_stage(endpoints, old={"url": f"http://127.0.0.1:{free_port()}/metrics"})))
+    with pytest.raises(InvalidPlan, match=r"metrics\.latency_histogram: 'vllm:e2e_latency' is not on the page"):
+        asyncio.run(check_pages(metrics_stage(endpoints, latency_histogram="vllm:e2e_latency")))
+    with pytest.raises(MissingCredentials, match=r"metrics page header 'Authorization': \$METRICS_TOKEN"):
+        asyncio.run(check_pages(metrics_stage(endpoints, new={"bearer_token_env": "METRICS_TOKEN"})))
+    monkeypatch.setenv("METRICS_TOKEN", "metrics-token-42c1")
+    asyncio.run(check_pages(metrics_stage(endpoints, new={"bearer_token_env": "METRICS_TOKEN"})))
+    assert new.page_headers["Authorization"] == "Bearer metrics-token-42c1"
+
+
+@pytest.mark.parametrize(("analysis", "message"), [
+    ({"probes": []}, "analysis.probes is empty and analysis.metrics is not set"),
+    ({"metrics": {"new": {"headers": {"Authorization": "Bearer x"}}}}, "headers_from_env"),
+    ({"metrics": {"latency_histogram": "e2e latency"}}, "not a Prometheus metric name"),
+    ({"metrics": {"success_values": "stop|("}}, "not a regular expression"),
+    ({"metrics": {"new": {"url": "metrics.example.net"}}}, "not an http(s) URL"),
+])
+def test_bad_metrics_sections_are_rejected(analysis: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        CanaryStage.model_validate(stage(analysis=analysis))

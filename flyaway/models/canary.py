@@ -122,19 +122,33 @@ def _status_list(value: Any) -> Any:
     return [value] if isinstance(value, int) else value
 
 
-class Probe(StrictModel):
-    """One request sent to both endpoints, e.g. a tiny OpenAI-style completion.
+class RequestHeaders(StrictModel):
+    """Headers flyaway sends with a request, holding no secrets.
 
-    Headers hold no secrets: a token is named by its environment variable in
-    ``bearer_token_env`` or ``headers_from_env`` and read on the worker at probe time.
+    A token is named by its environment variable in ``bearer_token_env`` or
+    ``headers_from_env`` and read on the worker when the request is sent.
     """
 
-    path: str = "/"
-    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
     headers: dict[str, str] = Field(default_factory=dict)
     headers_from_env: dict[str, EnvName] = Field(default_factory=dict,
                                                  description="header name -> environment variable holding its value")
     bearer_token_env: EnvName | None = None
+
+    @field_validator("headers")
+    @classmethod
+    def _no_secret_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if _SECRET_HEADER.search(name):
+                raise ValueError(f"header '{name}' looks secret: put its value in an environment variable "
+                                 "and name it in headers_from_env (or bearer_token_env)")
+        return value
+
+
+class Probe(RequestHeaders):
+    """One request sent to both endpoints, e.g. a tiny OpenAI-style completion."""
+
+    path: str = "/"
+    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
     body: str | dict[str, Any] | list[Any] | None = Field(None, description="text, or JSON for an object/list")
     expected_status: Annotated[list[Annotated[int, Field(ge=100, le=599)]],
                                BeforeValidator(_status_list), Field(min_length=1)] = [200]
@@ -147,14 +161,63 @@ class Probe(StrictModel):
             raise ValueError(f"'{value}' must start with '/' (it is appended to each endpoint's base URL)")
         return value
 
-    @field_validator("headers")
-    @classmethod
-    def _no_secret_headers(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
-            if _SECRET_HEADER.search(name):
-                raise ValueError(f"header '{name}' looks secret: put its value in an environment variable "
-                                 "and name it in headers_from_env (or bearer_token_env)")
+
+def _matching(pattern: str, what: str) -> AfterValidator:
+    """A validator of strings that must match ``pattern``; ``what`` names them in the error."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise ValueError(f"'{value}' is not {what}")
         return value
+
+    return AfterValidator(check)
+
+
+def _check_pattern(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as error:
+        raise ValueError(f"'{value}' is not a regular expression: {error}") from None
+    return value
+
+
+MetricName = Annotated[str, _matching(r"[a-zA-Z_:][a-zA-Z0-9_:]*", "a Prometheus metric name")]
+LabelName = Annotated[str, _matching(r"[a-zA-Z_][a-zA-Z0-9_]*", "a Prometheus label name")]
+
+
+class MetricsPage(RequestHeaders):
+    """One side's Prometheus metrics page."""
+
+    url: BaseUrl | None = Field(None, description="the page's full URL; the side's endpoint + /metrics when absent")
+
+
+class PassiveMetrics(StrictModel):
+    """What the endpoints' own Prometheus metrics say about the traffic they served.
+
+    Both pages are read after every analysis; the difference from the reading before is the
+    interval's traffic. The defaults are vLLM's: ``vllm:request_success_total`` counts every
+    finished request by ``finished_reason`` (stop, length, abort, error, repetition) and
+    ``vllm:e2e_request_latency_seconds`` times them. A server instrumented by
+    prometheus-fastapi-instrumentator: ``requests_counter: http_requests_total``,
+    ``outcome_label: status``, ``success_values: 2xx``, ``latency_histogram:
+    http_request_duration_seconds``, ``match_labels: {handler: /v1/completions}``.
+    """
+
+    old: MetricsPage = Field(default_factory=MetricsPage, description="the Fly side's page")
+    new: MetricsPage = Field(default_factory=MetricsPage, description="the new side's page")
+    requests_counter: MetricName = Field("vllm:request_success_total",
+                                         description="counter of requests, every outcome: the interval's count")
+    outcome_label: LabelName = Field("finished_reason", description="the counter's label that tells the outcome")
+    success_values: Annotated[str, AfterValidator(_check_pattern)] = Field(
+        "stop|length|repetition", description="regular expression (whole value, like PromQL =~) of the outcomes "
+                                              "that count as successes")
+    latency_histogram: MetricName = Field("vllm:e2e_request_latency_seconds",
+                                          description="histogram of request latency in seconds")
+    match_labels: dict[LabelName, str] = Field(default_factory=dict,
+                                               description="only series with these label values count, e.g. "
+                                                           "{model_name: llama}")
+    timeout_seconds: float = Field(10.0, gt=0)
 
 
 class Thresholds(StrictModel):
@@ -171,11 +234,20 @@ class AnalysisSettings(StrictModel):
     interval_seconds: float = Field(60.0, gt=0)
     requests_per_probe: int = Field(20, ge=1, description="requests per probe, per endpoint, per analysis")
     concurrency: int = Field(4, ge=1, le=64)
-    probes: list[Probe] = Field(default_factory=lambda: [Probe()], min_length=1)
+    probes: list[Probe] = Field(default_factory=lambda: [Probe()],
+                                description="active probes; [] judges by the metrics alone")
+    metrics: PassiveMetrics | None = Field(None, description="passive metrics: each side's Prometheus page")
     thresholds: Thresholds = Field(default_factory=Thresholds)
     failure_limit: int = Field(0, ge=0, description="failed analyses tolerated in a step; one more rolls back")
     inconclusive_limit: int = Field(0, ge=0,
                                     description="inconclusive analyses tolerated in a step; one more pauses")
+
+    @model_validator(mode="after")
+    def _something_to_judge(self) -> AnalysisSettings:
+        if not self.probes and self.metrics is None:
+            raise ValueError("analysis.probes is empty and analysis.metrics is not set: nothing would judge the "
+                             "new side; add a probe or a metrics section")
+        return self
 
 
 class CanaryStage(StrictModel):
@@ -221,16 +293,56 @@ class SideStats(Record):
     requests: int
     successes: int
     success_rate: float | None = Field(description="percent; None without requests")
-    p50_ms: float | None = Field(description="latency percentiles of successful requests")
+    p50_ms: float | None = Field(description="latency percentiles: of successful probes, or of every request the "
+                                             "metrics' histogram timed")
     p95_ms: float | None
     p99_ms: float | None
 
 
-class AnalysisResult(Record):
+class MetricsSnapshot(Record):
+    """One side's cumulative totals as its metrics page showed them at ``taken_at``."""
+
+    taken_at: datetime
+    requests: float
+    successes: float
+    bounds: list[float] = Field(description="the latency histogram's finite upper bounds in seconds, ascending")
+    buckets: list[float] = Field(description="cumulative observations at each bound")
+    count: float = Field(description="every observation (the +Inf bucket)")
+    process_started: float | None = Field(None, description="process_start_time_seconds, when the page has it")
+
+
+class MetricsSnapshots(Record):
+    """Both sides' latest readings; a side is None until its page has been read."""
+
+    old: MetricsSnapshot | None = None
+    new: MetricsSnapshot | None = None
+
+
+class PassiveAnalysis(Record):
+    """The interval's traffic as the endpoints' metrics counted it, judged like the probes."""
+
     verdict: Verdict
-    old: SideStats
-    new: SideStats
+    old: SideStats | None = Field(description="None when the interval could not be measured on that side")
+    new: SideStats | None
+    seconds: float | None = Field(None, description="length of the new side's interval")
     reasons: list[str] = Field(default_factory=list)
+
+
+class AnalysisResult(Record):
+    """One analysis: the probes' numbers and, with a metrics section, the passive ones beside them.
+
+    ``verdict`` is the worse of the two: Failed when either is Failed, else Inconclusive when
+    either is, else Successful. ``reasons`` holds both sources', the passive ones prefixed
+    ``metrics:``.
+    """
+
+    verdict: Verdict
+    old: SideStats | None = Field(description="the probes' numbers; None when the plan has no probes")
+    new: SideStats | None
+    reasons: list[str] = Field(default_factory=list)
+    passive: PassiveAnalysis | None = None
+    readings: MetricsSnapshots | None = Field(None, description="the metrics pages as read at the end of this "
+                                                                "analysis: the workflow keeps them for the next")
 
 
 class WeightState(Record):
@@ -316,6 +428,8 @@ class CanaryStatus(Record):
     step_inconclusives: int = Field(0, description="inconclusive analyses since the step began or was resumed, "
                                                    "counted against inconclusive_limit")
     last_analysis: AnalysisResult | None = None
+    metrics_baseline: MetricsSnapshots | None = Field(None, description="the metrics pages' last readings, the "
+                                                                        "start of the next analysis interval")
     message: str | None = Field(None, description="why the canary paused, rolled back or was aborted")
     history: list[StepRecord] = Field(default_factory=list)
 
@@ -326,8 +440,10 @@ class CanaryStatus(Record):
         parts = [f"{self.state.value}: step {self.step + 1}/{self.steps_total}", split]
         analysis = self.last_analysis
         if analysis is not None:
-            parts.append(f"last analysis {analysis.verdict.value}: new {_side(analysis.new)}, "
-                         f"old {_side(analysis.old)}")
+            numbers = [] if analysis.new is None else [f"probes new {_side(analysis.new)}, old {_side(analysis.old)}"]
+            if analysis.passive is not None:
+                numbers.append(f"metrics new {_side(analysis.passive.new)}, old {_side(analysis.passive.old)}")
+            parts.append(f"last analysis {analysis.verdict.value}: {'; '.join(numbers)}")
         if self.approval is not None:
             parts.append(f"waiting for approval: {self.approval}")
         if self.message is not None:
@@ -335,7 +451,9 @@ class CanaryStatus(Record):
         return "; ".join(part for part in parts if part)
 
 
-def _side(stats: SideStats) -> str:
+def _side(stats: SideStats | None) -> str:
+    if stats is None:
+        return "not measured"
     rate = "-" if stats.success_rate is None else f"{stats.success_rate}%"
     return f"{stats.requests} req {rate} ok p95 {stats.p95_ms} ms"
 

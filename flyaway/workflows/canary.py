@@ -17,6 +17,11 @@ Successful, the canary is not paused and, where the step asks for it, ``approve`
 - ``promote`` skips the remaining steps and their analyses and sets 100.
 - Cancellation (the migration's ``abort``) sets weight 0 before the workflow ends.
 
+With passive metrics (the endpoints' own Prometheus pages) an analysis judges the traffic of
+the interval before it: the pages are read when the step's weight is in place, and the first
+analysis comes one interval later. An operator's signal takes effect at once but does not cut
+that interval short, so no verdict rests on a few seconds of traffic.
+
 Analyses keep running while paused or waiting for approval, so a new side that breaks
 meanwhile is still rolled back. Every state the status query shows, and everything a run
 needs to resume, lives in :class:`CanaryStatus`: it is signalled to the migration after each
@@ -36,7 +41,13 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from flyaway.activities.errors import NON_RETRYABLE_ERROR_TYPES
-    from flyaway.activities.traffic.activities import check_router, run_analysis, set_weight
+    from flyaway.activities.traffic.activities import (
+        check_metrics,
+        check_router,
+        read_metrics,
+        run_analysis,
+        set_weight,
+    )
     from flyaway.models.canary import (
         AnalysisResult,
         AnalysisSettings,
@@ -46,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         CanaryState,
         CanaryStatus,
         CanaryStep,
+        MetricsSnapshots,
         Route53RouterConfig,
         StepOutcome,
         StepRecord,
@@ -70,9 +82,11 @@ HISTORY_EVENTS_BEFORE_CONTINUE = 2_000
 
 
 def analysis_timeout(settings: AnalysisSettings) -> timedelta:
-    """Long enough for every probe request to time out, in waves of ``concurrency``, plus a margin."""
+    """Long enough for every probe request to time out, in waves of ``concurrency``, and the metrics pages
+    after them, plus a margin."""
     waves = math.ceil(settings.requests_per_probe / settings.concurrency)
-    return timedelta(seconds=sum(waves * probe.timeout_seconds for probe in settings.probes) + 30)
+    pages = settings.metrics.timeout_seconds if settings.metrics else 0
+    return timedelta(seconds=sum(waves * probe.timeout_seconds for probe in settings.probes) + pages + 30)
 
 
 def _analyses(count: int, verdict: str) -> str:
@@ -109,6 +123,8 @@ class CanaryWorkflow:
             if request.progress is None:
                 self.status.weight = await self._activity(check_router, [stage], timedelta(minutes=5),
                                                           CHECK_RETRY, WeightState)
+                if stage.analysis.metrics is not None:  # both pages and their metrics, before any weight changes
+                    await self._activity(check_metrics, [stage], timedelta(minutes=5), CHECK_RETRY, None)
             return await self._run_steps()
         except asyncio.CancelledError:
             await self._end_at_zero(CanaryState.ABORTED, StepOutcome.ABORTED,
@@ -155,21 +171,33 @@ class CanaryWorkflow:
         if not change.state.confirmed:
             await self._gate(f"make this change: {change.change}")
         status.weight = change.state
+        if self.stage.analysis.metrics is not None:  # the step's first interval starts at its weight
+            status.metrics_baseline = await self._activity(read_metrics, [self.stage], timedelta(minutes=5),
+                                                           TRAFFIC_RETRY, MetricsSnapshots)
         record.applied_at = workflow.now()
         await self._report()
 
     async def _hold(self, step: CanaryStep, record: StepRecord) -> StepOutcome:
         status, settings = self.status, self.stage.analysis
         while True:
-            if record.analyses:
+            if record.analyses or settings.metrics is not None:  # metrics need an interval's traffic first
                 self._take_approval(record)
                 self._continue_as_new_if_long()
                 left = self._hold_left(step, record)
-                await self._sleep(min(settings.interval_seconds, left) if left else settings.interval_seconds)
+                cut_short = await self._sleep(min(settings.interval_seconds, left) if left
+                                              else settings.interval_seconds)
+                if cut_short and settings.metrics is not None and not status.promote_requested:
+                    # act on the operator's signal now, but judge the metrics only over a whole interval
+                    if self._settled(step, record):
+                        return StepOutcome.PASSED
+                    await self._report()
+                    continue
             if status.promote_requested:
                 return StepOutcome.PROMOTED
-            result = await self._activity(run_analysis, [self.stage], analysis_timeout(settings), TRAFFIC_RETRY,
-                                          AnalysisResult)
+            result = await self._activity(run_analysis, [self.stage, status.metrics_baseline],
+                                          analysis_timeout(settings), TRAFFIC_RETRY, AnalysisResult)
+            if result.readings is not None:  # the next interval starts where this one ended
+                status.metrics_baseline, result.readings = result.readings, None
             self._count(result, record)
             if result.verdict is Verdict.FAILED and status.step_failures > settings.failure_limit:
                 return StepOutcome.ROLLED_BACK
@@ -179,11 +207,17 @@ class CanaryWorkflow:
                 status.message = (f"paused after {_analyses(status.step_inconclusives, 'inconclusive')} "
                                   f"(inconclusive_limit {settings.inconclusive_limit}): {'; '.join(result.reasons)}; "
                                   f"`flyaway resume {self._name}` goes on, `flyaway promote` or `flyaway abort` end it")
-            self._take_approval(record)
-            if self._may_leave(step, record):
+            if self._settled(step, record):
                 return StepOutcome.PASSED
-            self._show_waiting(step, record)
             await self._report()
+
+    def _settled(self, step: CanaryStep, record: StepRecord) -> bool:
+        """Take an approval that came; True when the step may end, else show what it waits for."""
+        self._take_approval(record)
+        if self._may_leave(step, record):
+            return True
+        self._show_waiting(step, record)
+        return False
 
     def _hold_left(self, step: CanaryStep, record: StepRecord) -> float:
         assert record.applied_at is not None
@@ -202,10 +236,10 @@ class CanaryWorkflow:
             status.step_inconclusives += 1
 
     def _ready(self, step: CanaryStep, record: StepRecord) -> bool:
-        """Held long enough, the latest analysis Successful, not paused: all but the approval."""
+        """Held long enough, the latest analysis (one of this step's) Successful, not paused: all but the approval."""
         last = self.status.last_analysis
-        return (self._hold_left(step, record) == 0 and last is not None and last.verdict is Verdict.SUCCESSFUL
-                and not self.status.paused)
+        return (self._hold_left(step, record) == 0 and record.analyses > 0 and last is not None
+                and last.verdict is Verdict.SUCCESSFUL and not self.status.paused)
 
     def _may_leave(self, step: CanaryStep, record: StepRecord) -> bool:
         return self._ready(step, record) and (record.approved or not step.wait_for_approval)
@@ -240,14 +274,15 @@ class CanaryWorkflow:
         self._approval = False
         status.state, status.approval = CanaryState.PROGRESSING, None
 
-    async def _sleep(self, seconds: float) -> None:
-        """Wait ``seconds``, or less when an operator signal comes."""
+    async def _sleep(self, seconds: float) -> bool:
+        """Wait ``seconds``, or less when an operator signal comes: True when a signal cut it short."""
         self._nudged = False
         try:
             await workflow.wait_condition(lambda: self._nudged or self._approval or self.status.promote_requested,
                                           timeout=seconds)
         except TimeoutError:
-            pass
+            return False
+        return True
 
     async def _roll_back(self) -> ApplicationError:
         status = self.status
@@ -296,7 +331,7 @@ class CanaryWorkflow:
         return change
 
     async def _activity(self, fn: Any, args: list[Any], timeout: timedelta, retry: RetryPolicy,
-                        result_type: type) -> Any:
+                        result_type: type | None) -> Any:
         return await workflow.execute_activity(fn, args=args, result_type=result_type,
                                                start_to_close_timeout=timeout, heartbeat_timeout=HEARTBEAT_TIMEOUT,
                                                retry_policy=retry)

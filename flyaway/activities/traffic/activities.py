@@ -3,9 +3,9 @@
 Routers are synchronous and hold no state between calls, so each activity builds the router
 from the plan and runs it in a thread while it heartbeats: a worker that dies in the middle of
 a weight change (a rollback above all) is noticed within the heartbeat timeout, not the much
-longer start-to-close timeout a Route53 change needs. The analysis probes both endpoints and
-judges them in one activity, so only the verdict and its numbers enter the workflow history,
-never the raw samples.
+longer start-to-close timeout a Route53 change needs. The analysis probes both endpoints, reads
+their metrics pages and judges them in one activity, so only the verdict, its numbers and the
+pages' totals enter the workflow history, never the raw samples or pages.
 """
 
 from __future__ import annotations
@@ -19,7 +19,16 @@ from temporalio import activity
 
 from flyaway.activities.storage.activities import non_retryable_errors
 from flyaway.activities.traffic import analyse, probe_both, router_for
-from flyaway.models.canary import AnalysisResult, CanaryStage, WeightChange, WeightState
+from flyaway.activities.traffic.analysis import combine
+from flyaway.activities.traffic.metrics import check_pages, judge_interval, read_pages, snapshots_of
+from flyaway.models.canary import (
+    AnalysisResult,
+    CanaryStage,
+    MetricsSnapshots,
+    PassiveAnalysis,
+    WeightChange,
+    WeightState,
+)
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -63,17 +72,45 @@ async def set_weight(stage: CanaryStage, new_percent: int) -> WeightChange:
     return result
 
 
+@activity.defn(name="flyaway.traffic.check_metrics")
+@non_retryable_errors
+async def check_metrics(stage: CanaryStage) -> None:
+    """Both metrics pages answer and hold the plan's counter and histogram; changes nothing."""
+    await _heartbeating(check_pages(stage))
+
+
+@activity.defn(name="flyaway.traffic.read_metrics")
+@non_retryable_errors
+async def read_metrics(stage: CanaryStage) -> MetricsSnapshots:
+    """Both metrics pages now, the start of a step's first interval; a page that cannot be read is None."""
+    return snapshots_of(await _heartbeating(read_pages(stage)))
+
+
 @activity.defn(name="flyaway.traffic.analyse")
 @non_retryable_errors
-async def run_analysis(stage: CanaryStage) -> AnalysisResult:
-    """Probe both endpoints with the plan's requests and judge the new side against the thresholds."""
+async def run_analysis(stage: CanaryStage, baseline: MetricsSnapshots | None = None) -> AnalysisResult:
+    """Probe both endpoints, read their metrics pages, and judge the new side against the thresholds.
+
+    The pages are read after the probes, so the interval since ``baseline`` ends now and holds the
+    probes' own requests where the metrics count them.
+    """
     assert stage.new_endpoint is not None, "the canary workflow resolves the new endpoint first"
     settings = stage.analysis
-    old_samples, new_samples = await _heartbeating(probe_both(stage.old_endpoint, stage.new_endpoint, settings))
-    result = analyse(old_samples, new_samples, settings.thresholds)
-    log.info("canary analysis", verdict=result.verdict.value, new_success_rate=result.new.success_rate,
-             new_p95_ms=result.new.p95_ms, reasons=result.reasons)
+    probes: AnalysisResult | None = None
+    if settings.probes:
+        old_samples, new_samples = await _heartbeating(probe_both(stage.old_endpoint, stage.new_endpoint, settings))
+        probes = analyse(old_samples, new_samples, settings.thresholds)
+    passive: PassiveAnalysis | None = None
+    readings: MetricsSnapshots | None = None
+    if settings.metrics is not None:
+        passive, readings = judge_interval(baseline, await _heartbeating(read_pages(stage)), settings.thresholds)
+    result = combine(probes, passive, readings)
+    log.info("canary analysis", verdict=result.verdict.value, reasons=result.reasons,
+             new_success_rate=result.new.success_rate if result.new else None,
+             new_p95_ms=result.new.p95_ms if result.new else None,
+             metrics_new_success_rate=passive.new.success_rate if passive and passive.new else None,
+             metrics_new_p95_ms=passive.new.p95_ms if passive and passive.new else None)
     return result
 
 
-TRAFFIC_ACTIVITIES = [check_router, set_weight, run_analysis]
+TRAFFIC_ACTIVITIES = [check_router, set_weight, run_analysis, check_metrics, read_metrics]

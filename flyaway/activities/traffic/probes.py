@@ -14,25 +14,25 @@ import time
 import httpx
 
 from flyaway.activities.errors import MissingCredentials
-from flyaway.models.canary import AnalysisSettings, Probe, ProbeSample
+from flyaway.models.canary import AnalysisSettings, Probe, ProbeSample, RequestHeaders
 from flyaway.redaction import register_secret, scrub
 
 
-def _secret_from_env(env: str, header: str) -> str:
+def _secret_from_env(env: str, header: str, what: str) -> str:
     value = os.environ.get(env)
     if not value:
-        raise MissingCredentials(f"probe header '{header}': ${env} is not set on the worker")
+        raise MissingCredentials(f"{what} header '{header}': ${env} is not set on the worker")
     register_secret(value)
     return value
 
 
-def probe_headers(probe: Probe) -> dict[str, str]:
-    """The probe's headers with the ones named by environment variable filled in."""
-    headers = dict(probe.headers)
-    for header, env in probe.headers_from_env.items():
-        headers[header] = _secret_from_env(env, header)
-    if probe.bearer_token_env:
-        headers["Authorization"] = "Bearer " + _secret_from_env(probe.bearer_token_env, "Authorization")
+def request_headers(spec: RequestHeaders, what: str) -> dict[str, str]:
+    """The headers of a probe or a metrics page (``what``), the ones named by environment variable filled in."""
+    headers = dict(spec.headers)
+    for header, env in spec.headers_from_env.items():
+        headers[header] = _secret_from_env(env, header, what)
+    if spec.bearer_token_env:
+        headers["Authorization"] = "Bearer " + _secret_from_env(spec.bearer_token_env, "Authorization", what)
     return headers
 
 
@@ -52,7 +52,7 @@ async def _one(client: httpx.AsyncClient, url: str, probe: Probe, headers: dict[
 
 async def probe_endpoint(base_url: str, probe: Probe, n: int, concurrency: int) -> list[ProbeSample]:
     """Send ``probe`` ``n`` times to ``base_url``, at most ``concurrency`` at once."""
-    headers = probe_headers(probe)
+    headers = request_headers(probe, "probe")
     url = base_url.rstrip("/") + probe.path
     gate = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
