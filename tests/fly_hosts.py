@@ -1,5 +1,6 @@
 """Fly's hosts, played locally: a Machine the fake Fly API creates with a ``flyaway`` command runs
-as a local process, with exactly the Machine's env, and its mounted volume is a local folder.
+as a local process, with exactly the Machine's env (its config's, then what Fly adds at boot: the
+app's secrets and ``FLY_*``), and its mounted volume is a local folder.
 
 A volume's data is the folder ``root/<volume id>``; a fork's folder is a copy of its source's
 (modification times kept), made when a Machine first mounts the fork, and the mount path is a
@@ -42,7 +43,7 @@ class LocalFlyHosts:
             self._mount(machine.app, mount["volume"], Path(mount["path"]))
         home = self.root / "home"
         home.mkdir(parents=True, exist_ok=True)
-        env = {"PATH": os.environ["PATH"], "HOME": str(home), **machine.config.get("env", {})}
+        env = {"PATH": os.environ["PATH"], "HOME": str(home), **machine.config.get("env", {}), **machine.boot_env}
         with (self.root / f"{machine.id}.log").open("ab") as log:
             self.processes[machine.id] = subprocess.Popen(
                 [*FLYAWAY, *command[1:]], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,

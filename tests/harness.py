@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 
 import psutil
 from temporalio.api.common.v1 import Payloads
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
 
 from flyaway.activities.storage.runpod import RUNPOD_MAX_BODY
 from flyaway.connection import TemporalOptions, connect
@@ -374,6 +375,34 @@ async def migration_result(server: TemporalDevServer, workflow_id: str, timeout:
 async def migration_status(server: TemporalDevServer, workflow_id: str) -> MigrationStatus:
     client = await server.client()
     return await client.get_workflow_handle(workflow_id).query("status", result_type=MigrationStatus)
+
+
+async def _failure_of(server: TemporalDevServer, workflow_id: str, timeout: float) -> ApplicationError:
+    try:
+        await migration_result(server, workflow_id, timeout)
+    except WorkflowFailureError as failure:
+        assert isinstance(failure.cause, ApplicationError), failure.cause
+        return failure.cause
+    raise AssertionError(f"{workflow_id} completed; it should have failed")
+
+
+def migration_failure(server: TemporalDevServer, plan: dict[str, Any], task_queue: str,
+                      timeout: float = 60) -> ApplicationError:
+    """Start ``plan`` and return the error it ends with (it must fail)."""
+    async def go() -> ApplicationError:
+        return await _failure_of(server, await start_migration(server, plan, task_queue), timeout)
+
+    return run_async(go())
+
+
+def abort_migration(server: TemporalDevServer, workflow_id: str, reason: str, timeout: float = 60) -> ApplicationError:
+    """Send ``abort`` and return the error the migration then ends with."""
+    async def go() -> ApplicationError:
+        client = await server.client()
+        await client.get_workflow_handle(workflow_id).execute_update("abort", reason)
+        return await _failure_of(server, workflow_id, timeout)
+
+    return run_async(go())
 
 
 def run_migration(server: TemporalDevServer, plan: dict[str, Any], task_queue: str,

@@ -1,5 +1,5 @@
 """The fly_volume source: a fork of the volume, mounted in an agent Machine that runs the real
-``flyaway volume-agent`` (here a local process whose volume is a local folder, see fly_hosts),
+``flyaway agent`` (here a local process whose volume is a local folder, see fly_hosts),
 copies to moto and to the GCS emulator; the agent and the fork are removed afterwards, on
 abort and when a later run finds them; bad input fails clearly and leaves nothing running."""
 
@@ -13,13 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from flyaway.activities import fly_agent
 from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
-from flyaway.activities.fly_agent import AgentNames, agent_environment, cleanup_fly_source, prepare_fly_source
+from flyaway.activities.fly_agent import (
+    VOLUME_ROLE,
+    AgentNames,
+    agent_environment,
+    cleanup_fly_source,
+    prepare_fly_source,
+)
 from flyaway.activities.storage.fly_volume import FlyVolumeSource
 from flyaway.models.fly_agent import AgentCleanupRequest, AgentRequest
 from flyaway.models.plan import FlyVolumeLocation, WeightsStage
@@ -33,8 +38,9 @@ from tests.harness import (
     MotoServer,
     TemporalDevServer,
     WorkerProcess,
+    abort_migration,
     eventually,
-    migration_result,
+    migration_failure,
     migration_status,
     run_async,
     run_migration,
@@ -145,7 +151,7 @@ def test_copy_to_s3_through_the_agent_then_agent_and_fork_are_gone(
     [agent] = fly.agents()
     [fork] = fly.forks()
     assert agent.mounted_volume_ids == [fork.id] and agent.region == "ord"
-    assert agent.config["init"]["cmd"][:3] == ["volume-agent", "--task-queue", f"flyaway-agent-{fork.id}"]
+    assert agent.config["init"]["cmd"][:3] == ["agent", "--task-queue", f"flyaway-agent-{fork.id}"]
     assert agent.config["env"]["TEMPORAL_API_KEY"] == temporal_key, "the key's value reached the agent"
     assert agent.config["env"]["AWS_SECRET_ACCESS_KEY"] == TEST_AWS_ENV["AWS_SECRET_ACCESS_KEY"]
     assert fly.hosts is not None and '"listed source"' in fly.hosts.log_of(agent.id)
@@ -186,13 +192,7 @@ def test_abort_removes_the_agent_and_the_fork(temporal_server: TemporalDevServer
                what="the agent to list the fork")
     assert [m.state for m in fly.agents()] == ["started"]
 
-    async def abort() -> None:
-        client = await temporal_server.client()
-        await client.get_workflow_handle(workflow_id).execute_update("abort", "wrong bucket")
-        with pytest.raises(WorkflowFailureError):
-            await migration_result(temporal_server, workflow_id, timeout=60)
-
-    run_async(abort())
+    abort_migration(temporal_server, workflow_id, "wrong bucket")
     fly.assert_nothing_left()
 
 
@@ -202,13 +202,7 @@ def test_unknown_app_fails_the_plan_check_and_creates_nothing(
     plan = weights_plan("fly-no-app", fly_source(temporal_server, tmp_path / "mnt", app="no-such-app"),
                         s3_location(moto_server.endpoint, bucket, "m"))
 
-    async def go() -> str:
-        workflow_id = await start_migration(temporal_server, plan, fly_worker.task_queue)
-        with pytest.raises(WorkflowFailureError) as failure:
-            await migration_result(temporal_server, workflow_id, timeout=60)
-        return str(failure.value.cause)
-
-    message = run_async(go())
+    message = migration_failure(temporal_server, plan, fly_worker.task_queue).message
     assert "invalid plan: NotFound: Fly app 'no-such-app' not found" in message
     assert fly.agents() == [] and fly.forks() == []
 
@@ -299,7 +293,7 @@ def test_a_retry_reuses_its_run_a_later_run_removes_leftovers_and_cleanup_remove
 
 def test_cleanup_never_touches_a_machine_without_the_agent_metadata(fly_api: FlyApp) -> None:
     fly = fly_api
-    names = AgentNames.for_run("migration-m", "run-1")
+    names = AgentNames.for_run("migration-m", VOLUME_ROLE, "run-1")
     impostor = fly.fake.add_machine(APP, names.machine, config={"image": "x", "metadata": {"flyaway_run": "x"}})
     # an API that ignored the metadata filter would list every Machine
     fly.fake.list_machines = lambda app, query, body: Reply(200, [m.to_json() for m in app.machines.values()])

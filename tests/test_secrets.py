@@ -277,18 +277,75 @@ def test_an_unexpected_error_leaves_scrubbed_and_retryable(
     assert error.__cause__ is None and error.__suppress_context__
 
 
-def test_fly_app_source_lists_names_then_explains_values_need_the_agent(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+# -- a Fly app: names from the API outside the app, values only inside it ----------------------------
+
+@pytest.fixture
+def fly_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeFlyMachinesAPI]:
     with FakeFlyMachinesAPI("fly-token") as fly:
         fly.add_app("gpu-app")
-        fly.add_secret("gpu-app", "HF_TOKEN", VALUES["HF_TOKEN"])
-        fly.add_secret("gpu-app", "DATABASE_URL", VALUES["DATABASE_URL"])
+        for name, value in VALUES.items():
+            fly.add_secret("gpu-app", name, value)
         monkeypatch.setenv("FLY_API_TOKEN", "fly-token")
         monkeypatch.setenv("FLY_API_BASE_URL", fly.base_url)
-        error = failure(sync_secrets, stage({"kind": "fly_app", "app": "gpu-app"}, {"kind": "runpod"}))
-    assert error.type == "InvalidPlan"
-    assert "2 secrets (DATABASE_URL, HF_TOKEN)" in error.message and "Fly agent issue" in error.message
+        yield fly
+
+
+def fly_app_source(**fields: Any) -> dict[str, Any]:
+    return {"kind": "fly_app", "app": "gpu-app", "agent_image": "registry.fly.io/gpu-app:flyaway-agent",
+            "agent_temporal": {"address": "temporal.example:7233"}, **fields}
+
+
+def test_fly_app_check_lists_names_and_reads_the_destination_without_values(
+        fly_app: FakeFlyMachinesAPI, gcp: FakeSecretManager) -> None:
+    report = run(check_secrets, stage(fly_app_source(), gcp_destination(gcp)))
+    assert [(r.name, r.outcome, r.digest) for r in report.secrets] == [("DATABASE_URL", None, None),
+                                                                      ("HF_TOKEN", None, None)]
+    assert gcp.secrets == {}
+    skipped = run(check_secrets, stage(fly_app_source(), gcp_destination(gcp), names=["HF_TOKEN", "NOT_THERE"],
+                                       on_missing="skip"))
+    assert outcomes(skipped) == {"HF_TOKEN": None, "NOT_THERE": "missing_at_source"}
+
+
+@pytest.mark.parametrize("fields, source, error_type, expected", [
+    ({"names": ["HF_TOKEN", "NOT_THERE"]}, {}, "InvalidPlan", "Fly app gpu-app lacks NOT_THERE; nothing was written"),
+    ({}, {"agent_temporal": {"address": "t.example:7233", "api_key_env": "FLYAWAY_TEST_UNSET"}},
+     "MissingCredentials", "secrets.source.agent_temporal.api_key_env names FLYAWAY_TEST_UNSET"),
+    ({}, {"agent_env": ["HF_TOKEN"]}, "InvalidPlan", "Fly app 'gpu-app' has secrets named HF_TOKEN, which the agent"),
+])
+def test_fly_app_check_refuses_what_would_fail_inside_the_app(
+        fly_app: FakeFlyMachinesAPI, gcp: FakeSecretManager, monkeypatch: pytest.MonkeyPatch,
+        fields: dict[str, Any], source: dict[str, Any], error_type: str, expected: str) -> None:
+    monkeypatch.setenv("HF_TOKEN", "the worker's own")
+    error = failure(check_secrets, stage(fly_app_source(**source), gcp_destination(gcp), **fields))
+    assert error.type == error_type and error.non_retryable and expected in error.message
     assert VALUES["HF_TOKEN"] not in error.message
+
+
+def test_fly_app_check_sees_a_destination_without_rights(fly_app: FakeFlyMachinesAPI, gcp: FakeSecretManager) -> None:
+    gcp.denied.add(PROJECT)
+    assert failure(check_secrets, stage(fly_app_source(), gcp_destination(gcp))).type == "AccessDenied"
+
+
+def sync_in(plan: SecretsStage, names: list[str] | None) -> SecretsReport:
+    return asyncio.run(ActivityEnvironment().run(sync_secrets, plan, names))
+
+
+def test_fly_app_values_are_read_only_inside_the_app(gcp: FakeSecretManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = stage(fly_app_source(), gcp_destination(gcp))
+    for name, value in VALUES.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ApplicationError, match="can only be read by flyaway's agent Machine inside that app"):
+        sync_in(plan, list(VALUES))
+    monkeypatch.setenv("FLY_APP_NAME", "gpu-app")  # as Fly sets it in the app's Machines
+    with pytest.raises(ApplicationError, match="can only be read by flyaway's agent Machine"):
+        sync_in(plan, None)
+    assert gcp.secrets == {}
+
+    report = sync_in(plan, list(VALUES))
+    assert outcomes(report) == {"DATABASE_URL": "created", "HF_TOKEN": "created"}
+    assert gcp.value(PROJECT, "HF_TOKEN") == VALUES["HF_TOKEN"].encode()
+    assert sorted(gcp.secrets) == [f"projects/{PROJECT}/secrets/{name}" for name in sorted(VALUES)], \
+        "only the app's secrets move, not the rest of the env"
 
 
 # -- the plan section ---------------------------------------------------------------------------------

@@ -193,12 +193,15 @@ class FlyClient:
                                  subject=self._machine_subject(machine_id))
         return Machine.model_validate(response.json())
 
-    def create_machine(self, config: MachineConfig, *, region: str, name: str,
+    def create_machine(self, config: MachineConfig, *, region: str | None, name: str,
                        metadata: dict[str, str] | None = None) -> Machine:
-        """Create and start a Machine. ``name`` must be unique in the app: it is how a retry
-        after an ambiguous failure (5xx, reset) finds the Machine the first attempt made."""
+        """Create and start a Machine (in a region Fly picks when ``region`` is None). ``name`` must be
+        unique in the app: it is how a retry after an ambiguous failure (5xx, reset) finds the Machine
+        the first attempt made."""
         config = config.model_copy(update={"metadata": {**config.metadata, **(metadata or {})}})
-        body = {"name": name, "region": region, "config": config.model_dump(mode="json", exclude_none=True)}
+        body: dict[str, Any] = {"name": name, "config": config.model_dump(mode="json", exclude_none=True)}
+        if region:
+            body["region"] = region
 
         def find_existing() -> Machine | None:
             return next((m for m in self.list_machines() if m.name == name), None)

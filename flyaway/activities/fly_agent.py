@@ -1,21 +1,27 @@
-"""The volume agent on Fly: fork the volume, run an agent Machine on the fork, remove both.
+"""The agent on Fly: a Machine in the app running ``flyaway agent`` on its own task queue, then removed.
 
-Everything an agent run makes is named after its migration and its run, so any later call
-finds it without a record of its own:
+A ``fly_volume`` source's agent mounts a fork of the volume (made first, deleted with the agent);
+a ``fly_app`` source's agent needs no volume: Fly puts the app's secrets into its env, as into
+every Machine of the app.
 
-- the agent Machine carries the metadata ``flyaway_role=volume-agent``, ``flyaway_migration``
-  and ``flyaway_run``, and a name unique per run (the client finds it again by that name after
-  an ambiguous create);
+Everything an agent run makes is named after its migration, its role and its run, so any later
+call finds it without a record of its own:
+
+- the agent Machine carries the metadata ``flyaway_role`` (``volume-agent`` or ``secrets-agent``),
+  ``flyaway_migration`` and ``flyaway_run``, and a name unique per run (the client finds it again
+  by that name after an ambiguous create);
 - the fork is named ``flyaway_<migration tag>_<run tag>`` (volumes have no metadata, and their
   names are at most 30 characters).
 
-A retried ``prepare`` reuses what earlier attempts of its run made; agents and forks of other
-runs of the same migration are leftovers of a run that crashed, and it removes them first.
+A retried ``prepare`` reuses what earlier attempts of its run made; agents (and forks) of other
+runs of the same migration and role are leftovers of a run that crashed, and it removes them first.
 
 The agent Machine gets what it needs as env, read from this worker's environment when the
 Machine config is built: the Temporal connection (the API key's value, never its name's
 value in a plan or in history), the destination's credentials, the payload codec keys, and
-the variables the plan lists in ``agent_env``. A GCS key file travels as a Machine file.
+the variables the plan lists in ``agent_env``. A Google key file travels as a Machine file.
+Fly adds the app's secrets to that env at boot, so a secret named like one of those variables
+would leave the agent one value for two meanings: ``prepare`` refuses that before creating anything.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
-from flyaway.activities.errors import FlyawayError, MissingCredentials, NotFound, TimedOut
+from flyaway.activities.errors import FlyawayError, InvalidPlan, MissingCredentials, NotFound, TimedOut
 from flyaway.activities.fly import FlyClient, MachineWaitTimeout
 from flyaway.activities.fly_activity import activity_client, final_errors
 from flyaway.activities.storage.activities import non_retryable_errors
@@ -60,34 +66,54 @@ from flyaway.models.plan import (
     RunPodVolumeLocation,
     S3Location,
 )
+from flyaway.models.secrets import (
+    FlyAppSource,
+    GcpSecretManagerDestination,
+    ModalDestination,
+    RunpodDestination,
+    SecretDestination,
+)
 
 log = structlog.get_logger(__name__)
 
-AGENT_ROLE = "volume-agent"
+VOLUME_ROLE = "volume-agent"
+SECRETS_ROLE = "secrets-agent"
 AGENT_TASK_QUEUE_PREFIX = "flyaway-agent-"
 #: a fork is "hydrating" while Fly copies its blocks, then "created": ready to mount
 READY_VOLUME_STATE = "created"
 POLL_SECONDS = 2.0
 DETACH_TIMEOUT_SECONDS = 120.0
 DESTROY_TIMEOUT_SECONDS = 120.0
-#: where a GCS service account key lands in the agent Machine
+#: where a Google service account key lands in the agent Machine
 GCS_KEY_PATH = "/etc/flyaway/gcp-credentials.json"
+
+
+AgentSource = FlyVolumeLocation | FlyAppSource
 
 
 def _tag(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:8]
 
 
+def role_of(source: AgentSource) -> str:
+    return VOLUME_ROLE if isinstance(source, FlyVolumeLocation) else SECRETS_ROLE
+
+
+def _deletes_forks(source: AgentSource) -> bool:
+    return isinstance(source, FlyVolumeLocation) and not source.keep_fork
+
+
 @dataclass(frozen=True)
 class AgentNames:
-    """Names and metadata of a migration's agents; ``run_tag`` is set for one run's."""
+    """Names and metadata of a migration's agents of one role; ``run_tag`` is set for one run's."""
 
     migration_id: str
+    role: str
     run_tag: str = ""
 
     @classmethod
-    def for_run(cls, migration_id: str, run_id: str) -> AgentNames:
-        return cls(migration_id, _tag(run_id))
+    def for_run(cls, migration_id: str, role: str, run_id: str) -> AgentNames:
+        return cls(migration_id, role, _tag(run_id))
 
     @property
     def fork_prefix(self) -> str:
@@ -103,7 +129,7 @@ class AgentNames:
 
     @property
     def migration_metadata(self) -> dict[str, str]:
-        return {"flyaway_role": AGENT_ROLE, "flyaway_migration": self.migration_id}
+        return {"flyaway_role": self.role, "flyaway_migration": self.migration_id}
 
     @property
     def run_metadata(self) -> dict[str, str]:
@@ -130,38 +156,42 @@ def _worker_value(name: str, environ: Mapping[str, str], field: str) -> str:
     return value
 
 
-def _destination_credentials(destination: DestinationLocation) -> tuple[list[str], list[str], str | None]:
+def _destination_credentials(destination: DestinationLocation | SecretDestination
+                             ) -> tuple[list[str], list[str], str | None]:
     """(variables required, variables optional, variable naming a key file) the destination's adapter reads."""
     if isinstance(destination, (S3Location, RunPodVolumeLocation)):
         credentials = destination.credentials
         optional = [credentials.session_token_env] if credentials.session_token_env else []
         return [credentials.access_key_id_env, credentials.secret_access_key_env], optional, None
-    if isinstance(destination, ModalVolumeLocation):
+    if isinstance(destination, (ModalVolumeLocation, ModalDestination)):
         return [destination.token_id_env, destination.token_secret_env], [], None
-    if isinstance(destination, GcsLocation):
+    if isinstance(destination, RunpodDestination):
+        return [destination.api_key_env], [], None
+    if isinstance(destination, (GcsLocation, GcpSecretManagerDestination)):
         return [], [], destination.credentials_env
     return [], [], None
 
 
-def agent_environment(source: FlyVolumeLocation, destination: DestinationLocation, namespace: str,
+def agent_environment(source: AgentSource, destination: DestinationLocation | SecretDestination, namespace: str,
                       environ: Mapping[str, str]) -> tuple[dict[str, str], list[MachineFile]]:
     """The agent Machine's env and files, with values from the worker's environment ``environ``;
     ``namespace`` is the migration's."""
+    section = "weights" if isinstance(source, FlyVolumeLocation) else "secrets"
     temporal = source.agent_temporal
     env = {"TEMPORAL_ADDRESS": temporal.address, "TEMPORAL_NAMESPACE": namespace}
     if temporal.tls is not None:
         env["TEMPORAL_TLS"] = "true" if temporal.tls else "false"
     if temporal.api_key_env:
         env["TEMPORAL_API_KEY"] = _worker_value(temporal.api_key_env, environ,
-                                                "weights.source.agent_temporal.api_key_env")
+                                                f"{section}.source.agent_temporal.api_key_env")
     required, optional, key_file_env = _destination_credentials(destination)
     for name in required:
-        env[name] = _worker_value(name, environ, "weights.destination")
+        env[name] = _worker_value(name, environ, f"{section}.destination")
     for name in (*optional, KEYS_ENV):
         if environ.get(name):
             env[name] = environ[name]
     for name in source.agent_env:
-        env[name] = _worker_value(name, environ, "weights.source.agent_env")
+        env[name] = _worker_value(name, environ, f"{section}.source.agent_env")
     files: list[MachineFile] = []
     if key_file_env and environ.get(key_file_env):
         key_file = Path(environ[key_file_env])
@@ -172,15 +202,26 @@ def agent_environment(source: FlyVolumeLocation, destination: DestinationLocatio
     return env, files
 
 
-def agent_config(source: FlyVolumeLocation, destination: DestinationLocation, fork_id: str, task_queue: str,
-                 namespace: str, environ: Mapping[str, str] = os.environ) -> MachineConfig:
-    """An agent Machine with the fork mounted, running ``flyaway volume-agent`` on its own queue."""
+def check_secret_names(source: AgentSource, env: Mapping[str, str], secret_names: list[str]) -> None:
+    """Fly adds the app's secrets to the agent's env: one named like a variable flyaway gives the agent
+    would leave the agent only one of the two values, whichever Fly lets win."""
+    clashes = sorted(set(env) & set(secret_names))
+    if clashes:
+        raise InvalidPlan(f"Fly app '{source.app}' has secrets named {', '.join(clashes)}, which the agent Machine "
+                          f"is also given from the worker (Temporal connection, destination credentials, "
+                          f"agent_env); name the credentials by other variables (the destination's *_env fields) "
+                          f"or unset those secrets in the app")
+
+
+def agent_config(source: AgentSource, destination: DestinationLocation | SecretDestination,
+                 mounts: list[MachineMount], task_queue: str, namespace: str,
+                 environ: Mapping[str, str] = os.environ) -> MachineConfig:
+    """An agent Machine (with the fork mounted, for a volume) running ``flyaway agent`` on its own queue."""
     env, files = agent_environment(source, destination, namespace, environ)
     return MachineConfig(
-        image=source.agent_image, env=env, files=files,
-        mounts=[MachineMount(volume=fork_id, path=source.mount_path)],
+        image=source.agent_image, env=env, files=files, mounts=mounts,
         guest=MachineGuest(cpu_kind="performance", cpus=source.agent_cpus, memory_mb=source.agent_memory_mb),
-        init=MachineInit(entrypoint=["flyaway"], cmd=["volume-agent", "--task-queue", task_queue, "--json-logs"]),
+        init=MachineInit(entrypoint=["flyaway"], cmd=["agent", "--task-queue", task_queue, "--json-logs"]),
         restart=MachineRestart(policy="on-failure", max_retries=5), auto_destroy=False)
 
 
@@ -223,7 +264,8 @@ def _wait_detached(client: FlyClient, volume_id: str) -> None:
 
 def remove_agents(client: FlyClient, names: AgentNames, runs: Callable[[str], bool],
                   delete_forks: bool) -> AgentCleanupReport:
-    """Destroy the migration's agent Machines of the ``runs`` chosen, then delete (or keep) their forks."""
+    """Destroy the migration's agent Machines of the ``runs`` chosen, then delete (or keep) their forks
+    (volume agents only: a secrets agent has none)."""
     report = AgentCleanupReport()
     # the API filters by metadata already; checking it again here means that a filter the API
     # ignored can never make this destroy the app's own Machines
@@ -234,7 +276,7 @@ def remove_agents(client: FlyClient, names: AgentNames, runs: Callable[[str], bo
     for machine in machines:
         client.wait_machine(machine.id, "destroyed", timeout=DESTROY_TIMEOUT_SECONDS, progress=activity.heartbeat)
         report.machines_destroyed.append(machine.id)
-    for fork in client.list_volumes():
+    for fork in client.list_volumes() if names.role == VOLUME_ROLE else []:
         run = names.run_of_fork(fork)
         if run is None or not runs(run):
             continue
@@ -245,23 +287,32 @@ def remove_agents(client: FlyClient, names: AgentNames, runs: Callable[[str], bo
         client.delete_volume(fork.id)
         report.forks_deleted.append(fork.id)
     if report.machines_destroyed or report.forks_deleted:
-        log.info("volume agents removed", app=client.app, migration=names.migration_id,
+        log.info("fly agents removed", app=client.app, migration=names.migration_id, role=names.role,
                  machines=report.machines_destroyed, forks=report.forks_deleted)
     return report
 
 
-def _start_agent(client: FlyClient, request: AgentRequest, names: AgentNames, volume: Volume) -> FlyAgent:
-    source = request.source
+def _ready_fork(client: FlyClient, source: FlyVolumeLocation, names: AgentNames, volume: Volume) -> Volume:
     fork = next((v for v in client.list_volumes() if v.name == names.fork), None)
     if fork is None:
         fork = client.fork_volume(volume.id, name=names.fork, region=volume.region)
     _wait_ready(client, fork, source.fork_timeout.total_seconds())
-    task_queue = AGENT_TASK_QUEUE_PREFIX + fork.id
+    return fork
+
+
+def _start_agent(client: FlyClient, request: AgentRequest, names: AgentNames, volume: Volume | None,
+                 secret_names: list[str]) -> FlyAgent:
+    source = request.source
+    fork, mounts = None, []
+    if isinstance(source, FlyVolumeLocation) and volume is not None:
+        fork = _ready_fork(client, source, names, volume)
+        mounts = [MachineMount(volume=fork.id, path=source.mount_path)]
+    task_queue = AGENT_TASK_QUEUE_PREFIX + fork.id if fork else names.machine
     machine = next((m for m in client.list_machines(metadata=names.run_metadata)
                     if m.name == names.machine and m.state != "destroyed"), None)
     if machine is None:
-        config = agent_config(source, request.stage.destination, fork.id, task_queue, activity.info().namespace)
-        machine = client.create_machine(config, region=fork.region,
+        config = agent_config(source, request.stage.destination, mounts, task_queue, activity.info().namespace)
+        machine = client.create_machine(config, region=fork.region if fork else None,
                                         name=names.machine, metadata=names.run_metadata)
     timeout = source.agent_start_timeout.total_seconds()
     try:
@@ -269,27 +320,31 @@ def _start_agent(client: FlyClient, request: AgentRequest, names: AgentNames, vo
     except MachineWaitTimeout as error:
         raise TimedOut(f"the agent Machine did not start: {error}; see `fly logs -a {client.app} "
                        f"--machine {machine.id}`") from None
-    log.info("volume agent started", app=client.app, machine_id=machine.id, fork=fork.id, task_queue=task_queue)
-    return FlyAgent(app=client.app, region=fork.region, source_volume_id=volume.id, fork_volume_id=fork.id,
-                    machine_id=machine.id, task_queue=task_queue)
+    log.info("fly agent started", app=client.app, role=names.role, machine_id=machine.id,
+             fork=fork.id if fork else None, task_queue=task_queue)
+    return FlyAgent(app=client.app, region=machine.region, machine_id=machine.id, task_queue=task_queue,
+                    source_volume_id=volume.id if volume else None, fork_volume_id=fork.id if fork else None,
+                    secret_names=secret_names)
 
 
 @activity.defn(name="flyaway.fly.prepare_source")
 @final_errors
 def prepare_fly_source(request: AgentRequest) -> FlyAgent:
-    """Fork the volume and start an agent Machine on the fork; reuses what a retry finds of its run.
+    """Start the agent Machine (on a fork of the volume, for a volume); reuses what a retry finds of its run.
 
     A failure that retrying cannot fix removes what this run made before it is reported.
     """
     source = request.source
-    names = AgentNames.for_run(request.migration_id, request.run_id)
+    names = AgentNames.for_run(request.migration_id, role_of(source), request.run_id)
     # a variable the agent needs and the worker lacks fails here, before anything is created
-    agent_environment(source, request.stage.destination, activity.info().namespace, os.environ)
+    env, _ = agent_environment(source, request.stage.destination, activity.info().namespace, os.environ)
     with activity_client(source.app) as client:
-        volume = resolve_volume(client, source)
-        remove_agents(client, names, lambda run: run != names.run_tag, delete_forks=not source.keep_fork)
+        secret_names = sorted(secret.name for secret in client.list_secrets())
+        check_secret_names(source, env, secret_names)
+        volume = resolve_volume(client, source) if isinstance(source, FlyVolumeLocation) else None
+        remove_agents(client, names, lambda run: run != names.run_tag, delete_forks=_deletes_forks(source))
         try:
-            return _start_agent(client, request, names, volume)
+            return _start_agent(client, request, names, volume, secret_names)
         except FlyawayError:
             remove_agents(client, names, lambda run: run == names.run_tag, delete_forks=True)
             raise
@@ -297,7 +352,7 @@ def prepare_fly_source(request: AgentRequest) -> FlyAgent:
 
 @activity.defn(name="flyaway.fly.wait_for_agent")
 @non_retryable_errors
-async def wait_for_volume_agent(agent: FlyAgent, timeout_seconds: float) -> None:
+async def wait_for_agent(agent: FlyAgent, timeout_seconds: float) -> None:
     """Return once the agent's worker polls its task queue: the Machine started *and* reached Temporal."""
     client = activity.client()
     request = DescribeTaskQueueRequest(namespace=client.namespace, task_queue=TaskQueue(name=agent.task_queue),
@@ -306,8 +361,8 @@ async def wait_for_volume_agent(agent: FlyAgent, timeout_seconds: float) -> None
     while not (await client.workflow_service.describe_task_queue(request)).pollers:
         if time.monotonic() > deadline:
             raise TimedOut(f"the agent Machine {agent.machine_id} of Fly app '{agent.app}' started, but no worker "
-                           f"polled task queue {agent.task_queue} within {timeout_seconds:g} s; check "
-                           f"weights.source.agent_temporal (the address must be reachable from Fly) and the agent's "
+                           f"polled task queue {agent.task_queue} within {timeout_seconds:g} s; check the "
+                           f"source's agent_temporal (the address must be reachable from Fly) and the agent's "
                            f"logs (`fly logs -a {agent.app} --machine {agent.machine_id}`)")
         activity.heartbeat()
         await asyncio.sleep(1.0)
@@ -316,15 +371,15 @@ async def wait_for_volume_agent(agent: FlyAgent, timeout_seconds: float) -> None
 @activity.defn(name="flyaway.fly.cleanup_source")
 @final_errors
 def cleanup_fly_source(request: AgentCleanupRequest) -> AgentCleanupReport:
-    """Destroy every agent Machine of the migration and delete their forks (unless ``keep_fork``)."""
+    """Destroy every agent Machine of the migration for the source and delete their forks (unless ``keep_fork``)."""
     source = request.source
     with activity_client(source.app) as client:
         try:
             client.get_app()
         except NotFound:
             return AgentCleanupReport()
-        return remove_agents(client, AgentNames(request.migration_id), lambda run: True,
-                             delete_forks=not source.keep_fork)
+        return remove_agents(client, AgentNames(request.migration_id, role_of(source)), lambda run: True,
+                             delete_forks=_deletes_forks(source))
 
 
-FLY_AGENT_ACTIVITIES = [prepare_fly_source, wait_for_volume_agent, cleanup_fly_source]
+FLY_AGENT_ACTIVITIES = [prepare_fly_source, wait_for_agent, cleanup_fly_source]

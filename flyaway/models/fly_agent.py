@@ -1,41 +1,54 @@
-"""Data of the volume agent: what the copy workflow asks for and what it gets back."""
+"""Data of the agent Machine: what a stage asks for and what it gets back.
+
+Two stages start an agent in a Fly app: the weights copy of a ``fly_volume`` source (the agent
+mounts a fork of the volume) and the secrets stage of a ``fly_app`` source (the agent reads the
+app's secrets from its own env).
+"""
 
 from __future__ import annotations
+
+from typing import Annotated, Union
 
 from pydantic import Field
 
 from flyaway.models.base import Record
 from flyaway.models.plan import FlyVolumeLocation, WeightsStage
+from flyaway.models.secrets import FlyAppSource, SecretsStage
+
+AgentSource = Annotated[Union[FlyVolumeLocation, FlyAppSource], Field(discriminator="kind")]
 
 
 class FlyAgent(Record):
-    """A running volume agent: the fork it mounts and the task queue its worker polls."""
+    """A running agent: the task queue its worker polls and, for a volume, the fork it mounts."""
 
     app: str
     region: str
-    source_volume_id: str
-    fork_volume_id: str
     machine_id: str
     task_queue: str
+    source_volume_id: str | None = None
+    fork_volume_id: str | None = None
+    secret_names: list[str] = Field(
+        default_factory=list, description="names of the app's secrets, which Fly put into the agent's env (its env "
+                                          "holds more than those)")
 
 
 class AgentRequest(Record):
-    """Start (or find again) the agent of one run of a migration's copy of ``stage``."""
+    """Start (or find again) the agent of one run of a migration's ``stage``."""
 
-    stage: WeightsStage
+    stage: WeightsStage | SecretsStage
     migration_id: str
-    run_id: str = Field(description="the copy run the agent belongs to; agents of other runs are leftovers")
+    run_id: str = Field(description="the run the agent belongs to; agents of other runs are leftovers")
 
     @property
-    def source(self) -> FlyVolumeLocation:
-        assert isinstance(self.stage.source, FlyVolumeLocation)
+    def source(self) -> FlyVolumeLocation | FlyAppSource:
+        assert isinstance(self.stage.source, (FlyVolumeLocation, FlyAppSource))
         return self.stage.source
 
 
 class AgentCleanupRequest(Record):
-    """Remove every agent and fork of a migration (forks stay when ``source.keep_fork``)."""
+    """Remove every agent of a migration for ``source`` (and the forks of a volume, unless ``keep_fork``)."""
 
-    source: FlyVolumeLocation
+    source: AgentSource
     migration_id: str
 
 

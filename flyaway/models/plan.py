@@ -22,10 +22,10 @@ from pydantic import (
     model_validator,
 )
 
+from flyaway.models.agent import FlyAgentSettings, PositiveDuration
 from flyaway.models.base import AwsCredentials, Duration, EnvName, RelativeKey, StrictModel
 from flyaway.models.canary import CanaryStage
 from flyaway.models.deploy import DeployStage, check_deploy
-from flyaway.models.fly import FlyAppName
 from flyaway.models.image import ImageStage
 from flyaway.models.secrets import SecretsStage
 from flyaway.models.teardown import TeardownStage
@@ -257,55 +257,22 @@ class ModalVolumeLocation(StrictModel):
 
 _FLY_VOLUME = re.compile(r"^[a-z0-9_]{1,30}$")
 _FLY_REGION = re.compile(r"^[a-z]{3}$")
-_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
 
 
-class AgentTemporal(StrictModel):
-    """How the volume agent reaches Temporal from inside Fly; given to its Machine as ``TEMPORAL_*`` env.
-
-    Its namespace is the migration's own: the agent must poll where the copy schedules its work.
-    """
-
-    address: str = Field(description="host:port of the Temporal frontend as seen from Fly, "
-                                     "e.g. my-ns.a1b2c.tmprl.cloud:7233")
-    tls: bool | None = Field(None, description="TLS to the frontend; on when api_key_env is set, unless false")
-    api_key_env: EnvName | None = Field(
-        None, description="variable on the worker holding a Temporal API key; the worker puts its value into the "
-                          "agent Machine's env, so it never appears in the plan or the workflow history")
-
-    @field_validator("address")
-    @classmethod
-    def _host_port(cls, value: str) -> str:
-        if not _HOST_PORT.match(value):
-            raise ValueError(f"'{value}' is not host:port")
-        return value
-
-
-class FlyVolumeLocation(StrictModel):
+class FlyVolumeLocation(FlyAgentSettings):
     """A Fly Volume, read through a fork of it mounted in a short-lived agent Machine of the same app.
 
-    The running app keeps serving from the original; the agent runs ``flyaway volume-agent`` and
-    copies straight from the fork to the destination.
+    The running app keeps serving from the original; the agent runs ``flyaway agent`` and copies
+    straight from the fork to the destination.
     """
 
     kind: Literal["fly_volume"]
-    app: FlyAppName = Field(description="the Fly app that owns the volume")
     volume: str = Field(description="volume id (vol_...) or name; a name shared by several volumes needs region "
                                     "or the id")
     region: str | None = Field(None, description="region the volume must be in, e.g. ord; checked, not chosen")
-    agent_image: str = Field(min_length=1, description="image of the agent Machine: this repository's Dockerfile, "
-                                                       "pushed where Fly can pull it")
-    agent_temporal: AgentTemporal
-    agent_env: list[EnvName] = Field(default_factory=list,
-                                     description="more variables of the worker to give the agent (proxies, "
-                                                 "endpoints); the destination's credentials are given anyway")
-    agent_cpus: PositiveInt = Field(2, le=16, description="performance CPUs of the agent Machine")
-    agent_memory_mb: PositiveInt = Field(4096, description="memory of the agent Machine, a multiple of 256")
     mount_path: str = Field("/data", description="where the fork is mounted in the agent Machine")
     keep_fork: bool = Field(False, description="keep the fork after the copy (the agent is removed anyway)")
-    fork_timeout: Duration = Field(timedelta(minutes=30), description="longest wait for the fork to be ready")
-    agent_start_timeout: Duration = Field(timedelta(minutes=5),
-                                          description="longest wait for the agent to start and poll its task queue")
+    fork_timeout: PositiveDuration = Field(timedelta(minutes=30), description="longest wait for the fork to be ready")
 
     @field_validator("volume")
     @classmethod
@@ -322,24 +289,10 @@ class FlyVolumeLocation(StrictModel):
             raise ValueError(f"'{value}' is not a Fly region code (three lowercase letters, e.g. ord)")
         return value
 
-    @field_validator("agent_memory_mb")
-    @classmethod
-    def _memory(cls, value: int) -> int:
-        if value % 256:
-            raise ValueError(f"{value} is not a multiple of 256 MB")
-        return value
-
     @field_validator("mount_path")
     @classmethod
     def _mount_path(cls, value: str) -> str:
         return check_absolute_path(value)
-
-    @field_validator("fork_timeout", "agent_start_timeout")
-    @classmethod
-    def _positive_timeout(cls, value: timedelta) -> timedelta:
-        if value.total_seconds() <= 0:
-            raise ValueError("must be a positive duration")
-        return value
 
     def describe(self) -> str:
         return f"fly://{self.app}/{self.volume}"

@@ -15,8 +15,9 @@ from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
+from flyaway.models.agent import FlyAgentSettings
 from flyaway.models.base import EnvName, Record, StrictModel
 from flyaway.models.canary import BaseUrl
 
@@ -66,11 +67,15 @@ class EnvSource(StrictModel):
         return "the worker's environment"
 
 
-class FlyAppSource(StrictModel):
-    """The Fly app's secrets: names and digests from the Machines API, values from inside the app."""
+class FlyAppSource(FlyAgentSettings):
+    """The Fly app's secrets. The Machines API lists their names and digests, never values; Fly puts
+    the values into the env of every Machine of the app, so an agent Machine started in the app reads
+    them there and writes them to the destination itself."""
 
     kind: Literal["fly_app"]
-    app: str = Field(min_length=1)
+    agent_cpus: PositiveInt = Field(1, le=16, description="performance CPUs of the agent Machine")
+    agent_memory_mb: PositiveInt = Field(2048, description="memory of the agent Machine, a multiple of 256 "
+                                                           "(2048 is the least Fly gives a performance CPU)")
 
     def describe(self) -> str:
         return f"Fly app {self.app}"
@@ -250,7 +255,8 @@ class SecretOutcome(StrEnum):
 class SecretResult(Record):
     name: str = Field(description="name at the source")
     destination_name: str = Field(description="name at the destination (the service's variable name)")
-    outcome: SecretOutcome
+    outcome: SecretOutcome | None = Field(
+        None, description="None only in the check of a fly_app source, which cannot compare values it cannot read")
     digest: str | None = Field(None, description="sha256:<hex> of the value; never the value")
     reference: str | None = Field(
         None, description="what the deploy stage configures: a Secret Manager version, a RunPod "

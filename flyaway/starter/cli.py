@@ -368,17 +368,17 @@ def worker(task_queue: TaskQueue = TASK_QUEUE,
     run(run_worker(options(address, namespace, api_key, tls, profile), task_queue, max_activities))
 
 
-@app.command("volume-agent")
-def volume_agent(task_queue: Annotated[str, typer.Option("--task-queue", help="the fork's own task queue")],
-                 max_activities: Annotated[int, typer.Option(help="copy activities at once")] = 4,
-                 address: Address = None, namespace: Namespace = None, api_key: ApiKey = None, tls: Tls = None,
-                 profile: Profile = None,
-                 json_logs: Annotated[bool | None, typer.Option("--json-logs/--console-logs")] = None) -> None:
-    """Run the volume agent (inside a Fly Machine that mounts a fork): the copy activities on one queue."""
-    from flyaway.workers.volume_agent import run_volume_agent
+@app.command("agent")
+def agent(task_queue: Annotated[str, typer.Option("--task-queue", help="the agent's own task queue")],
+          max_activities: Annotated[int, typer.Option(help="activities at once")] = 4,
+          address: Address = None, namespace: Namespace = None, api_key: ApiKey = None, tls: Tls = None,
+          profile: Profile = None,
+          json_logs: Annotated[bool | None, typer.Option("--json-logs/--console-logs")] = None) -> None:
+    """Run the agent (inside a Fly Machine of the source's app): copies of a forked volume, or the app's secrets."""
+    from flyaway.workers.agent import run_agent
 
     configure_logging(json=json_logs)
-    run(run_volume_agent(options(address, namespace, api_key, tls, profile), task_queue, max_activities))
+    run(run_agent(options(address, namespace, api_key, tls, profile), task_queue, max_activities))
 
 
 @app.command()

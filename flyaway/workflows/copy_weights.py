@@ -8,7 +8,6 @@ attempt resumes from what landed.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
@@ -27,13 +26,8 @@ with workflow.unsafe.imports_passed_through():
         ListingResult,
     )
     from flyaway.models.plan import FlyVolumeLocation, WeightsStage
-    from flyaway.workflows.fly_source import (
-        AGENT_SCHEDULE_TO_START,
-        agent_stage,
-        migration_id,
-        remove_volume_agents,
-        start_volume_agent,
-    )
+    from flyaway.models.fly_agent import FlyAgent
+    from flyaway.workflows.fly_source import AGENT_SCHEDULE_TO_START, agent_stage, run_on_agent
 
 #: continue as new after this many batches or history events, well before Temporal's own limits
 BATCHES_BEFORE_CONTINUE = 40
@@ -64,15 +58,12 @@ class CopyWeightsWorkflow:
         self._input = request
         if not isinstance(request.stage.source, FlyVolumeLocation):
             return await self._copy(request)
-        try:
-            if request.agent is None:
-                request.agent = await start_volume_agent(request.stage)
-            result = await self._copy(request)
-        except (Exception, asyncio.CancelledError):
-            await remove_volume_agents(request.stage, migration_id(), best_effort=True)
-            raise
-        await remove_volume_agents(request.stage, migration_id())
-        return result
+
+        async def copy_on(agent: FlyAgent) -> CopyWeightsResult:
+            request.agent = agent  # kept across continue-as-new
+            return await self._copy(request)
+
+        return await run_on_agent(request.stage, request.agent, copy_on)
 
     async def _copy(self, request: CopyWeightsInput) -> CopyWeightsResult:
         stage = self._stage = agent_stage(request.stage, request.agent)

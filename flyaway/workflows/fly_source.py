@@ -1,14 +1,18 @@
-"""The workflow side of a ``fly_volume`` source: start its volume agent, hand it the copy, remove it.
+"""The workflow side of a source read inside a Fly app: start its agent, hand it the work, remove it.
 
-The copy activities of such a source run on the agent's own task queue and receive the stage
-as the agent sees it: the source rewritten to the fork's mount, a ``local`` folder. Agents
-and forks belong to a migration (the id of ``MigrationWorkflow``, or of a copy started on
-its own), so the copy, the migration's abort path and any later run can all remove them.
+A ``fly_volume`` source's copy activities run on the agent's own task queue and receive the
+stage as the agent sees it: the source rewritten to the fork's mount, a ``local`` folder. A
+``fly_app`` source's sync activity runs there too, reading the values from the agent's env.
+Agents and forks belong to a migration (the id of ``MigrationWorkflow``, or of a copy started on
+its own), so the stage, the migration's abort path and any later run can all remove them.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -16,10 +20,12 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from flyaway.activities.errors import NON_RETRYABLE_ERROR_TYPES
-    from flyaway.activities.fly_agent import cleanup_fly_source, prepare_fly_source, wait_for_volume_agent
+    from flyaway.activities.fly_agent import cleanup_fly_source, prepare_fly_source, wait_for_agent
     from flyaway.models.fly_agent import AgentCleanupRequest, AgentRequest, FlyAgent
     from flyaway.models.plan import FlyVolumeLocation, WeightsStage
+    from flyaway.models.secrets import FlyAppSource, SecretsStage
 
+T = TypeVar("T")
 #: Fly outages are waited out; bad input, missing rights and deadlines are the operator's
 FLY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1),
                         non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES)
@@ -44,29 +50,32 @@ def agent_stage(stage: WeightsStage, agent: FlyAgent | None) -> WeightsStage:
     return stage.model_copy(update={"source": stage.source.mounted()})
 
 
-async def start_volume_agent(stage: WeightsStage) -> FlyAgent:
-    """Fork the volume, start the agent on the fork, and wait until its worker polls its queue."""
+async def start_agent(stage: WeightsStage | SecretsStage) -> FlyAgent:
+    """Start the agent (on a fork of the volume, for a volume) and wait until its worker polls its queue."""
     source = stage.source
-    assert isinstance(source, FlyVolumeLocation)
-    waits = source.fork_timeout + source.agent_start_timeout
+    assert isinstance(source, (FlyVolumeLocation, FlyAppSource))
+    waits = source.agent_start_timeout
+    if isinstance(source, FlyVolumeLocation):
+        waits += source.fork_timeout
     agent: FlyAgent = await workflow.execute_activity(
         prepare_fly_source, AgentRequest(stage=stage, migration_id=migration_id(), run_id=workflow.info().run_id),
         start_to_close_timeout=waits + timedelta(minutes=15), heartbeat_timeout=FLY_HEARTBEAT,
         retry_policy=FLY_RETRY)
     await workflow.execute_activity(
-        wait_for_volume_agent, args=[agent, source.agent_start_timeout.total_seconds()],
+        wait_for_agent, args=[agent, source.agent_start_timeout.total_seconds()],
         start_to_close_timeout=source.agent_start_timeout + timedelta(minutes=2), heartbeat_timeout=FLY_HEARTBEAT,
         retry_policy=FLY_RETRY)
     return agent
 
 
-async def remove_volume_agents(stage: WeightsStage, migration: str, *, best_effort: bool = False) -> None:
-    """Destroy the migration's agent Machines and delete their forks; nothing to do for other sources.
+async def remove_agents(stage: WeightsStage | SecretsStage, migration: str, *, best_effort: bool = False) -> None:
+    """Destroy the migration's agent Machines for the stage's source (and delete their forks); nothing to do
+    for a source read without an agent.
 
-    ``best_effort`` (a copy that failed, an abort) tries a few times and only logs a failure, so
+    ``best_effort`` (a stage that failed, an abort) tries a few times and only logs a failure, so
     the error being reported stays the one that matters; a later run removes what is left.
     """
-    if not isinstance(stage.source, FlyVolumeLocation):
+    if not isinstance(stage.source, (FlyVolumeLocation, FlyAppSource)):
         return
     try:
         await workflow.execute_activity(
@@ -76,4 +85,17 @@ async def remove_volume_agents(stage: WeightsStage, migration: str, *, best_effo
     except ActivityError as error:
         if not best_effort:
             raise
-        workflow.logger.warning("could not remove the volume agents of %s (a later run will): %s", migration, error)
+        workflow.logger.warning("could not remove the agents of %s (a later run will): %s", migration, error)
+
+
+async def run_on_agent(stage: WeightsStage | SecretsStage, agent: FlyAgent | None,
+                       work: Callable[[FlyAgent], Awaitable[T]]) -> T:
+    """Run ``work`` on the stage's agent (started first unless ``agent`` runs already), then remove the
+    agent: also when ``work`` fails or is cancelled, best effort, so its error stays the one reported."""
+    try:
+        result = await work(agent or await start_agent(stage))
+    except (Exception, asyncio.CancelledError):
+        await remove_agents(stage, migration_id(), best_effort=True)
+        raise
+    await remove_agents(stage, migration_id())
+    return result

@@ -35,7 +35,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from flyaway.workflows.canary import CANARY_PROGRESS_SIGNAL
     from flyaway.workflows.copy_weights import PROGRESS_SIGNAL, CopyWeightsWorkflow
-    from flyaway.workflows.fly_source import remove_volume_agents
+    from flyaway.workflows.fly_source import remove_agents
     from flyaway.workflows.stages import STAGE_RUNNERS, StageRefused
     from flyaway.workflows.stages import canary as canary_stage
     from flyaway.workflows.stages import deploy as deploy_stage
@@ -197,7 +197,9 @@ class MigrationWorkflow:
             self._child.cancel()
         await workflow.execute_activity(abort_uploads, plan.weights, start_to_close_timeout=timedelta(minutes=30),
                                         retry_policy=RetryPolicy(maximum_attempts=5))
-        await remove_volume_agents(plan.weights, workflow.info().workflow_id, best_effort=True)
+        for stage_plan in (plan.weights, plan.secrets):
+            if stage_plan is not None:
+                await remove_agents(stage_plan, workflow.info().workflow_id, best_effort=True)
         for stage in self._status.stages:
             if stage.state in (StageState.pending, StageState.running, StageState.waiting_for_operator):
                 stage.state = StageState.aborted

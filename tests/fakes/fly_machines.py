@@ -8,6 +8,13 @@ and answers 408 when the state was not reached; destroying a running Machine wit
 ``force=true`` is refused with 412 ``failed_precondition``; a fork is a new volume created
 from ``source_volume_id`` that is ``hydrating`` until ready.
 
+Secrets follow Fly's documented model: set through ``POST /apps/{app}/secrets`` (``{"values":
+{name: value or null}}``), listed with names and digests only (values reach callers inside the
+app alone, which the fake never has), and put into the env of every Machine the app creates
+afterwards, together with the runtime variables Fly sets (``FLY_APP_NAME``, ``FLY_MACHINE_ID``,
+``FLY_REGION``). That env is :attr:`FakeMachine.boot_env`: not part of the Machine's config, so
+the API never shows it; a secret named like a config env variable overrides it there.
+
 State lives in memory. Tests script it with ``add_*`` helpers, the delay attributes,
 :meth:`FakeFlyMachinesAPI.fail_next` / :meth:`FakeFlyMachinesAPI.reset_next` to inject
 failures, and the ``on_machine_created`` / ``on_machine_destroyed`` hooks (for example to run
@@ -72,6 +79,8 @@ class FakeMachine:
     config: dict[str, Any]
     state: str = "created"
     cordoned: bool = False
+    #: what Fly adds to ``config.env`` when the Machine boots: the app's secrets and Fly's runtime variables
+    boot_env: dict[str, str] = field(default_factory=dict)
     instance_id: str = field(default_factory=lambda: random_tokens.token_hex(13).upper())
     created_at: str = field(default_factory=_now)
     updated_at: str = field(default_factory=_now)
@@ -115,7 +124,10 @@ class FakeApp:
     machines: dict[str, FakeMachine] = field(default_factory=dict)
     volumes: dict[str, FakeVolume] = field(default_factory=dict)
     snapshots: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: name -> the API's view of a secret (no value)
     secrets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    secret_values: dict[str, str] = field(default_factory=dict)
+    secrets_version: int = 0
     ips: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -211,8 +223,8 @@ class FakeFlyMachinesAPI:
     def add_machine(self, app: str, name: str, *, region: str = "ord", state: str = "started",
                     config: dict[str, Any] | None = None) -> FakeMachine:
         with self._changed:
-            machine = FakeMachine(app, _machine_id(), name, region,
-                                  config or {"image": "registry.fly.io/app:deployment-1"}, state)
+            machine = self._boot(self.apps[app], FakeMachine(
+                app, _machine_id(), name, region, config or {"image": "registry.fly.io/app:deployment-1"}, state))
             self.apps[app].machines[machine.id] = machine
             for volume_id in machine.mounted_volume_ids:
                 self.apps[app].volumes[volume_id].attached_machine_id = machine.id
@@ -226,9 +238,7 @@ class FakeFlyMachinesAPI:
 
     def add_secret(self, app: str, name: str, value: str) -> None:
         with self._changed:
-            self.apps[app].secrets[name] = {"name": name, "value": value, "created_at": _now(),
-                                            "updated_at": _now(),
-                                            "digest": hashlib.sha256(value.encode()).hexdigest()[:16]}
+            self._set_secret(self.apps[app], name, value)
 
     def add_ip(self, app: str, ip: str, *, shared: bool = False, region: str = "global") -> None:
         with self._changed:
@@ -304,6 +314,25 @@ class FakeFlyMachinesAPI:
         self._timers.append(timer)
         timer.start()
 
+    @staticmethod
+    def _set_secret(app: FakeApp, name: str, value: str | None) -> None:
+        """Callers hold ``self._changed``; ``None`` unsets."""
+        if value is None:
+            app.secrets.pop(name, None)
+            app.secret_values.pop(name, None)
+            return
+        created = app.secrets.get(name, {}).get("created_at", _now())
+        app.secrets[name] = {"name": name, "created_at": created, "updated_at": _now(),
+                             "digest": hashlib.sha256(value.encode()).hexdigest()[:16]}
+        app.secret_values[name] = value
+
+    @staticmethod
+    def _boot(app: FakeApp, machine: FakeMachine) -> FakeMachine:
+        """What Fly injects into a new Machine's env: the app's secrets as they are now, and its runtime variables."""
+        machine.boot_env = {**app.secret_values, "FLY_APP_NAME": app.name, "FLY_MACHINE_ID": machine.id,
+                            "FLY_REGION": machine.region}
+        return machine
+
     def _app(self, name: str) -> FakeApp:
         if name in self.denied_apps:
             raise FakeApiError(403, "unauthorized")
@@ -363,7 +392,7 @@ class FakeFlyMachinesAPI:
                 raise FakeApiError(412, f"failed_precondition: volume {volume.id} is attached to "
                                         f"machine {volume.attached_machine_id}")
         name = body.get("name") or "machine-" + random_tokens.token_hex(4)
-        machine = FakeMachine(app.name, _machine_id(), name, region, config)
+        machine = self._boot(app, FakeMachine(app.name, _machine_id(), name, region, config))
         app.machines[machine.id] = machine
         for volume in volumes:
             volume.attached_machine_id = machine.id
@@ -460,9 +489,17 @@ class FakeFlyMachinesAPI:
         return Reply(200, list(app.snapshots.get(self._volume(app, volume_id).id, [])))
 
     def list_secrets(self, app: FakeApp, query: Query, body: Any) -> Reply:
-        show_values = _flag(query, "show_secrets")
-        return Reply(200, {"secrets": [s if show_values else {k: v for k, v in s.items() if k != "value"}
-                                       for s in app.secrets.values()]})
+        return Reply(200, {"secrets": list(app.secrets.values())})
+
+    def update_secrets(self, app: FakeApp, query: Query, body: Any) -> Reply:
+        """``AppSecretsUpdateRequest``: set each name to its value, or unset it when the value is null."""
+        values = _json_object(body).get("values")
+        if not isinstance(values, dict) or not all(isinstance(v, (str, type(None))) for v in values.values()):
+            raise FakeApiError(400, "values must map secret names to strings or null")
+        for name, value in values.items():
+            self._set_secret(app, name, value)
+        app.secrets_version += 1
+        return Reply(200, {"secrets": list(app.secrets.values()), "version": app.secrets_version})
 
     def list_ips(self, app: FakeApp, query: Query, body: Any) -> Reply:
         return Reply(200, {"ips": list(app.ips.values())})
@@ -502,6 +539,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("GET", "/volumes/(?P<id>[^/]+)/snapshots", "list_snapshots"),
         ("POST", "/volumes/(?P<id>[^/]+)/snapshots", "create_snapshot"),
         ("GET", "/secrets", "list_secrets"),
+        ("POST", "/secrets", "update_secrets"),
         ("GET", "/ip_assignments", "list_ips"),
         ("DELETE", "/ip_assignments/(?P<id>[^/]+)", "delete_ip"),
     ]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NoReturn
 
 from dotenv import dotenv_values
 
@@ -16,18 +15,40 @@ from flyaway.activities.fly import FlyClient
 from flyaway.models.secrets import DotenvSource, EnvSource, FlyAppSource, SecretSource
 from flyaway.redaction import register_secret
 
+#: set by Fly in every Machine of an app
+FLY_APP_ENV = "FLY_APP_NAME"
 
-def read_source(source: SecretSource) -> dict[str, str]:
-    """Name -> value of everything the source holds that this stage may take."""
+
+def read_source(source: SecretSource, names_at_source: list[str] | None = None) -> dict[str, str]:
+    """Name -> value of everything the source holds that this stage may take; ``names_at_source`` are
+    a Fly app's secret names, which its agent's env holds besides its own variables."""
     if isinstance(source, DotenvSource):
         values = _read_dotenv(source)
     elif isinstance(source, EnvSource):
-        values = {name: os.environ[name] for name in source.names if name in os.environ}
+        values = _read_environment(source.names)
     else:
-        _refuse_fly_app(source)
+        values = _read_fly_app(source, names_at_source)
     for value in values.values():
         register_secret(value)
     return values
+
+
+def _read_environment(names: list[str]) -> dict[str, str]:
+    return {name: os.environ[name] for name in names if name in os.environ}
+
+
+def _read_fly_app(source: FlyAppSource, names: list[str] | None) -> dict[str, str]:
+    """Inside the app's agent Machine, Fly has put the app's secrets into the env."""
+    if os.environ.get(FLY_APP_ENV) != source.app or names is None:
+        raise InvalidPlan(f"the values of {source.describe()} can only be read by flyaway's agent Machine inside "
+                          f"that app; this worker runs outside it (run the migration, which starts the agent)")
+    return _read_environment(names)
+
+
+def fly_secret_names(source: FlyAppSource) -> list[str]:
+    """The names of the app's secrets, from the Machines API (which never returns values)."""
+    with FlyClient(source.app) as fly:
+        return sorted(secret.name for secret in fly.list_secrets())
 
 
 def _read_dotenv(source: DotenvSource) -> dict[str, str]:
@@ -40,13 +61,3 @@ def _read_dotenv(source: DotenvSource) -> dict[str, str]:
         return {name: value or "" for name, value in dotenv_values(path, interpolate=False).items()}
     except (OSError, UnicodeDecodeError) as error:
         raise InvalidPlan(f"{source.describe()}: cannot read it ({type(error).__name__})") from None
-
-
-def _refuse_fly_app(source: FlyAppSource) -> NoReturn:
-    """Names come from the Machines API; values only exist inside the app's Machines, out of reach for now."""
-    with FlyClient(source.app) as fly:
-        names = sorted(secret.name for secret in fly.list_secrets())
-    raise InvalidPlan(f"{source.describe()} holds {len(names)} secrets ({', '.join(names) or 'none'}), but reading "
-                      f"their values needs the Fly volume agent, which is not available until the Fly agent "
-                      f"issue lands; for now put them in a dotenv file on the worker and use source kind "
-                      f"'dotenv'")
