@@ -1,7 +1,7 @@
-# The flyaway worker image, also run as the volume agent on Fly:
+# The flyaway worker image, also run as the agent Machine on Fly:
 #   docker build -t registry.fly.io/<app>:flyaway-agent . && docker push registry.fly.io/<app>:flyaway-agent
-# then name that image in the plan (weights.source.agent_image). The agent Machine runs
-# `flyaway volume-agent --task-queue ...`; as a worker elsewhere, the default is `flyaway worker`.
+# then name that image in the plan (agent_image of a fly_volume or fly_app source). The agent Machine runs
+# `flyaway agent --task-queue ...`; as a worker elsewhere, the default is `flyaway worker`.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
