@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -304,6 +305,52 @@ def test_cloudflare_pauses_when_inconclusive_then_approve_and_promote(
     assert "the router's change is immediate" in (canary.message or "")
     ended = cli(temporal_server, "promote", "canary-cf")
     assert ended.exit_code == 2 and "has ended" in ended.stderr
+
+
+def test_cloudflare_analytics_pause_a_new_origin_without_client_traffic_until_it_gets_some(
+        temporal_server: TemporalDevServer, canary_worker: WorkerProcess, cloudflare: FakeCloudflare,
+        endpoints: tuple[FakeEndpoint, FakeEndpoint], tmp_path: Path) -> None:
+    cloudflare.add_load_balancer("zone1", "lb1", ["pool1"], "pool1")
+    plan = canary_plan("canary-cf-analytics", tmp_path,
+                       cloudflare_router(cloudflare, zone_id="zone1", load_balancer_id="lb1"), endpoints,
+                       [{"weight": 50, "pause_seconds": 600}, {"weight": 100}], router_analytics=True)
+    workflow_id = run_async(start_migration(temporal_server, plan, canary_worker.task_queue))
+
+    # the probes pass, but the load balancer sent the new origin nothing: not Successful
+    canary = canary_when(temporal_server, workflow_id, "a paused canary", lambda c: c.state == CanaryState.PAUSED)
+    assert canary.message is not None and "router: new side had 0 requests, fewer than min_requests 20" in \
+        canary.message
+    analysis = canary.last_analysis
+    assert analysis is not None and analysis.new is not None and analysis.new.success_rate == 100.0
+    assert analysis.router is not None and analysis.router.seconds is not None
+    assert INTERVAL <= analysis.router.seconds < INTERVAL + 3  # one interval of the workflow's clock
+    assert pool_weights(cloudflare) == (0.5, 0.5)
+
+    stop = threading.Event()
+
+    def clients() -> None:  # 40 requests every 0.2 s through the balancer, split by the origin weights
+        while not stop.wait(0.2):
+            cloudflare.serve("zone1", "lb1", 40)
+
+    sender = threading.Thread(target=clients, daemon=True)
+    sender.start()
+    try:
+        assert cli(temporal_server, "resume", "canary-cf-analytics").exit_code == 0
+        canary = canary_when(temporal_server, workflow_id, "a successful analysis with traffic", lambda c: (
+            c.last_analysis is not None and c.last_analysis.verdict == Verdict.SUCCESSFUL))
+    finally:
+        stop.set()
+        sender.join()
+    router = canary.last_analysis.router if canary.last_analysis else None
+    assert router is not None and router.new is not None and router.old is not None
+    assert router.new.requests >= 20 and router.new.success_rate is None and router.new.p95_ms is None
+    assert abs(router.new.requests - router.old.requests) <= 40  # 50/50: one serve() at an edge at most
+    assert f"router new {router.new.requests} req - ok" in canary.summary()
+    queried = [q["variables"] for q in cloudflare.graphql_queries]
+    assert all(q["zoneTag"] == "zone1" for q in queried)
+    spans = [(q["start"], q["end"]) for q in queried[1:]]  # the first is the check before any weight change
+    assert all(later[0] == earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))  # back to back
+    assert cli(temporal_server, "abort", "canary-cf-analytics", "--reason", "test over").exit_code == 0
 
 
 def test_cloudflare_token_without_rights_fails_the_plan_before_any_weight_changes(

@@ -237,6 +237,9 @@ class AnalysisSettings(StrictModel):
     probes: list[Probe] = Field(default_factory=lambda: [Probe()],
                                 description="active probes; [] judges by the metrics alone")
     metrics: PassiveMetrics | None = Field(None, description="passive metrics: each side's Prometheus page")
+    router_analytics: bool = Field(False, description="passive: the requests the Cloudflare load balancer sent "
+                                                      "each origin (GraphQL Analytics API; router kind cloudflare "
+                                                      "with zone_id); counts only, no outcome or latency")
     thresholds: Thresholds = Field(default_factory=Thresholds)
     failure_limit: int = Field(0, ge=0, description="failed analyses tolerated in a step; one more rolls back")
     inconclusive_limit: int = Field(0, ge=0,
@@ -248,6 +251,11 @@ class AnalysisSettings(StrictModel):
             raise ValueError("analysis.probes is empty and analysis.metrics is not set: nothing would judge the "
                              "new side; add a probe or a metrics section")
         return self
+
+    @property
+    def passive(self) -> bool:
+        """An analysis judges the traffic of the interval before it (metrics pages or router analytics)."""
+        return self.metrics is not None or self.router_analytics
 
 
 class CanaryStage(StrictModel):
@@ -271,6 +279,14 @@ class CanaryStage(StrictModel):
                              f"{weights[-1]}, not 100 (weights: {weights})")
         return steps
 
+    @model_validator(mode="after")
+    def _analytics_need_a_cloudflare_balancer(self) -> CanaryStage:
+        if self.analysis.router_analytics and not (isinstance(self.router, CloudflareRouterConfig)
+                                                   and self.router.zone_id is not None):
+            raise ValueError("analysis.router_analytics reads Cloudflare Load Balancing analytics: it needs router "
+                             "kind cloudflare with zone_id and load_balancer_id")
+        return self
+
 
 # --- results -------------------------------------------------------------------------------
 
@@ -291,7 +307,7 @@ class ProbeSample(Record):
 
 class SideStats(Record):
     requests: int
-    successes: int
+    successes: int | None = Field(description="None when the source does not tell outcomes (router analytics)")
     success_rate: float | None = Field(description="percent; None without requests")
     p50_ms: float | None = Field(description="latency percentiles: of successful probes, or of every request the "
                                              "metrics' histogram timed")
@@ -319,7 +335,8 @@ class MetricsSnapshots(Record):
 
 
 class PassiveAnalysis(Record):
-    """The interval's traffic as the endpoints' metrics counted it, judged like the probes."""
+    """The interval's traffic as the endpoints' metrics (or the router's analytics) counted it, judged like the
+    probes."""
 
     verdict: Verdict
     old: SideStats | None = Field(description="None when the interval could not be measured on that side")
@@ -332,8 +349,8 @@ class AnalysisResult(Record):
     """One analysis: the probes' numbers and, with a metrics section, the passive ones beside them.
 
     ``verdict`` is the worse of the two: Failed when either is Failed, else Inconclusive when
-    either is, else Successful. ``reasons`` holds both sources', the passive ones prefixed
-    ``metrics:``.
+    either is, else Successful. ``reasons`` holds every source's, the passive ones prefixed
+    ``metrics:`` or ``router:``.
     """
 
     verdict: Verdict
@@ -343,6 +360,18 @@ class AnalysisResult(Record):
     passive: PassiveAnalysis | None = None
     readings: MetricsSnapshots | None = Field(None, description="the metrics pages as read at the end of this "
                                                                 "analysis: the workflow keeps them for the next")
+    router: PassiveAnalysis | None = Field(None, description="the requests the router's analytics counted")
+
+
+class AnalyticsWindow(Record):
+    """The time span an analysis asks the router's analytics about, from the workflow's clock."""
+
+    start: datetime
+    end: datetime
+
+    @property
+    def seconds(self) -> float:
+        return round((self.end - self.start).total_seconds(), 1)
 
 
 class WeightState(Record):
@@ -430,6 +459,8 @@ class CanaryStatus(Record):
     last_analysis: AnalysisResult | None = None
     metrics_baseline: MetricsSnapshots | None = Field(None, description="the metrics pages' last readings, the "
                                                                         "start of the next analysis interval")
+    analytics_since: datetime | None = Field(None, description="where the next interval of the router's "
+                                                               "analytics starts")
     message: str | None = Field(None, description="why the canary paused, rolled back or was aborted")
     history: list[StepRecord] = Field(default_factory=list)
 
@@ -443,6 +474,8 @@ class CanaryStatus(Record):
             numbers = [] if analysis.new is None else [f"probes new {_side(analysis.new)}, old {_side(analysis.old)}"]
             if analysis.passive is not None:
                 numbers.append(f"metrics new {_side(analysis.passive.new)}, old {_side(analysis.passive.old)}")
+            if analysis.router is not None:
+                numbers.append(f"router new {_side(analysis.router.new)}, old {_side(analysis.router.old)}")
             parts.append(f"last analysis {analysis.verdict.value}: {'; '.join(numbers)}")
         if self.approval is not None:
             parts.append(f"waiting for approval: {self.approval}")

@@ -20,7 +20,9 @@ Successful, the canary is not paused and, where the step asks for it, ``approve`
 With passive metrics (the endpoints' own Prometheus pages) an analysis judges the traffic of
 the interval before it: the pages are read when the step's weight is in place, and the first
 analysis comes one interval later. An operator's signal takes effect at once but does not cut
-that interval short, so no verdict rests on a few seconds of traffic.
+that interval short, so no verdict rests on a few seconds of traffic. Router analytics
+(Cloudflare's counts per origin) work the same way over spans of the workflow's own clock:
+from the moment the weight is in place to the first analysis, then from one analysis to the next.
 
 Analyses keep running while paused or waiting for approval, so a new side that breaks
 meanwhile is still rolled back. Every state the status query shows, and everything a run
@@ -51,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
     from flyaway.models.canary import (
         AnalysisResult,
         AnalysisSettings,
+        AnalyticsWindow,
         CanaryInput,
         CanaryResult,
         CanaryStage,
@@ -79,14 +82,18 @@ HEARTBEAT_TIMEOUT = timedelta(seconds=30)
 #: a Route53 change can take a few minutes to reach every name server
 WEIGHT_TIMEOUT = timedelta(minutes=15)
 HISTORY_EVENTS_BEFORE_CONTINUE = 2_000
+#: one analytics query, its per-request retries included
+ROUTER_ANALYTICS_SECONDS = 120
 
 
 def analysis_timeout(settings: AnalysisSettings) -> timedelta:
     """Long enough for every probe request to time out, in waves of ``concurrency``, and the metrics pages
-    after them, plus a margin."""
+    and the router's analytics after them, plus a margin."""
     waves = math.ceil(settings.requests_per_probe / settings.concurrency)
     pages = settings.metrics.timeout_seconds if settings.metrics else 0
-    return timedelta(seconds=sum(waves * probe.timeout_seconds for probe in settings.probes) + pages + 30)
+    analytics = ROUTER_ANALYTICS_SECONDS if settings.router_analytics else 0
+    return timedelta(seconds=sum(waves * probe.timeout_seconds for probe in settings.probes) + pages + analytics
+                     + 30)
 
 
 def _analyses(count: int, verdict: str) -> str:
@@ -123,7 +130,7 @@ class CanaryWorkflow:
             if request.progress is None:
                 self.status.weight = await self._activity(check_router, [stage], timedelta(minutes=5),
                                                           CHECK_RETRY, WeightState)
-                if stage.analysis.metrics is not None:  # both pages and their metrics, before any weight changes
+                if stage.analysis.passive:  # pages, metrics and analytics, before any weight changes
                     await self._activity(check_metrics, [stage], timedelta(minutes=5), CHECK_RETRY, None)
             return await self._run_steps()
         except asyncio.CancelledError:
@@ -174,19 +181,19 @@ class CanaryWorkflow:
         if self.stage.analysis.metrics is not None:  # the step's first interval starts at its weight
             status.metrics_baseline = await self._activity(read_metrics, [self.stage], timedelta(minutes=5),
                                                            TRAFFIC_RETRY, MetricsSnapshots)
-        record.applied_at = workflow.now()
+        record.applied_at = status.analytics_since = workflow.now()
         await self._report()
 
     async def _hold(self, step: CanaryStep, record: StepRecord) -> StepOutcome:
         status, settings = self.status, self.stage.analysis
         while True:
-            if record.analyses or settings.metrics is not None:  # metrics need an interval's traffic first
+            if record.analyses or settings.passive:  # passive sources need an interval's traffic first
                 self._take_approval(record)
                 self._continue_as_new_if_long()
                 left = self._hold_left(step, record)
                 cut_short = await self._sleep(min(settings.interval_seconds, left) if left
                                               else settings.interval_seconds)
-                if cut_short and settings.metrics is not None and not status.promote_requested:
+                if cut_short and settings.passive and not status.promote_requested:
                     # act on the operator's signal now, but judge the metrics only over a whole interval
                     if self._settled(step, record):
                         return StepOutcome.PASSED
@@ -194,7 +201,12 @@ class CanaryWorkflow:
                     continue
             if status.promote_requested:
                 return StepOutcome.PROMOTED
-            result = await self._activity(run_analysis, [self.stage, status.metrics_baseline],
+            window = None
+            if settings.router_analytics:  # from the workflow's clock, so a replay asks about the same span
+                assert status.analytics_since is not None
+                window = AnalyticsWindow(start=status.analytics_since, end=workflow.now())
+                status.analytics_since = window.end
+            result = await self._activity(run_analysis, [self.stage, status.metrics_baseline, window],
                                           analysis_timeout(settings), TRAFFIC_RETRY, AnalysisResult)
             if result.readings is not None:  # the next interval starts where this one ended
                 status.metrics_baseline, result.readings = result.readings, None

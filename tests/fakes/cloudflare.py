@@ -6,6 +6,13 @@ Served under ``/client/v4`` with the published envelope ``{"success", "errors", 
 - ``GET|PATCH /accounts/{account_id}/load_balancers/pools/{pool_id}`` (PATCH overwrites the
   supplied properties, e.g. the whole ``origins`` list)
 - ``GET /zones/{zone_id}/load_balancers/{load_balancer_id}``
+- ``POST /graphql``: the GraphQL Analytics API, executed by graphql-core against the part of
+  Cloudflare's schema flyaway reads (``viewer.zones(filter: {zoneTag})
+  .loadBalancingRequestsAdaptiveGroups(limit, filter: {datetime_geq, datetime_leq, ...})`` with
+  ``count`` and ``dimensions``), grouped by the dimensions the query selects. Answers are
+  ``{"data", "errors"}``: a query the schema rejects gets ``data: null`` and its errors, a zone
+  the fake does not hold "does not have access to the path". The requests counted are the ones
+  ``serve`` sent through a load balancer (split by its pool's origin weights) or ``record_requests``.
 
 Tokens are bearer tokens with ``read`` or ``write`` rights. An unknown token gets 403 with
 code 9109, a read token writing gets 403 with code 10000, an unknown route or identifier
@@ -21,12 +28,37 @@ import threading
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+from graphql import GraphQLResolveInfo, build_schema, graphql_sync
+
 from tests.fakes.loopback import JsonHandler, LoopbackServer
 
 PREFIX = "/client/v4"
 _POOL = re.compile(rf"^{PREFIX}/accounts/([^/]+)/load_balancers/pools/([^/]+)$")
 _BALANCER = re.compile(rf"^{PREFIX}/zones/([^/]+)/load_balancers/([^/]+)$")
 _POOL_WRITABLE = {"origins", "name", "description", "enabled", "minimum_origins", "monitor", "origin_steering"}
+_ANALYTICS_SCHEMA = build_schema("""
+scalar string
+scalar Time
+scalar uint64
+type Query { viewer: Viewer }
+type Viewer { zones(filter: ZoneFilter!): [Zone!]! }
+input ZoneFilter { zoneTag: string, zoneTag_in: [string] }
+type Zone {
+  zoneTag: string
+  loadBalancingRequestsAdaptiveGroups(limit: uint64!, filter: LoadBalancingFilter,
+                                      orderBy: [string]): [LoadBalancingGroup!]!
+}
+input LoadBalancingFilter {
+  datetime_geq: Time, datetime_leq: Time, datetime_gt: Time, datetime_lt: Time,
+  lbName: string, selectedPoolId: string, selectedPoolName: string, selectedOriginName: string
+}
+type LoadBalancingGroup { count: uint64!, dimensions: LoadBalancingDimensions }
+type LoadBalancingDimensions {
+  datetime: Time, lbName: string, selectedPoolId: string, selectedPoolName: string, selectedOriginName: string
+}
+""")
+_TIME_BOUNDS = {"datetime_geq": lambda at, bound: at >= bound, "datetime_leq": lambda at, bound: at <= bound,
+                "datetime_gt": lambda at, bound: at > bound, "datetime_lt": lambda at, bound: at < bound}
 
 
 def envelope(result: Any = None, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -55,6 +87,9 @@ class FakeCloudflare(LoopbackServer):
         self.pools: dict[str, dict[str, Any]] = {}
         self.load_balancers: dict[tuple[str, str], dict[str, Any]] = {}
         self.writes: list[tuple[str, dict[str, Any]]] = []
+        #: requests the load balancers sent: zone, datetime and the dimensions of the analytics dataset
+        self.lb_requests: list[dict[str, Any]] = []
+        self.graphql_queries: list[dict[str, Any]] = []
         self.fail_next = 0
         self._lock = threading.Lock()
 
@@ -73,6 +108,25 @@ class FakeCloudflare(LoopbackServer):
             "id": balancer_id, "name": "api.example.com", "enabled": True, "proxied": proxied, "ttl": ttl,
             "default_pools": default_pools, "fallback_pool": fallback_pool, "steering_policy": "off"}
 
+    def record_requests(self, zone_id: str, balancer_name: str, pool_id: str, origin_name: str, count: int,
+                        at: datetime | None = None) -> None:
+        """``count`` requests the load balancer sent ``origin_name`` of ``pool_id`` at ``at`` (now)."""
+        pool = self.pools.get(pool_id, {})
+        self.lb_requests.append({"zone": zone_id, "datetime": at or datetime.now(timezone.utc), "count": count,
+                                 "lbName": balancer_name, "selectedPoolId": pool_id,
+                                 "selectedPoolName": pool.get("name"), "selectedOriginName": origin_name})
+
+    def serve(self, zone_id: str, balancer_id: str, requests: int) -> None:
+        """Send ``requests`` through a load balancer now: its first default pool splits them by origin weight."""
+        with self._lock:
+            balancer = self.load_balancers[(zone_id, balancer_id)]
+            pool = self.pools[balancer["default_pools"][0]]
+            shares = {o["name"]: o.get("weight", 1.0) if o.get("enabled", True) else 0.0 for o in pool["origins"]}
+        total = sum(shares.values())
+        for name, share in shares.items():
+            if share and total:
+                self.record_requests(zone_id, balancer["name"], pool["id"], name, round(requests * share / total))
+
     def origin(self, pool_id: str, name: str) -> dict[str, Any]:
         return next(o for o in self.pools[pool_id]["origins"] if o["name"] == name)
 
@@ -81,9 +135,11 @@ class FakeCloudflare(LoopbackServer):
             if self.fail_next > 0:
                 self.fail_next -= 1
                 return 503, envelope(errors=[{"code": 1000, "message": "Service temporarily unavailable"}])
-            denied = self._authorize(method, authorization)
+            denied = self._authorize("GET" if path == f"{PREFIX}/graphql" else method, authorization)
             if denied:
                 return denied
+            if path == f"{PREFIX}/graphql" and method == "POST":
+                return 200, self._graphql(body if isinstance(body, dict) else {})
             if match := _POOL.match(path):
                 return self._pool(method, match.group(1), match.group(2), body)
             if (match := _BALANCER.match(path)) and method == "GET":
@@ -94,6 +150,38 @@ class FakeCloudflare(LoopbackServer):
             return 400, envelope(errors=[
                 {"code": 7003, "message": f"Could not route to {path}, perhaps your object identifier is invalid?"},
                 {"code": 7000, "message": "No route for that URI"}])
+
+    def _graphql(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.graphql_queries.append(copy.deepcopy(body))
+        result = graphql_sync(_ANALYTICS_SCHEMA, str(body.get("query") or ""),
+                              root_value={"viewer": {"zones": self._zones}},
+                              variable_values=body.get("variables") or {})
+        errors = [{"message": error.message, "path": error.path,
+                   "extensions": {"timestamp": _now()}} for error in result.errors or []]
+        return {"data": result.data if not errors else None, "errors": errors or None}
+
+    def _zones(self, info: GraphQLResolveInfo, filter: dict[str, Any]) -> list[dict[str, Any]]:  # noqa: A002
+        tags = filter.get("zoneTag_in") or [filter.get("zoneTag")]
+        known = {request["zone"] for request in self.lb_requests} | {zone for zone, _ in self.load_balancers}
+        for index, tag in enumerate(tags):
+            if tag not in known:
+                raise PermissionError(f"zone '{tag}' does not have access to the path "
+                                      f"viewer.zones.{index}")  # the API's wording for a zone out of reach
+        return [{"zoneTag": tag, "loadBalancingRequestsAdaptiveGroups": self._lb_groups(tag)} for tag in tags]
+
+    def _lb_groups(self, zone_id: str) -> Any:
+        def resolve(info: GraphQLResolveInfo, limit: int, filter: dict[str, Any] | None = None,  # noqa: A002
+                    orderBy: list[str] | None = None) -> list[dict[str, Any]]:  # noqa: N803 - the API's name
+            wanted = _selected_dimensions(info)
+            groups: dict[tuple[Any, ...], int] = {}
+            for request in self.lb_requests:
+                if request["zone"] == zone_id and _matches(request, filter or {}):
+                    key = tuple(request[name] for name in wanted)
+                    groups[key] = groups.get(key, 0) + request["count"]
+            return [{"count": count, "dimensions": {name: (value.isoformat() if isinstance(value, datetime)
+                                                            else value) for name, value in zip(wanted, key)}}
+                    for key, count in groups.items()][:limit]
+        return resolve
 
     def _authorize(self, method: str, authorization: str) -> tuple[int, dict[str, Any]] | None:
         scheme, _, token = authorization.partition(" ")
@@ -122,6 +210,25 @@ class FakeCloudflare(LoopbackServer):
         elif method != "GET":
             return 405, envelope(errors=[{"code": 10405, "message": "Method not allowed"}])
         return 200, envelope(copy.deepcopy(pool))
+
+
+def _selected_dimensions(info: GraphQLResolveInfo) -> list[str]:
+    """The dimensions a query asks for: the groups are formed by them, as the API does."""
+    selection = info.field_nodes[0].selection_set
+    for field in selection.selections if selection else []:
+        if getattr(field, "name", None) and field.name.value == "dimensions" and field.selection_set:
+            return [sub.name.value for sub in field.selection_set.selections]
+    return []
+
+
+def _matches(request: dict[str, Any], conditions: dict[str, Any]) -> bool:
+    for name, value in conditions.items():
+        if name in _TIME_BOUNDS:
+            if not _TIME_BOUNDS[name](request["datetime"], datetime.fromisoformat(value)):
+                return False
+        elif request.get(name) != value:
+            return False
+    return True
 
 
 def _invalid_pool_patch(body: Any) -> str | None:

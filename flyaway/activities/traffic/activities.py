@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import structlog
@@ -20,10 +21,13 @@ from temporalio import activity
 from flyaway.activities.storage.activities import non_retryable_errors
 from flyaway.activities.traffic import analyse, probe_both, router_for
 from flyaway.activities.traffic.analysis import combine
+from flyaway.activities.traffic.analytics import analyse_window, read_lb_requests
 from flyaway.activities.traffic.metrics import check_pages, judge_interval, read_pages, snapshots_of
 from flyaway.models.canary import (
     AnalysisResult,
+    AnalyticsWindow,
     CanaryStage,
+    CloudflareRouterConfig,
     MetricsSnapshots,
     PassiveAnalysis,
     WeightChange,
@@ -34,6 +38,8 @@ T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
 HEARTBEAT_SECONDS = 5.0
+#: the span the router analytics' check asks about: any recent one shows the token, zone and dataset work
+ANALYTICS_CHECK_SPAN = timedelta(minutes=5)
 
 
 async def _heartbeating(work: Awaitable[T]) -> T:
@@ -75,8 +81,15 @@ async def set_weight(stage: CanaryStage, new_percent: int) -> WeightChange:
 @activity.defn(name="flyaway.traffic.check_metrics")
 @non_retryable_errors
 async def check_metrics(stage: CanaryStage) -> None:
-    """Both metrics pages answer and hold the plan's counter and histogram; changes nothing."""
-    await _heartbeating(check_pages(stage))
+    """Both metrics pages answer and hold the plan's counter and histogram, and the router's analytics answer
+    for its zone; changes nothing. (The check's own clock is fine here: its answer is not kept.)"""
+    if stage.analysis.metrics is not None:
+        await _heartbeating(check_pages(stage))
+    if stage.analysis.router_analytics:
+        assert isinstance(stage.router, CloudflareRouterConfig), "the plan's validator requires it"
+        now = datetime.now(UTC)
+        window = AnalyticsWindow(start=now - ANALYTICS_CHECK_SPAN, end=now)
+        await _heartbeating(asyncio.to_thread(read_lb_requests, stage.router, window))
 
 
 @activity.defn(name="flyaway.traffic.read_metrics")
@@ -88,11 +101,13 @@ async def read_metrics(stage: CanaryStage) -> MetricsSnapshots:
 
 @activity.defn(name="flyaway.traffic.analyse")
 @non_retryable_errors
-async def run_analysis(stage: CanaryStage, baseline: MetricsSnapshots | None = None) -> AnalysisResult:
-    """Probe both endpoints, read their metrics pages, and judge the new side against the thresholds.
+async def run_analysis(stage: CanaryStage, baseline: MetricsSnapshots | None = None,
+                       window: AnalyticsWindow | None = None) -> AnalysisResult:
+    """Probe both endpoints, read their metrics pages and the router's analytics for ``window``, and judge the
+    new side against the thresholds.
 
     The pages are read after the probes, so the interval since ``baseline`` ends now and holds the
-    probes' own requests where the metrics count them.
+    probes' own requests where the metrics count them. ``window`` comes from the workflow's clock.
     """
     assert stage.new_endpoint is not None, "the canary workflow resolves the new endpoint first"
     settings = stage.analysis
@@ -104,12 +119,17 @@ async def run_analysis(stage: CanaryStage, baseline: MetricsSnapshots | None = N
     readings: MetricsSnapshots | None = None
     if settings.metrics is not None:
         passive, readings = judge_interval(baseline, await _heartbeating(read_pages(stage)), settings.thresholds)
-    result = combine(probes, passive, readings)
+    router: PassiveAnalysis | None = None
+    if settings.router_analytics and window is not None:
+        assert isinstance(stage.router, CloudflareRouterConfig), "the plan's validator requires it"
+        router = await _heartbeating(asyncio.to_thread(analyse_window, stage.router, window, settings.thresholds))
+    result = combine(probes, passive, readings, router)
     log.info("canary analysis", verdict=result.verdict.value, reasons=result.reasons,
              new_success_rate=result.new.success_rate if result.new else None,
              new_p95_ms=result.new.p95_ms if result.new else None,
              metrics_new_success_rate=passive.new.success_rate if passive and passive.new else None,
-             metrics_new_p95_ms=passive.new.p95_ms if passive and passive.new else None)
+             metrics_new_p95_ms=passive.new.p95_ms if passive and passive.new else None,
+             router_new_requests=router.new.requests if router and router.new else None)
     return result
 
 

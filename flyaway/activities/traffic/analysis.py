@@ -68,7 +68,7 @@ def _broken_thresholds(new: SideStats, old: SideStats | None, thresholds: Thresh
 
 def _latency_ratio(new: SideStats, old: SideStats | None, thresholds: Thresholds) -> float | None:
     """new p95 / old p95, when both sides have enough successful answers to say."""
-    if old is None or old.successes < thresholds.min_requests or new.p95_ms is None or not old.p95_ms:
+    if old is None or new.p95_ms is None or not old.p95_ms or (old.successes or 0) < thresholds.min_requests:
         return None
     return new.p95_ms / old.p95_ms
 
@@ -97,12 +97,14 @@ def analyse(old_samples: Sequence[ProbeSample], new_samples: Sequence[ProbeSampl
 
 
 def combine(probes: AnalysisResult | None, passive: PassiveAnalysis | None,
-            readings: MetricsSnapshots | None) -> AnalysisResult:
-    """One analysis from the probes' and the metrics' results (at least one of them): the worse verdict wins."""
-    results = [result for result in (probes, passive) if result is not None]
+            readings: MetricsSnapshots | None, router: PassiveAnalysis | None = None) -> AnalysisResult:
+    """One analysis from the probes', the metrics' and the router analytics' results (at least one of them):
+    the worse verdict wins."""
+    results = [result for result in (probes, passive, router) if result is not None]
     assert results, "an analysis has probes, metrics or both"
     verdict = min((result.verdict for result in results), key=_SEVERITY.index)
-    reasons = (probes.reasons if probes else []) + [f"metrics: {reason}" for reason in (passive.reasons
-                                                                                         if passive else [])]
+    reasons = (probes.reasons if probes else []) + [
+        f"{source}: {reason}" for source, result in (("metrics", passive), ("router", router)) if result
+        for reason in result.reasons]
     return AnalysisResult(verdict=verdict, old=probes.old if probes else None, new=probes.new if probes else None,
-                          reasons=reasons, passive=passive, readings=readings)
+                          reasons=reasons, passive=passive, readings=readings, router=router)

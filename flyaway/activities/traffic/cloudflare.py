@@ -14,7 +14,13 @@ from typing import Any
 import httpx
 import structlog
 
-from flyaway.activities.errors import AccessDenied, FlyawayError, InvalidPlan, MissingCredentials, NotFound
+from flyaway.activities.errors import (
+    AccessDenied,
+    FlyawayError,
+    InvalidPlan,
+    MissingCredentials,
+    NotFound,
+)
 from flyaway.activities.retry import call_with_retries
 from flyaway.models.canary import CloudflareRouterConfig, WeightState
 from flyaway.redaction import register_secret
@@ -52,8 +58,8 @@ class CloudflareRouter:
         self._headers = {"Authorization": f"Bearer {token}"}
         self._pool_path = f"/accounts/{config.account_id}/load_balancers/pools/{config.pool_id}"
 
-    def _request(self, method: str, path: str, what: str, body: dict[str, Any] | None = None) -> Any:
-        """One API call, retried on 429/5xx/network errors; returns the envelope's ``result``."""
+    def _send(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[httpx.Response, dict[str, Any]]:
+        """One API call, retried on 429/5xx/network errors; the response and its JSON body ({} if none)."""
         def send() -> httpx.Response:
             with httpx.Client(base_url=self._config.api_base_url, headers=self._headers,
                               timeout=_REQUEST_TIMEOUT_SECONDS) as client:
@@ -64,12 +70,32 @@ class CloudflareRouter:
 
         response = call_with_retries(send, _is_transient)
         try:
-            envelope = response.json()
+            parsed = response.json()
         except ValueError:
-            envelope = {}
+            parsed = {}
+        return response, parsed if isinstance(parsed, dict) else {}
+
+    def _request(self, method: str, path: str, what: str, body: dict[str, Any] | None = None) -> Any:
+        """One API v4 call; returns the envelope's ``result``."""
+        response, envelope = self._send(method, path, body)
         if response.is_success and envelope.get("success"):
             return envelope.get("result")
         raise self._error(response.status_code, envelope, what)
+
+    def graphql(self, query: str, variables: dict[str, Any], what: str) -> dict[str, Any]:
+        """A GraphQL Analytics API query; returns its ``data``.
+
+        The API answers errors in the query with HTTP 200 and a non-empty ``errors`` array.
+        """
+        response, body = self._send("POST", "/graphql", {"query": query, "variables": variables})
+        errors = body.get("errors") or []
+        if response.is_success and not errors and isinstance(body.get("data"), dict):
+            return body["data"]
+        detail = "; ".join(str(error.get("message")) for error in errors) or f"HTTP {response.status_code}"
+        if response.status_code in (401, 403) or "does not have access" in detail:
+            raise AccessDenied(f"Cloudflare analytics refused {what} with the token in ${self._config.token_env} "
+                               f"({detail}); it needs Analytics: Read on the zone")
+        raise InvalidPlan(f"Cloudflare analytics rejected {what} ({detail})")
 
     def _error(self, status: int, envelope: dict[str, Any], what: str) -> FlyawayError:
         errors = envelope.get("errors") or []
