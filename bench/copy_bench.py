@@ -22,7 +22,10 @@ not the tool, set the pace. The data paths (``--only``):
   rclone with its defaults, and rclone tuned to flyaway's part size and concurrency.
 - ``s3-s3``, **Tigris -> RunPod volume**: the main data set in a bucket of one moto, copied as a
   ``tigris`` source to a ``runpod_volume`` destination on a second moto; rclone streams between
-  two remotes the same way (it copies server-side only within one remote).
+  two remotes the same way (it copies server-side only within one remote). flyaway reads the
+  source by ranges, rclone with one GET per file; moto runs through ``bench/moto_server.py``,
+  which serves a range without reading the whole object, as S3 and Tigris do (plain moto reads
+  all 2 GiB for every 16 MiB range, and would alone set the pace).
 - ``gcs``, **local -> GCS** (gcp-storage-emulator, through ``bench/gcs_emulator.py`` so that
   rclone's Go client can write to it): a smaller data set, because the emulator rewrites an
   upload's whole buffer for every chunk.
@@ -83,7 +86,6 @@ from flyaway.models.plan import WeightsStage
 from flyaway.models.status import MigrationResult, MigrationState
 from flyaway.starter.dev import (
     free_port,
-    start_moto,
     start_temporal,
     stop_process,
     venv_binary,
@@ -440,6 +442,13 @@ class StorageServer:
     def start(self, log: BinaryIO) -> subprocess.Popen[bytes]:
         raise NotImplementedError
 
+    def launch(self, log: BinaryIO, script: str, *args: str) -> subprocess.Popen[bytes]:
+        """Run one of the bench's server launchers (beside this file) and wait until it listens."""
+        process = subprocess.Popen([sys.executable, str(Path(__file__).with_name(script)), *args], stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for_port(self.port, 30, process)
+        return process
+
     def __enter__(self) -> Self:
         return self
 
@@ -468,12 +477,13 @@ def relative_sizes(items: Iterable[tuple[str, int]], prefix: str) -> dict[str, i
 
 
 class MotoS3(StorageServer):
-    """moto on loopback: S3, Tigris and RunPod's S3 API in these benchmarks."""
+    """moto on loopback (through ``bench/moto_server.py``, which serves a byte range at the cost of the
+    range): S3, Tigris and RunPod's S3 API in these benchmarks."""
 
     name = "moto"
 
     def start(self, log: BinaryIO) -> subprocess.Popen[bytes]:
-        process = start_moto(self.port, log)
+        process = self.launch(log, "moto_server.py", "-H", "127.0.0.1", "-p", str(self.port))
         self.client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
                                    aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
                                    aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"])
@@ -494,9 +504,7 @@ class GcsEmulatorServer(StorageServer):
     name = "GCS emulator"
 
     def start(self, log: BinaryIO) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("gcs_emulator.py")), "--port",
-                                    str(self.port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for_port(self.port, 30, process)
+        process = self.launch(log, "gcs_emulator.py", "--port", str(self.port))
         self.client = storage.Client(project="bench", credentials=AnonymousCredentials(),
                                      client_options={"api_endpoint": self.endpoint})
         return process
