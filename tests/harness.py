@@ -93,23 +93,31 @@ class TemporalDevServer:
         return history.events[0].workflow_execution_started_event_attributes.input
 
 
-class MotoServer:
+class LoopbackServer:
+    """A server process on a free loopback port, logging to ``workdir/<log_name>``; ``start`` runs it."""
+
+    log_name = "server.log"
+
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
-        self.log_path = workdir / "moto.log"
+        self.log_path = workdir / self.log_name
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = start_moto(self.port, log)
-
     def stop(self) -> None:
         if self.process is not None:
             stop_process(self.process)
+
+
+class MotoServer(LoopbackServer):
+    log_name = "moto.log"
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = start_moto(self.port, log)
 
 
 class WorkerProcess:
@@ -323,17 +331,10 @@ class RunPodLimitsProxy(S3FaultProxy):
         return self.complete_delay
 
 
-class GcsEmulator:
+class GcsEmulator(LoopbackServer):
     """``gcp-storage-emulator`` in memory, standing in for Cloud Storage (``STORAGE_EMULATOR_HOST``)."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.log_path = workdir / "gcs-emulator.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    log_name = "gcs-emulator.log"
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
@@ -342,10 +343,6 @@ class GcsEmulator:
                  str(self.port), "--in-memory", "--quiet"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for_port(self.port, 30, self.process)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
 
 
 def weights_plan(name: str, source: dict[str, Any], destination: dict[str, Any], **weights: Any) -> dict[str, Any]:
