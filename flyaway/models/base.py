@@ -5,9 +5,18 @@ from __future__ import annotations
 import posixpath
 import re
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ByteSize,
+    ConfigDict,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 
 class StrictModel(BaseModel):
@@ -70,18 +79,58 @@ class AwsCredentials(StrictModel):
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
 
+#: the longest duration a plan may give; longer ones overflow Python's and Temporal's clocks
+MAX_DURATION = timedelta(days=365)
+MAX_SECONDS = MAX_DURATION.total_seconds()
+_DURATION_FORM = "write it like 90s, 5m or 1h30m, at most 365 days"
+
 
 def parse_duration(value: object) -> object:
     """Accept '90s', '5m', '1h30m' and plain seconds besides ISO 8601 ('PT5S')."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    if isinstance(value, str) and value.strip() and not value.strip().upper().startswith("P"):
-        match = _DURATION.match(value)
-        if not match or not any(match.groups()):
-            raise ValueError(f"'{value}' is not a duration; write it like 90s, 5m or 1h30m")
-        hours, minutes, seconds = (float(group or 0) for group in match.groups())
-        return timedelta(hours=hours, minutes=minutes, seconds=seconds)
+    try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return timedelta(seconds=value)
+        if isinstance(value, str) and value.strip() and not value.strip().upper().startswith("P"):
+            match = _DURATION.match(value)
+            if not match or not any(match.groups()):
+                raise ValueError(f"'{value}' is not a duration; {_DURATION_FORM}")
+            hours, minutes, seconds = (float(group or 0) for group in match.groups())
+            return timedelta(hours=hours, minutes=minutes, seconds=seconds)
+    except (OverflowError, ValueError):  # 1e308, inf, nan, '99999999999h'
+        raise ValueError(f"'{value}' is not a duration flyaway can wait; {_DURATION_FORM}") from None
     return value
 
 
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+def _within_a_year(value: timedelta) -> timedelta:
+    if value > MAX_DURATION:
+        raise ValueError(f"{value} is too long; {_DURATION_FORM}")
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_within_a_year)]
+
+
+def at_least(minimum: timedelta) -> AfterValidator:
+    """A lower bound for a duration field, e.g. ``Annotated[Duration, at_least(timedelta(seconds=10))]``."""
+
+    def check(value: timedelta) -> timedelta:
+        if value < minimum:
+            raise ValueError(f"{value.total_seconds():g}s is too short; give at least {minimum.total_seconds():g}s")
+        return value
+
+    return AfterValidator(check)
+
+
+_SIZE_FORM = "write a whole number of bytes (0 or more) or a size like 512KiB, 16MiB or 1GiB"
+
+
+def _parse_size(value: Any, handler: ValidatorFunctionWrapHandler) -> int:
+    """``ByteSize``, with a message that says what a size looks like (pydantic's names neither)."""
+    try:
+        return handler(value)
+    except ValidationError:  # negative sizes end here too
+        raise ValueError(f"'{value}' is not a size; {_SIZE_FORM}") from None
+
+
+Size = Annotated[ByteSize, WrapValidator(_parse_size)]
+"""A number of bytes, written as an integer or with a unit (``16MiB``, ``1GB``)."""

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
-from flyaway.models.base import EnvName, Record, StrictModel
+from flyaway.models.base import MAX_SECONDS, EnvName, Record, StrictModel
 
 _SECRET_HEADER = re.compile(r"^(authorization|proxy-authorization|cookie)$|token|secret|api[-_]?key|password",
                             re.IGNORECASE)
@@ -114,7 +114,7 @@ class CanaryStep(StrictModel):
     """
 
     weight: int = Field(ge=0, le=100, description="percent of traffic to the new endpoint")
-    pause_seconds: float = Field(0, ge=0)
+    pause_seconds: float = Field(0, ge=0, le=MAX_SECONDS)
     wait_for_approval: bool = False
 
 
@@ -152,7 +152,7 @@ class Probe(RequestHeaders):
     body: str | dict[str, Any] | list[Any] | None = Field(None, description="text, or JSON for an object/list")
     expected_status: Annotated[list[Annotated[int, Field(ge=100, le=599)]],
                                BeforeValidator(_status_list), Field(min_length=1)] = [200]
-    timeout_seconds: float = Field(10.0, gt=0)
+    timeout_seconds: float = Field(10.0, gt=0, le=3600)
 
     @field_validator("path")
     @classmethod
@@ -217,7 +217,7 @@ class PassiveMetrics(StrictModel):
     match_labels: dict[LabelName, str] = Field(default_factory=dict,
                                                description="only series with these label values count, e.g. "
                                                            "{model_name: llama}")
-    timeout_seconds: float = Field(10.0, gt=0)
+    timeout_seconds: float = Field(10.0, gt=0, le=3600)
 
 
 class Thresholds(StrictModel):
@@ -231,7 +231,7 @@ class Thresholds(StrictModel):
 
 
 class AnalysisSettings(StrictModel):
-    interval_seconds: float = Field(60.0, gt=0)
+    interval_seconds: float = Field(60.0, gt=0, le=MAX_SECONDS)
     requests_per_probe: int = Field(20, ge=1, description="requests per probe, per endpoint, per analysis")
     concurrency: int = Field(4, ge=1, le=64)
     probes: list[Probe] = Field(default_factory=lambda: [Probe()],

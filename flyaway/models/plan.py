@@ -7,6 +7,7 @@ worker reads them from. Everything here is checked before anything runs.
 from __future__ import annotations
 
 import functools
+import posixpath
 import re
 from datetime import timedelta
 from pathlib import PurePosixPath
@@ -23,7 +24,7 @@ from pydantic import (
 )
 
 from flyaway.models.agent import FlyAgentSettings, PositiveDuration
-from flyaway.models.base import AwsCredentials, Duration, EnvName, RelativeKey, StrictModel
+from flyaway.models.base import AwsCredentials, Duration, EnvName, RelativeKey, Size, StrictModel, at_least
 from flyaway.models.canary import CanaryStage
 from flyaway.models.deploy import DeployStage, check_deploy
 from flyaway.models.image import ImageStage
@@ -36,13 +37,51 @@ GiB = 1024 * MiB
 #: stages in the order a migration runs them
 STAGES = ("weights", "image", "secrets", "deploy", "canary", "teardown")
 
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
 _PLAN_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_GCS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+_IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+#: https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html
+_S3_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_S3_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", "--x-s3", "--table-s3")
+#: a copy heartbeats every 2 s while bytes move (storage/activities.py); a timeout shorter than a few
+#: heartbeats would fail attempts that work
+MIN_COPY_HEARTBEAT_TIMEOUT = timedelta(seconds=5)
+
+
+def _check_dns_like(value: str, rules: str) -> None:
+    """Rules S3 and GCS share: no empty label ('a..b'), no '-' next to a '.', not an IP address."""
+    if ".." in value or ".-" in value or "-." in value:
+        raise ValueError(f"'{value}' is not a valid bucket name: dots must separate labels that begin and end "
+                         f"with a letter or digit ({rules})")
+    if _IPV4.match(value):
+        raise ValueError(f"'{value}' is not a valid bucket name: it looks like an IP address ({rules})")
 
 
 def check_bucket_name(value: str) -> str:
-    if not _BUCKET.match(value):
-        raise ValueError(f"'{value}' is not a valid bucket name (3-63 lowercase letters, digits, '.', '-')")
+    """An S3 bucket name as AWS defines it (Tigris and RunPod follow the same rules)."""
+    rules = "3-63 lowercase letters, digits, '.' and '-', starting and ending with a letter or digit"
+    if not _S3_BUCKET.match(value):
+        raise ValueError(f"'{value}' is not a valid bucket name ({rules})")
+    _check_dns_like(value, rules)
+    if value.startswith(_S3_RESERVED_PREFIXES) or value.endswith(_S3_RESERVED_SUFFIXES):
+        raise ValueError(f"'{value}' is not a valid bucket name: S3 reserves the prefixes "
+                         f"{', '.join(_S3_RESERVED_PREFIXES)} and the suffixes {', '.join(_S3_RESERVED_SUFFIXES)}")
+    return value
+
+
+def check_gcs_bucket_name(value: str) -> str:
+    """A GCS bucket name: https://cloud.google.com/storage/docs/buckets#naming."""
+    rules = ("3-63 lowercase letters, digits, '-', '_' and '.', starting and ending with a letter or digit; up to "
+             "222 with dots, each dot-separated part at most 63")
+    if not _GCS_BUCKET.match(value) or (len(value) > 63 and "." not in value):
+        raise ValueError(f"'{value}' is not a valid GCS bucket name ({rules})")
+    _check_dns_like(value, rules)
+    if any(len(label) > 63 for label in value.split(".")):
+        raise ValueError(f"'{value}' is not a valid GCS bucket name: a dot-separated part is over 63 characters")
+    if value.startswith("goog") or "google" in value or "g00gle" in value:
+        raise ValueError(f"'{value}' is not a valid GCS bucket name: names may not start with 'goog' or contain "
+                         f"'google'")
     return value
 
 
@@ -167,7 +206,7 @@ class GcsLocation(StrictModel):
     @field_validator("bucket")
     @classmethod
     def _bucket_name(cls, value: str) -> str:
-        return check_bucket_name(value)
+        return check_gcs_bucket_name(value)
 
     def describe(self) -> str:
         return f"gs://{self.bucket}/{self.prefix}"
@@ -189,6 +228,19 @@ class LocalLocation(StrictModel):
 
 
 _HF_REPO_ID = re.compile(r"^(?:[\w.-]{1,96}/)?[\w.-]{1,96}$")
+_GIT_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//")
+
+
+def check_git_revision(value: str) -> str:
+    """A branch, tag or commit as git allows them (``git check-ref-format``), e.g. main, v1.0, refs/pr/1."""
+    segments = value.split("/")
+    if (not value or len(value) > 255 or _GIT_REF_FORBIDDEN.search(value) or value == "@"
+            or any(not part or part.startswith(".") or part.endswith((".lock", ".")) for part in segments)):
+        raise ValueError(f"'{value}' is not a git revision; give a branch, tag or commit sha like main, v1.0 or "
+                         f"refs/pr/1 (no spaces, '..', '~^:?*[\\' or leading '/')")
+    return value
+
+
 _MODAL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
 
 
@@ -209,6 +261,11 @@ class HfLocation(StrictModel):
             raise ValueError(f"'{value}' is not a Hugging Face repo id; write it as namespace/name")
         return value
 
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, value: str) -> str:
+        return check_git_revision(value)
+
     def describe(self) -> str:
         kind = "" if self.repo_type == "model" else f"{self.repo_type}s/"
         return f"hf://{kind}{self.repo_id}@{self.revision}"
@@ -226,7 +283,7 @@ class ModalVolumeLocation(StrictModel):
         "full", description="read back every uploaded file whole (full), or its size and first 8 MiB (sample)")
     staging_dir: str | None = Field(None, description="absolute folder on the worker for staged files; "
                                                       "the worker's temporary folder when absent")
-    staging_budget: ByteSize = Field(ByteSize(64 * GiB),
+    staging_budget: Size = Field(ByteSize(64 * GiB),
                                      description="disk a staged file may take; larger files are refused at listing")
     token_id_env: EnvName = "MODAL_TOKEN_ID"
     token_secret_env: EnvName = "MODAL_TOKEN_SECRET"
@@ -308,6 +365,16 @@ DestinationLocation = Annotated[Union[LocalLocation, S3Location, ModalVolumeLoca
                                       GcsLocation], Field(discriminator="kind")]
 
 
+def _storage_root(location: SourceLocation | DestinationLocation) -> tuple[tuple[str, ...], str] | None:
+    """(which store, path inside it) of a folder or S3 bucket, to tell whether one location holds another."""
+    if isinstance(location, LocalLocation):
+        return ("local",), posixpath.normpath(location.path).lstrip("/")
+    if isinstance(location, (S3Location, TigrisLocation, RunPodVolumeLocation)):
+        s3 = location.s3()
+        return ("s3", str(s3.endpoint_url or ""), s3.bucket), s3.prefix.strip("/")
+    return None
+
+
 class WeightsStage(StrictModel):
     """Copy model weights from a source to a destination, verified byte for byte."""
 
@@ -316,17 +383,18 @@ class WeightsStage(StrictModel):
     include: list[str] = Field(default_factory=list,
                                description="glob patterns of keys to copy (all when empty)")
     exclude: list[str] = Field(default_factory=list, description="glob patterns of keys to leave out")
-    part_size: ByteSize = Field(ByteSize(16 * MiB),
+    part_size: Size = Field(ByteSize(16 * MiB),
                                 description="bytes per part; grown as needed so no file has over 10,000 parts")
     concurrency: PositiveInt = Field(8, le=256, description="parts and small files in flight at once")
-    bandwidth_limit: ByteSize | None = Field(None, description="bytes per second for this copy, all streams together")
+    bandwidth_limit: Size | None = Field(None, description="bytes per second for this copy, all streams together")
     batch_files: PositiveInt = Field(1000, description="most files one copy activity takes")
-    batch_bytes: ByteSize = Field(ByteSize(64 * GiB), description="most bytes one copy activity takes")
+    batch_bytes: Size = Field(ByteSize(64 * GiB), description="most bytes one copy activity takes")
     max_attempts: PositiveInt | None = Field(
         None, description="attempts per copy activity before the operator is asked; unlimited when absent")
-    heartbeat_timeout: Duration = Field(timedelta(seconds=60),
-                                         description="a copy that does not report for this long is retried")
-    retry_max_interval: Duration = Field(timedelta(seconds=60), description="longest wait between two retries")
+    heartbeat_timeout: Annotated[Duration, at_least(MIN_COPY_HEARTBEAT_TIMEOUT)] = Field(
+        timedelta(seconds=60), description="a copy that does not report for this long is retried (at least 5s)")
+    retry_max_interval: Annotated[Duration, at_least(timedelta(seconds=1))] = Field(
+        timedelta(seconds=60), description="longest wait between two retries (at least 1s)")
 
     @field_validator("part_size")
     @classmethod
@@ -342,13 +410,6 @@ class WeightsStage(StrictModel):
             raise ValueError("must be a positive number of bytes")
         return value
 
-    @field_validator("heartbeat_timeout", "retry_max_interval")
-    @classmethod
-    def _positive_duration(cls, value: timedelta) -> timedelta:
-        if value.total_seconds() <= 0:
-            raise ValueError("must be a positive duration")
-        return value
-
     @field_validator("include", "exclude")
     @classmethod
     def _patterns(cls, values: list[str]) -> list[str]:
@@ -356,6 +417,21 @@ class WeightsStage(StrictModel):
             if pattern.startswith("/") or ".." in pattern.split("/"):
                 raise ValueError(f"pattern '{pattern}' escapes the source prefix")
         return values
+
+    @model_validator(mode="after")
+    def _destination_outside_source(self) -> WeightsStage:
+        """A destination in its source would list its own copies (and flyaway's state) as source files."""
+        source, destination = _storage_root(self.source), _storage_root(self.destination)
+        if source is None or destination is None or source[0] != destination[0]:
+            return self
+        if destination[1] == source[1]:
+            where = "the same place as"
+        elif source[1] == "" or destination[1].startswith(source[1] + "/"):
+            where = "inside"
+        else:
+            return self
+        raise ValueError(f"destination {self.destination.describe()} is {where} its source "
+                         f"{self.source.describe()}; choose a destination outside the source")
 
     @model_validator(mode="after")
     def _agent_reaches_destination(self) -> WeightsStage:

@@ -8,10 +8,11 @@ values, so it never goes into a record).
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from flyaway.models.base import Duration, Record, StrictModel
+from flyaway.models.base import Duration, Record, StrictModel, at_least
 from flyaway.models.fly import FlyAppName
 
 
@@ -32,10 +33,11 @@ class TeardownStage(StrictModel):
     no_traffic_stage_ok: bool = Field(False, description="allow teardown in a plan without a canary stage: you "
                                                          "moved the traffic yourself")
     stop_timeout: Duration = Field(timedelta(minutes=5), description="longest wait for the Machines to stop")
-    heartbeat_timeout: Duration = Field(timedelta(seconds=60),
-                                        description="a teardown step that does not report for this long is retried")
+    heartbeat_timeout: Annotated[Duration, at_least(timedelta(seconds=1))] = Field(
+        timedelta(seconds=60), description="a teardown step that does not report for this long is retried (at "
+                                           "least 1s)")
 
-    @field_validator("stop_timeout", "heartbeat_timeout")
+    @field_validator("stop_timeout")
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
         if value.total_seconds() <= 0:
