@@ -358,8 +358,8 @@ def test_weights_destinations_become_the_mounted_volume() -> None:
                                                                               "/runpod-volume/llama")
 
 
-def test_the_readmes_deploy_sections_parse() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+def test_the_plan_docs_deploy_sections_parse() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "plan.md").read_text()
     blocks = [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL)]
     sections = [block["deploy"] for block in blocks if isinstance(block, dict) and "deploy" in block]
     platforms = {TypeAdapter(DeployStage).validate_python(section).platform for section in sections}
