@@ -161,3 +161,15 @@ def test_translate_command_refuses_bad_input(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "does not parse" in result.output
     result = CliRunner().invoke(app, ["translate", VLLM, "--to", "kubernetes"])
     assert result.exit_code == 2 and "choose one of cloud_run, runpod, modal" in result.output
+
+
+def test_translate_drops_fly_env_like_the_image_stage_and_lists_it(tmp_path: Path) -> None:
+    fly_toml = tmp_path / "fly.toml"
+    fly_toml.write_text('app = "llama"\n[env]\nMODEL_ID = "llama"\nFLY_PROCESS_GROUP = "app"\n'
+                        'PRIMARY_REGION = "ord"\nFLY_APP_NAME = "llama"\n'
+                        '[http_service]\ninternal_port = 8000\n')
+    result = CliRunner().invoke(app, ["translate", str(fly_toml), "--to", "runpod"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.output)["deploy"]["env"] == {"MODEL_ID": "llama"}
+    assert ("#   - [env] FLY_PROCESS_GROUP, PRIMARY_REGION, FLY_APP_NAME: Fly-only variables, dropped as the "
+            "image stage drops them; add any you still need to deploy.env") in result.output

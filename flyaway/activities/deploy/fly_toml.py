@@ -18,6 +18,7 @@ import shlex
 import tomllib
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from flyaway.models.deploy import (
     RunpodDeploy,
     Translation,
 )
+from flyaway.models.image import DEFAULT_DROP_ENV
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,8 @@ def parse_fly_toml(text: str) -> FlyService:
     except tomllib.TOMLDecodeError as error:
         raise InvalidPlan(f"fly.toml does not parse: {error}") from None
     service = FlyService(app=config.get("app"))
-    service.env = {str(k): str(v) for k, v in _expect(config.get("env", {}), dict, "[env]").items()}
+    service.env = _without_fly_env({str(k): str(v) for k, v in _expect(config.get("env", {}), dict, "[env]").items()},
+                                   service)
     process = _read_processes(config, service)
     _read_http(config, service)
     _read_checks(config, service)
@@ -150,6 +153,15 @@ def parse_fly_toml(text: str) -> FlyService:
             reason = _NO_EQUIVALENT.get(key, "not translated")
             service.unsupported.append(f"{key}: {reason}")
     return service
+
+
+def _without_fly_env(env: dict[str, str], service: FlyService) -> dict[str, str]:
+    """``env`` less what only makes sense on Fly (the image stage's default ``drop_env``), listed as left behind."""
+    dropped = [name for name in env if any(fnmatchcase(name, pattern) for pattern in DEFAULT_DROP_ENV)]
+    if dropped:
+        service.unsupported.append(f"[env] {', '.join(dropped)}: Fly-only variables, dropped as the image stage "
+                                   f"drops them; add any you still need to deploy.env")
+    return {name: value for name, value in env.items() if name not in dropped}
 
 
 def read_fly_toml(path: str) -> FlyService:
