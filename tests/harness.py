@@ -173,8 +173,9 @@ class S3FaultProxy:
     request). ``uploaded`` counts request body bytes of PUTs of object data and parts.
     ``corrupt`` is how many object-data PUTs get one byte flipped on the way (-1: all of them).
     ``chaos(rate, seed)`` makes that share of object-data PUTs and GETs fail at random: a 503
-    SlowDown, a reset (the socket closed without an answer) or a stall (``stall_seconds`` before
-    forwarding). ``faults`` counts them by kind; ``failed_bytes`` is the request bytes that failed.
+    SlowDown, a reset (the socket closed without an answer) or a stall that holds the connection
+    open for ``stall_seconds`` and then drops it (a PUT gets no answer; a GET gets its headers and
+    half its body). ``faults`` counts them by kind; ``failed_bytes`` is the request bytes that failed.
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -185,7 +186,7 @@ class S3FaultProxy:
         self.corrupt = 0
         self.corrupted = 0
         self.fault_rate = 0.0
-        self.stall_seconds = 2.0
+        self.stall_seconds = 60.0
         self.faults: Counter[str] = Counter()
         self.failed_bytes = 0
         self._random = random.Random(0)
@@ -215,8 +216,10 @@ class S3FaultProxy:
                 if fault == "reset":
                     self.close_connection = True
                     return
-                if fault == "stall":
+                if fault == "stall" and self.command == "PUT":
                     time.sleep(proxy.stall_seconds)
+                    self.close_connection = True
+                    return
                 refusal = (503, "SlowDown") if fault == "slowdown" else proxy.refusal(self.command, self.path,
                                                                                        len(body))
                 if refusal is not None:
@@ -241,9 +244,14 @@ class S3FaultProxy:
                         self.send_header(key, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
                 upstream.close()
+                if fault == "stall":  # a GET: half the body, then nothing
+                    self.wfile.write(data[:len(data) // 2])
+                    self.wfile.flush()
+                    time.sleep(proxy.stall_seconds)
+                    self.close_connection = True
+                elif self.command != "HEAD":
+                    self.wfile.write(data)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
 
@@ -253,6 +261,7 @@ class S3FaultProxy:
 
         self.server = QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        self.server.block_on_close = False  # stop() does not wait out a held stall
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -278,7 +287,7 @@ class S3FaultProxy:
                 return None
             fault = self._random.choice(("slowdown", "reset", "stall"))
             self.faults[fault] += 1
-            self.failed_bytes += size if fault != "stall" else 0
+            self.failed_bytes += size
         return fault
 
     def hold(self, command: str, path: str, status: int) -> float:

@@ -226,7 +226,7 @@ def test_a_part_over_the_limit_fails_the_copy_for_good(runpod_env: None, runpod_
 def test_a_complete_whose_answer_times_out_is_found_landed(runpod_env: None, runpod_proxy: RunPodLimitsProxy,
                                                            bucket: str, s3: Any,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(s3_module, "READ_TIMEOUT_SECONDS", 1)
+    monkeypatch.setattr(s3_module, "COMPLETE_READ_TIMEOUT_SECONDS", 1)
     runpod_proxy.complete_delay = 2.5  # moto completes at once; its answer comes after the client gave up
     dest = RunPodVolumeDestination(runpod_volume(runpod_proxy.endpoint, bucket))
     chunks = [os.urandom(5 * MiB), os.urandom(MiB)]

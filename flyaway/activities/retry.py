@@ -6,6 +6,7 @@ connection or 503 costs one request rather than the activity's work so far.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -24,6 +25,17 @@ log = structlog.get_logger(__name__)
 
 #: how long one request is retried before the activity gives up and Temporal retries it
 REQUEST_RETRY_SECONDS = 60.0
+#: seconds to open a connection; a healthy endpoint answers a SYN in milliseconds
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+def stall_seconds() -> float:
+    """How long a storage request may go without moving a byte before it is cut and sent again.
+
+    Sized to a part, not to a whole request: a healthy connection moves bytes every second, so
+    20 s of silence means a stalled connection, which a retry on a new one fixes. The worker's
+    ``FLYAWAY_STALL_SECONDS`` changes it (tests cut their proxy's stalls quicker)."""
+    return float(os.environ.get("FLYAWAY_STALL_SECONDS") or 20.0)
 
 
 def _log_retry(state: RetryCallState) -> None:

@@ -2,7 +2,9 @@
 the requests that failed or the parts in flight, and each test prints its figures (faults
 injected, bytes re-sent, time to recover) and appends them to ``artifacts/faults.jsonl``.
 
-- ``test_storage_faults``: 5xx, reset connections and stalls on 20% of object-data requests.
+- ``test_storage_faults``: 5xx, reset connections and stalls that hold the connection open, on 20%
+  of object-data requests, in front of an S3 destination and then an S3 source: each copy ends
+  within a bound relative to the same copy without faults.
 - ``test_worker_kills``: the worker SIGKILLed at 5 random points of a weights + secrets migration.
 - ``test_many_migrations``: 20 migrations at once on one worker.
 
@@ -20,6 +22,8 @@ from tests.harness import REPO, S3FaultProxy
 
 FIGURES = REPO / "artifacts" / "faults.jsonl"
 MiB = 1024 * 1024
+#: the fault suite's worker cuts a request after this many seconds without a byte (FLYAWAY_STALL_SECONDS)
+STALL_SECONDS = 3
 
 
 def report(test: str, **figures: Any) -> None:
@@ -44,7 +48,7 @@ class RecordingProxy(S3FaultProxy):
     def draw_fault(self, command: str, path: str, size: int) -> str | None:
         self.received_at = time.monotonic()  # a whole request arrived
         fault = super().draw_fault(command, path, size)
-        if fault in ("slowdown", "reset"):
+        if fault is not None:
             self.failed_at.setdefault(f"{command} {path}", time.monotonic())
         return fault
 

@@ -1,13 +1,14 @@
-"""The fault suite's proxy in front of moto."""
+"""The fault suite's proxy in front of moto, and a worker that cuts stalled requests after a few seconds."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.faults import RecordingProxy
-from tests.harness import MotoServer
+from tests.faults import STALL_SECONDS, RecordingProxy
+from tests.harness import TEST_AWS_ENV, MotoServer, TemporalDevServer, WorkerProcess
 
 
 @pytest.fixture
@@ -16,3 +17,14 @@ def recording_proxy(moto_server: MotoServer) -> Iterator[RecordingProxy]:
     proxy.start()
     yield proxy
     proxy.stop()
+
+
+@pytest.fixture
+def stall_cutting_worker(temporal_server: TemporalDevServer, task_queue: str,
+                         tmp_path: Path) -> Iterator[WorkerProcess]:
+    """A worker whose storage requests are cut after ``STALL_SECONDS`` without a byte (20 s by default)."""
+    process = WorkerProcess(temporal_server, task_queue, tmp_path / "worker.log",
+                            {**TEST_AWS_ENV, "FLYAWAY_STALL_SECONDS": str(STALL_SECONDS)})
+    process.start()
+    yield process
+    process.stop()

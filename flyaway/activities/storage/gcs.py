@@ -40,7 +40,12 @@ from flyaway.activities.errors import (
     NotFound,
     Unreachable,
 )
-from flyaway.activities.retry import REQUEST_RETRY_SECONDS, call_with_retries
+from flyaway.activities.retry import (
+    CONNECT_TIMEOUT_SECONDS,
+    REQUEST_RETRY_SECONDS,
+    call_with_retries,
+    stall_seconds,
+)
 from flyaway.activities.storage.base import (
     STATE_DIR,
     Destination,
@@ -57,8 +62,6 @@ T = TypeVar("T")
 
 GCS_CHUNK = 256 * 1024
 SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
-#: (connect, read) seconds for one chunk request
-CHUNK_TIMEOUT = (10, 300)
 #: resumable upload status codes: 308 "resume incomplete"; 499 answers the cancel of a session
 RESUME_INCOMPLETE = 308
 SESSION_GONE = (404, 410, 499)
@@ -255,7 +258,8 @@ class GcsDestination(Destination):
 
     def _request(self, method: str, session: _Session, **kwargs: Any) -> requests.Response:
         try:
-            return self.http.request(method, session.uri, timeout=CHUNK_TIMEOUT, **kwargs)
+            return self.http.request(method, session.uri, timeout=(CONNECT_TIMEOUT_SECONDS, stall_seconds()),
+                                     **kwargs)
         except requests.RequestException as error:
             raise SessionRequestFailed(None, f"{type(error).__name__} talking to the upload session") from None
 

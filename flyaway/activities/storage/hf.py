@@ -38,15 +38,13 @@ from flyaway.activities.errors import (
     SourceObjectMissing,
     Unreachable,
 )
-from flyaway.activities.retry import call_with_retries
+from flyaway.activities.retry import CONNECT_TIMEOUT_SECONDS, call_with_retries, stall_seconds
 from flyaway.activities.storage.base import Source
 from flyaway.models.copy import SourceFile
 from flyaway.models.plan import HfLocation
 
 T = TypeVar("T")
 
-#: seconds a hub request may wait for the next bytes before it is retried (the library's default is forever)
-TIMEOUT_SECONDS = 120
 _NETWORK_ERRORS = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)
 
 
@@ -111,7 +109,7 @@ class HfSource(Source):
         """The commit sha the plan's revision points at now."""
         loc = self.location
         info = self._call(self.describe(), lambda: self.api.repo_info(
-            loc.repo_id, revision=loc.revision, repo_type=loc.repo_type, timeout=TIMEOUT_SECONDS))
+            loc.repo_id, revision=loc.revision, repo_type=loc.repo_type, timeout=stall_seconds()))
         if not info.sha:
             raise NotFound(f"{self.describe()}: the hub did not resolve the revision to a commit")
         return info.sha
@@ -158,7 +156,8 @@ class HfSource(Source):
         whole = offset == 0 and length == file.size
 
         def get() -> bytes:
-            with get_session().stream("GET", url, headers=headers, timeout=TIMEOUT_SECONDS) as response:
+            timeout = httpx2.Timeout(stall_seconds(), connect=CONNECT_TIMEOUT_SECONDS)
+            with get_session().stream("GET", url, headers=headers, timeout=timeout) as response:
                 hf_raise_for_status(response)
                 if response.status_code != 206 and not (whole and response.status_code == 200):
                     raise ShortRead(f"{url}: answered {response.status_code} to a range request")

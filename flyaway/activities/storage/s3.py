@@ -33,7 +33,12 @@ from flyaway.activities.errors import (
     SourceObjectMissing,
     Unreachable,
 )
-from flyaway.activities.retry import REQUEST_RETRY_SECONDS, call_with_retries
+from flyaway.activities.retry import (
+    CONNECT_TIMEOUT_SECONDS,
+    REQUEST_RETRY_SECONDS,
+    call_with_retries,
+    stall_seconds,
+)
 from flyaway.activities.storage.base import (
     STATE_DIR,
     DestObject,
@@ -54,8 +59,9 @@ _ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", 
                  "InvalidToken", "AllAccessDisabled", "AccountProblem"}
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
                     "ServiceUnavailable", "RequestTimeTooSkewed", "IncompleteBody"}
-#: CompleteMultipartUpload of a large file can take minutes on some providers
-READ_TIMEOUT_SECONDS = 600
+#: CompleteMultipartUpload of a large file can take minutes on some providers (RunPod), so it alone
+#: waits this long for its answer; every other request is cut after ``stall_seconds()`` without a byte
+COMPLETE_READ_TIMEOUT_SECONDS = 600
 #: a CompleteMultipartUpload that timed out is sent again for this many read timeouts: a second
 #: try of one that landed meanwhile finds NoSuchUpload, and the object is checked instead
 COMPLETE_RETRY_TIMEOUTS = 3
@@ -77,7 +83,7 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, (BotoConnectionError, HTTPClientError))
 
 
-def make_client(plan_location: S3Compatible, concurrency: int = 10) -> Any:
+def make_client(plan_location: S3Compatible, concurrency: int = 10, read_timeout: float | None = None) -> Any:
     """A boto3 S3 client for ``plan_location`` with credentials from the environment variables it names.
 
     Activities share one client per endpoint, credentials and pool size (boto3 clients are
@@ -93,12 +99,12 @@ def make_client(plan_location: S3Compatible, concurrency: int = 10) -> Any:
     endpoint = str(location.endpoint_url).rstrip("/") if location.endpoint_url else None
     token = os.environ.get(creds.session_token_env) if creds.session_token_env else None
     return _shared_client(endpoint, location.region, location.addressing_style, max(10, concurrency * 2),
-                          READ_TIMEOUT_SECONDS, os.environ[creds.access_key_id_env],
+                          read_timeout or stall_seconds(), os.environ[creds.access_key_id_env],
                           os.environ[creds.secret_access_key_env], token)
 
 
 @functools.lru_cache(maxsize=16)
-def _shared_client(endpoint: str | None, region: str, addressing_style: str, pool_size: int, read_timeout: int,
+def _shared_client(endpoint: str | None, region: str, addressing_style: str, pool_size: int, read_timeout: float,
                    access_key_id: str, secret_access_key: str, session_token: str | None) -> Any:
     session = boto3.session.Session(aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
                                     aws_session_token=session_token, region_name=region)
@@ -106,7 +112,7 @@ def _shared_client(endpoint: str | None, region: str, addressing_style: str, poo
         retries={"max_attempts": 1, "mode": "standard"},
         s3={"addressing_style": addressing_style},
         max_pool_connections=pool_size,
-        connect_timeout=10,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
         read_timeout=read_timeout,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
@@ -327,10 +333,11 @@ class S3Destination(_S3Side, Destination):
         what = f"s3://{self.bucket}/{self.key_of(key)}"
         expected = multipart_etag([part.checksum for part in parts])
         body = {"Parts": [{"PartNumber": p.number, "ETag": f'"{p.checksum}"'} for p in parts]}
+        patient = make_client(self.plan_location, read_timeout=COMPLETE_READ_TIMEOUT_SECONDS)
         try:
-            response = self.call(what, lambda: self.client.complete_multipart_upload(
+            response = self.call(what, lambda: patient.complete_multipart_upload(
                 Bucket=self.bucket, Key=self.key_of(key), UploadId=upload_id, MultipartUpload=body),
-                max_seconds=COMPLETE_RETRY_TIMEOUTS * READ_TIMEOUT_SECONDS)
+                max_seconds=COMPLETE_RETRY_TIMEOUTS * COMPLETE_READ_TIMEOUT_SECONDS)
             etag = _strip_etag(response["ETag"])
         except ClientError as error:
             if error_code(error) != "NoSuchUpload":
