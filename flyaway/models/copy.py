@@ -87,6 +87,8 @@ class CopyCounters(Record):
     bytes_skipped: int = 0
     bytes_uploaded: int = Field(0, description="bytes sent, parts reused from a checkpoint excluded")
     parts_reused: int = 0
+    bytes_reused: int = Field(0, description="bytes of the parts reused from a checkpoint")
+    parts_resent: int = Field(0, description="parts sent again after they arrived corrupted")
 
     def add(self, other: CopyCounters) -> None:
         for name in CopyCounters.model_fields:
@@ -116,6 +118,7 @@ class VerifyResult(Record):
     files_verified: int
     bytes_verified: int
     manifest_key: str
+    manifest_sha256: str | None = Field(None, description="sha256 of the manifest file as written")
 
 
 class CopyWeightsInput(Record):

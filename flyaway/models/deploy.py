@@ -30,6 +30,10 @@ WEIGHTS_KIND = {"cloud_run": "gcs", "runpod": "runpod_volume", "modal": "modal_v
 SECRETS_KIND = {"cloud_run": "gcp_secret_manager", "runpod": "runpod", "modal": "modal"}
 #: where RunPod mounts an endpoint's network volume (fixed by RunPod for serverless workers)
 RUNPOD_VOLUME_PATH = "/runpod-volume"
+#: Cloud Run keeps an idle instance up to 15 minutes before it scales it away (not configurable)
+CLOUD_RUN_IDLE_SECONDS = 15 * 60
+#: waited beyond a platform's idle window before a start from zero is timed
+SCALE_DOWN_MARGIN_SECONDS = 60.0
 
 _GCP_PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _GCP_REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
@@ -67,6 +71,9 @@ class HealthCheck(StrictModel):
                                description="longest wait for the new service to become healthy (model loading "
                                            "included)")
     interval: Duration = Field(timedelta(seconds=10), description="time between two checks")
+    measure_from_zero: bool = Field(False, description="when the service scales to zero: after it is healthy, wait "
+                                                       "out the platform's idle window and time a start from zero "
+                                                       "(the report shows it; adds up to an hour to the stage)")
 
     @field_validator("path")
     @classmethod
@@ -81,6 +88,13 @@ class HealthCheck(StrictModel):
             raise ValueError("give an interval from above 0s to 1m, no longer than the deadline (each check "
                              "is also a heartbeat)")
         return self
+
+    def from_zero_allowance(self) -> timedelta:
+        """What measuring a start from zero may add to the stage: the longest idle window (1 h), a margin
+        for the platform to scale down, and a second wait until healthy."""
+        if not self.measure_from_zero:
+            return timedelta(0)
+        return timedelta(hours=1) + timedelta(seconds=SCALE_DOWN_MARGIN_SECONDS) + self.deadline
 
 
 class DeployBase(StrictModel):
@@ -316,6 +330,47 @@ def check_deploy(deploy: CloudRunDeploy | RunpodDeploy | ModalDeploy, *, has_ima
                          f"secrets.destination is {secrets_kind}")
 
 
+class ServiceScaling(Record):
+    """How a deployed service scales, in the terms the report prices: GPU, instances, idle time."""
+
+    gpu: str | None = Field(description="the GPU as the platform names it; RunPod: its pools, comma separated")
+    gpus_per_instance: int = 1
+    min_instances: int
+    max_instances: int | None = Field(description="None: the platform sets no upper bound")
+    idle_timeout_seconds: float
+
+    @classmethod
+    def of(cls, stage: CloudRunDeploy | RunpodDeploy | ModalDeploy) -> ServiceScaling:
+        if isinstance(stage, CloudRunDeploy):
+            return cls(gpu=stage.gpu, gpus_per_instance=1 if stage.gpu else 0, min_instances=stage.min_instances,
+                       max_instances=stage.max_instances, idle_timeout_seconds=CLOUD_RUN_IDLE_SECONDS)
+        if isinstance(stage, RunpodDeploy):
+            return cls(gpu=",".join(stage.gpu_pools), gpus_per_instance=stage.gpu_count,
+                       min_instances=stage.workers_min, max_instances=stage.workers_max,
+                       idle_timeout_seconds=stage.idle_timeout.total_seconds())
+        gpu, _, count = stage.gpu.partition(":")
+        return cls(gpu=gpu, gpus_per_instance=int(count or 1), min_instances=stage.min_containers,
+                   max_instances=stage.max_containers, idle_timeout_seconds=stage.scaledown_window.total_seconds())
+
+
+class FlyScaling(Record):
+    """The Fly app's GPU and scaling as its fly.toml says (``[[vm]]``, ``min_machines_running``)."""
+
+    gpu: str | None
+    gpus_per_machine: int
+    min_machines_running: int
+
+
+class ColdStart(Record):
+    """How long the new service took to answer its health check, measured by the deploy stage."""
+
+    seconds_to_healthy: float = Field(description="from the deploy call until the health check first passed")
+    from_zero_seconds: float | None = Field(None, description="from the first request to the service scaled to "
+                                                              "zero until the health check passed")
+    idle_wait_seconds: float | None = Field(None, description="how long the stage waited, idle, for the platform "
+                                                              "to scale to zero before that request")
+
+
 # --- what the stage runner hands its activity, and what comes back ------------------------------------
 
 class WeightsVolume(Record):
@@ -373,6 +428,9 @@ class DeployResult(Record):
     outcome: DeployOutcome
     unsupported: list[str] = Field(default_factory=list,
                                    description="fly.toml settings with no equivalent on the platform")
+    scaling: ServiceScaling | None = Field(None, description="the service's scaling, fly.toml's settings applied")
+    fly_scaling: FlyScaling | None = Field(None, description="the Fly app's, when the section names a fly.toml")
+    cold_start: ColdStart | None = Field(None, description="None when the platform's own probe is all there is")
 
     def summary(self) -> str:
         return f"{PLATFORM_NAMES[self.platform]} {self.service} {self.outcome.value} at {self.endpoint_url}"

@@ -353,6 +353,33 @@ def tune(migration: MigrationId,
     _steer(migration, "tune", options(address, namespace, api_key, tls, profile), request)
 
 
+
+@app.command()
+def report(migration: MigrationId,
+           output: Annotated[Path | None, typer.Option("--output", "-o", help="the page to write; the JSON goes "
+                                                       "beside it [default: ./<name>-report.html]")] = None,
+           prices: Annotated[Path | None, typer.Option("--prices", help="TOML price table over the project's")] = None,
+           address: Address = None, namespace: Namespace = None, api_key: ApiKey = None, tls: Tls = None,
+           profile: Profile = None) -> None:
+    """Write a migration's report: one HTML page and the same facts as JSON (running or ended)."""
+    from flyaway.report import build_report, write_report
+    from flyaway.report.prices import PriceFileError
+
+    opts = options(address, namespace, api_key, tls, profile)
+    workflow_id = workflow_id_of(migration)
+
+    async def go() -> Any:
+        return await build_report(await connect(opts), workflow_id, prices)
+
+    try:
+        facts = _or_not_found(go, workflow_id)
+    except PriceFileError as error:
+        fail(f"--prices: {error}")
+    page, data = write_report(facts, output or Path(f"{facts.name}-report.html"))
+    console.print(f"report of {workflow_id} ({facts.state}): {page}\nthe same facts as JSON: {data}",
+                  highlight=False, soft_wrap=True)
+
+
 # ---- processes ----------------------------------------------------------------------------------
 
 @app.command()

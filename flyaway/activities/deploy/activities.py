@@ -10,27 +10,40 @@ passes. Bad input, refused credentials and a service that never becomes healthy 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import structlog
 from temporalio import activity
 
 from flyaway.activities.deploy.base import Deployer
 from flyaway.activities.deploy.fly_toml import apply_translation, read_fly_toml, translate
-from flyaway.activities.deploy.health import wait_healthy
+from flyaway.activities.deploy.health import measure_from_zero, wait_healthy
 from flyaway.activities.storage.activities import non_retryable_errors
-from flyaway.models.deploy import CloudRunDeploy, DeployRequest, DeployResult, ModalDeploy, RunpodDeploy
+from flyaway.models.deploy import (
+    CloudRunDeploy,
+    ColdStart,
+    DeployRequest,
+    DeployResult,
+    FlyScaling,
+    ModalDeploy,
+    RunpodDeploy,
+    ServiceScaling,
+)
 
 log = structlog.get_logger(__name__)
 
 
-def effective_stage(request: DeployRequest) -> tuple[CloudRunDeploy | RunpodDeploy | ModalDeploy, list[str]]:
-    """The section with the fly.toml's settings applied under the plan's, and what the fly.toml has
-    that the platform cannot do."""
+def effective_stage(request: DeployRequest) -> tuple[CloudRunDeploy | RunpodDeploy | ModalDeploy, list[str],
+                                                     FlyScaling | None]:
+    """The section with the fly.toml's settings applied under the plan's, what the fly.toml has that the
+    platform cannot do, and the Fly app's own scaling (for the report's cost comparison)."""
     stage = request.stage
     if stage.fly_toml is None:
-        return stage, []
-    translation = translate(read_fly_toml(stage.fly_toml), stage.platform)
-    return apply_translation(stage, request.explicit, translation), translation.unsupported
+        return stage, [], None
+    service = read_fly_toml(stage.fly_toml)
+    translation = translate(service, stage.platform)
+    fly = FlyScaling(gpu=service.gpu_kind, gpus_per_machine=service.gpus, min_machines_running=service.min_running)
+    return apply_translation(stage, request.explicit, translation), translation.unsupported, fly
 
 
 def open_deployer(stage: CloudRunDeploy | RunpodDeploy | ModalDeploy, request: DeployRequest) -> Deployer:
@@ -51,7 +64,7 @@ def open_deployer(stage: CloudRunDeploy | RunpodDeploy | ModalDeploy, request: D
 async def check_deploy(request: DeployRequest) -> list[str]:
     """Everything short of deploying, before the migration starts: the fly.toml applies, the credentials
     are there and the platform lets them in. Returns the fly.toml's settings that have no equivalent."""
-    stage, unsupported = await asyncio.to_thread(effective_stage, request)
+    stage, unsupported, _ = await asyncio.to_thread(effective_stage, request)
     deployer = open_deployer(stage, request)
     try:
         await deployer.check()
@@ -63,18 +76,27 @@ async def check_deploy(request: DeployRequest) -> list[str]:
 @activity.defn(name="flyaway.deploy.service")
 @non_retryable_errors
 async def deploy_service(request: DeployRequest) -> DeployResult:
-    """Create or update the service on its platform and wait until it is healthy."""
-    stage, unsupported = await asyncio.to_thread(effective_stage, request)
+    """Create or update the service on its platform and wait until it is healthy, timing how long that took
+    (and, when the plan asks, a start from zero)."""
+    stage, unsupported, fly = await asyncio.to_thread(effective_stage, request)
+    scaling = ServiceScaling.of(stage)
     deployer = open_deployer(stage, request)
+    called = time.monotonic()
     try:
         applied = await deployer.apply()
     finally:
         await deployer.aclose()
+    cold_start = None
     if applied.probe is not None:
         await wait_healthy(applied.probe, stage.health)
+        cold_start = ColdStart(seconds_to_healthy=round(time.monotonic() - called, 3))
+        if stage.health.measure_from_zero and scaling.min_instances == 0:
+            cold_start.idle_wait_seconds, cold_start.from_zero_seconds = await measure_from_zero(
+                applied.probe, stage.health, scaling.idle_timeout_seconds)
     result = DeployResult(platform=stage.platform, service=applied.service, endpoint_url=applied.endpoint_url,
                           health_url=applied.probe.url if applied.probe else None, image=request.image,
-                          outcome=applied.outcome, unsupported=unsupported)
+                          outcome=applied.outcome, unsupported=unsupported, scaling=scaling, fly_scaling=fly,
+                          cold_start=cold_start)
     log.info("deployed", summary=result.summary())
     return result
 

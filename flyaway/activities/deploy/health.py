@@ -16,7 +16,7 @@ import structlog
 from temporalio import activity
 
 from flyaway.activities.errors import Unreachable
-from flyaway.models.deploy import HealthCheck
+from flyaway.models.deploy import SCALE_DOWN_MARGIN_SECONDS, HealthCheck
 from flyaway.redaction import scrub
 
 log = structlog.get_logger(__name__)
@@ -65,3 +65,17 @@ async def wait_healthy(probe: HealthProbe, health: HealthCheck) -> None:
 
         await poll_until(answered, health, f"GET {probe.url} answering 200")
     log.info("new service is healthy", url=probe.url)
+
+
+async def measure_from_zero(probe: HealthProbe, health: HealthCheck, idle_seconds: float,
+                            margin_seconds: float = SCALE_DOWN_MARGIN_SECONDS) -> tuple[float, float]:
+    """Leave the service idle for its platform's idle window and a margin (heartbeating), so the platform
+    scales it to zero, then time the first request until it answers 200. Returns (idle wait, seconds)."""
+    idle = idle_seconds + margin_seconds
+    waited_until = time.monotonic() + idle
+    while (left := waited_until - time.monotonic()) > 0:
+        heartbeat(f"idle for {left:.0f}s more, so the service scales to zero before a start from zero is timed")
+        await asyncio.sleep(min(left, 30.0))
+    started = time.monotonic()
+    await wait_healthy(probe, health)
+    return round(idle, 3), round(time.monotonic() - started, 3)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import functools
+import hashlib
 import io
 import json
 import time
@@ -337,7 +338,9 @@ def _verify(stage: WeightsStage, listing_id: str) -> VerifyResult:
     dest.put_state(MANIFEST, manifest.getvalue())
     for name in dest.list_state("runs/"):
         dest.delete_state(name)
-    return VerifyResult(files_verified=files, bytes_verified=size, manifest_key=f"{dest.describe()}/.flyaway/{MANIFEST}")
+    return VerifyResult(files_verified=files, bytes_verified=size,
+                        manifest_key=f"{dest.describe()}/.flyaway/{MANIFEST}",
+                        manifest_sha256=hashlib.sha256(manifest.getvalue()).hexdigest())
 
 
 @activity.defn(name="flyaway.weights.verify")

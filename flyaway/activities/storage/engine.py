@@ -248,8 +248,10 @@ class CopyEngine:
             data, checksum, sha256 = await self._run(read_and_hash)
             self._check_published_sha256(file, sha256)
             await self.bandwidth.take(len(data))
-            version = await self._run(self.dest.put, file.key, data, checksum, sha256)
-            self.counters.bytes_uploaded += len(data)
+            try:
+                version = await self._run(self.dest.put, file.key, data, checksum, sha256)
+            finally:  # sent, even when it arrived damaged
+                self.counters.bytes_uploaded += len(data)
             self.counters.bytes_done += len(data)
         return self._entry(file, sha256, version, 1)
 
@@ -295,6 +297,7 @@ class CopyEngine:
                 if attempt == MAX_FILE_ATTEMPTS:
                     raise
                 log.warning("part arrived corrupted; sending it again", key=key, part=number, error=str(error))
+                self.counters.parts_resent += 1
                 continue
             finally:
                 self.counters.bytes_uploaded += len(data)
@@ -323,6 +326,7 @@ class CopyEngine:
             if done is not None and done.checksum in (checksum, "") and done.size == length:
                 records[number - 1] = PartRecord(number=number, size=length, checksum=checksum)
                 self.counters.parts_reused += 1
+                self.counters.bytes_reused += length
             else:
                 if self.dest.limits.sequential_parts:
                     await sent_before

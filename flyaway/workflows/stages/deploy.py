@@ -44,10 +44,11 @@ def deploy_request(plan: MigrationPlan, results: dict[str, Any]) -> DeployReques
 @stage_runner("deploy")
 async def run_deploy(context: StageContext) -> DeployResult:
     request = deploy_request(context.plan, context.results)
-    # the rollout and the health check each get the plan's deadline
-    deadline = request.stage.health.deadline
+    # the rollout and the health check each get the plan's deadline (and a start from zero, when measured)
+    health = request.stage.health
     result = await workflow.execute_activity(deploy_service, request,
-                                             start_to_close_timeout=2 * deadline + timedelta(minutes=15),
+                                             start_to_close_timeout=2 * health.deadline + health.from_zero_allowance()
+                                             + timedelta(minutes=15),
                                              heartbeat_timeout=timedelta(minutes=2), retry_policy=DEPLOY_RETRY)
     context.stage_status("deploy").detail = result.summary()
     return result

@@ -1,0 +1,19 @@
+"""``flyaway report``: one page (and the same facts as JSON) on what a migration moved, how the new side
+performs against Fly, and what it will cost. ``collect`` reads Temporal, ``render`` writes the files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from temporalio.client import Client
+
+from flyaway.report.collect import Collector
+from flyaway.report.model import MigrationReport
+from flyaway.report.render import write_report
+
+
+async def build_report(client: Client, workflow_id: str, price_file: Path | None = None) -> MigrationReport:
+    return await Collector(client, workflow_id, price_file).collect()
+
+
+__all__ = ["MigrationReport", "build_report", "write_report"]

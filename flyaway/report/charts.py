@@ -1,0 +1,67 @@
+"""The report's charts as inline SVG (pygal), with no script: the page needs no network to show them."""
+
+from __future__ import annotations
+
+import pygal
+from pygal.style import Style
+
+from flyaway.report.model import CanaryInterval, ThroughputPoint
+
+MIB = 1024 * 1024
+STYLE = Style(background="white", plot_background="white", font_family="system-ui, sans-serif",
+              colors=("#c2410c", "#ea580c", "#fb923c", "#1d4ed8", "#3b82f6", "#93c5fd"))
+#: old (Fly) in warm colours, new in cool ones, so the two sides read apart in every chart
+RATE_STYLE = Style(background="white", plot_background="white", font_family="system-ui, sans-serif",
+                   colors=("#c2410c", "#1d4ed8"))
+
+
+def _options(title: str) -> dict[str, object]:
+    # js=[]: pygal would otherwise link its tooltip script from the web
+    return {"title": title, "js": [], "width": 860, "height": 320, "disable_xml_declaration": True,
+            "explicit_size": False, "legend_at_bottom": True, "truncate_legend": -1, "show_dots": True}
+
+
+def throughput_chart(points: list[ThroughputPoint]) -> str | None:
+    """MiB/s of each batch over the minutes since the listing, as steps: one level per batch."""
+    if not points:
+        return None
+    chart = pygal.XY(style=RATE_STYLE, x_title="minutes since the listing", y_title="MiB/s",
+                     **_options("Copy throughput"))  # type: ignore[arg-type]
+    steps: list[tuple[float, float]] = []
+    for point in points:
+        rate = point.rate_bytes_per_second / MIB
+        steps += [(point.started_seconds / 60, rate), (point.ended_seconds / 60, rate)]
+    chart.add("per batch", steps)
+    chart.add("bytes done (GiB)", [(point.ended_seconds / 60, point.bytes_done / 1024 / MIB) for point in points],
+              secondary=True)
+    return str(chart.render(is_unicode=True))
+
+
+def _labels(intervals: list[CanaryInterval]) -> list[str]:
+    return [f"#{i.number} {i.weight}%" if i.weight is not None else f"#{i.number}" for i in intervals]
+
+
+def latency_chart(intervals: list[CanaryInterval]) -> str | None:
+    """p50/p95/p99 of the old and the new side per analysis interval, in ms."""
+    if not intervals:
+        return None
+    chart = pygal.Line(style=STYLE, x_title="analysis interval (new side's weight)", y_title="ms",
+                       **_options("Latency per interval: Fly (old) vs new"))  # type: ignore[arg-type]
+    chart.x_labels = _labels(intervals)
+    for side in ("old", "new"):
+        for quantile in ("p50", "p95", "p99"):
+            values = [getattr(getattr(i, side), f"{quantile}_ms") if getattr(i, side) else None for i in intervals]
+            chart.add(f"{side} {quantile}", values)
+    return str(chart.render(is_unicode=True))
+
+
+def success_chart(intervals: list[CanaryInterval]) -> str | None:
+    """The success rate of each side per analysis interval, in percent."""
+    if not intervals:
+        return None
+    chart = pygal.Line(style=RATE_STYLE, x_title="analysis interval (new side's weight)", y_title="% successful",
+                       range=(0, 100), **_options("Success rate per interval"))  # type: ignore[arg-type]
+    chart.x_labels = _labels(intervals)
+    for side in ("old", "new"):
+        chart.add(side, [getattr(i, side).success_rate if getattr(i, side) else None for i in intervals])
+    return str(chart.render(is_unicode=True))
