@@ -76,6 +76,8 @@ class BatchRequest(Record):
     listing_id: str
     offset: int = Field(description="byte offset of the first line of this batch in the listing")
     settings: CopySettings
+    report_to: str | None = Field(None, description="the migration workflow the activity reports its progress to")
+    report_step: int = Field(0, ge=0, description="bytes landed between two progress reports, at the least")
 
 
 class CopyCounters(Record):
@@ -112,6 +114,8 @@ class CopyProgress(Record):
     bytes_uploaded: int = 0
     rate_bytes_per_second: float = 0.0
     uploads: dict[str, str] = Field(default_factory=dict, description="key -> upload id of files in flight")
+    attempt: int = 1
+    error: str | None = Field(None, description="why this attempt failed (it is retried)")
 
 
 class VerifyResult(Record):

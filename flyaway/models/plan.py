@@ -392,7 +392,8 @@ class WeightsStage(StrictModel):
     max_attempts: PositiveInt | None = Field(
         None, description="attempts per copy activity before the operator is asked; unlimited when absent")
     heartbeat_timeout: Annotated[Duration, at_least(MIN_COPY_HEARTBEAT_TIMEOUT)] = Field(
-        timedelta(seconds=60), description="a copy that does not report for this long is retried (at least 5s)")
+        timedelta(seconds=30), description="a copy that does not report for this long is retried: its worker is "
+                                           "taken for gone (at least 5s)")
     retry_max_interval: Annotated[Duration, at_least(timedelta(seconds=1))] = Field(
         timedelta(seconds=60), description="longest wait between two retries (at least 1s)")
 

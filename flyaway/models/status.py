@@ -13,6 +13,7 @@ from flyaway.models.canary import CanaryStatus
 class StageState(str, Enum):
     pending = "pending"
     running = "running"
+    retrying = "retrying"
     completed = "completed"
     skipped = "skipped"
     waiting_for_operator = "waiting_for_operator"
@@ -32,7 +33,8 @@ class StageStatus(Record):
     name: str
     state: StageState = StageState.pending
     detail: str = ""
-    error: str | None = None
+    error: str | None = Field(None, description="the last error; kept while the stage retries, cleared when it succeeds")
+    attempt: int = Field(0, description="attempt of the activity that failed last, while the stage retries")
 
 
 class MigrationStatus(Record):
@@ -69,3 +71,34 @@ class MigrationResult(Record):
 class TuneRequest(Record):
     concurrency: int | None = Field(None, ge=1, le=256)
     bandwidth_limit: int | None = Field(None, ge=0, description="bytes per second; 0 removes the limit")
+
+
+class ControlAction(str, Enum):
+    pause = "pause"
+    resume = "resume"
+    tune = "tune"
+    retry = "retry"
+    abort = "abort"
+    approve = "approve"
+    promote = "promote"
+
+
+class ControlResult(Record):
+    """What an operator's control answers: the migration's state and settings AFTER it took effect."""
+
+    action: ControlAction
+    name: str
+    state: MigrationState
+    stage: str | None = None
+    message: str = Field(description="one line saying what happened, for people")
+    concurrency: int = 0
+    bandwidth_limit: int | None = Field(None, description="bytes per second; None when unlimited")
+    approvals: list[str] = Field(default_factory=list)
+
+
+class StageFailure(Record):
+    """A retryable failure of a stage's activity, reported by the worker while Temporal retries it."""
+
+    stage: str
+    attempt: int
+    error: str

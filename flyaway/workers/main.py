@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import structlog
 from temporalio.api.enums.v1 import IndexedValueType
@@ -28,6 +29,11 @@ from flyaway.workflows.migration import SEARCH_ATTRIBUTES, MigrationWorkflow
 log = structlog.get_logger(__name__)
 
 WORKFLOWS = [MigrationWorkflow, CopyWeightsWorkflow, CanaryWorkflow]
+#: An activity learns that it was cancelled (pause, abort) only from the answer to a heartbeat the
+#: worker sends; by default the worker sends one at most every 0.8 x the heartbeat timeout (up to
+#: 60 s), so a pause would take that long to stop the bytes. Copies heartbeat every 2 s; sending at
+#: most one a second lets a cancellation through within a few seconds, at a small cost per activity.
+HEARTBEAT_THROTTLE = timedelta(seconds=1)
 _INDEXED_TYPES = {"Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
                   "Double": IndexedValueType.INDEXED_VALUE_TYPE_DOUBLE}
 
@@ -54,7 +60,8 @@ def build_worker(client: Client, task_queue: str = TASK_QUEUE, max_activities: i
                   activities=[*COPY_ACTIVITIES, *SECRETS_ACTIVITIES, *FLY_AGENT_ACTIVITIES, *FLY_TEARDOWN_ACTIVITIES,
                               *TRAFFIC_ACTIVITIES, *IMAGE_ACTIVITIES, *DEPLOY_ACTIVITIES],
                   activity_executor=ThreadPoolExecutor(max_activities),
-                  max_concurrent_activities=max_activities)
+                  max_concurrent_activities=max_activities, max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+                  default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE)
 
 
 async def run_worker(options: TemporalOptions, task_queue: str = TASK_QUEUE, max_activities: int = 20) -> None:

@@ -2,17 +2,26 @@
 
 It holds a cursor (a byte offset into the listing stored at the destination) and counters,
 never file lists, and continues as new before its history grows large, so a copy of any
-number of files fits. Pausing or re-tuning cancels the batch in flight; the next batch
-attempt resumes from what landed.
+number of files fits.
+
+Controls act on the batch in flight: ``pause`` cancels it (the next attempt resumes from what
+landed), ``tune`` does not touch it (the copy activity reads the ``settings`` query every
+couple of seconds and applies them at its next part), and a cancellation (the migration's
+``abort``) cancels it, waits until the activity has stopped writing, and ends the workflow
+cancelled without starting anything else. Progress inside a batch goes from the activity
+straight to the migration, on change and in steps of a share of the listing, so history stays
+bounded however long a batch runs.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, CancelledError
+from temporalio.workflow import ActivityHandle
 
 with workflow.unsafe.imports_passed_through():
     from flyaway.activities.errors import NON_RETRYABLE_ERROR_TYPES
@@ -33,6 +42,8 @@ with workflow.unsafe.imports_passed_through():
 BATCHES_BEFORE_CONTINUE = 40
 HISTORY_EVENTS_BEFORE_CONTINUE = 2_000
 PROGRESS_SIGNAL = "copy_progress"
+#: most progress reports the copy activities send the migration over a whole copy (history stays bounded)
+PROGRESS_REPORTS_PER_COPY = 400
 
 
 def copy_retry_policy(stage: WeightsStage) -> RetryPolicy:
@@ -80,6 +91,7 @@ class CopyWeightsWorkflow:
         batches = 0
         while listing.files_total:
             await workflow.wait_condition(lambda: not request.paused)
+            self._show(f"copying from listing offset {request.offset}")
             result = await self._copy_one_batch(request)
             if result is None:
                 continue
@@ -93,6 +105,7 @@ class CopyWeightsWorkflow:
                     or workflow.info().get_current_history_length() > HISTORY_EVENTS_BEFORE_CONTINUE
                     or workflow.info().is_continue_as_new_suggested()):
                 workflow.continue_as_new(request)
+        self._show("verifying every listed file at the destination")
         verified = await workflow.execute_activity(
             verify_copy, args=[stage, listing.listing_id], start_to_close_timeout=timedelta(hours=2),
             heartbeat_timeout=timedelta(minutes=5), retry_policy=copy_retry_policy(stage), task_queue=self._task_queue,
@@ -101,26 +114,60 @@ class CopyWeightsWorkflow:
                                  counters=request.counters, verify=verified)
 
     async def _copy_one_batch(self, request: CopyWeightsInput) -> BatchResult | None:
-        """Run one batch; None if a pause or a tune interrupted it (it resumes on the next try)."""
+        """Run one batch; None if a pause interrupted it (it resumes on the next try).
+
+        The workflow's own cancellation (the migration aborts) is never mistaken for a pause: it
+        cancels the activity, waits until the activity stopped, and propagates.
+        """
         assert request.listing is not None and self._stage is not None
         self._interrupted = False
         handle = workflow.start_activity(
             copy_batch,
             BatchRequest(stage=self._stage, listing_id=request.listing.listing_id, offset=request.offset,
-                         settings=request.settings),
+                         settings=request.settings, report_to=self._report_to(),
+                         report_step=max(1, request.listing.bytes_total // PROGRESS_REPORTS_PER_COPY)),
             result_type=BatchResult, start_to_close_timeout=timedelta(hours=48),
+            # The plan's heartbeat_timeout, 30 s by default: a copy heartbeats every couple of seconds
+            # while it runs (also while a part waits for the bandwidth limit), so 30 s of silence means
+            # its worker is gone, and another worker takes the batch over that soon, resuming from the
+            # parts that landed; long enough that a loaded worker is not mistaken for a dead one.
             heartbeat_timeout=self._stage.heartbeat_timeout, retry_policy=copy_retry_policy(self._stage),
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             task_queue=self._task_queue, schedule_to_start_timeout=self._schedule_to_start)
-        await workflow.wait_condition(lambda: handle.done() or self._interrupted)
-        if not handle.done():
-            handle.cancel()
         try:
-            return await handle
+            await workflow.wait_condition(lambda: handle.done() or self._interrupted)
+            if not handle.done():
+                handle.cancel()
+                await workflow.wait_condition(handle.done)
+        except asyncio.CancelledError:
+            await self._stop(handle)
+            raise
+        try:
+            return handle.result()
         except ActivityError as error:
             if isinstance(error.cause, CancelledError) and self._interrupted:
                 return None
             raise
+
+    @staticmethod
+    async def _stop(handle: ActivityHandle[BatchResult]) -> None:
+        """Cancel the batch and wait until the activity has stopped, so nothing writes after the workflow ends."""
+        handle.cancel()
+        await workflow.wait_condition(handle.done)
+
+    def _report_to(self) -> str | None:
+        parent = workflow.info().parent
+        return parent.workflow_id if parent is not None else None
+
+    def _show(self, what: str) -> None:
+        """The copy's current step and counters, for the Temporal UI's workflow page."""
+        if self._input is None:
+            return
+        c, listing = self._input.counters, self._input.listing
+        total = f" of {listing.files_total} files ({listing.bytes_total:,} bytes)" if listing else ""
+        workflow.set_current_details(f"{what}\n\n{c.files_copied + c.files_skipped} files, "
+                                     f"{c.bytes_copied + c.bytes_skipped:,} bytes done{total} at the last batch"
+                                     + ("\n\n**paused**" if self._input.paused else ""))
 
     async def _report(self) -> None:
         """Tell the parent migration how far the copy is (one signal per batch)."""
@@ -133,19 +180,25 @@ class CopyWeightsWorkflow:
     def progress(self) -> CopyWeightsInput | None:
         return self._input
 
+    @workflow.query
+    def settings(self) -> CopySettings | None:
+        """What the copy activity in flight applies at its next part (it polls this)."""
+        return self._input.settings if self._input is not None else None
+
     @workflow.signal
     def pause(self) -> None:
         if self._input is not None:
             self._input.paused = True
             self._interrupted = True
+            self._show("paused: the batch in flight stops, no new part starts")
 
     @workflow.signal
     def resume(self) -> None:
         if self._input is not None:
             self._input.paused = False
+            self._show("resumed")
 
     @workflow.signal
     def tune(self, settings: CopySettings) -> None:
         if self._input is not None:
             self._input.settings = settings
-            self._interrupted = True

@@ -4,12 +4,21 @@ The plan arrives as plain JSON (the Temporal UI sends exactly what was typed) an
 validated here, so a bad plan fails the workflow at once with a non-retryable error instead
 of failing workflow tasks forever. A stage that fails for good at run time does not end the
 migration: it waits in ``waiting_for_operator``, checkpoints intact, for ``retry`` or ``abort``.
+
+Every control answers with a :class:`ControlResult` describing the state after it took effect.
+``abort`` takes effect whatever the migration is doing: the stage in flight is cancelled and
+waited for (the copy's activity stops writing first), then every unfinished upload is dropped,
+and the migration ends ``aborted``. Cancelling the workflow (the Temporal UI's button) is an abort
+too. The copy's progress arrives from its activity while a batch runs (see
+``flyaway.activities.storage.progress``) and is shown in the ``status`` query and on the UI's page.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
@@ -21,11 +30,14 @@ with workflow.unsafe.imports_passed_through():
     from flyaway.activities.image_activities import check_image_stage
     from flyaway.activities.secrets.activities import check_secrets
     from flyaway.activities.storage.activities import abort_uploads, check_weights
+    from flyaway.activities.storage.progress import LIVE_PROGRESS_SIGNAL
     from flyaway.activities.traffic.activities import check_router
     from flyaway.models.canary import CanaryStatus
-    from flyaway.models.copy import CopySettings, CopyWeightsInput, CopyWeightsResult
+    from flyaway.models.copy import CopyProgress, CopySettings, CopyWeightsInput, CopyWeightsResult
     from flyaway.models.plan import STAGES, MigrationPlan, parse_plan
     from flyaway.models.status import (
+        ControlAction,
+        ControlResult,
         MigrationResult,
         MigrationState,
         MigrationStatus,
@@ -41,14 +53,25 @@ with workflow.unsafe.imports_passed_through():
     from flyaway.workflows.stages import deploy as deploy_stage
     from flyaway.workflows.stages import image as _image_stage  # noqa: F401  (registers the runner)
     from flyaway.workflows.stages import secrets as _secrets_stage  # noqa: F401  (registers the runner)
-    from flyaway.workflows.stages import teardown as _teardown_stage  # noqa: F401  (registers the runner)
+    from flyaway.workflows.stages.teardown import teardown_refusal
 
+T = TypeVar("T")
 STAGE_ATTRIBUTE = SearchAttributeKey.for_keyword("FlyawayStage")
 STATE_ATTRIBUTE = SearchAttributeKey.for_keyword("FlyawayState")
 PROGRESS_ATTRIBUTE = SearchAttributeKey.for_float("FlyawayProgress")
 SEARCH_ATTRIBUTES = (STAGE_ATTRIBUTE, STATE_ATTRIBUTE, PROGRESS_ATTRIBUTE)
 #: checking the plan against the outside world: a few tries, then it is the plan's fault
 CHECK_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
+ENDED = (MigrationState.completed, MigrationState.aborted)
+
+
+def size_text(count: float) -> str:
+    """Bytes for people: 1.5 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
 
 
 def failure_message(error: BaseException) -> str:
@@ -68,10 +91,14 @@ class MigrationWorkflow:
         self._paused = False
         self._retry_requested = False
         self._abort_reason: str | None = None
+        self._cancelled = False
+        self._uploads_dropped = 0
         self._child: workflow.ChildWorkflowHandle[Any, Any] | None = None
         self._settings: CopySettings | None = None
-        self._copy_started: float | None = None
-        self._copy_bytes_at_start = 0
+        #: files and bytes the copy had done at the end of its last batch, and the offset of the batch in flight
+        self._copy_files_done = 0
+        self._copy_bytes_done = 0
+        self._batch_offset = 0
         self.results: dict[str, Any] = {}
 
     # ---- what stage runners see (flyaway.workflows.stages.StageContext) -------------------------
@@ -85,13 +112,13 @@ class MigrationWorkflow:
         return self._status.stage_status(name)
 
     async def wait_for_approval(self, stage: str) -> None:
+        """Return once approved; an abort cancels the stage, and this wait with it."""
         self.stage_status(stage).detail = f"waiting for `flyaway approve {self.plan.name} {stage}`"
-        await workflow.wait_condition(lambda: stage in self._status.approvals or self._abort_reason is not None)
-        await self._abort_if_asked(self.plan)
+        self._show()
+        await workflow.wait_condition(lambda: stage in self._status.approvals)
 
     async def wait_while_paused(self) -> None:
-        await workflow.wait_condition(lambda: not self._paused or self._abort_reason is not None)
-        await self._abort_if_asked(self.plan)
+        await workflow.wait_condition(lambda: not self._paused)
 
     # ---- the run ---------------------------------------------------------------------------
 
@@ -111,12 +138,29 @@ class MigrationWorkflow:
             if stage.name not in plan.stages_present():
                 stage.state = StageState.skipped
                 stage.detail = "not in the plan"
-        await self._check(plan)
+        await self._unless_aborted(self._check(plan))
         for name in plan.stages_present():
             self.results[name] = await self._run_stage(name, plan)
         self._set_state(MigrationState.completed, stage=None)
+        await workflow.wait_condition(workflow.all_handlers_finished)
         weights: CopyWeightsResult = self.results["weights"]
         return MigrationResult(name=plan.name, status=self._status, manifest_key=weights.verify.manifest_key)
+
+    async def _unless_aborted(self, work: Awaitable[T]) -> T:
+        """Await ``work``; an abort (or a cancellation of this workflow) cancels it, waits until it has
+        stopped (a copy activity stops writing first), and ends the migration aborted."""
+        task = asyncio.ensure_future(work)
+        try:
+            await workflow.wait_condition(lambda: task.done() or self._abort_reason is not None)
+        except asyncio.CancelledError:
+            self._cancelled = True
+            self._abort_reason = self._abort_reason or "the workflow was cancelled"
+        if not task.done():
+            task.cancel()
+            await workflow.wait_condition(task.done)
+        if self._abort_reason is not None:
+            await self._abort()
+        return task.result()
 
     async def _check(self, plan: MigrationPlan) -> None:
         """The plan against the outside world: credentials, endpoints, buckets, permissions."""
@@ -146,40 +190,40 @@ class MigrationWorkflow:
     async def _run_stage(self, name: str, plan: MigrationPlan) -> Any:
         stage = self._status.stage_status(name)
         while True:
-            await self.wait_while_paused()
+            await self._unless_aborted(self.wait_while_paused())
             self._set_state(MigrationState.running, stage=name)
-            stage.state, stage.error = StageState.running, None
+            stage.state = StageState.running
             try:
-                result = await (self._copy_weights(plan) if name == "weights" else STAGE_RUNNERS[name](self))
+                result = await self._unless_aborted(
+                    self._copy_weights(plan) if name == "weights" else STAGE_RUNNERS[name](self))
             except (ActivityError, ChildWorkflowError, StageRefused) as error:
-                await self._abort_if_asked(plan)
                 message = failure_message(error)
-                stage.state, stage.error = StageState.waiting_for_operator, message
+                stage.state, stage.error, stage.attempt = StageState.waiting_for_operator, message, 0
                 self._status.last_error = f"{name}: {message}"
                 self._set_state(MigrationState.waiting_for_operator, stage=name)
                 workflow.logger.warning("stage %s waits for the operator: %s", name, message)
-                await workflow.wait_condition(lambda: self._retry_requested or self._abort_reason is not None)
-                await self._abort_if_asked(plan)
+                await self._unless_aborted(workflow.wait_condition(lambda: self._retry_requested))
                 self._retry_requested = False
                 continue
-            stage.state = StageState.completed
+            stage.state, stage.error, stage.attempt = StageState.completed, None, 0
+            if self._status.last_error and self._status.last_error.startswith(f"{name}: "):
+                self._status.last_error = None
+            self._show()
             return result
 
     async def run_child(self, run: Any, arg: Any, stage: str) -> Any:
-        """Run ``stage``'s child workflow to its end; the operator's signals go to it, ``abort`` cancels it."""
-        self._child = await workflow.start_child_workflow(run, arg, id=f"{workflow.info().workflow_id}-{stage}",
-                                                          task_queue=workflow.info().task_queue)
-        await workflow.wait_condition(lambda: self._child is None or self._child.done()
-                                      or self._abort_reason is not None)
-        child, self._child = self._child, None
-        assert child is not None
-        if not child.done():
-            child.cancel()
-        return await child
+        """Run ``stage``'s child workflow to its end; the operator's signals go to it, ``abort`` cancels it
+        (and waits until it has stopped)."""
+        self._child = await workflow.start_child_workflow(
+            run, arg, id=f"{workflow.info().workflow_id}-{stage}", task_queue=workflow.info().task_queue,
+            static_summary=f"the {stage} stage of migration {self.plan.name}")
+        try:
+            return await self._child
+        finally:
+            self._child = None
 
     async def _copy_weights(self, plan: MigrationPlan) -> CopyWeightsResult:
         assert self._settings is not None
-        self._copy_started = None
         result: CopyWeightsResult = await self.run_child(
             CopyWeightsWorkflow.run, CopyWeightsInput(stage=plan.weights, settings=self._settings, paused=self._paused),
             "weights")
@@ -190,20 +234,26 @@ class MigrationWorkflow:
             f"{result.verify.files_verified} verified")
         return result
 
-    async def _abort_if_asked(self, plan: MigrationPlan) -> None:
-        if self._abort_reason is None:
-            return
-        if self._child is not None and not self._child.done():
-            self._child.cancel()
-        await workflow.execute_activity(abort_uploads, plan.weights, start_to_close_timeout=timedelta(minutes=30),
-                                        retry_policy=RetryPolicy(maximum_attempts=5))
+    async def _abort(self) -> None:
+        """End the migration aborted, once the stage in flight has stopped: drop every unfinished upload
+        (the copy's activity has stopped writing, so none appears after) and remove the Fly agents."""
+        plan = self.plan
+        self._status.stage_status(self._status.stage or "weights").detail = "aborting: dropping unfinished uploads"
+        self._show()
+        self._uploads_dropped = await workflow.execute_activity(
+            abort_uploads, plan.weights, start_to_close_timeout=timedelta(minutes=30),
+            retry_policy=RetryPolicy(maximum_attempts=5), summary="drop the copy's unfinished uploads")
         for stage_plan in (plan.weights, plan.secrets):
             if stage_plan is not None:
                 await remove_agents(stage_plan, workflow.info().workflow_id, best_effort=True)
         for stage in self._status.stages:
-            if stage.state in (StageState.pending, StageState.running, StageState.waiting_for_operator):
+            if stage.state in (StageState.pending, StageState.running, StageState.retrying,
+                               StageState.waiting_for_operator):
                 stage.state = StageState.aborted
         self._set_state(MigrationState.aborted, stage=self._status.stage)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        if self._cancelled:
+            raise asyncio.CancelledError(f"aborted: {self._abort_reason}")
         raise ApplicationError(f"aborted by the operator: {self._abort_reason}", type="Aborted", non_retryable=True)
 
     def _set_state(self, state: MigrationState, stage: str | None) -> None:
@@ -214,26 +264,63 @@ class MigrationWorkflow:
         workflow.upsert_search_attributes([STATE_ATTRIBUTE.value_set(state.value),
                                            STAGE_ATTRIBUTE.value_set(stage or "none"),
                                            PROGRESS_ATTRIBUTE.value_set(round(progress, 1))])
+        self._show()
+
+    def _show(self) -> None:
+        """The migration's state and progress on the Temporal UI's workflow page (its current details)."""
+        status = self._status
+        lines = [f"**{status.state.value}**" + (f", stage {status.stage}" if status.stage else "")]
+        if status.bytes_total:
+            rate = f" at {size_text(status.rate_bytes_per_second)}/s" if status.rate_bytes_per_second else ""
+            eta = f", about {status.eta_seconds:.0f} s left" if status.eta_seconds is not None else ""
+            lines.append(f"weights: {size_text(status.bytes_done)} of {size_text(status.bytes_total)}, "
+                         f"{status.files_done}/{status.files_total} files{rate}{eta}")
+        limit = f"{size_text(status.bandwidth_limit)}/s" if status.bandwidth_limit else "unlimited"
+        lines.append(f"concurrency {status.concurrency}, bandwidth {limit}")
+        for stage in status.stages:
+            if stage.state not in (StageState.pending, StageState.skipped):
+                lines.append(f"- {stage.name}: {stage.state.value}" + (f" ({stage.detail})" if stage.detail else ""))
+        if status.last_error:
+            lines.append(f"last error: {status.last_error}")
+        workflow.set_current_details("\n".join(lines))
 
     # ---- progress from the copy --------------------------------------------------------------
 
     @workflow.signal(name=PROGRESS_SIGNAL)
     def copy_progress(self, progress: CopyWeightsInput) -> None:
+        """The copy workflow's counters after its listing and after each batch."""
         status = self._status
         if progress.listing is not None:
             status.files_total, status.bytes_total = progress.listing.files_total, progress.listing.bytes_total
         counters = progress.counters
-        status.files_done = counters.files_copied + counters.files_skipped
-        status.bytes_done = counters.bytes_copied + counters.bytes_skipped
-        now = workflow.time()
-        if self._copy_started is None:
-            self._copy_started, self._copy_bytes_at_start = now, status.bytes_done
-        elapsed = now - self._copy_started
-        if elapsed > 0:
-            status.rate_bytes_per_second = (status.bytes_done - self._copy_bytes_at_start) / elapsed
+        self._copy_files_done = counters.files_copied + counters.files_skipped
+        self._copy_bytes_done = counters.bytes_copied + counters.bytes_skipped
+        self._batch_offset = progress.offset
+        self._show_copy_progress(self._copy_files_done, self._copy_bytes_done)
+
+    @workflow.signal(name=LIVE_PROGRESS_SIGNAL)
+    def copy_live_progress(self, progress: CopyProgress) -> None:
+        """What the copy activity of the batch in flight has done so far; one of an earlier batch is stale."""
+        if progress.offset != self._batch_offset or self._status.stage != "weights":
+            return
+        status, stage = self._status, self._status.stage_status("weights")
+        status.rate_bytes_per_second = progress.rate_bytes_per_second
+        if progress.error is not None:
+            stage.state, stage.error, stage.attempt = StageState.retrying, progress.error, progress.attempt
+            status.last_error = f"weights: {progress.error} (attempt {progress.attempt}, retrying)"
+        elif stage.state == StageState.retrying and progress.attempt > stage.attempt:
+            stage.state = StageState.running
+        self._show_copy_progress(self._copy_files_done + progress.files_done,
+                                 self._copy_bytes_done + progress.bytes_done)
+
+    def _show_copy_progress(self, files_done: int, bytes_done: int) -> None:
+        status = self._status
+        status.files_done, status.bytes_done = min(files_done, status.files_total), min(bytes_done, status.bytes_total)
         remaining = status.bytes_total - status.bytes_done
         status.eta_seconds = remaining / status.rate_bytes_per_second if status.rate_bytes_per_second > 0 else None
-        status.stage_status("weights").detail = f"{status.files_done}/{status.files_total} files"
+        if status.stage_status("weights").state != StageState.retrying:
+            status.stage_status("weights").detail = f"{status.files_done}/{status.files_total} files"
+        self._show()
 
     @workflow.signal(name=CANARY_PROGRESS_SIGNAL)
     def canary_progress(self, canary: CanaryStatus) -> None:
@@ -245,24 +332,35 @@ class MigrationWorkflow:
             self._set_state(MigrationState.paused if paused else MigrationState.running, "canary")
 
     # ---- what an operator can see and do -------------------------------------------------------
+    # Validators refuse what does not apply, with the reason (a refused update leaves no event);
+    # handlers answer with the state and settings after the control took effect.
 
     @workflow.query
     def status(self) -> MigrationStatus:
         return self._status
 
+    def _answer(self, action: ControlAction, message: str) -> ControlResult:
+        status = self._status
+        return ControlResult(action=action, name=status.name, state=status.state, stage=status.stage,
+                             message=message, concurrency=status.concurrency,
+                             bandwidth_limit=status.bandwidth_limit, approvals=list(status.approvals))
+
     def _require_active(self) -> None:
         if self._plan is None:
             raise ValueError("the migration has not started yet")
-        if self._status.state in (MigrationState.completed, MigrationState.aborted) or self._abort_reason:
-            raise ValueError(f"the migration is {self._status.state.value}")
+        if self._status.state in ENDED:
+            raise ValueError(f"the migration has ended ({self._status.state.value})")
+        if self._abort_reason is not None:
+            raise ValueError("the migration is being aborted")
 
     @workflow.update
-    async def pause(self) -> MigrationStatus:
+    async def pause(self) -> ControlResult:
         self._paused = True
         if self._status.state == MigrationState.running:
-            self._status.state = MigrationState.paused
+            self._set_state(MigrationState.paused, self._status.stage)
         await self._signal_child("pause")
-        return self._status
+        return self._answer(ControlAction.pause, "paused: no new part starts; parts in flight finish or are "
+                                                 "cancelled, and what landed is kept")
 
     @pause.validator
     def _validate_pause(self) -> None:
@@ -271,12 +369,12 @@ class MigrationWorkflow:
             raise ValueError("the migration is already paused")
 
     @workflow.update
-    async def resume(self) -> MigrationStatus:
+    async def resume(self) -> ControlResult:
         self._paused = False
         if self._status.state == MigrationState.paused:
-            self._status.state = MigrationState.running
+            self._set_state(MigrationState.running, self._status.stage)
         await self._signal_child("resume")
-        return self._status
+        return self._answer(ControlAction.resume, "resumed from what landed")
 
     @resume.validator
     def _validate_resume(self) -> None:
@@ -285,35 +383,50 @@ class MigrationWorkflow:
             raise ValueError("the migration is not paused")
 
     @workflow.update
-    def retry(self) -> MigrationStatus:
+    def retry(self) -> ControlResult:
         self._retry_requested = True
-        return self._status
+        stage = self._status.stage
+        if stage is not None:
+            self._status.stage_status(stage).state = StageState.running
+        self._set_state(MigrationState.running, stage)
+        return self._answer(ControlAction.retry, f"retrying the {stage} stage from where it stopped")
 
     @retry.validator
     def _validate_retry(self) -> None:
         self._require_active()
-        if self._status.state != MigrationState.waiting_for_operator:
+        if self._status.state != MigrationState.waiting_for_operator or self._retry_requested:
             raise ValueError(f"nothing to retry: the migration is {self._status.state.value}, "
                              f"not waiting_for_operator")
 
     @workflow.update
-    def abort(self, reason: str) -> MigrationStatus:
-        self._abort_reason = reason
-        return self._status
+    async def abort(self, reason: str) -> ControlResult:
+        """Takes effect whatever came before; answers once the migration has ended (asking again waits too)."""
+        self._abort_reason = self._abort_reason or reason
+        await workflow.wait_condition(lambda: self._status.state in ENDED)
+        if self._status.state != MigrationState.aborted:
+            return self._answer(ControlAction.abort, f"the migration {self._status.state.value} before the abort")
+        return self._answer(ControlAction.abort, f"aborted ({self._abort_reason}): the stage in flight stopped, "
+                                                 f"{self._uploads_dropped} unfinished uploads dropped")
 
     @abort.validator
     def _validate_abort(self, reason: str) -> None:
-        self._require_active()
+        if self._plan is None:
+            raise ValueError("the migration has not started yet")
+        if self._status.state in ENDED:
+            raise ValueError(f"the migration has ended ({self._status.state.value}); there is nothing to abort")
         if not reason.strip():
             raise ValueError("give a reason for the abort")
 
     @workflow.update
-    async def approve(self, stage: str) -> MigrationStatus:
+    async def approve(self, stage: str) -> ControlResult:
         if stage == "canary":  # the canary's current gate, not the stage once and for all
             await self._signal_child("approve")
-        else:
-            self._status.approvals.append(stage)
-        return self._status
+            return self._answer(ControlAction.approve, "approved the canary's current gate")
+        self._status.approvals.append(stage)
+        waits_for = teardown_refusal(self.plan, self.results) if stage == "teardown" else None
+        if waits_for is not None:
+            return self._answer(ControlAction.approve, f"teardown approved; it runs once its gate is met: {waits_for}")
+        return self._answer(ControlAction.approve, f"approved the {stage} stage")
 
     @approve.validator
     def _validate_approve(self, stage: str) -> None:
@@ -329,10 +442,10 @@ class MigrationWorkflow:
             raise ValueError(f"stage '{stage}' is already approved")
 
     @workflow.update
-    async def promote(self) -> MigrationStatus:
+    async def promote(self) -> ControlResult:
         """Skip the canary's remaining steps: all traffic to the new endpoint now."""
         await self._signal_child("promote")
-        return self._status
+        return self._answer(ControlAction.promote, "promoting: the canary moves all traffic to the new endpoint")
 
     @promote.validator
     def _validate_promote(self) -> None:
@@ -340,7 +453,7 @@ class MigrationWorkflow:
         canary_stage.check_promotable(self._status.canary)
 
     @workflow.update
-    async def tune(self, request: TuneRequest) -> MigrationStatus:
+    async def tune(self, request: TuneRequest) -> ControlResult:
         assert self._settings is not None
         if request.concurrency is not None:
             self._settings.concurrency = request.concurrency
@@ -348,9 +461,14 @@ class MigrationWorkflow:
             self._settings.bandwidth_limit = request.bandwidth_limit or None
         self._status.concurrency = self._settings.concurrency
         self._status.bandwidth_limit = self._settings.bandwidth_limit
-        if self._status.stage == "weights":
+        copying = self._status.stage == "weights"
+        if copying:
             await self._signal_child("tune", self._settings)
-        return self._status
+        self._show()
+        limit = f"{size_text(self._settings.bandwidth_limit)}/s" if self._settings.bandwidth_limit else "unlimited"
+        return self._answer(ControlAction.tune, f"concurrency {self._settings.concurrency}, bandwidth {limit}: "
+                                                + ("the copy applies them at its next part" if copying
+                                                   else "the copy will use them"))
 
     @tune.validator
     def _validate_tune(self, request: TuneRequest) -> None:

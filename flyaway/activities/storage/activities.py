@@ -30,11 +30,11 @@ from flyaway.activities.errors import DataCorruption, FlyawayError, InvalidPlan,
 from flyaway.activities.storage import open_destination, open_source
 from flyaway.activities.storage.base import Destination
 from flyaway.activities.storage.engine import CopyEngine
+from flyaway.activities.storage.progress import CopyReporter
 from flyaway.models.base import check_relative_key
 from flyaway.models.copy import (
     BatchRequest,
     BatchResult,
-    CopyProgress,
     ListingLine,
     ListingResult,
     ManifestEntry,
@@ -54,7 +54,6 @@ LISTING_WINDOW = 4 * 1024 * 1024
 #: landed files are recorded at the destination at least this often
 FLUSH_SECONDS = 5.0
 FLUSH_ENTRIES = 500
-HEARTBEAT_SECONDS = 2.0
 
 
 def non_retryable_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -254,18 +253,6 @@ class _ManifestWriter:
             self.stamp = time.monotonic()
 
 
-async def _heartbeat_forever(engine: CopyEngine, offset: int) -> None:
-    started, start_bytes = time.monotonic(), 0
-    while True:
-        elapsed = max(time.monotonic() - started, 1e-6)
-        c = engine.counters
-        activity.heartbeat(CopyProgress(offset=offset, files_done=c.files_copied + c.files_skipped,
-                                        bytes_done=c.bytes_done, bytes_uploaded=c.bytes_uploaded,
-                                        rate_bytes_per_second=(c.bytes_done - start_bytes) / elapsed,
-                                        uploads=dict(c.uploads)))
-        await asyncio.sleep(HEARTBEAT_SECONDS)
-
-
 @activity.defn(name="flyaway.weights.copy_batch")
 @non_retryable_errors
 async def copy_batch(request: BatchRequest) -> BatchResult:
@@ -282,13 +269,19 @@ async def copy_batch(request: BatchRequest) -> BatchResult:
     engine = CopyEngine(source, dest, part_size=stage.part_size, concurrency=request.settings.concurrency,
                         bandwidth_limit=request.settings.bandwidth_limit)
     writer = _ManifestWriter(dest, request, info.attempt)
-    heartbeat = asyncio.create_task(_heartbeat_forever(engine, request.offset))
+    reporter = CopyReporter(engine, request)
+    heartbeat = asyncio.create_task(reporter.run())
     try:
         await engine.copy_all(lines, writer.add)
+    except FlyawayError:
+        raise
+    except Exception as error:  # retried by Temporal: say why in the migration's status meanwhile
+        await reporter.report_failure(error)
+        raise
     finally:
         heartbeat.cancel()
+        await engine.stop()
         await writer.flush()
-        engine.close()
     c = engine.counters
     log.info("batch copied", offset=request.offset, files=len(lines), copied=c.files_copied,
              skipped=c.files_skipped, bytes_uploaded=c.bytes_uploaded, parts_reused=c.parts_reused)
@@ -353,15 +346,17 @@ async def verify_copy(stage: WeightsStage, listing_id: str) -> VerifyResult:
 
 
 def _abort_uploads(stage: WeightsStage) -> int:
+    """Abort every recorded upload, listing again until none is left."""
     dest = open_destination(stage.destination, stage.concurrency)
     aborted = 0
-    for name in dest.list_state("uploads/"):
-        raw = dest.get_state(name)
-        if raw:
-            state = UploadState.model_validate_json(raw)
-            dest.abort(state.key, state.upload_id)
-            aborted += 1
-        dest.delete_state(name)
+    while names := dest.list_state("uploads/"):
+        for name in names:
+            raw = dest.get_state(name)
+            if raw:
+                state = UploadState.model_validate_json(raw)
+                dest.abort(state.key, state.upload_id)
+                aborted += 1
+            dest.delete_state(name)
     return aborted
 
 

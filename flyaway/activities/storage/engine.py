@@ -24,6 +24,7 @@ import functools
 import hashlib
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -43,6 +44,7 @@ from flyaway.activities.storage.base import (
 from flyaway.activities.storage.checksums import part_checksum
 from flyaway.models.copy import (
     CopyCounters,
+    CopySettings,
     ListingLine,
     ManifestEntry,
     PartRecord,
@@ -59,6 +61,8 @@ M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # mallopt parameters (glibc's malloc.h)
 MAX_FILE_ATTEMPTS = 3
 #: after a source file changed, give its writer this long before looking at it again
 SETTLE_SECONDS = 1.0
+#: threads start only as work needs them (slots bound that), so the pool's cap can allow any tuned concurrency
+MAX_THREADS = 2 * 256 + 2
 
 
 def first_error(group: BaseExceptionGroup) -> BaseException:
@@ -125,6 +129,48 @@ class TokenBucket:
                 await asyncio.sleep(-self._tokens / self.rate)
 
 
+class Slots:
+    """A semaphore whose size an operator can change while tasks hold it and wait for it (``tune``)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.used = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        while self.used >= self.size:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        self.used += 1
+
+    def release(self) -> None:
+        self.used -= 1
+        self._wake()
+
+    def resize(self, size: int) -> None:
+        self.size = size
+        self._wake()
+
+    def _wake(self) -> None:
+        for _ in range(max(0, self.size - self.used)):
+            while self._waiters and self._waiters[0].done():
+                self._waiters.popleft()
+            if not self._waiters:
+                return
+            self._waiters.popleft().set_result(None)
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *_: object) -> None:
+        self.release()
+
+
 class EngineCounters(CopyCounters):
     """The copy's counters, plus what only the heartbeat needs."""
 
@@ -142,12 +188,24 @@ class CopyEngine:
         self.concurrency = concurrency
         self.bandwidth = TokenBucket(bandwidth_limit)
         self.counters = EngineCounters()
-        self._executor = ThreadPoolExecutor(max_workers=concurrency * 2 + 2, thread_name_prefix="flyaway-copy")
-        self._slots = asyncio.Semaphore(concurrency)
-        self._files = asyncio.Semaphore(concurrency)
+        self._executor = ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="flyaway-copy")
+        self._slots = Slots(concurrency)
+        self._files = Slots(concurrency)
+
+    def tune(self, settings: CopySettings) -> None:
+        """Apply an operator's new settings from the next part on; parts in flight finish as they started."""
+        if settings.concurrency != self.concurrency:
+            self.concurrency = settings.concurrency
+            self._slots.resize(settings.concurrency)
+            self._files.resize(settings.concurrency)
+        self.bandwidth.rate = settings.bandwidth_limit
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def stop(self) -> None:
+        """Wait for the requests in flight, so nothing writes once the copy has returned (or was cancelled)."""
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -280,11 +338,16 @@ class CopyEngine:
             else:
                 log.info("source or part size changed since the earlier upload; starting over", key=file.key)
                 await self._run(self.dest.abort, file.key, state.upload_id)
-        upload_id = await self._run(self.dest.begin_upload, file.key, file.size)
-        state = UploadState(key=file.key, upload_id=upload_id, size=file.size, part_size=part_size,
-                            source_version=file.version)
-        await self._run(self.dest.put_state, upload_state_name(file.key), state.model_dump_json().encode())
-        return state, {}
+
+        def begin_and_record() -> UploadState:
+            # one call, so a cancelled copy cannot leave an upload it has not recorded (abort finds it)
+            upload_id = self.dest.begin_upload(file.key, file.size)
+            state = UploadState(key=file.key, upload_id=upload_id, size=file.size, part_size=part_size,
+                                source_version=file.version)
+            self.dest.put_state(upload_state_name(file.key), state.model_dump_json().encode())
+            return state
+
+        return await self._run(begin_and_record), {}
 
     async def _upload_part(self, key: str, upload_id: str, number: int, offset: int, data: bytes,
                            checksum: str) -> PartRecord:

@@ -1,0 +1,140 @@
+"""Controls take effect within seconds, whatever came before, and progress shows while a batch runs.
+
+Bytes are counted at the S3 proxy in front of the destination, so "stopped" means no byte
+arrived, not that a state field changed."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+
+from flyaway.models.status import ControlResult, MigrationState, StageState
+from flyaway.starter.dev import write_random_file
+from tests.harness import (
+    S3FaultProxy,
+    TemporalDevServer,
+    WorkerProcess,
+    eventually,
+    migration_result,
+    migration_status,
+    run_async,
+    s3_location,
+    start_migration,
+    weights_plan,
+)
+
+MiB = 1024 * 1024
+
+
+def limited_plan(name: str, tmp_path: Path, destination: dict[str, Any], size: int = 96 * MiB,
+                 **weights: Any) -> dict[str, Any]:
+    folder = tmp_path / "w"
+    folder.mkdir()
+    write_random_file(folder / "model.safetensors", size)
+    settings = {"part_size": "8MiB", "concurrency": 2, "bandwidth_limit": "4MiB", **weights}
+    return weights_plan(name, {"kind": "local", "path": str(folder)}, destination, **settings)
+
+
+def control(server: TemporalDevServer, workflow_id: str, name: str, *args: Any) -> ControlResult:
+    async def go() -> ControlResult:
+        client = await server.client()
+        return await client.get_workflow_handle(workflow_id).execute_update(name, args=list(args),
+                                                                             result_type=ControlResult)
+    return run_async(go())
+
+
+def quiet_after(proxy: S3FaultProxy, settle: float, watch: float) -> int:
+    """Bytes uploaded once ``settle`` seconds passed, after checking nothing more arrives for ``watch`` seconds."""
+    time.sleep(settle)
+    landed = proxy.uploaded
+    time.sleep(watch)
+    assert proxy.uploaded == landed, f"{proxy.uploaded - landed} bytes arrived {settle} s after the control"
+    return landed
+
+
+def copy_attempts_scheduled(server: TemporalDevServer, workflow_id: str) -> int:
+    async def go() -> int:
+        client = await server.client()
+        history = await client.get_workflow_handle(f"{workflow_id}-weights").fetch_history()
+        return sum(event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+                   and event.activity_task_scheduled_event_attributes.activity_type.name == "flyaway.weights.copy_batch"
+                   for event in history.events)
+    return run_async(go())
+
+
+def child_status(server: TemporalDevServer, workflow_id: str) -> WorkflowExecutionStatus:
+    async def go() -> WorkflowExecutionStatus:
+        client = await server.client()
+        return (await client.get_workflow_handle(f"{workflow_id}-weights").describe()).status
+    return run_async(go())
+
+
+def test_progress_pause_resume_tune_abort(temporal_server: TemporalDevServer, worker: WorkerProcess,
+                                          s3_proxy: S3FaultProxy, s3: Any, bucket: str, tmp_path: Path) -> None:
+    plan = limited_plan("live", tmp_path, s3_location(s3_proxy.endpoint, bucket, "m"))
+    workflow_id = run_async(start_migration(temporal_server, plan, worker.task_queue))
+
+    # progress while the first (and only) batch runs, well before it ends
+    started = time.monotonic()
+    moving = eventually(lambda: (s := run_async(migration_status(temporal_server, workflow_id))).bytes_done and s,
+                        10, what="bytes done > 0 in the status query")
+    assert moving.bytes_done < moving.bytes_total == 96 * MiB
+    assert moving.rate_bytes_per_second > 0 and moving.eta_seconds is not None
+    assert time.monotonic() - started < 10
+
+    paused = control(temporal_server, workflow_id, "pause")
+    assert (paused.action, paused.state) == ("pause", MigrationState.paused)
+    at_pause = quiet_after(s3_proxy, 5, 3)
+    assert at_pause < 96 * MiB
+    assert run_async(migration_status(temporal_server, workflow_id)).state == MigrationState.paused
+
+    resumed = control(temporal_server, workflow_id, "resume")
+    assert resumed.state == MigrationState.running
+    eventually(lambda: s3_proxy.uploaded > at_pause, 20, what="bytes after resume")
+
+    attempts = copy_attempts_scheduled(temporal_server, workflow_id)
+    tuned = control(temporal_server, workflow_id, "tune", {"concurrency": 1, "bandwidth_limit": 2 * MiB})
+    assert (tuned.concurrency, tuned.bandwidth_limit, tuned.state) == (1, 2 * MiB, MigrationState.running)
+    assert "concurrency 1, bandwidth 2.0 MiB/s" in tuned.message
+    eventually(lambda: "applying tuned settings" in worker.logs(), 10, what="the copy applying the new settings")
+    after_tune = s3_proxy.uploaded
+    eventually(lambda: s3_proxy.uploaded > after_tune, 20, what="bytes after tune")
+    assert copy_attempts_scheduled(temporal_server, workflow_id) == attempts  # the batch was not restarted
+
+    asked = time.monotonic()
+    aborted = control(temporal_server, workflow_id, "abort", "wrong bucket")
+    assert time.monotonic() - asked < 10
+    assert aborted.state == MigrationState.aborted and "unfinished uploads dropped" in aborted.message
+    quiet_after(s3_proxy, 0, 3)
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    with pytest.raises(WorkflowFailureError) as failure:
+        run_async(migration_result(temporal_server, workflow_id, timeout=30))
+    assert "aborted by the operator: wrong bucket" in str(failure.value.cause)
+    assert child_status(temporal_server, workflow_id) == WorkflowExecutionStatus.CANCELED
+    status = run_async(migration_status(temporal_server, workflow_id))
+    assert status.state == MigrationState.aborted
+    assert status.stage_status("weights").state == StageState.aborted
+
+
+def test_abort_right_after_tune_ends_aborted(temporal_server: TemporalDevServer, worker: WorkerProcess,
+                                             s3_proxy: S3FaultProxy, s3: Any, bucket: str, tmp_path: Path) -> None:
+    """The reported bug: a tune, then an abort at once; the copy used to go on to completed."""
+    plan = limited_plan("tune-abort", tmp_path, s3_location(s3_proxy.endpoint, bucket, "m"), concurrency=4)
+    workflow_id = run_async(start_migration(temporal_server, plan, worker.task_queue))
+    eventually(lambda: s3.list_multipart_uploads(Bucket=bucket).get("Uploads"), 30, what="an upload under way")
+
+    control(temporal_server, workflow_id, "tune", {"concurrency": 2, "bandwidth_limit": 4 * MiB})
+    asked = time.monotonic()
+    aborted = control(temporal_server, workflow_id, "abort", "changed my mind")
+    assert aborted.state == MigrationState.aborted
+    assert time.monotonic() - asked < 10
+    quiet_after(s3_proxy, 0, 3)
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    keys = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert "m/model.safetensors" not in keys
+    assert child_status(temporal_server, workflow_id) == WorkflowExecutionStatus.CANCELED
