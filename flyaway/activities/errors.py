@@ -8,6 +8,10 @@ resource and what to do.
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from temporalio.exceptions import ApplicationError
 
 
@@ -57,3 +61,40 @@ class TimedOut(FlyawayError):
 NON_RETRYABLE_ERROR_TYPES = [cls.__name__ for cls in
                              (InvalidPlan, MissingCredentials, AccessDenied, NotFound,
                               SourceObjectMissing, DataCorruption, LimitExceeded, Unreachable, TimedOut)]
+
+
+#: errors of the disk or the file system that no retry fixes, with what the operator does about them.
+#: Others (EIO, ENOSPC while space is freed, ESTALE, EAGAIN, network errors) stay retryable.
+_PERMANENT_OS_ERRORS: dict[int, tuple[type[FlyawayError], str]] = {
+    errno.ENAMETOOLONG: (LimitExceeded, "the name is longer than the file system takes; rename it at the source "
+                                        "or leave it out with exclude"),
+    errno.EISDIR: (InvalidPlan, "a folder stands where a file goes; move it away at the destination"),
+    errno.ENOTDIR: (InvalidPlan, "a file stands where a folder goes; move it away at the destination"),
+    errno.EEXIST: (InvalidPlan, "a file stands where a folder goes; move it away at the destination"),
+    errno.EROFS: (AccessDenied, "the file system is read-only; mount it writable or choose another destination"),
+    errno.EACCES: (AccessDenied, "the worker may not touch it; fix its permissions"),
+    errno.EPERM: (AccessDenied, "the worker may not touch it; fix its permissions"),
+    errno.ELOOP: (InvalidPlan, "too many symbolic links; replace the link with what it points to"),
+}
+
+
+def permanent_os_error(error: OSError) -> FlyawayError | None:
+    """The flyaway error an ``OSError`` stands for when retrying cannot fix it, else None (retry)."""
+    kind = _PERMANENT_OS_ERRORS.get(error.errno or 0)
+    if kind is None:
+        return None
+    error_type, advice = kind
+    where = f"{error.filename}: " if error.filename else ""
+    return error_type(f"{where}{error.strerror or type(error).__name__}; {advice}")
+
+
+@contextmanager
+def decoding_state(what: str) -> Iterator[None]:
+    """Decode flyaway's own state read back from ``what``: bytes that do not decode stay that way on every
+    retry, so they are ``DataCorruption`` of that state, not an error to retry."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError) as error:  # UnicodeDecodeError, JSONDecodeError, ValidationError,
+        # or JSON of another shape
+        raise DataCorruption(f"{what}: flyaway's state there does not decode ({type(error).__name__}); delete it "
+                             f"and retry the stage, which copies again what it recorded") from None

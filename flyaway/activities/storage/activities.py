@@ -26,10 +26,18 @@ from typing import ParamSpec, TypeVar
 import structlog
 from temporalio import activity
 
-from flyaway.activities.errors import DataCorruption, FlyawayError, InvalidPlan, LimitExceeded
+from flyaway.activities.errors import (
+    DataCorruption,
+    FlyawayError,
+    InvalidPlan,
+    LimitExceeded,
+    decoding_state,
+    permanent_os_error,
+)
 from flyaway.activities.storage import open_destination, open_source
 from flyaway.activities.storage.base import Destination
 from flyaway.activities.storage.engine import CopyEngine
+from flyaway.activities.storage.names import KeysTheDestinationRefuses
 from flyaway.activities.storage.progress import CopyReporter
 from flyaway.models.base import check_relative_key
 from flyaway.models.copy import (
@@ -57,16 +65,22 @@ FLUSH_ENTRIES = 500
 
 
 def non_retryable_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Turn flyaway's own errors into non-retryable ``ApplicationError``s with scrubbed messages."""
+    """Turn flyaway's own errors, and ``OSError``s no retry fixes, into non-retryable ``ApplicationError``s
+    with scrubbed messages; everything else stays retryable."""
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await fn(*args, **kwargs)
         except FlyawayError as error:
-            log.error("activity failed for good", error=str(error), error_type=type(error).__name__)
-            scrubbed = type(error)(scrub(str(error)))
-            raise scrubbed.to_application_error() from None
+            failure: FlyawayError = error
+        except OSError as error:
+            permanent = permanent_os_error(error)
+            if permanent is None:
+                raise  # EIO, ENOSPC, a reset connection: Temporal tries again
+            failure = permanent
+        log.error("activity failed for good", error=str(failure), error_type=type(failure).__name__)
+        raise type(failure)(scrub(str(failure))).to_application_error() from None
 
     return wrapper
 
@@ -90,15 +104,18 @@ def read_raw_entries(dest: Destination, names: list[str]) -> dict[str, bytes]:
     entry costs several times its text, and a listing of 100,000 files parses each one at most once."""
     entries: dict[str, bytes] = {}
     for name in names:
-        for line in (dest.get_state(name) or b"").splitlines():
-            if line.strip():
-                entries[json.loads(line)["key"]] = line
+        with decoding_state(f"{dest.describe()} .flyaway/{name}"):
+            for line in (dest.get_state(name) or b"").splitlines():
+                if line.strip():
+                    entries[json.loads(line)["key"]] = line
     return entries
 
 
 def read_entries(dest: Destination, names: list[str]) -> dict[str, ManifestEntry]:
     """Manifest entries from state files, later files winning."""
-    return {key: ManifestEntry.model_validate_json(line) for key, line in read_raw_entries(dest, names).items()}
+    raw = read_raw_entries(dest, names)
+    with decoding_state(f"{dest.describe()} .flyaway/ manifest"):
+        return {key: ManifestEntry.model_validate_json(line) for key, line in raw.items()}
 
 
 class DirectoryFanout:
@@ -162,6 +179,7 @@ def _write_listing(stage: WeightsStage, listing_id: str, heartbeat: Callable[[in
     previous = previous_entries(dest)
     max_entries = dest.limits.max_entries_per_directory
     fanout = DirectoryFanout(max_entries, dest.describe()) if max_entries else None
+    refused = KeysTheDestinationRefuses(dest.limits, dest.describe())
     lines: list[bytes] = []
     files = size = candidates = 0
     for file in source.list():
@@ -172,6 +190,8 @@ def _write_listing(stage: WeightsStage, listing_id: str, heartbeat: Callable[[in
         except ValueError as error:
             raise InvalidPlan(f"source key {file.key!r} of {source.describe()}: {error}") from None
         dest.check_file(file)
+        if not refused.holds(file.key):
+            continue
         if fanout is not None:
             fanout.add(file.key)
         earlier = previous.get(file.key)
@@ -183,6 +203,7 @@ def _write_listing(stage: WeightsStage, listing_id: str, heartbeat: Callable[[in
         size += file.size
         if files % 1000 == 0:
             heartbeat(files)
+    refused.raise_if_any()
     dest.put_state(listing_name(listing_id), b"".join(lines))
     return ListingResult(listing_id=listing_id, files_total=files, bytes_total=size,
                          files_unchanged_candidates=candidates)
@@ -218,7 +239,8 @@ def _read_batch(dest: Destination, request: BatchRequest) -> tuple[list[ListingL
             continue
         raw, buffer = buffer.split(b"\n", 1)
         offset += len(raw) + 1
-        line = ListingLine.model_validate_json(raw)
+        with decoding_state(f"{dest.describe()} .flyaway/{listing_name(request.listing_id)}"):
+            line = ListingLine.model_validate_json(raw)
         lines.append(line)
         size += line.file.size
     rest = dest.get_state(listing_name(request.listing_id), offset, 1)
@@ -297,7 +319,9 @@ def _listing_range(dest: Destination, listing_id: str, start: int, end: int | No
     raw = dest.get_state(listing_name(listing_id), start, None if end is None else end - start) or b""
     for line in raw.splitlines():
         if line.strip():
-            yield ListingLine.model_validate_json(line)
+            with decoding_state(f"{dest.describe()} .flyaway/{listing_name(listing_id)}"):
+                parsed = ListingLine.model_validate_json(line)
+            yield parsed
 
 
 def _verify(stage: WeightsStage, listing_id: str) -> VerifyResult:
@@ -353,7 +377,8 @@ def _abort_uploads(stage: WeightsStage) -> int:
         for name in names:
             raw = dest.get_state(name)
             if raw:
-                state = UploadState.model_validate_json(raw)
+                with decoding_state(f"{dest.describe()} .flyaway/{name}"):
+                    state = UploadState.model_validate_json(raw)
                 dest.abort(state.key, state.upload_id)
                 aborted += 1
             dest.delete_state(name)

@@ -40,6 +40,13 @@ class DestinationLimits:
     part_multiple: int = 1
     #: parts of one upload must arrive in order, each after the one before has landed (GCS resumable sessions)
     sequential_parts: bool = False
+    #: keys become file paths ('a' cannot be a file and a folder for 'a/b'), each name at most ``max_name_bytes``
+    keys_are_paths: bool = False
+    max_name_bytes: int | None = None
+    #: the longest key, in UTF-8 bytes; None when only ``max_name_bytes`` limits it
+    max_key_bytes: int | None = 1024
+    #: characters no key may hold
+    forbidden_characters: str = ""
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import structlog
 from pydantic import Field
 
-from flyaway.activities.errors import DataCorruption, LimitExceeded
+from flyaway.activities.errors import DataCorruption, LimitExceeded, decoding_state
 from flyaway.activities.storage.base import (
     Destination,
     DestObject,
@@ -322,7 +322,8 @@ class CopyEngine:
 
     async def _load_upload(self, key: str) -> UploadState | None:
         raw = await self._run(self.dest.get_state, upload_state_name(key))
-        return UploadState.model_validate_json(raw) if raw else None
+        with decoding_state(f"{self.dest.describe()} .flyaway/{upload_state_name(key)}"):
+            return UploadState.model_validate_json(raw) if raw else None
 
     async def _resume_or_begin(self, file: SourceFile, part_size: int) -> tuple[UploadState, dict[int, PartRecord]]:
         """The upload to continue, with the parts that already landed, or a new upload."""

@@ -39,6 +39,7 @@ from flyaway.activities.errors import (
     MissingCredentials,
     NotFound,
     Unreachable,
+    decoding_state,
 )
 from flyaway.activities.retry import (
     CONNECT_TIMEOUT_SECONDS,
@@ -138,7 +139,7 @@ def session_state_name(token: str) -> str:
 class GcsDestination(Destination):
     limits = DestinationLimits(max_parts=2**31, min_part_size=GCS_CHUNK, max_part_size=5 * 1024**3,
                                max_single_put=5 * 1024**3, max_object_size=5 * 1024**4, part_multiple=GCS_CHUNK,
-                               sequential_parts=True)
+                               sequential_parts=True, forbidden_characters="\r\n")  # cloud.google.com/storage/docs/objects#naming
     part_checksum = "crc32c"
 
     def __init__(self, location: GcsLocation, concurrency: int = 8) -> None:
@@ -250,8 +251,9 @@ class GcsDestination(Destination):
             raw = self.get_state(session_state_name(token))
             if raw is None:
                 raise UploadGone(token)
-            saved = json.loads(raw)
-            session = _Session(uri=saved["uri"], size=saved["size"], part_size=saved["part_size"])
+            with decoding_state(f"{self.describe()} .flyaway/{session_state_name(token)}"):
+                saved = json.loads(raw)
+                session = _Session(uri=saved["uri"], size=saved["size"], part_size=saved["part_size"])
             with self._lock:
                 session = self._sessions.setdefault(token, session)
         return session

@@ -101,7 +101,8 @@ class LocalSource(_LocalRoot, Source):
 
 
 class LocalDestination(_LocalRoot, Destination):
-    limits = DestinationLimits(min_part_size=1, max_part_size=2**40, max_single_put=2**40, max_object_size=2**60)
+    limits = DestinationLimits(min_part_size=1, max_part_size=2**40, max_single_put=2**40, max_object_size=2**60,
+                               keys_are_paths=True, max_name_bytes=255, max_key_bytes=None)
     part_checksum = "crc32c"
 
     def check(self) -> None:
@@ -146,8 +147,11 @@ class LocalDestination(_LocalRoot, Destination):
     def put(self, key: str, data: bytes, checksum: str, sha256: str) -> str:
         tmp = self._partial(f"put-{uuid.uuid4().hex}")
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        return self._publish(tmp, key, int(checksum, 16))
+        try:
+            tmp.write_bytes(data)
+            return self._publish(tmp, key, int(checksum, 16))
+        finally:
+            tmp.unlink(missing_ok=True)  # gone once published; a failed attempt leaves nothing behind
 
     def begin_upload(self, key: str, size: int) -> str:
         upload_id = uuid.uuid4().hex

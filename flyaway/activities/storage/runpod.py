@@ -19,8 +19,10 @@ MiB = 1024 * 1024
 RUNPOD_MAX_BODY = 500 * 1000 * 1000
 #: the engine cuts parts in whole MiB, so its largest RunPod part is this (476 MiB)
 RUNPOD_LARGEST_PART = RUNPOD_MAX_BODY // MiB * MiB
+#: a network volume is a file system behind the S3 API: keys are paths there
 RUNPOD_LIMITS = DestinationLimits(max_part_size=RUNPOD_MAX_BODY, max_single_put=RUNPOD_MAX_BODY - 1,
-                                  max_object_size=DestinationLimits.max_parts * RUNPOD_LARGEST_PART)
+                                  max_object_size=DestinationLimits.max_parts * RUNPOD_LARGEST_PART,
+                                  keys_are_paths=True, max_name_bytes=255)
 
 
 class RunPodVolumeDestination(S3Destination):

@@ -1,0 +1,183 @@
+"""Errors classified once, by kind: input no retry can fix ends at once with one line naming it (keys
+the destination cannot hold, flyaway's own state that does not decode, file-system errors such as a
+name too long), transient trouble (EIO, ENOSPC) is retried, and no attempt leaves a partial file."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from flyaway.activities.errors import DataCorruption, InvalidPlan
+from flyaway.activities.storage.activities import (
+    copy_batch,
+    listing_name,
+    non_retryable_errors,
+    verify_copy,
+)
+from flyaway.activities.storage.checksums import part_checksum
+from flyaway.activities.storage.gcs import GcsDestination
+from flyaway.activities.storage.local import LocalDestination
+from flyaway.activities.storage.names import KeysTheDestinationRefuses
+from flyaway.activities.storage.runpod import RunPodVolumeDestination
+from flyaway.activities.storage.s3 import S3Destination
+from flyaway.models.copy import BatchRequest, CopySettings
+from flyaway.models.plan import LocalLocation, WeightsStage
+from flyaway.models.status import MigrationState
+from tests.harness import (
+    MotoServer,
+    TemporalDevServer,
+    WorkerProcess,
+    eventually,
+    migration_status,
+    run_async,
+    s3_location,
+    start_migration,
+    weights_plan,
+)
+
+LONG_NAME = "n" * 300
+
+
+def refusal(limits: Any, keys: list[str]) -> str | None:
+    """The one-line refusal of ``keys`` by a destination with ``limits``, or None when it holds them all."""
+    check = KeysTheDestinationRefuses(limits, "dest")
+    held = [check.holds(key) for key in keys]
+    try:
+        check.raise_if_any()
+    except InvalidPlan as error:
+        assert not all(held)
+        return str(error)
+    assert all(held)
+    return None
+
+
+def test_a_file_system_destination_refuses_a_key_that_is_a_file_and_a_folder_whichever_comes_first() -> None:
+    for keys in (["a", "a/b"], ["a/b", "a"], ["x/a/b/c", "x/a"]):
+        message = refusal(LocalDestination.limits, keys)
+        assert message is not None and "keys that are a file and a folder" in message, keys
+        assert "\n" not in message and message.endswith("rename them at the source or leave them out with "
+                                                        "weights.exclude")
+    assert refusal(LocalDestination.limits, ["a/b", "a/c", "ab", "a.txt"]) is None
+    assert refusal(RunPodVolumeDestination.limits, ["a", "a/b"]) is not None
+    assert refusal(S3Destination.limits, ["a", "a/b"]) is None  # an object store holds both
+
+
+def test_names_too_long_forbidden_characters_and_non_utf8_are_refused_naming_them() -> None:
+    message = refusal(LocalDestination.limits, [f"dir/{LONG_NAME}", "ok.bin", "bad-\udcff.bin"])
+    assert message is not None
+    assert "names over 255 bytes: 'dir/nnnn" in message and "(304 bytes)" in message
+    assert "names that are not UTF-8: 'bad-\\udcff.bin'" in message
+    assert "ok.bin" not in message
+    gcs = refusal(GcsDestination.limits, ["line\nbreak.bin", "k" * 1025, LONG_NAME])
+    assert gcs is not None and "characters it forbids" in gcs and "'line\\nbreak.bin'" in gcs
+    assert "keys over 1024 bytes" in gcs and "names over" not in gcs  # GCS has no per-name limit
+    many = refusal(LocalDestination.limits, [f"{n}-{LONG_NAME}" for n in range(10)])
+    assert many is not None and "and 7 more" in many
+
+
+def test_keys_a_local_destination_cannot_hold_stop_the_copy_at_listing_with_one_try(
+        temporal_server: TemporalDevServer, worker: WorkerProcess, moto_server: MotoServer, s3: Any, bucket: str,
+        tmp_path: Path) -> None:
+    for key in ("src/a", "src/a/b", f"src/{LONG_NAME}", "src/fine.bin"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"weights")
+    out = tmp_path / "out"
+    plan = weights_plan("unholdable-keys", s3_location(moto_server.endpoint, bucket, "src"),
+                        {"kind": "local", "path": str(out)})
+    workflow_id = run_async(start_migration(temporal_server, plan, worker.task_queue))
+    status = eventually(lambda: (s := run_async(migration_status(temporal_server, workflow_id))).state
+                        == MigrationState.waiting_for_operator and s, 60, what="waiting_for_operator")
+    assert status.last_error is not None
+    assert f"local:{out} cannot hold these source keys: keys that are a file and a folder: 'a' and 'a/b'" \
+        in status.last_error
+    assert "names over 255 bytes: 'nnnn" in status.last_error and "InvalidPlan" in status.last_error
+    assert list_attempts(temporal_server, workflow_id) == [1]
+    assert not (out / "fine.bin").exists()
+    assert not list(out.glob(".flyaway/partial/*"))
+
+
+def list_attempts(server: TemporalDevServer, workflow_id: str) -> list[int]:
+    """The attempt numbers of every started listing activity, across the migration and its children."""
+
+    async def attempts() -> list[int]:
+        client = await server.client()
+        found: list[int] = []
+        async for execution in client.list_workflows(f"WorkflowId STARTS_WITH '{workflow_id}'"):
+            scheduled: dict[int, str] = {}
+            async for event in client.get_workflow_handle(execution.id, run_id=execution.run_id).fetch_history_events():
+                if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                    scheduled[event.event_id] = event.activity_task_scheduled_event_attributes.activity_type.name
+                elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+                    started = event.activity_task_started_event_attributes
+                    if scheduled.get(started.scheduled_event_id) == "flyaway.weights.list":
+                        found.append(started.attempt)
+        return found
+
+    return run_async(attempts())
+
+
+def local_stage(tmp_path: Path) -> WeightsStage:
+    (tmp_path / "src").mkdir(exist_ok=True)
+    return WeightsStage(source=LocalLocation(kind="local", path=str(tmp_path / "src")),
+                        destination=LocalLocation(kind="local", path=str(tmp_path / "dest")))
+
+
+@pytest.mark.parametrize("garbage", [b"\xff\xfe not utf-8\n", b"{\"key\": \"half a line\n", b"[1, 2]\n"])
+def test_state_that_does_not_decode_is_data_corruption_of_that_state(tmp_path: Path, garbage: bytes) -> None:
+    stage = local_stage(tmp_path)
+    dest = LocalDestination(stage.destination)  # type: ignore[arg-type]
+    dest.put_state(listing_name("l1"), garbage)
+    dest.put_state("runs/l1/manifest/0000000000000000-0001-000000.jsonl", garbage)
+    env = ActivityEnvironment()
+    with pytest.raises(ApplicationError) as verify:
+        run_async(env.run(verify_copy, stage, "l1"))
+    request = BatchRequest(stage=stage, listing_id="l1", offset=0,
+                           settings=CopySettings(concurrency=1, bandwidth_limit=None))
+    with pytest.raises(ApplicationError) as batch:
+        run_async(env.run(copy_batch, request))
+    for failure in (verify.value, batch.value):
+        assert failure.type == "DataCorruption" and failure.non_retryable
+        assert f"local:{tmp_path / 'dest'} .flyaway/runs/l1/" in failure.message
+        assert "does not decode" in failure.message and "delete it and retry the stage" in failure.message
+
+
+@pytest.mark.parametrize(("code", "kind"), [(errno.ENAMETOOLONG, "LimitExceeded"), (errno.ENOTDIR, "InvalidPlan"),
+                                            (errno.EEXIST, "InvalidPlan"), (errno.EISDIR, "InvalidPlan"),
+                                            (errno.EROFS, "AccessDenied")])
+def test_file_system_errors_no_retry_fixes_end_the_activity_naming_the_path(code: int, kind: str) -> None:
+    @non_retryable_errors
+    async def write() -> None:
+        raise OSError(code, os.strerror(code), "/data/weights/model.bin")
+
+    with pytest.raises(ApplicationError) as failure:
+        run_async(write())
+    assert failure.value.type == kind and failure.value.non_retryable
+    assert failure.value.message.startswith(f"/data/weights/model.bin: {os.strerror(code)}; ")
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.ENOSPC, errno.ECONNRESET, errno.ESTALE])
+def test_transient_os_errors_stay_retryable(code: int) -> None:
+    @non_retryable_errors
+    async def write() -> None:
+        raise OSError(code, os.strerror(code))
+
+    with pytest.raises(OSError) as failure:
+        run_async(write())
+    assert failure.value.errno == code
+
+
+def test_a_failed_put_leaves_no_partial_file(tmp_path: Path) -> None:
+    dest = LocalDestination(LocalLocation(kind="local", path=str(tmp_path / "dest")))
+    dest.check()
+    (tmp_path / "dest" / "a").write_bytes(b"a file where a folder goes")
+    with pytest.raises(FileExistsError):  # its folder 'a' is a file
+        dest.put("a/b", b"weights", part_checksum("crc32c", b"weights"), "0" * 64)
+    with pytest.raises(DataCorruption):
+        dest.put("c", b"weights", "00000000", "0" * 64)
+    assert not list((tmp_path / "dest" / ".flyaway" / "partial").iterdir())
