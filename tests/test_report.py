@@ -5,17 +5,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
+import pytest
 from typer.testing import CliRunner
 
+from flyaway.codec import ENCODING, KEYS_ENV, generate_key
 from flyaway.models.status import MigrationState
 from flyaway.report.model import MigrationReport
 from flyaway.starter.cli import app
 from flyaway.starter.dev import write_random_file
+from tests.fakes.endpoint import FakeEndpoint
 from tests.fixtures import make_tree
 from tests.harness import (
+    REPO,
+    TEST_AWS_ENV,
+    MotoServer,
     S3FaultProxy,
     TemporalDevServer,
     WorkerProcess,
@@ -120,3 +129,138 @@ def test_report_of_a_migration_waiting_for_the_operator_then_aborted(
     assert weights.state == "aborted" and weights.waits[0].ended_at is not None
     [abort] = [action for action in report.operator_actions if action.action == "abort"]
     assert abort.argument == "moving to another bucket" and abort.identity
+
+
+def route53_zone(moto: MotoServer) -> str:
+    """A hosted zone on moto with the Fly record at weight 100 and the new one at 0."""
+    route53 = boto3.client("route53", endpoint_url=moto.endpoint, region_name="us-east-1",
+                           aws_access_key_id=TEST_AWS_ENV["AWS_ACCESS_KEY_ID"],
+                           aws_secret_access_key=TEST_AWS_ENV["AWS_SECRET_ACCESS_KEY"])
+    zone_id = route53.create_hosted_zone(Name="example.com.", CallerReference=uuid.uuid4().hex)["HostedZone"]["Id"]
+    records = [{"Action": "CREATE", "ResourceRecordSet": {
+        "Name": "api.example.com.", "Type": "CNAME", "SetIdentifier": name, "Weight": weight, "TTL": 60,
+        "ResourceRecords": [{"Value": target}]}}
+        for name, weight, target in (("fly", 100, "app.fly.dev"), ("new", 0, "new.example.net"))]
+    route53.change_resource_record_sets(HostedZoneId=zone_id, ChangeBatch={"Changes": records})
+    return zone_id
+
+
+def canary_section(moto: MotoServer, old: FakeEndpoint, new: FakeEndpoint,
+                   steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """A Route53 canary on moto with one-second analyses of 20 probe requests per side."""
+    return {"router": {"kind": "route53", "hosted_zone_id": route53_zone(moto), "record_name": "api.example.com",
+                       "fly_set_identifier": "fly", "new_set_identifier": "new", "endpoint_url": moto.endpoint},
+            "old_endpoint": old.url, "new_endpoint": new.url, "steps": steps,
+            "analysis": {"interval_seconds": 1, "requests_per_probe": 20, "concurrency": 10,
+                         "probes": [{"path": "/v1/completions", "method": "POST", "timeout_seconds": 2,
+                                     "body": {"model": "tiny", "prompt": "hi", "max_tokens": 1}}],
+                         "thresholds": {"min_requests": 20, "min_success_rate": 99}}}
+
+
+def test_report_of_a_canary_rolled_back(temporal_server: TemporalDevServer, worker: WorkerProcess,
+                                        moto_server: MotoServer, tmp_path: Path) -> None:
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "config.json").write_text('{"model": "tiny"}')
+    plan = weights_plan("report-canary", {"kind": "local", "path": str(tmp_path / "w")},
+                        {"kind": "local", "path": str(tmp_path / "dst")})
+    with FakeEndpoint() as old, FakeEndpoint(mode="slow", slow_seconds=0.05) as new:
+        plan["canary"] = canary_section(moto_server, old, new, [{"weight": 20, "pause_seconds": 1.5},
+                                                               {"weight": 60, "pause_seconds": 10}, {"weight": 100}])
+        workflow_id = run_async(start_migration(temporal_server, plan, worker.task_queue))
+        eventually(lambda: (c := run_async(migration_status(temporal_server, workflow_id)).canary) is not None
+                   and c.step == 1 and c.history[-1].analyses >= 1, 60, what="the canary's second step")
+        new.mode = "failing"  # every fifth request fails: 80% < 99%
+        status = eventually(lambda: (s := run_async(migration_status(temporal_server, workflow_id))).state
+                            == MigrationState.waiting_for_operator and s, 60, what="the rollback")
+
+    report = write_report(temporal_server, "report-canary", tmp_path / "canary.html")
+    canary, expected = report.canary, status.canary
+    assert canary is not None and expected is not None and expected.last_analysis is not None
+    assert (canary.state, canary.rolled_back) == ("rolled_back", True)
+    assert canary.rollback_reason == expected.message and "rolled back at step 2 (60%)" in (canary.rollback_reason or "")
+    assert [(step.weight, step.outcome) for step in canary.steps] == [(20, "passed"), (60, "rolled_back")]
+    verdicts = [interval.verdict for interval in canary.intervals]
+    expected_counts = [sum(getattr(step, kind) for step in expected.history)
+                       for kind in ("successful", "failed", "inconclusive")]
+    assert [verdicts.count(v) for v in ("Successful", "Failed", "Inconclusive")] == expected_counts
+    last = canary.intervals[-1]
+    assert (last.verdict, last.weight) == ("Failed", 60)
+    assert last.new == expected.last_analysis.new and last.old == expected.last_analysis.old
+    assert (last.new.success_rate, last.old.success_rate) == (80.0, 100.0)
+    assert all(i.new.p50_ms >= 50 for i in canary.intervals[:-1]), "the slow new side's latency is on the chart"
+    assert {i.weight for i in canary.intervals} == {20, 60}
+    stage = next(stage for stage in report.stages if stage.name == "canary")
+    assert stage.state == "waiting_for_operator" and stage.error == status.stage_status("canary").error
+    assert report.fly.dns_ttl_seconds is None, "no canary finished: nothing says Fly's DNS answers expire"
+
+
+# --- the page in a browser ---------------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+SCREENSHOT = REPO / "artifacts" / "report-page.png"
+
+
+@pytest.fixture
+def encrypting_worker(temporal_server: TemporalDevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                      ) -> Iterator[WorkerProcess]:
+    """A worker that encrypts every payload; the test's own clients (and the CLI) hold the same keys."""
+    keys = generate_key()
+    monkeypatch.setenv(KEYS_ENV, keys)
+    process = WorkerProcess(temporal_server, f"flyaway-report-{uuid.uuid4().hex[:8]}", tmp_path / "worker.log",
+                            {**TEST_AWS_ENV, KEYS_ENV: keys})
+    process.start()
+    yield process
+    process.stop()
+
+
+def open_in_chromium(page_file: Path, profile: Path) -> tuple[list[str], dict[str, int]]:
+    """Open the page from disk; returns every URL chromium requested and the drawn size of each chart."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1100, "height": 900})
+        try:
+            page = browser.new_page()
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(page_file.as_uri(), wait_until="networkidle")
+            charts = {}
+            for chart in ("throughput-chart", "latency-chart", "success-chart"):
+                box = page.locator(f"#{chart} svg").bounding_box()
+                lines = page.locator(f"#{chart} svg path.line").count()
+                charts[chart] = int(box["height"]) if box and lines else 0
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            return requested, charts
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is missing (scripts/setup.sh test)")
+def test_the_page_of_an_encrypted_migration_opens_offline_and_draws_its_charts(
+        temporal_server: TemporalDevServer, encrypting_worker: WorkerProcess, moto_server: MotoServer,
+        s3_proxy: S3FaultProxy, bucket: str, tmp_path: Path) -> None:
+    make_tree(tmp_path / "w")
+    plan = weights_plan("report-page", {"kind": "local", "path": str(tmp_path / "w")},
+                        s3_location(s3_proxy.endpoint, bucket, "m"), part_size="5MiB", concurrency=2,
+                        bandwidth_limit="8MiB")
+    with FakeEndpoint() as old, FakeEndpoint(mode="slow", slow_seconds=0.02) as new:
+        plan["canary"] = canary_section(moto_server, old, new, [{"weight": 25, "pause_seconds": 2},
+                                                               {"weight": 100, "pause_seconds": 1}])
+        result = run_migration(temporal_server, plan, encrypting_worker.task_queue, timeout=120)
+    assert result.status.state == MigrationState.completed
+    stored = run_async(temporal_server.stored_input("migration-report-page"))
+    assert stored.payloads[0].metadata["encoding"] == ENCODING, "the worker did not encrypt the payloads"
+
+    report = write_report(temporal_server, "report-page", tmp_path / "page.html")
+    assert report.weights.bytes_done == result.status.bytes_total and report.weights.verification is not None
+    assert report.canary is not None and report.canary.state == "completed" and len(report.canary.intervals) >= 2
+    assert report.fly.dns_ttl_seconds == 60 and report.fly.dns_name == "api.example.com"
+
+    requested, charts = open_in_chromium(tmp_path / "page.html", tmp_path / "chromium-profile")
+    assert requested == [(tmp_path / "page.html").as_uri()], "the page asked for more than itself"
+    assert all(height > 100 for height in charts.values()), charts

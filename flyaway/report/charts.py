@@ -22,18 +22,22 @@ def _options(title: str) -> dict[str, object]:
 
 
 def throughput_chart(points: list[ThroughputPoint]) -> str | None:
-    """MiB/s of each batch over the minutes since the listing, as steps: one level per batch."""
+    """MiB/s of each batch over the time since the listing, as steps (one level per batch), and the bytes
+    done so far on the second axis."""
     if not points:
         return None
-    chart = pygal.XY(style=RATE_STYLE, x_title="minutes since the listing", y_title="MiB/s",
+    unit, scale = ("minutes", 60.0) if points[-1].ended_seconds >= 600 else ("seconds", 1.0)
+    amount, size = ("GiB", 1024.0 * MIB) if points[-1].bytes_done >= 1024 * MIB else ("MiB", float(MIB))
+    chart = pygal.XY(style=RATE_STYLE, x_title=f"{unit} since the listing", y_title="MiB/s",
+                     value_formatter=lambda value: f"{value:.3g}", x_value_formatter=lambda value: f"{value:.3g}",
                      **_options("Copy throughput"))  # type: ignore[arg-type]
     steps: list[tuple[float, float]] = []
     for point in points:
         rate = point.rate_bytes_per_second / MIB
-        steps += [(point.started_seconds / 60, rate), (point.ended_seconds / 60, rate)]
-    chart.add("per batch", steps)
-    chart.add("bytes done (GiB)", [(point.ended_seconds / 60, point.bytes_done / 1024 / MIB) for point in points],
-              secondary=True)
+        steps += [(point.started_seconds / scale, rate), (point.ended_seconds / scale, rate)]
+    chart.add("MiB/s per batch", steps)
+    chart.add(f"{amount} done", [(0.0, 0.0)] + [(point.ended_seconds / scale, point.bytes_done / size)
+                                                for point in points], secondary=True)
     return str(chart.render(is_unicode=True))
 
 

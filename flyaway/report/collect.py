@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -64,11 +63,11 @@ def stage_of_activity(name: str) -> str | None:
 
 
 class Collector:
-    def __init__(self, client: Client, workflow_id: str, price_file: Path | None = None) -> None:
+    def __init__(self, client: Client, workflow_id: str, table: prices.ReferenceTable) -> None:
         self.client = client
         self.workflow_id = workflow_id
         self.decoder = Decoder(client)
-        self.table = prices.load_table(price_file)
+        self.table = table
 
     async def collect(self) -> MigrationReport:
         handle = self.client.get_workflow_handle(self.workflow_id)

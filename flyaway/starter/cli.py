@@ -362,19 +362,21 @@ def report(migration: MigrationId,
            address: Address = None, namespace: Namespace = None, api_key: ApiKey = None, tls: Tls = None,
            profile: Profile = None) -> None:
     """Write a migration's report: one HTML page and the same facts as JSON (running or ended)."""
-    from flyaway.report import build_report, write_report
+    from flyaway.report import build_report, load_table, write_report
     from flyaway.report.prices import PriceFileError
 
+    try:
+        table = load_table(prices)
+    except PriceFileError as error:
+        fail(f"--prices: {error}")
+        raise AssertionError("unreachable")
     opts = options(address, namespace, api_key, tls, profile)
     workflow_id = workflow_id_of(migration)
 
     async def go() -> Any:
-        return await build_report(await connect(opts), workflow_id, prices)
+        return await build_report(await connect(opts), workflow_id, table)
 
-    try:
-        facts = _or_not_found(go, workflow_id)
-    except PriceFileError as error:
-        fail(f"--prices: {error}")
+    facts = _or_not_found(go, workflow_id)
     page, data = write_report(facts, output or Path(f"{facts.name}-report.html"))
     console.print(f"report of {workflow_id} ({facts.state}): {page}\nthe same facts as JSON: {data}",
                   highlight=False, soft_wrap=True)

@@ -67,11 +67,10 @@ async def wait_healthy(probe: HealthProbe, health: HealthCheck) -> None:
     log.info("new service is healthy", url=probe.url)
 
 
-async def measure_from_zero(probe: HealthProbe, health: HealthCheck, idle_seconds: float,
-                            margin_seconds: float = SCALE_DOWN_MARGIN_SECONDS) -> tuple[float, float]:
+async def measure_from_zero(probe: HealthProbe, health: HealthCheck, idle_seconds: float) -> tuple[float, float]:
     """Leave the service idle for its platform's idle window and a margin (heartbeating), so the platform
     scales it to zero, then time the first request until it answers 200. Returns (idle wait, seconds)."""
-    idle = idle_seconds + margin_seconds
+    idle = idle_seconds + SCALE_DOWN_MARGIN_SECONDS
     waited_until = time.monotonic() + idle
     while (left := waited_until - time.monotonic()) > 0:
         heartbeat(f"idle for {left:.0f}s more, so the service scales to zero before a start from zero is timed")
