@@ -4,8 +4,10 @@ name too long), transient trouble (EIO, ENOSPC) is retried, and no attempt leave
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,13 @@ from flyaway.activities.storage.activities import (
     verify_copy,
 )
 from flyaway.activities.storage.checksums import part_checksum
+from flyaway.activities.storage.engine import CopyEngine
 from flyaway.activities.storage.gcs import GcsDestination
-from flyaway.activities.storage.local import LocalDestination
+from flyaway.activities.storage.local import LocalDestination, LocalSource
 from flyaway.activities.storage.names import KeysTheDestinationRefuses
 from flyaway.activities.storage.runpod import RunPodVolumeDestination
 from flyaway.activities.storage.s3 import S3Destination
+from flyaway.activities.storage.stall import CopyStalled, cut_when_stalled, stalled_after
 from flyaway.models.copy import BatchRequest, CopySettings
 from flyaway.models.plan import LocalLocation, WeightsStage
 from flyaway.models.status import MigrationState
@@ -43,6 +47,7 @@ from tests.harness import (
 )
 
 LONG_NAME = "n" * 300
+MiB = 1024 * 1024
 
 
 def refusal(limits: Any, keys: list[str]) -> str | None:
@@ -181,3 +186,25 @@ def test_a_failed_put_leaves_no_partial_file(tmp_path: Path) -> None:
     with pytest.raises(DataCorruption):
         dest.put("c", b"weights", "00000000", "0" * 64)
     assert not list((tmp_path / "dest" / ".flyaway" / "partial").iterdir())
+
+
+def test_a_copy_that_moves_no_bytes_is_cut_and_one_that_moves_is_not(tmp_path: Path) -> None:
+    local = LocalLocation(kind="local", path=str(tmp_path))
+    engine = CopyEngine(LocalSource(local), LocalDestination(local), part_size=MiB, concurrency=2)
+
+    async def hang() -> None:  # a hang no socket timeout sees
+        await asyncio.Event().wait()
+
+    async def progress() -> str:
+        for _ in range(6):
+            await asyncio.sleep(0.1)
+            engine.counters.bytes_done += 1
+        return "done"
+
+    started = time.monotonic()
+    with pytest.raises(CopyStalled, match=r"no bytes moved for \d+ s; this attempt is cut"):
+        run_async(cut_when_stalled(engine, hang(), floor=0.3, check_seconds=0.05))
+    assert time.monotonic() - started < 5
+    assert run_async(cut_when_stalled(engine, progress(), floor=0.3, check_seconds=0.05)) == "done"
+    engine.bandwidth.rate = MiB  # 2 streams of 1 MiB parts at 1 MiB/s: a part may wait 8 s for its turn
+    assert stalled_after(engine, floor=0.3) == 8

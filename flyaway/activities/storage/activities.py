@@ -39,6 +39,7 @@ from flyaway.activities.storage.base import Destination
 from flyaway.activities.storage.engine import CopyEngine
 from flyaway.activities.storage.names import KeysTheDestinationRefuses
 from flyaway.activities.storage.progress import CopyReporter
+from flyaway.activities.storage.stall import cut_when_stalled
 from flyaway.models.base import check_relative_key
 from flyaway.models.copy import (
     BatchRequest,
@@ -294,7 +295,7 @@ async def copy_batch(request: BatchRequest) -> BatchResult:
     reporter = CopyReporter(engine, request)
     heartbeat = asyncio.create_task(reporter.run())
     try:
-        await engine.copy_all(lines, writer.add)
+        await cut_when_stalled(engine, engine.copy_all(lines, writer.add))
     except FlyawayError:
         raise
     except Exception as error:  # retried by Temporal: say why in the migration's status meanwhile
