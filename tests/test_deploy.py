@@ -324,6 +324,7 @@ def test_a_modal_plan_without_a_command_or_token_is_refused(monkeypatch: pytest.
 # -- the plan section ------------------------------------------------------------------------------------
 
 LOCAL = {"kind": "local", "path": "/w"}
+LOCAL_COPY = {"kind": "local", "path": "/copy"}
 
 
 @pytest.mark.parametrize(("plan", "message"), [
@@ -345,7 +346,7 @@ LOCAL = {"kind": "local", "path": "/w"}
 ])
 def test_deploy_sections_that_cannot_work_are_refused_naming_the_field(plan: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        parse_plan({"name": "t", "weights": {"source": LOCAL, "destination": LOCAL}, **plan})
+        parse_plan({"name": "t", "weights": {"source": LOCAL, "destination": LOCAL_COPY}, **plan})
 
 
 def test_weights_destinations_become_the_mounted_volume() -> None:
