@@ -81,6 +81,7 @@ from pydantic import ByteSize, TypeAdapter
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
+from flyaway.activities.storage.base import STATE_DIR
 from flyaway.connection import TemporalOptions, connect
 from flyaway.models.plan import WeightsStage
 from flyaway.models.status import MigrationResult, MigrationState
@@ -188,7 +189,7 @@ def settle_source(folder: Path, cold: bool) -> None:
 def tree_sizes(folder: Path) -> dict[str, int]:
     """Relative path -> size of the files below ``folder``, leaving out flyaway's own state."""
     return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*")
-            if p.is_file() and p.relative_to(folder).parts[0] != ".flyaway"}
+            if p.is_file() and p.relative_to(folder).parts[0] != STATE_DIR}
 
 
 # ---- measurements ------------------------------------------------------------------------------
@@ -473,7 +474,7 @@ class StorageServer:
 
 def relative_sizes(items: Iterable[tuple[str, int]], prefix: str) -> dict[str, int]:
     sizes = {name[len(prefix) + 1:]: size for name, size in items}
-    return {key: size for key, size in sizes.items() if not key.startswith(".flyaway/")}
+    return {key: size for key, size in sizes.items() if not key.startswith(f"{STATE_DIR}/")}
 
 
 class MotoS3(StorageServer):

@@ -24,6 +24,8 @@ from temporalio.api.common.v1 import Payloads
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
+from flyaway.activities.storage.activities import MigrationState, weights_workflow_id
+from flyaway.activities.storage.base import STATE_DIR
 from flyaway.activities.storage.runpod import RUNPOD_MAX_BODY
 from flyaway.connection import TemporalOptions, connect
 from flyaway.models.status import MigrationResult, MigrationStatus
@@ -204,7 +206,7 @@ class S3FaultProxy:
                 body = self.rfile.read(length) if length else b""
                 with proxy._lock:
                     proxy.requests += 1
-                    if self.command == "PUT" and "/.flyaway/" not in self.path:
+                    if self.command == "PUT" and f"/{STATE_DIR}/" not in self.path:
                         proxy.uploaded += len(body)
                         if body and proxy.corrupt != 0:
                             body = body[:len(body) // 2] + bytes([body[len(body) // 2] ^ 0xFF]) + body[len(body) // 2 + 1:]
@@ -280,7 +282,7 @@ class S3FaultProxy:
     def draw_fault(self, command: str, path: str, size: int) -> str | None:
         """The fault to inject into this request ("slowdown", "reset", "stall"), or None."""
         key = urllib.parse.urlsplit(path).path.strip("/")
-        if command not in ("PUT", "GET") or "/" not in key or "/.flyaway/" in path:
+        if command not in ("PUT", "GET") or "/" not in key or f"/{STATE_DIR}/" in path:
             return None  # only object data: not buckets, listings or flyaway's state
         with self._lock:
             if self._random.random() >= self.fault_rate:
@@ -352,6 +354,11 @@ class GcsEmulator(LoopbackServer):
                  str(self.port), "--in-memory", "--quiet"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for_port(self.port, 30, self.process)
+
+
+def manifest_key(plan_name: str) -> str:
+    """Where a migration's verified manifest lives, relative to its destination prefix."""
+    return f"{STATE_DIR}/{MigrationState(weights_workflow_id(f'migration-{plan_name}')).manifest}"
 
 
 def weights_plan(name: str, source: dict[str, Any], destination: dict[str, Any], **weights: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import pytest
 
 from tests.fakes import modal_volume as fake_modal
 from tests.fakes.hf_hub import TOKEN, FakeHub
-from tests.harness import TEST_AWS_ENV
+from tests.harness import STATE_DIR, TEST_AWS_ENV
 
 REPO = "acme/llama"
 
@@ -44,6 +44,6 @@ def modal_location(staging: Path, prefix: str, **fields: Any) -> dict[str, Any]:
 
 def tree(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
-            if p.is_file() and ".flyaway" not in p.relative_to(folder).parts}
+            if p.is_file() and STATE_DIR not in p.relative_to(folder).parts}
 
 

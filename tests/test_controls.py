@@ -17,6 +17,7 @@ from flyaway.models.status import MigrationState
 from flyaway.starter.cli import app
 from flyaway.starter.dev import free_port, write_random_file
 from tests.harness import (
+    STATE_DIR,
     REPO,
     S3FaultProxy,
     TemporalDevServer,
@@ -101,7 +102,7 @@ def test_abort_drops_unfinished_uploads(temporal_server: TemporalDevServer, work
     assert "aborted by the operator: wrong bucket" in str(failure.value.cause)
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     keys = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
-    assert not [key for key in keys if key.startswith("m/.flyaway/uploads/")]
+    assert not [key for key in keys if key.startswith(f"m/{STATE_DIR}/") and "/uploads/" in key]
     assert "m/model.safetensors" not in keys
     refused = cli(temporal_server, "pause", "abort-me")
     assert refused.exit_code == 2 and "pause refused: migration-abort-me has ended (failed)" in refused.stderr

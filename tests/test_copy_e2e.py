@@ -9,11 +9,19 @@ from typing import Any
 
 from flyaway.models.status import MigrationState, StageState
 from tests.fixtures import make_tree
-from tests.harness import TemporalDevServer, WorkerProcess, run_migration, s3_location, weights_plan
+from tests.harness import (
+    STATE_DIR,
+    TemporalDevServer,
+    WorkerProcess,
+    manifest_key,
+    run_migration,
+    s3_location,
+    weights_plan,
+)
 
 
-def read_manifest(s3: Any, bucket: str, prefix: str) -> dict[str, dict[str, Any]]:
-    body = s3.get_object(Bucket=bucket, Key=f"{prefix}/.flyaway/manifest.jsonl")["Body"].read()
+def read_manifest(s3: Any, bucket: str, prefix: str, plan_name: str) -> dict[str, dict[str, Any]]:
+    body = s3.get_object(Bucket=bucket, Key=f"{prefix}/{manifest_key(plan_name)}")["Body"].read()
     return {entry["key"]: entry for entry in map(json.loads, body.decode().splitlines())}
 
 
@@ -31,7 +39,7 @@ def test_local_to_s3_lands_every_byte_and_a_rerun_copies_nothing(
     assert result.status.stage_status("teardown").state == StageState.skipped
     for key, data in contents.items():
         assert s3.get_object(Bucket=bucket, Key=f"models/llama/{key}")["Body"].read() == data, key
-    manifest = read_manifest(s3, bucket, "models/llama")
+    manifest = read_manifest(s3, bucket, "models/llama", "local-to-s3")
     import hashlib
     assert {k: (e["size"], e["sha256"]) for k, e in manifest.items()} == {
         k: (len(d), hashlib.sha256(d).hexdigest()) for k, d in contents.items()}
@@ -61,10 +69,10 @@ def test_s3_to_local_and_local_to_local(temporal_server: TemporalDevServer, work
                                                 {"kind": "local", "path": str(tmp_path / "copy")},
                                                 part_size="1MiB"), worker.task_queue)
 
-    for folder in ("from-s3", "copy"):
+    for folder, name in (("from-s3", "s3-to-local"), ("copy", "local-to-local")):
         found = {str(p.relative_to(tmp_path / folder)): p.read_bytes()
-                 for p in (tmp_path / folder).rglob("*") if p.is_file() and ".flyaway" not in p.parts}
+                 for p in (tmp_path / folder).rglob("*") if p.is_file() and STATE_DIR not in p.parts}
         assert found == contents, folder
-        state = {str(p.relative_to(tmp_path / folder / ".flyaway")) for p in (tmp_path / folder / ".flyaway").rglob("*")
+        state = {str(p.relative_to(tmp_path / folder)) for p in (tmp_path / folder / STATE_DIR).rglob("*")
                  if p.is_file()}
-        assert state == {"manifest.jsonl"}, f"{folder}: leftover state {state}"
+        assert state == {manifest_key(name)}, f"{folder}: leftover state {state}"

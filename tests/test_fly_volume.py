@@ -33,6 +33,7 @@ from tests.fakes.fly_machines import FakeFlyMachinesAPI, FakeMachine, FakeVolume
 from tests.fixtures import make_tree
 from tests.fly_hosts import LocalFlyHosts
 from tests.harness import (
+    manifest_key,
     TEST_AWS_ENV,
     GcsEmulator,
     MotoServer,
@@ -146,7 +147,7 @@ def test_copy_to_s3_through_the_agent_then_agent_and_fork_are_gone(
     assert result.status.state == MigrationState.completed
     for key, data in contents.items():
         assert s3.get_object(Bucket=bucket, Key=f"m/{key}")["Body"].read() == data, key
-    manifest = s3.get_object(Bucket=bucket, Key="m/.flyaway/manifest.jsonl")["Body"].read().decode().splitlines()
+    manifest = s3.get_object(Bucket=bucket, Key=f"m/{manifest_key(plan['name'])}")["Body"].read().decode().splitlines()
     assert sorted(json.loads(line)["key"] for line in manifest) == sorted(contents)
     [agent] = fly.agents()
     [fork] = fly.forks()

@@ -24,9 +24,11 @@ from tests.fakes import modal_volume as fake_modal
 from tests.fakes.hf_hub import FakeHub
 from tests.fixtures import make_tree
 from tests.harness import (
+    STATE_DIR,
     TemporalDevServer,
     WorkerProcess,
     eventually,
+    manifest_key,
     migration_result,
     migration_status,
     run_async,
@@ -104,7 +106,8 @@ def test_local_and_s3_to_a_modal_volume_land_every_byte_and_a_rerun_uploads_noth
     volume = fake_modal.volume_dir(modal_dir, "weights")
     assert tree(volume / prefix) == contents
     assert tree(volume / f"{prefix}-s3") == contents
-    manifest = [json.loads(line) for line in (volume / prefix / ".flyaway" / "manifest.jsonl").read_text().splitlines()]
+    manifest_lines = (volume / prefix / manifest_key(from_local["name"])).read_text().splitlines()
+    manifest = [json.loads(line) for line in manifest_lines]
     assert sorted(entry["key"] for entry in manifest) == sorted(contents)
     assert [p for p in (tmp_path / "staging").rglob("*") if p.is_file()] == []
 
@@ -113,7 +116,7 @@ def test_local_and_s3_to_a_modal_volume_land_every_byte_and_a_rerun_uploads_noth
                           hf_worker.task_queue)
     assert again.status.stage_status("weights").detail.startswith(f"0 copied, {len(contents)} unchanged")
     data_uploads = [path for path, _ in fake_modal.read_uploads(modal_dir, "weights")[uploads:]
-                    if "/.flyaway/" not in path]
+                    if f"/{STATE_DIR}/" not in path]
     assert data_uploads == []
 
 
@@ -233,14 +236,14 @@ def test_files_over_modal_limits_are_refused_at_listing_before_any_byte_moves(
         assert status.last_error is not None and "LimitExceeded" in status.last_error, status.last_error
         assert expected in status.last_error
     data_uploads = [path for path, _ in fake_modal.read_uploads(modal_dir, "weights")[uploads:]
-                    if "/.flyaway/" not in path]
+                    if f"/{STATE_DIR}/" not in path]
     assert data_uploads == []
 
 
 def recorded_keys(volume: Path) -> set[str]:
     """Files the copy recorded as landed (manifest shards of unfinished runs, and the final manifest)."""
     keys = set()
-    for shard in (volume / ".flyaway").rglob("*.jsonl"):
+    for shard in (volume / STATE_DIR).rglob("*.jsonl"):
         if "/manifest" in shard.as_posix():
             keys |= {json.loads(line)["key"] for line in shard.read_text().splitlines() if line.strip()}
     return keys
@@ -267,7 +270,7 @@ def test_a_killed_worker_resumes_a_modal_copy_file_by_file(
         worker.kill()
         recorded = recorded_keys(volume)
         committed = [path for path, _ in fake_modal.read_uploads(modal_dir, "weights") if path.startswith(prefix)
-                     and "/.flyaway/" not in path]
+                     and f"/{STATE_DIR}/" not in path]
         assert len(recorded) < len(shas), "the copy finished before the kill; the test proves nothing"
         worker.start()
         result = run_async(migration_result(temporal_server, workflow_id, timeout=300))
@@ -277,7 +280,7 @@ def test_a_killed_worker_resumes_a_modal_copy_file_by_file(
     assert result.status.state == MigrationState.completed
     assert {key: sha256_of_file(volume / key) for key in shas} == shas
     after = [path for path, _ in fake_modal.read_uploads(modal_dir, "weights") if path.startswith(prefix)
-             and "/.flyaway/" not in path][len(committed):]
+             and f"/{STATE_DIR}/" not in path][len(committed):]
     sent_again = {path.removeprefix(f"{prefix}/") for path in after} & {p.removeprefix(f"{prefix}/")
                                                                        for p in committed}
     print(f"\nrecorded before the kill {sorted(recorded)}; uploaded again {sorted(sent_again)}")

@@ -20,6 +20,7 @@ from flyaway.models.status import MigrationState
 from tests.fakes.hf_hub import FakeHub
 from tests.fixtures import make_tree
 from tests.harness import (
+    STATE_DIR,
     TEST_RUNPOD_ENV,
     GcsEmulator,
     RunPodLimitsProxy,
@@ -53,7 +54,7 @@ def s3_tree(s3: Any, bucket: str, prefix: str) -> dict[str, bytes]:
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
         for item in page.get("Contents", []):
             key = item["Key"][len(prefix) + 1:]
-            if not key.startswith(".flyaway/"):
+            if not key.startswith(f"{STATE_DIR}/"):
                 found[key] = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
     return found
 
@@ -80,7 +81,7 @@ def test_every_source_to_every_destination(
             return ({"kind": "gcs", "bucket": gcs_bucket, "prefix": pair},
                     lambda: {blob.name[len(pair) + 1:]: blob.download_as_bytes()
                              for blob in gcs.bucket(gcs_bucket).list_blobs(prefix=f"{pair}/")
-                             if not blob.name.startswith(f"{pair}/.flyaway/")})
+                             if not blob.name.startswith(f"{pair}/{STATE_DIR}/")})
         if kind == "runpod_volume":
             return ({"kind": "runpod_volume", "volume_id": bucket, "datacenter": "EUR-IS-1", "prefix": pair,
                      "endpoint_url": runpod_proxy.endpoint}, lambda: s3_tree(s3, bucket, pair))

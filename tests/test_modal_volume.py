@@ -15,6 +15,7 @@ from modal.volume import _VolumeUploadContextManager2
 
 from flyaway.activities.errors import AccessDenied, DataCorruption, LimitExceeded, MissingCredentials, NotFound
 from flyaway.activities.storage.activities import DirectoryFanout
+from flyaway.activities.storage.base import STATE_DIR
 from flyaway.activities.storage.engine import CopyEngine
 from flyaway.activities.storage.local import LocalSource
 from flyaway.activities.storage.modal_volume import ModalVolumeDestination, open_modal_volume
@@ -73,7 +74,7 @@ def test_files_land_whole_staging_is_emptied_and_state_round_trips(
     assert {e.key: e.sha256 for e in entries} == {k: hashlib.sha256(d).hexdigest() for k, d in contents.items()}
     assert {obj.key: obj.size for obj in dest.list()} == {k: len(d) for k, d in contents.items()}
     assert [p for p in (tmp_path / "staging").rglob("*") if p.is_file()] == []
-    data_uploads = [path for path, _ in fake.read_uploads(modal_dir, "weights") if "/.flyaway/" not in path]
+    data_uploads = [path for path, _ in fake.read_uploads(modal_dir, "weights") if f"/{STATE_DIR}/" not in path]
     assert sorted(data_uploads) == sorted(f"m/{key}" for key in contents)  # each file went up once
 
     dest.put_state("runs/x/listing.jsonl", b"0123456789")
@@ -93,7 +94,7 @@ def test_a_file_corrupted_on_the_volume_is_caught_by_reading_it_back_and_sent_ag
     copy(tmp_path / "src", dest)
     volume = fake.volume_dir(modal_dir, "weights") / "m"
     assert {key: (volume / key).read_bytes() for key in contents} == contents
-    uploads = [path for path, _ in fake.read_uploads(modal_dir, "weights") if "/.flyaway/" not in path]
+    uploads = [path for path, _ in fake.read_uploads(modal_dir, "weights") if f"/{STATE_DIR}/" not in path]
     assert sorted(set(uploads)) == ["m/config.json", "m/model.safetensors"]
     assert len(uploads) == 3, uploads  # the corrupted one went up twice
 

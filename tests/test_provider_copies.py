@@ -10,7 +10,15 @@ from typing import Any
 
 from flyaway.models.status import MigrationState
 from tests.fixtures import make_tree
-from tests.harness import RunPodLimitsProxy, TemporalDevServer, WorkerProcess, run_migration, weights_plan
+from tests.harness import (
+    STATE_DIR,
+    RunPodLimitsProxy,
+    TemporalDevServer,
+    WorkerProcess,
+    manifest_key,
+    run_migration,
+    weights_plan,
+)
 
 PREFIX = "models/llama"
 
@@ -42,7 +50,7 @@ def read_gcs(gcs: Any, bucket: str, prefix: str) -> tuple[dict[str, bytes], list
     objects, state = {}, []
     for blob in gcs.list_blobs(bucket, prefix=f"{prefix}/"):
         rel = blob.name[len(prefix) + 1:]
-        if rel.startswith(".flyaway/"):
+        if rel.startswith(f"{STATE_DIR}/"):
             state.append(rel)
         else:
             objects[rel] = blob.download_as_bytes()
@@ -54,19 +62,20 @@ def read_s3(s3: Any, bucket: str, prefix: str) -> tuple[dict[str, bytes], list[s
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
         for item in page.get("Contents", []):
             rel = item["Key"][len(prefix) + 1:]
-            if rel.startswith(".flyaway/"):
+            if rel.startswith(f"{STATE_DIR}/"):
                 state.append(rel)
             else:
                 objects[rel] = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
     return objects, state
 
 
-def assert_copied(objects: dict[str, bytes], state: list[str], manifest: bytes, contents: dict[str, bytes]) -> None:
+def assert_copied(objects: dict[str, bytes], state: list[str], manifest: bytes, contents: dict[str, bytes],
+                  plan_name: str) -> None:
     assert objects == contents
     entries = parse_manifest(manifest)
     assert {key: (e["size"], e["sha256"]) for key, e in entries.items()} == sizes_and_hashes(contents)
     assert entries["nested/deeper/shard-00001.bin"]["parts"] == 3
-    assert state == [".flyaway/manifest.jsonl"], f"leftover state {state}"
+    assert state == [manifest_key(plan_name)], f"leftover state {state}"
 
 
 def put_tree(s3: Any, bucket: str, prefix: str, contents: dict[str, bytes]) -> None:
@@ -84,8 +93,8 @@ def test_local_to_gcs(temporal_server: TemporalDevServer, provider_worker: Worke
 
     assert result.status.state == MigrationState.completed
     objects, state = read_gcs(gcs, gcs_bucket, PREFIX)
-    manifest = gcs.bucket(gcs_bucket).blob(f"{PREFIX}/.flyaway/manifest.jsonl").download_as_bytes()
-    assert_copied(objects, state, manifest, contents)
+    manifest = gcs.bucket(gcs_bucket).blob(f"{PREFIX}/{manifest_key(plan['name'])}").download_as_bytes()
+    assert_copied(objects, state, manifest, contents, plan["name"])
     again = run_migration(temporal_server, plan, provider_worker.task_queue)
     assert again.status.stage_status("weights").detail.startswith(f"0 copied, {len(contents)} unchanged")
 
@@ -104,8 +113,8 @@ def test_tigris_to_runpod_volume(temporal_server: TemporalDevServer, provider_wo
 
     assert result.status.state == MigrationState.completed, result.status.last_error
     objects, state = read_s3(s3, bucket, PREFIX)
-    manifest = s3.get_object(Bucket=bucket, Key=f"{PREFIX}/.flyaway/manifest.jsonl")["Body"].read()
-    assert_copied(objects, state, manifest, contents)
+    manifest = s3.get_object(Bucket=bucket, Key=f"{PREFIX}/{manifest_key(plan['name'])}")["Body"].read()
+    assert_copied(objects, state, manifest, contents, plan["name"])
     assert runpod_proxy.refused == []
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
@@ -121,5 +130,5 @@ def test_tigris_to_gcs(temporal_server: TemporalDevServer, provider_worker: Work
 
     assert result.status.state == MigrationState.completed, result.status.last_error
     objects, state = read_gcs(gcs, gcs_bucket, PREFIX)
-    manifest = gcs.bucket(gcs_bucket).blob(f"{PREFIX}/.flyaway/manifest.jsonl").download_as_bytes()
-    assert_copied(objects, state, manifest, contents)
+    manifest = gcs.bucket(gcs_bucket).blob(f"{PREFIX}/{manifest_key(plan['name'])}").download_as_bytes()
+    assert_copied(objects, state, manifest, contents, plan["name"])

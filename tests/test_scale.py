@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flyaway.models.status import MigrationState
-from tests.harness import TemporalDevServer, WorkerProcess, run_async, run_migration, weights_plan
+from tests.harness import TemporalDevServer, WorkerProcess, manifest_key, run_async, run_migration, weights_plan
 
 FILES = 100_000
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def test_a_hundred_thousand_files(temporal_server: TemporalDevServer, worker: Wo
     copied = sum(len(files) for _, _, files in os.walk(tmp_path / "dst" / "shard-000"))
     assert copied == 1000
     assert (tmp_path / "dst" / "shard-099" / "f099999.json").read_bytes() == b'{"file": 99999}'
-    manifest = (tmp_path / "dst" / ".flyaway" / "manifest.jsonl").read_bytes()
+    manifest = (tmp_path / "dst" / manifest_key(plan["name"])).read_bytes()
     assert manifest.count(b"\n") == FILES
     runs, events = run_async(history_events(temporal_server, "migration-many-files-weights"))
     print(f"\n{FILES} files: {runs} runs of CopyWeightsWorkflow, {events} history events "

@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from flyaway.models.base import Record
 from flyaway.models.fly_agent import FlyAgent
 from flyaway.models.plan import WeightsStage
+
+
+#: what a value read back from flyaway's state may hold where it names an upload (never a path or a URL)
+UPLOAD_ID_PATTERN = re.compile(r"[A-Za-z0-9._~+=/-]{1,1024}")
+HEX_PATTERN = re.compile(r"[0-9a-f]{1,128}")
+
+
+class SourceChecksum(Record):
+    """A checksum the source publishes for a file, which the bytes read must have.
+
+    With ``part_size`` it is a composite, as S3 gives a multipart object: the digest of the
+    concatenated digests of every ``part_size`` bytes (the last part shorter), in ``algorithm``.
+    ``git-sha1`` is git's blob id (sha1 of ``blob <size>\\0`` and the bytes), what the hub lists
+    for files kept in git itself.
+    """
+
+    algorithm: Literal["md5", "sha1", "sha256", "crc32", "crc32c", "git-sha1"]
+    value: str = Field(description="hex digest")
+    part_size: int | None = Field(None, gt=0, description="bytes per source part when the value is a composite")
+
+    def label(self) -> str:
+        """How the manifest records it: ``md5:<hex>``, ``md5/8388608:<hex>`` for a composite."""
+        layout = f"/{self.part_size}" if self.part_size else ""
+        return f"{self.algorithm}{layout}:{self.value}"
 
 
 class SourceFile(Record):
@@ -30,6 +56,8 @@ class ManifestEntry(Record):
     dest_version: str = Field(description="the destination's own identity of the object: ETag, or size:mtime")
     parts: int = 1
     copied_at: datetime | None = None
+    source_checksum: str = Field("none", description="the source's own checksum the bytes read were checked "
+                                 "against (SourceChecksum.label), or 'none' where the source publishes none")
 
 
 class ListingLine(Record):
@@ -39,22 +67,44 @@ class ListingLine(Record):
     previous: ManifestEntry | None = None
 
 
-class UploadState(Record):
-    """A multipart upload in progress, kept at the destination so any later attempt can resume it."""
-
-    key: str
-    upload_id: str
-    size: int
-    part_size: int
-    source_version: str
-
-
 class PartRecord(Record):
     """A part that landed at the destination."""
 
-    number: int
-    size: int
+    number: int = Field(ge=1, le=2**31)
+    size: int = Field(ge=0)
     checksum: str = Field(description="hex checksum of the part's bytes, in the destination's part algorithm")
+    receipt: str = Field("", description="the destination's own name of the part where it is not the checksum "
+                         "(an S3 ETag under SSE-KMS)", pattern=r"^[A-Za-z0-9._~+=/-]{0,256}$")
+
+    @field_validator("checksum")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        if value and not HEX_PATTERN.fullmatch(value):
+            raise ValueError("a part checksum is hex")
+        return value
+
+
+class CompletingUpload(Record):
+    """What completing an upload needs, recorded before ``complete`` is sent: a later attempt that finds
+    the upload gone checks whether this made the object, instead of sending the file again."""
+
+    parts: list[PartRecord]
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    source_checksum: str
+
+
+class UploadState(Record):
+    """A multipart upload in progress, kept at the destination so any later attempt can resume it.
+
+    It is read back from the destination, so every field is checked for its shape; the upload id is
+    only ever handed to the destination's API (an adapter that makes a path of it checks it further)."""
+
+    key: str
+    upload_id: str = Field(pattern=rf"^{UPLOAD_ID_PATTERN.pattern}$")
+    size: int = Field(ge=0)
+    part_size: int = Field(gt=0)
+    source_version: str
+    completing: CompletingUpload | None = None
 
 
 class CopySettings(Record):
@@ -123,6 +173,8 @@ class VerifyResult(Record):
     bytes_verified: int
     manifest_key: str
     manifest_sha256: str | None = Field(None, description="sha256 of the manifest file as written")
+    files_without_source_checksum: int = Field(0, description="verified files whose source publishes no checksum: "
+                                               "their bytes were checked in transit only")
 
 
 class CopyWeightsInput(Record):

@@ -28,6 +28,8 @@ from rich.console import Console
 from rich.table import Table
 from temporalio.client import Client
 
+from flyaway.activities.storage.activities import MigrationState, weights_workflow_id
+from flyaway.activities.storage.base import STATE_DIR
 from flyaway.activities.storage.checksums import sha256_of_file
 from flyaway.codec import EncryptionCodec
 from flyaway.connection import TASK_QUEUE, TemporalOptions, connect
@@ -288,8 +290,9 @@ class DevStack:
 
     def _show_manifest(self, s3: Any, weights: Path) -> None:
         """The verified manifest as it stands in the bucket, each sha256 checked against the local file."""
-        body = s3.get_object(Bucket=DEMO_BUCKET, Key="models/demo/.flyaway/manifest.jsonl")["Body"].read()
-        table = Table(title=f"s3://{DEMO_BUCKET}/models/demo/.flyaway/manifest.jsonl")
+        key = f"models/demo/{STATE_DIR}/{MigrationState(weights_workflow_id('migration-demo')).manifest}"
+        body = s3.get_object(Bucket=DEMO_BUCKET, Key=key)["Body"].read()
+        table = Table(title=f"s3://{DEMO_BUCKET}/{key}")
         for column in ("file", "size", "sha256", "matches local file"):
             table.add_column(column)
         for line in body.decode().splitlines():

@@ -12,7 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from flyaway.activities.storage import open_destination, open_source
-from flyaway.activities.storage.activities import is_selected, previous_entries
+from flyaway.activities.storage.activities import (
+    MigrationState,
+    is_selected,
+    previous_entries,
+    weights_workflow_id,
+)
 from flyaway.activities.storage.base import Destination, Source
 from flyaway.activities.storage.engine import copy_reason
 from flyaway.models.copy import ListingLine, ManifestEntry, SourceFile
@@ -92,7 +97,7 @@ def dry_run(plan: MigrationPlan, measure: bool = True) -> DryRun:
     stage = plan.weights
     source = open_source(stage.source, stage.concurrency)
     dest = open_destination(stage.destination, stage.concurrency)
-    previous = previous_entries(dest)
+    previous = previous_entries(dest, MigrationState(weights_workflow_id(plan.workflow_id)))
     report = DryRun()
     for file in source.list():
         if not is_selected(file.key, stage):

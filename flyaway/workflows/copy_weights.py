@@ -107,7 +107,7 @@ class CopyWeightsWorkflow:
                 workflow.continue_as_new(request)
         self._show("verifying every listed file at the destination")
         verified = await workflow.execute_activity(
-            verify_copy, args=[stage, listing.listing_id], start_to_close_timeout=timedelta(hours=2),
+            verify_copy, args=[stage, listing], start_to_close_timeout=timedelta(hours=2),
             heartbeat_timeout=timedelta(minutes=5), retry_policy=copy_retry_policy(stage), task_queue=self._task_queue,
             schedule_to_start_timeout=self._schedule_to_start)
         return CopyWeightsResult(files_total=listing.files_total, bytes_total=listing.bytes_total,

@@ -231,7 +231,8 @@ class MigrationWorkflow:
         status.files_done, status.bytes_done = status.files_total, status.bytes_total
         status.stage_status("weights").detail = (
             f"{result.counters.files_copied} copied, {result.counters.files_skipped} unchanged, "
-            f"{result.verify.files_verified} verified")
+            f"{result.verify.files_verified} of {result.files_total} verified, "
+            f"{result.verify.files_without_source_checksum} without a source checksum")
         return result
 
     async def _abort(self) -> None:

@@ -1,13 +1,19 @@
 """The weight copy's activities: check, list, copy a batch, verify, abort.
 
-State lives at the destination under ``.flyaway/``:
+State lives at the destination in flyaway's state folder (``STATE_DIR``), which no source key
+can reach (the listing refuses one that would), each migration in its own folder
+``migrations/<copy workflow id>/``, so verify and abort touch only their own:
 
 - ``runs/<listing>/listing.jsonl``: what this copy works through, one ``ListingLine`` a line;
   batches are addressed by byte offsets into it, so the workflow holds a cursor, not a list.
 - ``runs/<listing>/manifest/<offset>-<attempt>-<seq>.jsonl``: entries of files that landed,
   flushed every few seconds, so a retried batch skips what an earlier attempt finished.
 - ``uploads/<hash>.json``: multipart uploads in progress (see the engine).
-- ``manifest.jsonl``: the verified manifest, written last.
+- ``manifest.jsonl``: the migration's verified manifest, written last.
+
+``claims/<copy workflow id>.json`` says which listing a migration is writing until it verifies
+or is aborted: a migration whose listing shares a key with an older claim is refused before any
+byte moves, naming the other.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import functools
 import hashlib
 import io
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -35,12 +42,12 @@ from flyaway.activities.errors import (
     permanent_os_error,
 )
 from flyaway.activities.storage import open_destination, open_source
-from flyaway.activities.storage.base import Destination
+from flyaway.activities.storage.base import STATE_DIR, Destination, is_state_key
 from flyaway.activities.storage.engine import CopyEngine
 from flyaway.activities.storage.names import KeysTheDestinationRefuses
 from flyaway.activities.storage.progress import CopyReporter
 from flyaway.activities.storage.stall import cut_when_stalled
-from flyaway.models.base import check_relative_key
+from flyaway.models.base import Record, check_relative_key
 from flyaway.models.copy import (
     BatchRequest,
     BatchResult,
@@ -86,12 +93,45 @@ def non_retryable_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable
     return wrapper
 
 
-def listing_name(listing_id: str) -> str:
-    return f"runs/{listing_id}/listing.jsonl"
+class Claim(Record):
+    """A migration writing the keys of one listing at a destination."""
+
+    workflow_id: str
+    listing_id: str
+    claimed_at: float
 
 
-def shard_prefix(listing_id: str) -> str:
-    return f"runs/{listing_id}/manifest/"
+def weights_workflow_id(migration_id: str) -> str:
+    """The id a migration gives its weight copy (its child workflow for the ``weights`` stage)."""
+    return f"{migration_id}-weights"
+
+
+def migration_folder(workflow_id: str) -> str:
+    """The state folder of one copy workflow: its id where that is a plain name, else a digest of it."""
+    if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,150}", workflow_id):
+        return workflow_id
+    return hashlib.sha256(workflow_id.encode()).hexdigest()[:40]
+
+
+class MigrationState:
+    """Names of one migration's state files at the destination."""
+
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        self.prefix = f"migrations/{migration_folder(workflow_id)}/"
+        self.claim = f"claims/{migration_folder(workflow_id)}.json"
+        self.manifest = f"{self.prefix}{MANIFEST}"
+
+    def listing(self, listing_id: str) -> str:
+        return f"{self.prefix}runs/{listing_id}/listing.jsonl"
+
+    def shards(self, listing_id: str) -> str:
+        return f"{self.prefix}runs/{listing_id}/manifest/"
+
+
+def current_migration() -> MigrationState:
+    """The state of the copy workflow this activity runs for."""
+    return MigrationState(activity.info().workflow_id)
 
 
 def is_selected(key: str, stage: WeightsStage) -> bool:
@@ -105,7 +145,7 @@ def read_raw_entries(dest: Destination, names: list[str]) -> dict[str, bytes]:
     entry costs several times its text, and a listing of 100,000 files parses each one at most once."""
     entries: dict[str, bytes] = {}
     for name in names:
-        with decoding_state(f"{dest.describe()} .flyaway/{name}"):
+        with decoding_state(f"{dest.describe()} {STATE_DIR}/{name}"):
             for line in (dest.get_state(name) or b"").splitlines():
                 if line.strip():
                     entries[json.loads(line)["key"]] = line
@@ -115,7 +155,7 @@ def read_raw_entries(dest: Destination, names: list[str]) -> dict[str, bytes]:
 def read_entries(dest: Destination, names: list[str]) -> dict[str, ManifestEntry]:
     """Manifest entries from state files, later files winning."""
     raw = read_raw_entries(dest, names)
-    with decoding_state(f"{dest.describe()} .flyaway/ manifest"):
+    with decoding_state(f"{dest.describe()} {STATE_DIR}/ manifest"):
         return {key: ManifestEntry.model_validate_json(line) for key, line in raw.items()}
 
 
@@ -149,10 +189,41 @@ class DirectoryFanout:
                                 f"{self.where}, the most one folder there can hold; split it or use include")
 
 
-def previous_entries(dest: Destination) -> dict[str, bytes]:
-    """What earlier runs copied (JSON lines by key): the verified manifest, then shards of runs that did not finish."""
-    shards = [name for name in dest.list_state("runs/") if "/manifest/" in name]
-    return read_raw_entries(dest, [MANIFEST, *shards])
+def previous_entries(dest: Destination, state: MigrationState) -> dict[str, bytes]:
+    """What earlier runs copied (JSON lines by key): the verified manifests of every migration (read only; an
+    entry whose object changed since is copied again), then this migration's own, then shards of its runs
+    that did not finish."""
+    manifests = [name for name in dest.list_state("migrations/")
+                 if name.endswith(f"/{MANIFEST}") and name.count("/") == 2 and name != state.manifest]
+    shards = [name for name in dest.list_state(f"{state.prefix}runs/") if "/manifest/" in name]
+    return read_raw_entries(dest, [*manifests, state.manifest, *shards])
+
+
+def _listed_keys(dest: Destination, name: str) -> Iterator[str]:
+    for raw in (dest.get_state(name) or b"").splitlines():
+        if raw.strip():
+            yield json.loads(raw)["file"]["key"]
+
+
+def _refuse_overlap(dest: Destination, state: MigrationState, claim: Claim, keys: set[str]) -> None:
+    """Refuse this listing if an older claim of another migration holds one of its keys; a younger one
+    refuses itself when it looks (both write their claim before looking, so one of them always sees the other)."""
+    for name in dest.list_state("claims/"):
+        if name == state.claim:
+            continue
+        try:
+            other = Claim.model_validate_json(dest.get_state(name) or b"")
+        except ValueError:
+            continue  # not a claim flyaway wrote
+        if (other.claimed_at, other.workflow_id) > (claim.claimed_at, claim.workflow_id):
+            continue
+        shared = next((key for key in _listed_keys(dest, MigrationState(other.workflow_id).listing(other.listing_id))
+                       if key in keys), None)
+        if shared is not None:
+            dest.delete_state(state.claim)
+            raise InvalidPlan(f"{dest.describe()}: migration {other.workflow_id} is writing the same keys "
+                              f"('{shared}' and maybe more) and has not finished; wait for it, abort it, "
+                              f"or copy to another prefix")
 
 
 def _stage_label(stage: WeightsStage) -> str:
@@ -174,10 +245,12 @@ async def check_weights(stage: WeightsStage) -> str:
     return await asyncio.to_thread(check)
 
 
-def _write_listing(stage: WeightsStage, listing_id: str, heartbeat: Callable[[int], None]) -> ListingResult:
+def _write_listing(stage: WeightsStage, listing_id: str, state: MigrationState,
+                   heartbeat: Callable[[int], None]) -> ListingResult:
     source = open_source(stage.source, stage.concurrency)
     dest = open_destination(stage.destination, stage.concurrency)
-    previous = previous_entries(dest)
+    previous = previous_entries(dest, state)
+    keys: set[str] = set()
     max_entries = dest.limits.max_entries_per_directory
     fanout = DirectoryFanout(max_entries, dest.describe()) if max_entries else None
     refused = KeysTheDestinationRefuses(dest.limits, dest.describe())
@@ -190,9 +263,13 @@ def _write_listing(stage: WeightsStage, listing_id: str, heartbeat: Callable[[in
             check_relative_key(file.key)
         except ValueError as error:
             raise InvalidPlan(f"source key {file.key!r} of {source.describe()}: {error}") from None
+        if is_state_key(file.key):
+            raise InvalidPlan(f"source key {file.key!r} of {source.describe()} would land in flyaway's state folder "
+                              f"{STATE_DIR}/ at the destination; exclude it (weights.exclude: ['{STATE_DIR}/*'])")
         dest.check_file(file)
         if not refused.holds(file.key):
             continue
+        keys.add(file.key)
         if fanout is not None:
             fanout.add(file.key)
         earlier = previous.get(file.key)
@@ -205,7 +282,10 @@ def _write_listing(stage: WeightsStage, listing_id: str, heartbeat: Callable[[in
         if files % 1000 == 0:
             heartbeat(files)
     refused.raise_if_any()
-    dest.put_state(listing_name(listing_id), b"".join(lines))
+    dest.put_state(state.listing(listing_id), b"".join(lines))
+    claim = Claim(workflow_id=state.workflow_id, listing_id=listing_id, claimed_at=time.time())
+    dest.put_state(state.claim, claim.model_dump_json().encode())
+    _refuse_overlap(dest, state, claim, keys)
     return ListingResult(listing_id=listing_id, files_total=files, bytes_total=size,
                          files_unchanged_candidates=candidates)
 
@@ -213,47 +293,49 @@ def _write_listing(stage: WeightsStage, listing_id: str, heartbeat: Callable[[in
 @activity.defn(name="flyaway.weights.list")
 @non_retryable_errors
 async def list_source(stage: WeightsStage, listing_id: str) -> ListingResult:
-    """List the source into ``runs/<listing_id>/listing.jsonl`` at the destination."""
+    """List the source into the migration's ``runs/<listing_id>/listing.jsonl`` at the destination and claim its keys."""
     loop = asyncio.get_running_loop()
 
     def heartbeat(files: int) -> None:
         # an async activity heartbeats from its event loop; this runs in the listing's thread
         loop.call_soon_threadsafe(activity.heartbeat, files)
 
-    result = await asyncio.to_thread(_write_listing, stage, listing_id, heartbeat)
+    result = await asyncio.to_thread(_write_listing, stage, listing_id, current_migration(), heartbeat)
     log.info("listed source", files=result.files_total, bytes=result.bytes_total, copy=_stage_label(stage))
     return result
 
 
-def _read_batch(dest: Destination, request: BatchRequest) -> tuple[list[ListingLine], int, bool]:
+def _read_batch(dest: Destination, request: BatchRequest,
+                state: MigrationState) -> tuple[list[ListingLine], int, bool]:
     """The lines of one batch from the listing, the offset after them, and whether the listing is done."""
     stage, offset = request.stage, request.offset
+    listing = state.listing(request.listing_id)
     lines: list[ListingLine] = []
     size = 0
     buffer = b""
     while len(lines) < stage.batch_files and size < stage.batch_bytes:
         if b"\n" not in buffer:
-            chunk = dest.get_state(listing_name(request.listing_id), offset + len(buffer), LISTING_WINDOW) or b""
+            chunk = dest.get_state(listing, offset + len(buffer), LISTING_WINDOW) or b""
             if not chunk:
                 return lines, offset, True
             buffer += chunk
             continue
         raw, buffer = buffer.split(b"\n", 1)
         offset += len(raw) + 1
-        with decoding_state(f"{dest.describe()} .flyaway/{listing_name(request.listing_id)}"):
+        with decoding_state(f"{dest.describe()} {STATE_DIR}/{listing}"):
             line = ListingLine.model_validate_json(raw)
         lines.append(line)
         size += line.file.size
-    rest = dest.get_state(listing_name(request.listing_id), offset, 1)
+    rest = dest.get_state(listing, offset, 1)
     return lines, offset, not rest
 
 
 class _ManifestWriter:
     """Records landed files at the destination often enough that a crash loses few of them."""
 
-    def __init__(self, dest: Destination, request: BatchRequest, attempt: int) -> None:
+    def __init__(self, dest: Destination, request: BatchRequest, attempt: int, state: MigrationState) -> None:
         self.dest = dest
-        self.prefix = f"{shard_prefix(request.listing_id)}{request.offset:016d}-{attempt:04d}-"
+        self.prefix = f"{state.shards(request.listing_id)}{request.offset:016d}-{attempt:04d}-"
         self.pending: list[ManifestEntry] = []
         self.seq = 0
         self.stamp = time.monotonic()
@@ -283,15 +365,17 @@ async def copy_batch(request: BatchRequest) -> BatchResult:
     stage = request.stage
     source = await asyncio.to_thread(open_source, stage.source, request.settings.concurrency)
     dest = await asyncio.to_thread(open_destination, stage.destination, request.settings.concurrency)
-    lines, next_offset, done = await asyncio.to_thread(_read_batch, dest, request)
+    state = current_migration()
+    lines, next_offset, done = await asyncio.to_thread(_read_batch, dest, request, state)
     info = activity.info()
     if info.attempt > 1:
-        earlier = await asyncio.to_thread(_earlier_attempts, dest, request)
+        earlier = await asyncio.to_thread(_earlier_attempts, dest, request, state)
         lines = [ListingLine(file=line.file, previous=earlier.get(line.file.key, line.previous)) for line in lines]
         log.info("resuming batch", offset=request.offset, files_recorded=len(earlier), attempt=info.attempt)
     engine = CopyEngine(source, dest, part_size=stage.part_size, concurrency=request.settings.concurrency,
-                        bandwidth_limit=request.settings.bandwidth_limit)
-    writer = _ManifestWriter(dest, request, info.attempt)
+                        bandwidth_limit=request.settings.bandwidth_limit, state_prefix=state.prefix,
+                        check_landed=info.attempt > 1)
+    writer = _ManifestWriter(dest, request, info.attempt, state)
     reporter = CopyReporter(engine, request)
     heartbeat = asyncio.create_task(reporter.run())
     try:
@@ -311,86 +395,118 @@ async def copy_batch(request: BatchRequest) -> BatchResult:
     return BatchResult(next_offset=next_offset, done=done, **c.counts())
 
 
-def _earlier_attempts(dest: Destination, request: BatchRequest) -> dict[str, ManifestEntry]:
-    prefix = f"{shard_prefix(request.listing_id)}{request.offset:016d}-"
+def _earlier_attempts(dest: Destination, request: BatchRequest, state: MigrationState) -> dict[str, ManifestEntry]:
+    prefix = f"{state.shards(request.listing_id)}{request.offset:016d}-"
     return read_entries(dest, dest.list_state(prefix))
 
 
-def _listing_range(dest: Destination, listing_id: str, start: int, end: int | None) -> Iterator[ListingLine]:
-    raw = dest.get_state(listing_name(listing_id), start, None if end is None else end - start) or b""
-    for line in raw.splitlines():
+def _listing_range(dest: Destination, name: str, start: int, end: int | None) -> Iterator[tuple[int, ListingLine]]:
+    """(offset, line) of the listing's lines from ``start`` to ``end``."""
+    raw = dest.get_state(name, start, None if end is None else end - start) or b""
+    offset = start
+    for line in raw.splitlines(keepends=True):
         if line.strip():
-            with decoding_state(f"{dest.describe()} .flyaway/{listing_name(listing_id)}"):
+            with decoding_state(f"{dest.describe()} {STATE_DIR}/{name}"):
                 parsed = ListingLine.model_validate_json(line)
-            yield parsed
+            yield offset, parsed
+        offset += len(line)
 
 
-def _verify(stage: WeightsStage, listing_id: str) -> VerifyResult:
+def _first_unlisted(stage: WeightsStage, listed: set[str]) -> str | None:
+    """The first selected source file the listing does not hold (a listing cut short), if the source still has one."""
+    source = open_source(stage.source, stage.concurrency)
+    return next((file.key for file in source.list() if is_selected(file.key, stage) and file.key not in listed), None)
+
+
+def _check_entry(dest: Destination, line: ListingLine, entry: ManifestEntry | None,
+                 present: dict[str, tuple[int, str]]) -> None:
+    """The listed file was recorded as copied and is still at the destination as it was written: its version
+    is the one the destination gave when the bytes were checked against the source's. (The recorded copy
+    may be of a newer version than listed: a file that changed during the copy is copied as it is now.)"""
+    file = line.file
+    if entry is None:
+        raise DataCorruption(f"{file.key} was listed but never recorded as copied; retry the migration")
+    found = present.get(entry.key)
+    if found != (entry.size, entry.dest_version):
+        what = "missing" if found is None else f"{found[0]} bytes, version {found[1]}"
+        raise DataCorruption(f"{dest.describe()}/{entry.key}: expected {entry.size} bytes, version "
+                             f"{entry.dest_version}; found {what}")
+
+
+def _verify(stage: WeightsStage, listing: ListingResult, state: MigrationState) -> VerifyResult:
     """Batch by batch (shards are named by the listing offset of their batch), so memory follows the
-    batch size; only the destination's keys and versions are held for the whole listing."""
+    batch size; only the destination's keys and versions are held for the whole listing. The files and
+    bytes counted must be the listing's totals, as the workflow got them when the listing was written."""
     dest = open_destination(stage.destination, stage.concurrency)
     present = {obj.key: (obj.size, obj.version) for obj in dest.list()}
     shards: dict[int, list[str]] = {}
-    prefix = shard_prefix(listing_id)
+    prefix = state.shards(listing.listing_id)
     for name in dest.list_state(prefix):
         shards.setdefault(int(name[len(prefix):].split("-", 1)[0]), []).append(name)
-    offsets = sorted(shards)
     manifest = io.BytesIO()
-    files = size = 0
-    for start, end in zip(offsets, [*offsets[1:], None]):
-        entries = read_entries(dest, shards[start])
-        for line in _listing_range(dest, listing_id, start, end):
-            entry = entries.get(line.file.key)
-            if entry is None:
-                raise DataCorruption(f"{line.file.key} was listed but never recorded as copied; retry the migration")
-            found = present.get(entry.key)
-            if found != (entry.size, entry.dest_version):
-                what = "missing" if found is None else f"{found[0]} bytes, version {found[1]}"
-                raise DataCorruption(f"{dest.describe()}/{entry.key}: expected {entry.size} bytes, version "
-                                     f"{entry.dest_version}; found {what}")
-            manifest.write(entry.model_dump_json().encode() + b"\n")
-            files += 1
-            size += entry.size
-    if (offsets[0] if offsets else 0) != 0 or (not offsets and dest.get_state(listing_name(listing_id), 0, 1)):
-        raise DataCorruption("the first batch of the listing was never recorded as copied; retry the migration")
-    dest.put_state(MANIFEST, manifest.getvalue())
-    for name in dest.list_state("runs/"):
+    files = size = listed_bytes = unchecked = 0
+    listed: set[str] = set()
+    entries: dict[str, ManifestEntry] = {}
+    for offset, line in _listing_range(dest, state.listing(listing.listing_id), 0, None):
+        if offset in shards:  # the first line of a batch: its entries
+            entries = read_entries(dest, shards[offset])
+        entry = entries.get(line.file.key)
+        _check_entry(dest, line, entry, present)
+        assert entry is not None
+        manifest.write(entry.model_dump_json().encode() + b"\n")
+        listed.add(line.file.key)
+        files += 1
+        size += entry.size
+        listed_bytes += line.file.size
+        unchecked += entry.source_checksum == "none"
+    if (files, listed_bytes) != (listing.files_total, listing.bytes_total):
+        missing = _first_unlisted(stage, listed)
+        first = f"; the first file missing from it: {missing}" if missing else ""
+        raise DataCorruption(f"the listing at {dest.describe()} holds {files} files ({listed_bytes} bytes), it was written "
+                             f"with {listing.files_total} ({listing.bytes_total} bytes){first}; retry the migration")
+    dest.put_state(state.manifest, manifest.getvalue())
+    for name in dest.list_state(f"{state.prefix}runs/"):
         dest.delete_state(name)
-    return VerifyResult(files_verified=files, bytes_verified=size,
-                        manifest_key=f"{dest.describe()}/.flyaway/{MANIFEST}",
+    dest.delete_state(state.claim)
+    return VerifyResult(files_verified=files, bytes_verified=size, files_without_source_checksum=unchecked,
+                        manifest_key=f"{dest.describe()}/{STATE_DIR}/{state.manifest}",
                         manifest_sha256=hashlib.sha256(manifest.getvalue()).hexdigest())
 
 
 @activity.defn(name="flyaway.weights.verify")
 @non_retryable_errors
-async def verify_copy(stage: WeightsStage, listing_id: str) -> VerifyResult:
-    """Check every listed file against the destination and write the verified manifest."""
-    result = await asyncio.to_thread(_verify, stage, listing_id)
-    log.info("copy verified", files=result.files_verified, bytes=result.bytes_verified)
+async def verify_copy(stage: WeightsStage, listing: ListingResult) -> VerifyResult:
+    """Check every listed file against the destination and write the migration's verified manifest."""
+    result = await asyncio.to_thread(_verify, stage, listing, current_migration())
+    log.info("copy verified", files=result.files_verified, bytes=result.bytes_verified,
+             files_without_source_checksum=result.files_without_source_checksum)
     return result
 
 
-def _abort_uploads(stage: WeightsStage) -> int:
-    """Abort every recorded upload, listing again until none is left."""
+def _abort_uploads(stage: WeightsStage, state: MigrationState) -> int:
+    """Abort every upload the migration recorded, listing again until none is left, then drop its claim."""
     dest = open_destination(stage.destination, stage.concurrency)
     aborted = 0
-    while names := dest.list_state("uploads/"):
+    while names := dest.list_state(f"{state.prefix}uploads/"):
         for name in names:
             raw = dest.get_state(name)
             if raw:
-                with decoding_state(f"{dest.describe()} .flyaway/{name}"):
-                    state = UploadState.model_validate_json(raw)
-                dest.abort(state.key, state.upload_id)
+                with decoding_state(f"{dest.describe()} {STATE_DIR}/{name}"):
+                    upload = UploadState.model_validate_json(raw)
+                dest.abort(upload.key, upload.upload_id)
                 aborted += 1
             dest.delete_state(name)
+    dest.delete_state(state.claim)
     return aborted
 
 
 @activity.defn(name="flyaway.weights.abort_uploads")
 @non_retryable_errors
 async def abort_uploads(stage: WeightsStage) -> int:
-    """Drop unfinished multipart uploads (an operator aborted the migration); returns how many."""
-    return await asyncio.to_thread(_abort_uploads, stage)
+    """Drop the migration's unfinished multipart uploads and its claim (an operator aborted it); returns how
+    many. It runs in the migration's workflow, whose weight copy keeps its state under its own id."""
+    state = MigrationState(weights_workflow_id(activity.info().workflow_id))
+    return await asyncio.to_thread(_abort_uploads, stage, state)
 
 
 COPY_ACTIVITIES = [check_weights, list_source, copy_batch, verify_copy, abort_uploads]

@@ -11,10 +11,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from flyaway.activities.errors import LimitExceeded
-from flyaway.models.copy import PartRecord, SourceFile
+from flyaway.models.copy import PartRecord, SourceChecksum, SourceFile
 
-#: where flyaway keeps its own state at a destination (manifests, upload checkpoints)
-STATE_DIR = ".flyaway"
+#: where flyaway keeps its own state at a destination (listings, manifests, upload checkpoints). A source
+#: key below it is refused at listing (exclude it), so no source content can land in flyaway's state; a
+#: user's own ``.flyaway/`` folder is copied like any other.
+STATE_DIR = ".flyaway-state"
+
+
+def is_state_key(key: str) -> bool:
+    """Whether a key relative to a prefix falls in flyaway's state folder."""
+    return key == STATE_DIR or key.startswith(f"{STATE_DIR}/")
 
 
 class SourceChanged(Exception):
@@ -56,6 +63,15 @@ class DestObject:
     version: str
 
 
+@dataclass(frozen=True)
+class LandedObject:
+    """An object at the destination with the checksum of its bytes, in the destination's part algorithm."""
+
+    size: int
+    checksum: str
+    version: str
+
+
 class Source(ABC):
     """Where the weights are now."""
 
@@ -78,6 +94,16 @@ class Source(ABC):
     @abstractmethod
     def read(self, file: SourceFile, offset: int, length: int) -> bytes:
         """``length`` bytes from ``offset``; raises ``SourceChanged`` if the file is not at ``file.version``."""
+
+    def restat(self, listed: SourceFile) -> SourceFile:
+        """The listed file as it is now; a source pinned to a snapshot (a hub commit) looks there."""
+        return self.stat(listed.key)
+
+    def published_checksum(self, file: SourceFile) -> SourceChecksum | None:
+        """The checksum the source publishes for the file at ``file.version``, or None where it has none.
+
+        The engine checks the bytes it read against it before anything becomes visible."""
+        return None
 
 
 class Destination(ABC):
@@ -107,6 +133,11 @@ class Destination(ABC):
             raise LimitExceeded(f"{file.key}: {file.size} bytes is over {self.describe()}'s "
                                 f"{self.limits.max_object_size}-byte object limit")
 
+    def landed(self, key: str) -> LandedObject | None:
+        """The object at ``key`` with its checksum, when the destination can tell it cheaply (a small file
+        landed by an attempt that was killed before recording it); None when absent or unknown."""
+        return None
+
     @abstractmethod
     def put(self, key: str, data: bytes, checksum: str, sha256: str) -> str:
         """Write a whole small object (``checksum``: hex, in ``part_checksum``'s algorithm); returns its version."""
@@ -128,7 +159,10 @@ class Destination(ABC):
 
     @abstractmethod
     def complete(self, key: str, upload_id: str, parts: list[PartRecord], sha256: str) -> str:
-        """Make the object visible; verify it against the parts; returns its destination version."""
+        """Make the object visible; verify it against the parts; returns its destination version.
+
+        Called again for an upload that an earlier attempt completed, it finds the object made from
+        exactly these parts and returns its version, or raises ``UploadGone``."""
 
     @abstractmethod
     def abort(self, key: str, upload_id: str) -> None:

@@ -1,14 +1,17 @@
-"""Checksums of source bytes that destinations check: a part's MD5 or crc32c, and the crc32c of a
-whole object combined from its parts' without reading the bytes again."""
+"""Checksums of source bytes: a part's MD5 or crc32c that destinations check, the crc32c of a
+whole object combined from its parts' without reading the bytes again, and the streaming check
+of the bytes read against the checksum the source publishes."""
 
 from __future__ import annotations
 
 import hashlib
+import zlib
 from pathlib import Path
+from typing import Any, Protocol
 
 import google_crc32c
 
-from flyaway.models.copy import PartRecord
+from flyaway.models.copy import PartRecord, SourceChecksum
 
 _CRC32C_POLY = 0x82F63B78
 
@@ -76,3 +79,78 @@ def combined_crc32c(parts: list[PartRecord]) -> int:
     for part in sorted(parts, key=lambda p: p.number):
         crc = crc32c_combine(crc, int(part.checksum, 16), part.size)
     return crc
+
+
+class _Hasher(Protocol):
+    def update(self, data: bytes, /) -> Any: ...
+
+    def digest(self) -> bytes: ...
+
+
+class _Crc32:
+    """zlib's crc32 with hashlib's shape."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: bytes) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+    def digest(self) -> bytes:
+        return self.value.to_bytes(4, "big")
+
+
+def _hasher(algorithm: str) -> _Hasher:
+    if algorithm == "crc32c":
+        return google_crc32c.Checksum()
+    if algorithm == "crc32":
+        return _Crc32()
+    return hashlib.new({"git-sha1": "sha1"}.get(algorithm, algorithm))
+
+
+class SourceDigest:
+    """Fed a file's bytes in order, tells whether they have the checksum the source publishes.
+
+    A composite (``part_size`` set) is the digest of the parts' digests, so the bytes need not
+    arrive cut at the source's part boundaries."""
+
+    def __init__(self, published: SourceChecksum, size: int) -> None:
+        self.published = published
+        self.size = size
+        self.fed = 0
+        self._whole = _hasher(published.algorithm)
+        if published.algorithm == "git-sha1":
+            self._whole.update(b"blob %d\0" % size)
+        self._part: _Hasher | None = _hasher(published.algorithm) if published.part_size else None
+        self._part_fed = 0
+
+    def update(self, data: bytes) -> None:
+        self.fed += len(data)
+        if self._part is None:
+            self._whole.update(data)
+            return
+        part_size = self.published.part_size or 0
+        view = memoryview(data)
+        while view:
+            take = min(len(view), part_size - self._part_fed)
+            self._part.update(view[:take])
+            self._part_fed += take
+            view = view[take:]
+            if self._part_fed == part_size:
+                self._end_part()
+
+    def _end_part(self) -> None:
+        assert self._part is not None
+        self._whole.update(self._part.digest())
+        self._part, self._part_fed = _hasher(self.published.algorithm), 0
+
+    def mismatch(self) -> str | None:
+        """Why the bytes fed are not the published ones, or None when they are."""
+        if self.fed != self.size:
+            return f"{self.fed} bytes read of {self.size}"
+        if self._part is not None and self._part_fed:
+            self._end_part()
+        actual = self._whole.digest().hex()
+        if actual != self.published.value:
+            return f"bytes read have {self.published.algorithm} {actual}, the source publishes {self.published.label()}"
+        return None

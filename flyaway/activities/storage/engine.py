@@ -8,12 +8,22 @@ the source bytes without a second read. A destination that takes parts only in o
 (``sequential_parts``: a GCS resumable session) still gets its parts read ahead, but each
 is sent only after the one before it landed.
 
-A large file's multipart upload is recorded at the destination (``.flyaway/uploads/``)
-as soon as it starts. Any later attempt, after a crash or an operator's retry, finds it,
-asks the destination which parts landed, and sends only the parts that did not, after
-checking that each landed part has the checksum of the source bytes it stands for (or,
-where the destination cannot tell a landed part's checksum, that ``complete`` verifies the
-whole object against the source bytes).
+Every byte read is checked against the checksum the source publishes for the file (an S3
+ETag or ``x-amz-checksum-*``, a hub sha256 or git blob id), fed in order like the sha256,
+before the file is put or its upload completed: bytes that do not match are read again, and
+a file that keeps reading wrong ends as ``DataCorruption`` naming it, never visible at the
+destination. A source that publishes no checksum is recorded as such in the manifest.
+
+A large file's multipart upload is recorded at the destination (``uploads/`` in the
+migration's state) as soon as it starts. Any later attempt, after a crash or an operator's
+retry, finds it, asks the destination which parts landed, and sends only the parts that did
+not, after checking that each landed part has the checksum of the source bytes it stands for
+(or, where the destination cannot tell a landed part's checksum, that ``complete`` verifies
+the whole object against the source bytes). The parts are recorded in the checkpoint before
+``complete`` is sent, and the checkpoint is dropped only once the file is in the manifest: an
+attempt killed between the two completes (or finds completed) that upload without sending a
+byte. A small file landed by an attempt killed before recording it is found by its checksum
+(``check_landed``) and not sent again.
 """
 
 from __future__ import annotations
@@ -35,19 +45,22 @@ from pydantic import Field
 
 from flyaway.activities.errors import DataCorruption, LimitExceeded, decoding_state
 from flyaway.activities.storage.base import (
+    STATE_DIR,
     Destination,
     DestObject,
     Source,
     SourceChanged,
     UploadGone,
 )
-from flyaway.activities.storage.checksums import part_checksum
+from flyaway.activities.storage.checksums import SourceDigest, part_checksum
 from flyaway.models.copy import (
+    CompletingUpload,
     CopyCounters,
     CopySettings,
     ListingLine,
     ManifestEntry,
     PartRecord,
+    SourceChecksum,
     SourceFile,
     UploadState,
 )
@@ -73,8 +86,34 @@ def first_error(group: BaseExceptionGroup) -> BaseException:
     return error
 
 
-def upload_state_name(key: str) -> str:
-    return f"uploads/{hashlib.sha256(key.encode()).hexdigest()[:40]}.json"
+class SourceReadCorrupt(Exception):
+    """The bytes read do not have the checksum the source publishes; the file is read again."""
+
+
+def upload_state_name(state_prefix: str, key: str) -> str:
+    return f"{state_prefix}uploads/{hashlib.sha256(key.encode()).hexdigest()[:40]}.json"
+
+
+class FileDigests:
+    """The sha256 of a file's bytes and the check against the source's published checksum, fed in order."""
+
+    def __init__(self, file: SourceFile, published: SourceChecksum | None) -> None:
+        self.file = file
+        self.sha256 = hashlib.sha256()
+        self.source = SourceDigest(published, file.size) if published else None
+        self.label = published.label() if published else "none"
+
+    def update(self, data: bytes) -> None:
+        self.sha256.update(data)
+        if self.source is not None:
+            self.source.update(data)
+
+    def check(self) -> str:
+        """The sha256 hex digest; raises ``SourceReadCorrupt`` if the bytes are not the source's."""
+        mismatch = self.source.mismatch() if self.source is not None else None
+        if mismatch:
+            raise SourceReadCorrupt(mismatch)
+        return self.sha256.hexdigest()
 
 
 def copy_reason(line: ListingLine, current: DestObject | None) -> str | None:
@@ -180,10 +219,16 @@ class EngineCounters(CopyCounters):
 
 class CopyEngine:
     def __init__(self, source: Source, destination: Destination, *, part_size: int, concurrency: int,
-                 bandwidth_limit: int | None = None) -> None:
+                 bandwidth_limit: int | None = None, state_prefix: str = "", check_landed: bool = False) -> None:
+        """``state_prefix``: where the migration's upload checkpoints live among the destination's state;
+        ``check_landed``: look for small files an earlier, killed attempt landed without recording them."""
         return_freed_buffers_to_the_os()
         self.source = source
         self.dest = destination
+        self.state_prefix = state_prefix
+        self.check_landed = check_landed
+        #: files whose upload checkpoint is dropped once their entry is recorded
+        self._recording: set[str] = set()
         self.part_size = part_size
         self.concurrency = concurrency
         self.bandwidth = TokenBucket(bandwidth_limit)
@@ -227,7 +272,11 @@ class CopyEngine:
         """Copy (or skip) every line, at most ``concurrency`` files at once; report each entry as it lands."""
 
         async def one(line: ListingLine) -> None:
-            await on_entry(await self.copy_file(line))
+            entry = await self.copy_file(line)
+            await on_entry(entry)
+            if entry.key in self._recording:
+                await self._run(self.dest.delete_state, upload_state_name(self.state_prefix, entry.key))
+                self._recording.discard(entry.key)
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -252,9 +301,10 @@ class CopyEngine:
         last: Exception | None = None
         for attempt in range(1, MAX_FILE_ATTEMPTS + 1):
             try:
-                entry = await (self._copy_small(file) if file.size <= self._single_put_limit()
-                               else self._copy_multipart(file))
-                if attempt > 1 and (await self._run(self.source.stat, file.key)).version != file.version:
+                published = await self._run(self.source.published_checksum, file)
+                entry = await (self._copy_small(file, published) if file.size <= self._single_put_limit()
+                               else self._copy_multipart(file, published))
+                if attempt > 1 and (await self._run(self.source.restat, file)).version != file.version:
                     # it changed under an earlier attempt: what this one copied may be a passing state
                     raise SourceChanged(file.key)
                 self.counters.files_copied += 1
@@ -264,8 +314,13 @@ class CopyEngine:
                 log.warning("source file changed while copying; starting it again", key=file.key, attempt=attempt)
                 await self._forget_upload(file.key)
                 await asyncio.sleep(SETTLE_SECONDS)
-                file = await self._run(self.source.stat, file.key)
+                file = await self._run(self.source.restat, file)
                 last = SourceChanged(file.key)
+            except SourceReadCorrupt as error:
+                # the upload stays: landed parts whose checksum the next read confirms are kept
+                log.warning("bytes read do not match the source's checksum; reading the file again",
+                            key=file.key, attempt=attempt, reason=str(error))
+                last = error
             except (DataCorruption, UploadGone) as error:
                 # bytes that did not verify, or an upload the destination lost or no longer accepts
                 log.warning("copying the file again", key=file.key, attempt=attempt,
@@ -275,6 +330,9 @@ class CopyEngine:
         if isinstance(last, SourceChanged):
             raise DataCorruption(f"{file.key}: the source file kept changing during {MAX_FILE_ATTEMPTS} copies; "
                                  f"stop writing to it and retry")
+        if isinstance(last, SourceReadCorrupt):
+            raise DataCorruption(f"{self.source.describe()}/{file.key}: {last} (read {MAX_FILE_ATTEMPTS} times); "
+                                 f"nothing of it was made visible at the destination")
         raise DataCorruption(f"{file.key}: {last} (after {MAX_FILE_ATTEMPTS} copies)")
 
     def _single_put_limit(self) -> int:
@@ -287,47 +345,79 @@ class CopyEngine:
         return copy_reason(line, current) is None
 
     @staticmethod
-    def _check_published_sha256(file: SourceFile, digest: str) -> None:
-        """Bytes that do not hash to what the source publishes are corrupt: never make them visible."""
-        if file.sha256 and file.sha256 != digest:
-            raise DataCorruption(f"{file.key}: source bytes hash to {digest}, the source publishes {file.sha256}")
-
-    @staticmethod
-    def _entry(file: SourceFile, sha256: str, dest_version: str, parts: int) -> ManifestEntry:
+    def _entry(file: SourceFile, sha256: str, dest_version: str, parts: int, source_checksum: str) -> ManifestEntry:
         return ManifestEntry(key=file.key, size=file.size, sha256=sha256, source_version=file.version,
-                             dest_version=dest_version, parts=parts, copied_at=datetime.now(timezone.utc))
+                             dest_version=dest_version, parts=parts, copied_at=datetime.now(timezone.utc),
+                             source_checksum=source_checksum)
 
-    async def _copy_small(self, file: SourceFile) -> ManifestEntry:
-        def read_and_hash() -> tuple[bytes, str, str]:
+    async def _copy_small(self, file: SourceFile, published: SourceChecksum | None) -> ManifestEntry:
+        def read_and_check() -> tuple[bytes, str, str]:
             data = self.source.read(file, 0, file.size)
-            return data, part_checksum(self.dest.part_checksum, data), hashlib.sha256(data).hexdigest()
+            digests = FileDigests(file, published)
+            digests.update(data)
+            return data, part_checksum(self.dest.part_checksum, data), digests.check()
 
         async with self._slots:
-            data, checksum, sha256 = await self._run(read_and_hash)
-            self._check_published_sha256(file, sha256)
-            await self.bandwidth.take(len(data))
-            try:
-                version = await self._run(self.dest.put, file.key, data, checksum, sha256)
-            finally:  # sent, even when it arrived damaged
-                self.counters.bytes_uploaded += len(data)
+            data, checksum, sha256 = await self._run(read_and_check)
+            version = await self._landed_version(file, checksum)
+            if version is None:
+                await self.bandwidth.take(len(data))
+                try:
+                    version = await self._run(self.dest.put, file.key, data, checksum, sha256)
+                finally:  # sent, even when it arrived damaged
+                    self.counters.bytes_uploaded += len(data)
             self.counters.bytes_done += len(data)
-        return self._entry(file, sha256, version, 1)
+        return self._entry(file, sha256, version, 1, published.label() if published else "none")
+
+    async def _landed_version(self, file: SourceFile, checksum: str) -> str | None:
+        """The version of the file at the destination if an earlier attempt landed exactly these bytes."""
+        if not self.check_landed:
+            return None
+        landed = await self._run(self.dest.landed, file.key)
+        if landed is None or (landed.size, landed.checksum) != (file.size, checksum):
+            return None
+        log.info("file landed in an earlier attempt; recorded without sending it again", key=file.key)
+        return landed.version
 
     async def _forget_upload(self, key: str) -> None:
         state = await self._load_upload(key)
         if state is not None:
             await self._run(self.dest.abort, key, state.upload_id)
-            await self._run(self.dest.delete_state, upload_state_name(key))
+            await self._run(self.dest.delete_state, upload_state_name(self.state_prefix, key))
         self.counters.uploads.pop(key, None)
 
     async def _load_upload(self, key: str) -> UploadState | None:
-        raw = await self._run(self.dest.get_state, upload_state_name(key))
-        with decoding_state(f"{self.dest.describe()} .flyaway/{upload_state_name(key)}"):
-            return UploadState.model_validate_json(raw) if raw else None
+        """The checkpoint of the file's upload, checked for its shape: it is read back from the destination."""
+        name = upload_state_name(self.state_prefix, key)
+        raw = await self._run(self.dest.get_state, name)
+        if not raw:
+            return None
+        with decoding_state(f"{self.dest.describe()} {STATE_DIR}/{name}"):
+            state = UploadState.model_validate_json(raw)
+        if state.key != key:
+            raise DataCorruption(f"upload checkpoint {STATE_DIR}/{name} at {self.dest.describe()} is for another "
+                                 f"file than {key}; delete it to copy that file from the start")
+        return state
 
-    async def _resume_or_begin(self, file: SourceFile, part_size: int) -> tuple[UploadState, dict[int, PartRecord]]:
-        """The upload to continue, with the parts that already landed, or a new upload."""
-        state = await self._load_upload(file.key)
+    async def _completed_earlier(self, file: SourceFile, state: UploadState, count: int) -> ManifestEntry | None:
+        """The entry of a file whose upload an earlier attempt completed (or was about to) before it was killed."""
+        done = state.completing
+        if done is None:
+            return None
+        try:
+            version = await self._run(self.dest.complete, file.key, state.upload_id, done.parts, done.sha256)
+        except UploadGone:
+            log.info("upload from an earlier attempt is gone and did not make the object; starting over",
+                     key=file.key)
+            return None
+        log.info("upload completed by an earlier attempt; recorded without sending it again", key=file.key)
+        self._recording.add(file.key)
+        self.counters.bytes_done += file.size
+        return self._entry(file, done.sha256, version, count, done.source_checksum)
+
+    async def _resume_or_begin(self, file: SourceFile, part_size: int,
+                               state: UploadState | None) -> tuple[UploadState, dict[int, PartRecord]]:
+        """The upload to continue (``state``, from the checkpoint), with the parts that already landed, or a new upload."""
         if state is not None:
             if (state.source_version, state.size, state.part_size) == (file.version, file.size, part_size):
                 try:
@@ -345,10 +435,14 @@ class CopyEngine:
             upload_id = self.dest.begin_upload(file.key, file.size)
             state = UploadState(key=file.key, upload_id=upload_id, size=file.size, part_size=part_size,
                                 source_version=file.version)
-            self.dest.put_state(upload_state_name(file.key), state.model_dump_json().encode())
+            self.dest.put_state(upload_state_name(self.state_prefix, file.key), state.model_dump_json().encode())
             return state
 
         return await self._run(begin_and_record), {}
+
+    async def _save_upload(self, state: UploadState) -> None:
+        await self._run(self.dest.put_state, upload_state_name(self.state_prefix, state.key),
+                        state.model_dump_json().encode())
 
     async def _upload_part(self, key: str, upload_id: str, number: int, offset: int, data: bytes,
                            checksum: str) -> PartRecord:
@@ -368,12 +462,18 @@ class CopyEngine:
             return record
         raise AssertionError("unreachable")
 
-    async def _copy_multipart(self, file: SourceFile) -> ManifestEntry:
+    async def _copy_multipart(self, file: SourceFile, published: SourceChecksum | None) -> ManifestEntry:
         part_size = self.effective_part_size(file.size)
         count = math.ceil(file.size / part_size)
-        state, landed = await self._resume_or_begin(file, part_size)
+        earlier = await self._load_upload(file.key)
+        if earlier is not None and (earlier.source_version, earlier.size, earlier.part_size) == (
+                file.version, file.size, part_size):
+            entry = await self._completed_earlier(file, earlier, count)
+            if entry is not None:
+                return entry
+        state, landed = await self._resume_or_begin(file, part_size, earlier)
         self.counters.uploads[file.key] = state.upload_id
-        sha256 = hashlib.sha256()
+        digests = FileDigests(file, published)
         records: list[PartRecord | None] = [None] * count
         loop = asyncio.get_running_loop()
 
@@ -384,7 +484,7 @@ class CopyEngine:
             data = await self._run(self.source.read, file, offset, length)
             checksum = await self._run(part_checksum, self.dest.part_checksum, data)
             await hashed_before
-            await self._run(sha256.update, data)
+            await self._run(digests.update, data)
             hashed.set_result(None)
             done = landed.get(number)
             if done is not None and done.checksum in (checksum, "") and done.size == length:
@@ -414,10 +514,11 @@ class CopyEngine:
                     previous, previous_sent = hashed, sent
         except BaseExceptionGroup as failures:
             raise first_error(failures) from None
-        digest = sha256.hexdigest()
-        self._check_published_sha256(file, digest)
+        digest = await self._run(digests.check)
         parts = [record for record in records if record is not None]
+        state.completing = CompletingUpload(parts=parts, sha256=digest, source_checksum=digests.label)
+        await self._save_upload(state)
         version = await self._run(self.dest.complete, file.key, state.upload_id, parts, digest)
-        await self._run(self.dest.delete_state, upload_state_name(file.key))
+        self._recording.add(file.key)
         self.counters.uploads.pop(file.key, None)
-        return self._entry(file, digest, version, count)
+        return self._entry(file, digest, version, count, digests.label)

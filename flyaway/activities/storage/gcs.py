@@ -9,8 +9,10 @@ there: nothing that landed is sent again. GCS keeps no checksum per chunk, so ``
 checks the object's crc32c against the crc32c of the source bytes, combined from the parts'.
 
 The engine's upload id is a random token, not the session URI: anyone holding the URI can write
-the object for a week, so it stays at the destination (``.flyaway/gcs-sessions/``) and out of
-workflow history, heartbeats and logs.
+the object for a week, so it stays at the destination (``gcs-sessions/`` in flyaway's state) and
+out of workflow history, heartbeats and logs. A session URI read back from there is used only if
+it is an upload URL of this bucket on the storage host the client talks to, so a planted one can
+never receive the worker's bearer token.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,7 +56,9 @@ from flyaway.activities.storage.base import (
     Destination,
     DestinationLimits,
     DestObject,
+    LandedObject,
     UploadGone,
+    is_state_key,
 )
 from flyaway.activities.storage.checksums import combined_crc32c
 from flyaway.models.base import join_key
@@ -132,8 +138,22 @@ class _Session:
     resource: dict[str, Any] | None = None
 
 
+_SESSION_TOKEN = re.compile(r"[0-9a-f]{32}")
+
+
 def session_state_name(token: str) -> str:
+    if not _SESSION_TOKEN.fullmatch(token):
+        raise DataCorruption(f"upload token {token[:80]!r} read back from flyaway's state is not one flyaway makes; "
+                             f"delete its checkpoint")
     return f"gcs-sessions/{token}.json"
+
+
+def storage_host() -> str:
+    """``scheme://host[:port]`` of the Cloud Storage API the client talks to (the emulator's in tests)."""
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    if emulator:
+        return emulator.rstrip("/") if "://" in emulator else f"http://{emulator.rstrip('/')}"
+    return "https://storage.googleapis.com"
 
 
 class GcsDestination(Destination):
@@ -203,9 +223,16 @@ class GcsDestination(Destination):
         base = f"{self.prefix.rstrip('/')}/" if self.prefix else ""
         for blob in self._blobs(base):
             rel = blob.name[len(base):]
-            if not rel or rel.endswith("/") or rel == STATE_DIR or rel.startswith(f"{STATE_DIR}/"):
+            if not rel or rel.endswith("/") or is_state_key(rel):
                 continue
             yield DestObject(key=rel, size=int(blob.size), version=str(blob.generation))
+
+    def landed(self, key: str) -> LandedObject | None:
+        blob = self.call(self._gs(key), lambda: self.bucket.get_blob(self.key_of(key), retry=None))
+        if blob is None or not blob.crc32c:
+            return None
+        return LandedObject(size=int(blob.size), checksum=base64.b64decode(blob.crc32c).hex(),
+                            version=str(blob.generation))
 
     def put(self, key: str, data: bytes, checksum: str, sha256: str) -> str:
         what = self._gs(key)
@@ -234,11 +261,23 @@ class GcsDestination(Destination):
         uri = self.call(self._gs(key), lambda: blob.create_resumable_upload_session(
             content_type="application/octet-stream", size=size, checksum=None, retry=None))
         token = uuid.uuid4().hex
-        session = _Session(uri=uri, size=size, persisted=0)
+        session = _Session(uri=self._check_uri(uri), size=size, persisted=0)
         self._save(token, session)
         with self._lock:
             self._sessions[token] = session
         return token
+
+    def _check_uri(self, uri: str) -> str:
+        """The URI, if it is a resumable upload URL of this bucket on the storage host; never sent a token otherwise."""
+        parts = urllib.parse.urlsplit(uri)
+        expected = urllib.parse.urlsplit(storage_host())
+        path = f"/upload/storage/v1/b/{urllib.parse.quote(self.location.bucket, safe='')}/o"
+        query = urllib.parse.parse_qs(parts.query)
+        if ((parts.scheme, parts.netloc) != (expected.scheme, expected.netloc) or parts.path != path
+                or query.get("uploadType") != ["resumable"] or parts.username or parts.password or parts.fragment):
+            raise DataCorruption(f"{self.describe()}: an upload session in flyaway's state is not an upload URL of "
+                                 f"bucket {self.location.bucket} at {storage_host()}; refusing to use it")
+        return uri
 
     def _save(self, token: str, session: _Session) -> None:
         saved = {"uri": session.uri, "size": session.size, "part_size": session.part_size}
@@ -251,9 +290,10 @@ class GcsDestination(Destination):
             raw = self.get_state(session_state_name(token))
             if raw is None:
                 raise UploadGone(token)
-            with decoding_state(f"{self.describe()} .flyaway/{session_state_name(token)}"):
+            with decoding_state(f"{self.describe()} {STATE_DIR}/{session_state_name(token)}"):
                 saved = json.loads(raw)
-                session = _Session(uri=saved["uri"], size=saved["size"], part_size=saved["part_size"])
+                session = _Session(uri=self._check_uri(str(saved["uri"])), size=int(saved["size"]),
+                                   part_size=None if saved["part_size"] is None else int(saved["part_size"]))
             with self._lock:
                 session = self._sessions.setdefault(token, session)
         return session
@@ -348,9 +388,17 @@ class GcsDestination(Destination):
         return session.resource
 
     def complete(self, key: str, upload_id: str, parts: list[PartRecord], sha256: str) -> str:
-        session = self._session(upload_id)
-        resource = self._final_resource(key, session, upload_id)
         expected = crc32c_b64(combined_crc32c(parts))
+        try:
+            session = self._session(upload_id)
+        except UploadGone:
+            # completed and forgotten by an attempt killed before it recorded the file
+            landed = self.landed(key)
+            if landed is None or (landed.size, crc32c_b64(int(landed.checksum, 16))) != (
+                    sum(p.size for p in parts), expected):
+                raise
+            return landed.version
+        resource = self._final_resource(key, session, upload_id)
         if int(resource["size"]) != session.size or resource.get("crc32c") != expected:
             raise DataCorruption(f"{self._gs(key)}: object of {resource['size']} bytes with crc32c "
                                  f"{resource.get('crc32c')}; the source bytes are {session.size} with {expected}")

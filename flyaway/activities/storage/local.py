@@ -8,6 +8,7 @@ into place, so a partial file never stands at its final path.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from flyaway.activities.storage.base import (
     Destination,
     DestinationLimits,
     DestObject,
+    LandedObject,
     Source,
     SourceChanged,
     UploadGone,
@@ -31,6 +33,10 @@ from flyaway.activities.storage.checksums import combined_crc32c, crc32c_of_file
 from flyaway.models.base import check_relative_key
 from flyaway.models.copy import PartRecord, SourceFile
 from flyaway.models.plan import LocalLocation
+
+
+#: upload ids this destination makes (uuid4 hex): checked before one read back from state becomes a path
+_UPLOAD_ID = re.compile(r"[0-9a-f]{32}|put-[0-9a-f]{32}")
 
 
 def _version(st: os.stat_result) -> str:
@@ -48,12 +54,12 @@ class _LocalRoot:
         check_relative_key(key)
         return self.root / key
 
-    def walk(self) -> Iterator[tuple[str, os.stat_result]]:
-        """Regular files below the root, sorted, skipping flyaway's state and links that leave the root."""
+    def walk(self, skip_state: bool) -> Iterator[tuple[str, os.stat_result]]:
+        """Regular files below the root, sorted, skipping links that leave the root and, when asked, flyaway's state."""
         root_real = os.path.realpath(self.root)
         for dirpath, dirnames, filenames in os.walk(self.root):
             rel_dir = os.path.relpath(dirpath, self.root)
-            if rel_dir == ".":
+            if rel_dir == "." and skip_state:
                 dirnames[:] = [d for d in dirnames if d != STATE_DIR]
             dirnames.sort()
             for name in sorted(filenames):
@@ -73,7 +79,7 @@ class LocalSource(_LocalRoot, Source):
             raise AccessDenied(f"source folder {self.root} is not readable by the worker")
 
     def list(self) -> Iterator[SourceFile]:
-        for key, st in self.walk():
+        for key, st in self.walk(skip_state=False):
             yield SourceFile(key=key, size=st.st_size, version=_version(st))
 
     def stat(self, key: str) -> SourceFile:
@@ -116,6 +122,9 @@ class LocalDestination(_LocalRoot, Destination):
             raise AccessDenied(f"destination folder {self.root} is not writable by the worker") from None
 
     def _partial(self, upload_id: str) -> Path:
+        if not _UPLOAD_ID.fullmatch(upload_id):
+            raise DataCorruption(f"upload id {upload_id[:80]!r} read back from {self.describe()}'s state is not one "
+                                 f"this destination makes; delete its checkpoint under {STATE_DIR}/")
         return self.root / STATE_DIR / "partial" / upload_id
 
     def stat(self, key: str) -> DestObject | None:
@@ -126,8 +135,17 @@ class LocalDestination(_LocalRoot, Destination):
         return DestObject(key=key, size=st.st_size, version=_version(st))
 
     def list(self) -> Iterator[DestObject]:
-        for key, st in self.walk():
+        for key, st in self.walk(skip_state=True):
             yield DestObject(key=key, size=st.st_size, version=_version(st))
+
+    def landed(self, key: str) -> LandedObject | None:
+        path = self.path_of(key)
+        try:
+            st = path.stat()
+            checksum = crc32c_of_file(path)
+        except FileNotFoundError:
+            return None
+        return LandedObject(size=st.st_size, checksum=f"{checksum:08x}", version=_version(st))
 
     def _publish(self, tmp: Path, key: str, crc32c: int) -> str:
         """Check the written bytes against the crc32c of the source bytes, then move them into place.
@@ -197,7 +215,11 @@ class LocalDestination(_LocalRoot, Destination):
     def complete(self, key: str, upload_id: str, parts: list[PartRecord], sha256: str) -> str:
         path = self._partial(upload_id)
         if not path.exists():
-            raise UploadGone(upload_id)
+            landed = self.landed(key)  # completed by an attempt killed before it recorded the file
+            if landed is None or (landed.size, int(landed.checksum, 16)) != (sum(p.size for p in parts),
+                                                                              combined_crc32c(parts)):
+                raise UploadGone(upload_id)
+            return landed.version
         version = self._publish(path, key, combined_crc32c(parts))
         Path(f"{path}.parts").unlink(missing_ok=True)
         return version

@@ -8,7 +8,7 @@ with a journal of landed parts, so a worker restarted on the same disk resumes s
 stopped, and anywhere else the file starts over. Completing an upload checks the staged bytes'
 sha256, uploads the file, reads it back (whole, or its size and first 8 MiB, as the plan
 says) and removes the staged copy. Small files go up straight from memory. flyaway's own state
-(listings, manifests, upload checkpoints) lives in the volume under ``.flyaway/``.
+(listings, manifests, upload checkpoints) lives in the volume under ``STATE_DIR``.
 
 The SDK is reached through one seam: :func:`volume_opener` returns the function that opens a
 volume. It is the SDK's ``Volume.from_name`` unless ``FLYAWAY_MODAL_VOLUME_FACTORY`` names
@@ -329,7 +329,7 @@ class ModalVolumeDestination(Destination):
         finally:
             self._release_staging(upload_id)
 
-    # flyaway's state, below .flyaway/ in the volume
+    # flyaway's state, below STATE_DIR in the volume
 
     def _state_path(self, name: str) -> str:
         return self._path(f"{STATE_DIR}/{name}")

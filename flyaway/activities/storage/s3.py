@@ -43,12 +43,14 @@ from flyaway.activities.storage.base import (
     STATE_DIR,
     DestObject,
     Destination,
+    LandedObject,
     Source,
     SourceChanged,
     UploadGone,
+    is_state_key,
 )
 from flyaway.models.base import join_key
-from flyaway.models.copy import PartRecord, SourceFile
+from flyaway.models.copy import PartRecord, SourceChecksum, SourceFile
 from flyaway.models.plan import RunPodVolumeLocation, S3Location, TigrisLocation
 
 T = TypeVar("T")
@@ -121,6 +123,17 @@ def _shared_client(endpoint: str | None, region: str, addressing_style: str, poo
     return session.client("s3", endpoint_url=endpoint, config=config)
 
 
+#: additional checksums S3 may keep (ChecksumMode=ENABLED), strongest first; CRC64NVME needs awscrt, so it is not used
+_ADDITIONAL_CHECKSUMS = (("ChecksumSHA256", "sha256"), ("ChecksumSHA1", "sha1"), ("ChecksumCRC32C", "crc32c"),
+                         ("ChecksumCRC32", "crc32"))
+
+
+def etag_is_md5(response: dict[str, Any]) -> bool:
+    """An object's ETag is the MD5 of its bytes (or of its parts') unless SSE-KMS or SSE-C encrypted it."""
+    encryption = str(response.get("ServerSideEncryption") or "")
+    return not encryption.startswith("aws:kms") and not response.get("SSECustomerAlgorithm")
+
+
 def multipart_etag(part_md5s: list[str]) -> str:
     """The ETag S3 gives a multipart object: MD5 of the parts' MD5s, a dash, the part count."""
     joined = b"".join(bytes.fromhex(md5) for md5 in part_md5s)
@@ -181,12 +194,13 @@ class _S3Side:
                 return
             yield from page.get("Contents", [])
 
-    def list_relative(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(relative key, listing entry) for objects below the prefix, skipping flyaway's state."""
+    def list_relative(self, skip_state: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(relative key, listing entry) for objects below the prefix, skipping folder markers and, when
+        asked, flyaway's state."""
         base = f"{self.prefix.rstrip('/')}/" if self.prefix else ""
         for item in self.list_keys(base):
             rel = item["Key"][len(base):]
-            if not rel or rel.endswith("/") or rel == STATE_DIR or rel.startswith(f"{STATE_DIR}/"):
+            if not rel or rel.endswith("/") or (skip_state and is_state_key(rel)):
                 continue
             yield rel, item
 
@@ -218,8 +232,46 @@ class S3Source(_S3Side, Source):
                   lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1))
 
     def list(self) -> Iterator[SourceFile]:
-        for rel, item in self.list_relative():
+        for rel, item in self.list_relative(skip_state=False):
             yield SourceFile(key=rel, size=item["Size"], version=_strip_etag(item["ETag"]))
+
+    def _head(self, file: SourceFile, **extra: Any) -> dict[str, Any]:
+        """HEAD of the object at the listed version (``SourceChanged`` otherwise), checksums included."""
+        what = f"s3://{self.bucket}/{self.key_of(file.key)}"
+        try:
+            return self.call(what, lambda: self.client.head_object(
+                Bucket=self.bucket, Key=self.key_of(file.key), IfMatch=f'"{file.version}"', ChecksumMode="ENABLED",
+                **extra))
+        except ClientError as error:
+            if http_status(error) == 412:
+                raise SourceChanged(file.key) from None
+            if http_status(error) == 404:
+                raise SourceObjectMissing(f"source object {what} disappeared before it was copied") from None
+            raise
+
+    def published_checksum(self, file: SourceFile) -> SourceChecksum | None:
+        """An additional checksum (``x-amz-checksum-*``) if the object has one, else its ETag where that is
+        an MD5. A composite of a multipart object needs its part size: part 1's, asked by ``PartNumber``,
+        which fits when every part but the last has that size."""
+        head = self._head(file)
+        for field, algorithm in _ADDITIONAL_CHECKSUMS:
+            value = head.get(field)
+            if value:
+                digest, _, count = str(value).partition("-")
+                return self._published(file, algorithm, base64.b64decode(digest).hex(), count)
+        if etag_is_md5(head):
+            digest, _, count = file.version.partition("-")
+            return self._published(file, "md5", digest, count)
+        return None
+
+    def _published(self, file: SourceFile, algorithm: str, digest: str, count: str) -> SourceChecksum | None:
+        if not count:
+            return SourceChecksum(algorithm=algorithm, value=digest)  # type: ignore[arg-type]
+        parts = int(count)
+        part_size = int(self._head(file, PartNumber=1)["ContentLength"])
+        if part_size <= 0 or not (parts - 1) * part_size < file.size <= parts * part_size:
+            return None  # parts of several sizes: the layout cannot be told from part 1
+        return SourceChecksum(algorithm=algorithm, value=digest, part_size=part_size)  # type: ignore[arg-type]
 
     def stat(self, key: str) -> SourceFile:
         try:
@@ -277,16 +329,31 @@ class S3Destination(_S3Side, Destination):
         return DestObject(key=key, size=head["ContentLength"], version=_strip_etag(head["ETag"]))
 
     def list(self) -> Iterator[DestObject]:
-        for rel, item in self.list_relative():
+        for rel, item in self.list_relative(skip_state=True):
             yield DestObject(key=rel, size=item["Size"], version=_strip_etag(item["ETag"]))
 
+    def landed(self, key: str) -> LandedObject | None:
+        try:
+            head = self.call(f"s3://{self.bucket}/{self.key_of(key)}",
+                             lambda: self.client.head_object(Bucket=self.bucket, Key=self.key_of(key)))
+        except ClientError as error:
+            if http_status(error) == 404:
+                return None
+            raise
+        etag = _strip_etag(head["ETag"])
+        if "-" in etag or not etag_is_md5(head):
+            return None  # not the MD5 of the bytes
+        return LandedObject(size=head["ContentLength"], checksum=etag, version=etag)
+
     def put(self, key: str, data: bytes, checksum: str, sha256: str) -> str:
+        """S3 checks the bytes against ``Content-MD5`` on arrival (BadDigest otherwise); the ETag is compared
+        too where it is an MD5 (not under SSE-KMS or SSE-C)."""
         what = f"s3://{self.bucket}/{self.key_of(key)}"
         response = self.call(what, lambda: self.client.put_object(
             Bucket=self.bucket, Key=self.key_of(key), Body=data,
             ContentMD5=base64.b64encode(bytes.fromhex(checksum)).decode()))
         etag = _strip_etag(response["ETag"])
-        if etag != checksum:
+        if etag != checksum and etag_is_md5(response):
             raise DataCorruption(f"{what}: stored ETag {etag} is not the MD5 {checksum} of the source bytes")
         return etag
 
@@ -325,14 +392,15 @@ class S3Destination(_S3Side, Destination):
                 raise UploadGone(upload_id) from None
             raise
         etag = _strip_etag(response["ETag"])
-        if etag != checksum:
+        if etag != checksum and etag_is_md5(response):
             raise DataCorruption(f"{what}: stored ETag {etag} is not the MD5 {checksum} of the source bytes")
-        return PartRecord(number=number, size=len(data), checksum=etag)
+        # under SSE-KMS/SSE-C the part's ETag is not its MD5; Content-MD5 was checked on arrival
+        return PartRecord(number=number, size=len(data), checksum=checksum, receipt="" if etag == checksum else etag)
 
     def complete(self, key: str, upload_id: str, parts: list[PartRecord], sha256: str) -> str:
         what = f"s3://{self.bucket}/{self.key_of(key)}"
         expected = multipart_etag([part.checksum for part in parts])
-        body = {"Parts": [{"PartNumber": p.number, "ETag": f'"{p.checksum}"'} for p in parts]}
+        body = {"Parts": [{"PartNumber": p.number, "ETag": f'"{p.receipt or p.checksum}"'} for p in parts]}
         patient = make_client(self.plan_location, read_timeout=COMPLETE_READ_TIMEOUT_SECONDS)
         try:
             response = self.call(what, lambda: patient.complete_multipart_upload(
@@ -342,13 +410,13 @@ class S3Destination(_S3Side, Destination):
         except ClientError as error:
             if error_code(error) != "NoSuchUpload":
                 raise
-            # a retried complete whose first try landed (its answer timed out): the object is there
-            # with the expected ETag
+            # completed by an earlier try (its answer timed out) or attempt (killed before recording it):
+            # the object is there with the ETag these parts make
             done = self.stat(key)
             if done is None or done.version != expected:
                 raise UploadGone(upload_id) from None
-            etag = done.version
-        if etag != expected:
+            return done.version
+        if etag != expected and etag_is_md5(response):
             raise DataCorruption(f"{what}: multipart ETag {etag} is not {expected}, computed from the source bytes")
         return etag
 

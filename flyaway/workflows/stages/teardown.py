@@ -50,6 +50,9 @@ def teardown_refusal(plan: MigrationPlan, results: dict[str, Any]) -> str | None
         return "the weights stage has not verified its manifest"
     if not _field(verify, "files_verified"):
         return "the verified weights manifest is empty: nothing was copied off Fly"
+    if _field(verify, "files_verified") != _field(results.get("weights"), "files_total"):
+        return (f"the weights stage verified {_field(verify, 'files_verified')} of "
+                f"{_field(results.get('weights'), 'files_total')} listed files")
     if plan.canary is None:
         if plan.teardown is None or not plan.teardown.no_traffic_stage_ok:
             return "the plan has no canary stage and does not set teardown.no_traffic_stage_ok"
