@@ -178,6 +178,8 @@ class S3FaultProxy:
     SlowDown, a reset (the socket closed without an answer) or a stall that holds the connection
     open for ``stall_seconds`` and then drops it (a PUT gets no answer; a GET gets its headers and
     half its body). ``faults`` counts them by kind; ``failed_bytes`` is the request bytes that failed.
+    ``flip_every`` N flips one byte of every Nth object-data GET answer on its way back (``flipped``
+    counts them); ``puts`` counts object-data PUTs by path (a part's path is the same on every try).
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -187,6 +189,10 @@ class S3FaultProxy:
         self.requests = 0
         self.corrupt = 0
         self.corrupted = 0
+        self.flip_every = 0
+        self.flipped = 0
+        self._gets = 0
+        self.puts: Counter[str] = Counter()
         self.fault_rate = 0.0
         self.stall_seconds = 60.0
         self.faults: Counter[str] = Counter()
@@ -208,6 +214,7 @@ class S3FaultProxy:
                     proxy.requests += 1
                     if self.command == "PUT" and f"/{STATE_DIR}/" not in self.path:
                         proxy.uploaded += len(body)
+                        proxy.puts[self.path] += 1
                         if body and proxy.corrupt != 0:
                             body = body[:len(body) // 2] + bytes([body[len(body) // 2] ^ 0xFF]) + body[len(body) // 2 + 1:]
                             proxy.corrupt -= proxy.corrupt > 0
@@ -238,13 +245,15 @@ class S3FaultProxy:
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
                 upstream.request(self.command, self.path, body=body or None, headers=headers)
                 response = upstream.getresponse()
-                data = response.read()
+                data = proxy.maybe_flip(self.command, self.path, response.read())
                 time.sleep(proxy.hold(self.command, self.path, response.status))
                 self.send_response(response.status)
                 for key, value in response.getheaders():
                     if key.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
+                # a HEAD answer has no body but tells the object's length (of a part, with partNumber)
+                length = response.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+                self.send_header("Content-Length", length)
                 self.end_headers()
                 upstream.close()
                 if fault == "stall":  # a GET: half the body, then nothing
@@ -295,6 +304,19 @@ class S3FaultProxy:
     def hold(self, command: str, path: str, status: int) -> float:
         """Seconds to sit on the upstream's answer (of HTTP ``status``) before passing it on."""
         return 0.0
+
+    def maybe_flip(self, command: str, path: str, data: bytes) -> bytes:
+        """The answer's body, with one byte flipped if it is the ``flip_every``-th object-data GET."""
+        key = urllib.parse.urlsplit(path).path.strip("/")
+        if not self.flip_every or command != "GET" or "/" not in key or f"/{STATE_DIR}/" in path or not data:
+            return data
+        with self._lock:
+            self._gets += 1
+            if self._gets % self.flip_every:
+                return data
+            self.flipped += 1
+        middle = len(data) // 2
+        return data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1:]
 
     def start(self) -> None:
         self._thread.start()

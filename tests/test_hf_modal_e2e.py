@@ -131,7 +131,7 @@ def test_a_byte_the_hub_flips_once_is_caught_and_the_file_copied_again(
 
     assert result.status.state == MigrationState.completed
     assert tree(tmp_path / "out") == repo
-    assert any("source bytes hash to" in line and key in line and "copying the file again" in line
+    assert any("bytes read have sha256" in line and key in line and "reading the file again" in line
                for line in hf_worker.logs().splitlines())
 
 
@@ -159,8 +159,8 @@ def test_a_byte_the_hub_flips_every_time_waits_for_the_operator_naming_the_file(
     terminate(temporal_server, workflow_id)
 
     assert status.stage == "weights" and status.last_error is not None
-    assert "DataCorruption" in status.last_error and "model.safetensors: source bytes hash to" in status.last_error
-    assert "after 3 copies" in status.last_error
+    assert "DataCorruption" in status.last_error and "model.safetensors: bytes read have sha256" in status.last_error
+    assert "read 3 times" in status.last_error
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 

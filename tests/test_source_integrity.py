@@ -1,0 +1,378 @@
+"""Integrity end to end, in process against real servers: bytes read are checked against the source's own
+checksum, resume finds what landed, state belongs to its migration and is checked for shape, verify counts
+against the listing, reads stay on the listed commit, SSE-KMS buckets work."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.server
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from flyaway.activities.errors import DataCorruption, InvalidPlan
+from flyaway.activities.storage.activities import (
+    MigrationState,
+    _abort_uploads,
+    _verify,
+    _write_listing,
+)
+from flyaway.activities.storage.base import STATE_DIR, Destination, Source
+from flyaway.activities.storage.engine import CopyEngine, upload_state_name
+from flyaway.activities.storage.hf import HfSource
+from flyaway.activities.storage.local import LocalDestination, LocalSource
+from flyaway.activities.storage.s3 import S3Destination, S3Source
+from flyaway.models.copy import ListingLine, ListingResult, ManifestEntry, UploadState
+from flyaway.models.plan import HfLocation, LocalLocation, S3Location, WeightsStage, parse_plan
+from tests.fakes.hf_hub import FakeHub
+from tests.harness import TEST_AWS_ENV, GcsEmulator, S3FaultProxy, s3_location, weights_plan
+
+MiB = 1024 * 1024
+
+
+class Killed(Exception):
+    """Stands for a worker killed after a file landed and before it was recorded."""
+
+
+def copy(source: Source, dest: Destination, *, part_size: int = 2 * MiB, concurrency: int = 1,
+         check_landed: bool = False, kill_before_recording: str | None = None,
+         state_prefix: str = "migrations/t/") -> list[ManifestEntry]:
+    """Copy every file of ``source`` with one engine; the entries it would record. ``kill_before_recording``:
+    the key whose entry stops the copy as a kill would (the files before it landed, none of them recorded)."""
+    entries: list[ManifestEntry] = []
+
+    async def record(entry: ManifestEntry) -> None:
+        if entry.key == kill_before_recording:
+            raise Killed(entry.key)
+        entries.append(entry)
+
+    engine = CopyEngine(source, dest, part_size=part_size, concurrency=concurrency, check_landed=check_landed,
+                        state_prefix=state_prefix)
+    try:
+        asyncio.run(engine.copy_all([ListingLine(file=file) for file in source.list()], record))
+    finally:
+        engine.close()
+    return entries
+
+
+def local(path: Path) -> LocalLocation:
+    return LocalLocation(kind="local", path=str(path))
+
+
+def s3_plan_location(endpoint: str, bucket: str, prefix: str) -> S3Location:
+    return S3Location.model_validate(s3_location(endpoint, bucket, prefix))
+
+
+def plain_client(endpoint: str) -> Any:
+    """A client that adds no checksum of its own, so an object's only checksum is its ETag."""
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id=TEST_AWS_ENV["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=TEST_AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+                        config=Config(request_checksum_calculation="when_required"))
+
+
+def put_multipart(client: Any, bucket: str, key: str, parts: list[bytes]) -> None:
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    done = [{"PartNumber": number, "ETag": client.upload_part(Bucket=bucket, Key=key, UploadId=upload,
+                                                              PartNumber=number, Body=body)["ETag"]}
+            for number, body in enumerate(parts, start=1)]
+    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": done})
+
+
+@pytest.fixture
+def s3_tree(moto_server: Any, bucket: str) -> dict[str, bytes]:
+    """A single-part object (its ETag is its MD5), one with a SHA256 checksum and a 3-part object."""
+    client = plain_client(moto_server.endpoint)
+    contents = {"plain.bin": os.urandom(100_000), "sha.bin": os.urandom(100_000)}
+    client.put_object(Bucket=bucket, Key="src/plain.bin", Body=contents["plain.bin"])
+    client.put_object(Bucket=bucket, Key="src/sha.bin", Body=contents["sha.bin"], ChecksumAlgorithm="SHA256")
+    parts = [os.urandom(5 * MiB), os.urandom(5 * MiB), os.urandom(1000)]
+    put_multipart(client, bucket, "src/multi.bin", parts)
+    contents["multi.bin"] = b"".join(parts)
+    return contents
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and STATE_DIR not in p.relative_to(folder).parts}
+
+
+# ---- source checksums --------------------------------------------------------------------------
+
+def test_s3_source_publishes_etag_md5_additional_checksums_and_multipart_composites(
+        s3_proxy: S3FaultProxy, bucket: str, s3_tree: dict[str, bytes], tmp_path: Path) -> None:
+    source = S3Source(s3_plan_location(s3_proxy.endpoint, bucket, "src"))
+    published = {file.key: source.published_checksum(file) for file in source.list()}
+    assert published["plain.bin"] is not None and published["plain.bin"].label() == (
+        f"md5:{hashlib.md5(s3_tree['plain.bin']).hexdigest()}")
+    assert published["sha.bin"] is not None and published["sha.bin"].label() == (
+        f"sha256:{hashlib.sha256(s3_tree['sha.bin']).hexdigest()}")
+    assert published["multi.bin"] is not None and published["multi.bin"].label().startswith(f"md5/{5 * MiB}:")
+
+
+def test_a_flipped_byte_read_from_s3_is_read_again_and_every_byte_lands_right(
+        s3_proxy: S3FaultProxy, bucket: str, s3_tree: dict[str, bytes], tmp_path: Path) -> None:
+    """One file at a time, the 7th data GET is the only one flipped in the first round: the file it hit is
+    read again; the multipart object is read in 2 MiB ranges across its 5 MiB parts."""
+    s3_proxy.flip_every = 7
+    source = S3Source(s3_plan_location(s3_proxy.endpoint, bucket, "src"))
+    entries = copy(source, LocalDestination(local(tmp_path / "out")))
+
+    assert s3_proxy.flipped >= 1
+    assert tree(tmp_path / "out") == s3_tree
+    assert {entry.key: entry.sha256 for entry in entries} == {
+        key: hashlib.sha256(data).hexdigest() for key, data in s3_tree.items()}
+    assert all(entry.source_checksum != "none" for entry in entries)
+
+
+def test_bytes_that_keep_reading_wrong_end_as_data_corruption_naming_the_file_and_never_land(
+        s3_proxy: S3FaultProxy, bucket: str, s3_tree: dict[str, bytes], tmp_path: Path) -> None:
+    """Every 4th data GET flipped: each read of the 6-range multipart object is hit, three times over."""
+    s3_proxy.flip_every = 4
+    source = S3Source(s3_plan_location(s3_proxy.endpoint, bucket, "src"))
+    with pytest.raises(DataCorruption, match=r"multi\.bin: bytes read have md5 .* \(read 3 times\)"):
+        copy(source, LocalDestination(local(tmp_path / "out")))
+    landed = tree(tmp_path / "out") if (tmp_path / "out").exists() else {}
+    assert "multi.bin" not in landed
+    assert all(s3_tree[key] == data for key, data in landed.items())  # never a wrong byte
+
+
+def test_hub_bytes_are_checked_and_reads_stay_on_the_listed_commit(
+        hub: FakeHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The branch moves after the listing; a flipped read makes the engine try the file again, and that
+    attempt still reads the listed commit."""
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    old = {"model.safetensors": os.urandom(3 * MiB), "config.json": b'{"layers": 2}'}
+    hub.add_repo("acme/moving", old)
+    source = HfSource(HfLocation(kind="hf", repo_id="acme/moving"))
+    listed = list(source.list())
+    hub.commit("acme/moving", {"model.safetensors": os.urandom(3 * MiB), "config.json": b'{"layers": 3}'})
+    hub.corrupt(old["model.safetensors"], times=1)
+    hub.corrupt(old["config.json"], times=1)
+    dest = LocalDestination(local(tmp_path / "out"))
+    engine = CopyEngine(source, dest, part_size=MiB, concurrency=2)
+    try:
+        entries = [asyncio.run(engine.copy_file(ListingLine(file=file))) for file in listed]
+    finally:
+        engine.close()
+
+    assert tree(tmp_path / "out") == old
+    assert {entry.source_version for entry in entries} == {file.version for file in listed}
+    assert sorted(entry.source_checksum.split(":")[0] for entry in entries) == ["git-sha1", "sha256"]
+
+
+# ---- resume --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["s3", "local"])
+def test_files_that_landed_before_a_kill_are_recorded_without_sending_them_again(
+        kind: str, s3_proxy: S3FaultProxy, bucket: str, tmp_path: Path) -> None:
+    """Killed after the multipart object was completed and the small file put, before either was recorded."""
+    (tmp_path / "src").mkdir()
+    contents = {"config.json": os.urandom(10_000), "model.bin": os.urandom(9 * MiB)}
+    for key, data in contents.items():
+        (tmp_path / "src" / key).write_bytes(data)
+    source = LocalSource(local(tmp_path / "src"))
+    dest: Destination = (S3Destination(s3_plan_location(s3_proxy.endpoint, bucket, "m")) if kind == "s3"
+                         else LocalDestination(local(tmp_path / "out")))
+    with pytest.raises(Killed):
+        copy(source, dest, kill_before_recording="model.bin", concurrency=1)
+    sent = s3_proxy.uploaded
+    assert dest.get_state(upload_state_name("migrations/t/", "model.bin")) is not None  # kept until recorded
+
+    entries = copy(source, dest, check_landed=True)
+
+    assert s3_proxy.uploaded == sent  # not one byte more
+    assert sorted(entry.key for entry in entries) == sorted(contents)
+    assert {entry.key: entry.sha256 for entry in entries} == {
+        key: hashlib.sha256(data).hexdigest() for key, data in contents.items()}
+    assert dest.get_state(upload_state_name("migrations/t/", "model.bin")) is None  # dropped once recorded
+
+
+def test_an_upload_id_read_back_from_state_never_becomes_a_path(tmp_path: Path) -> None:
+    """A planted checkpoint naming ``../../victim.txt`` as its upload: refused, the victim untouched, and
+    abort drops the checkpoint without using it."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "big.bin").write_bytes(os.urandom(3 * MiB))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    dest = LocalDestination(local(tmp_path / "out"))
+    source = LocalSource(local(tmp_path / "src"))
+    file = source.stat("big.bin")
+    planted = UploadState(key="big.bin", upload_id="../../../victim.txt", size=file.size, part_size=MiB,
+                          source_version=file.version)
+    dest.put_state(upload_state_name("migrations/t/", "big.bin"), planted.model_dump_json().encode())
+
+    with pytest.raises(DataCorruption, match="is not one this destination makes"):
+        copy(source, dest, part_size=MiB)
+    stage = stage_of({"kind": "local", "path": str(tmp_path / "src")}, {"kind": "local", "path": str(tmp_path / "out")})
+    assert _abort_uploads(stage, MigrationState("t")) == 0
+    assert victim.read_text() == "keep me"
+    assert dest.list_state("migrations/t/uploads/") == []
+
+
+class Listener:
+    """A loopback listener standing in for an attacker's host: it records every request it gets."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        listener = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _record(self) -> None:
+                listener.requests.append((self.command, dict(self.headers)))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_PUT = do_POST = do_DELETE = _record
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    server = Listener()
+    yield server
+    server.close()
+
+
+def test_a_planted_gcs_session_uri_is_never_sent_a_request(
+        gcs_emulator: GcsEmulator, gcs_bucket: str, listener: Listener, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flyaway.activities.storage.gcs import GcsDestination, session_state_name
+    from flyaway.models.plan import GcsLocation
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.endpoint)
+    dest = GcsDestination(GcsLocation(kind="gcs", bucket=gcs_bucket, prefix="m"))
+    token = dest.begin_upload("real.bin", 10)  # the emulator's own session URI passes the check
+    dest.abort("real.bin", token)
+    planted = "0123456789abcdef0123456789abcdef"
+    for uri in (f"{listener.url}/upload/storage/v1/b/{gcs_bucket}/o?uploadType=resumable",
+                f"{gcs_emulator.endpoint}/upload/storage/v1/b/other-bucket/o?uploadType=resumable"):
+        dest.put_state(session_state_name(planted), json.dumps({"uri": uri, "size": 10, "part_size": None}).encode())
+        with pytest.raises(DataCorruption, match="not an upload URL of bucket"):
+            dest.abort("x.bin", planted)
+    with pytest.raises(DataCorruption, match="not one flyaway makes"):
+        dest.abort("x.bin", "../../gcs-sessions/evil")
+    assert listener.requests == []
+
+
+# ---- state per migration, listing and verify -----------------------------------------------------
+
+def stage_of(source: dict[str, Any], destination: dict[str, Any], **weights: Any) -> WeightsStage:
+    plan = parse_plan(weights_plan("t", source, destination, **weights))
+    assert plan.weights is not None
+    return plan.weights
+
+
+def list_and_copy(stage: WeightsStage, state: MigrationState, listing_id: str) -> ListingResult:
+    """List into the migration's state, copy every line, record the entries as one batch's shard."""
+    listing = _write_listing(stage, listing_id, state, lambda files: None)
+    dest = LocalDestination(stage.destination)  # type: ignore[arg-type]
+    source = LocalSource(stage.source)  # type: ignore[arg-type]
+    entries = copy(source, dest, state_prefix=state.prefix)
+    body = b"".join(entry.model_dump_json().encode() + b"\n" for entry in entries)
+    dest.put_state(f"{state.shards(listing_id)}{0:016d}-0001-000000.jsonl", body)
+    return listing
+
+
+def make_source(folder: Path, keys: list[str]) -> dict[str, Any]:
+    for key in keys:
+        (folder / key).parent.mkdir(parents=True, exist_ok=True)
+        (folder / key).write_bytes(os.urandom(1000))
+    return {"kind": "local", "path": str(folder)}
+
+
+def test_verify_counts_against_the_listing_and_names_the_first_file_a_truncated_one_lost(tmp_path: Path) -> None:
+    source = make_source(tmp_path / "src", ["a.bin", "b.bin", "c.bin"])
+    stage = stage_of(source, {"kind": "local", "path": str(tmp_path / "out")})
+    state = MigrationState("migration-t-weights")
+    listing = list_and_copy(stage, state, "L1")
+    dest = LocalDestination(local(tmp_path / "out"))
+    full = dest.get_state(state.listing("L1"))
+    assert full is not None and full.count(b"\n") == 3
+    dest.put_state(state.listing("L1"), full.split(b"\n", 1)[0] + b"\n")  # cut after its first line
+
+    with pytest.raises(DataCorruption, match=r"holds 1 files .* written with 3 .* the first file missing "
+                                             r"from it: b\.bin"):
+        _verify(stage, listing, state)
+    dest.put_state(state.listing("L1"), full)
+    verified = _verify(stage, listing, state)
+    assert (verified.files_verified, verified.bytes_verified) == (3, 3000)
+    assert verified.files_without_source_checksum == 3  # a local folder publishes no checksum
+    manifest = dest.get_state(state.manifest)
+    assert manifest is not None and all(json.loads(line)["source_checksum"] == "none"
+                                        for line in manifest.splitlines())
+    assert dest.list_state("claims/") == [] and dest.list_state(f"{state.prefix}runs/") == []
+
+
+def test_a_second_migration_writing_the_same_keys_is_refused_naming_the_first(tmp_path: Path) -> None:
+    out = {"kind": "local", "path": str(tmp_path / "out")}
+    first = stage_of(make_source(tmp_path / "one", ["shared.bin", "a.bin"]), out)
+    second = stage_of(make_source(tmp_path / "two", ["b.bin", "shared.bin"]), out)
+    disjoint = stage_of(make_source(tmp_path / "three", ["c.bin"]), out)
+    one, two = MigrationState("migration-one-weights"), MigrationState("migration-two-weights")
+    listing = list_and_copy(first, one, "L1")
+
+    with pytest.raises(InvalidPlan, match="migration migration-one-weights is writing the same keys "
+                                          "\\('shared.bin' and maybe more\\)"):
+        _write_listing(second, "L2", two, lambda files: None)
+    _write_listing(disjoint, "L3", MigrationState("migration-three-weights"), lambda files: None)  # fine
+    _verify(first, listing, one)  # the first is done: its claim goes
+    assert _write_listing(second, "L2", two, lambda files: None).files_total == 2
+
+
+def test_a_users_own_flyaway_folder_is_copied_and_a_key_in_flyaways_state_is_refused(tmp_path: Path) -> None:
+    source = make_source(tmp_path / "src", ["model.bin", ".flyaway/uploads/planted.json"])
+    stage = stage_of(source, {"kind": "local", "path": str(tmp_path / "out")})
+    state = MigrationState("migration-t-weights")
+    listing = list_and_copy(stage, state, "L1")
+    assert listing.files_total == 2
+    assert _verify(stage, listing, state).files_verified == 2
+    assert (tmp_path / "out" / ".flyaway" / "uploads" / "planted.json").exists()
+
+    make_source(tmp_path / "src", [f"{STATE_DIR}/migrations/x/uploads/evil.json"])
+    with pytest.raises(InvalidPlan, match=f"would land in flyaway's state folder {STATE_DIR}/ .* exclude it"):
+        _write_listing(stage, "L2", state, lambda files: None)
+    excluded = stage_of(source, {"kind": "local", "path": str(tmp_path / "out")}, exclude=[f"{STATE_DIR}/*"])
+    assert _write_listing(excluded, "L3", state, lambda files: None).files_total == 2
+
+
+# ---- SSE-KMS -------------------------------------------------------------------------------------
+
+def test_a_bucket_with_default_kms_encryption_takes_small_and_multipart_files(
+        s3: Any, bucket: str, s3_proxy: S3FaultProxy, tmp_path: Path) -> None:
+    s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
+        "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms"}}]})
+    (tmp_path / "src").mkdir()
+    contents = {"config.json": os.urandom(4000), "model.bin": os.urandom(7 * MiB)}
+    for key, data in contents.items():
+        (tmp_path / "src" / key).write_bytes(data)
+    dest = S3Destination(s3_plan_location(s3_proxy.endpoint, bucket, "m"))
+    entries = copy(LocalSource(local(tmp_path / "src")), dest, part_size=5 * MiB)
+
+    assert sorted(entry.key for entry in entries) == sorted(contents)
+    for key, data in contents.items():
+        got = s3.get_object(Bucket=bucket, Key=f"m/{key}")
+        assert got["ServerSideEncryption"] == "aws:kms"
+        assert got["Body"].read() == data
+    source = S3Source(s3_plan_location(s3_proxy.endpoint, bucket, "m"))
+    back = copy(source, LocalDestination(local(tmp_path / "back")), part_size=5 * MiB)
+    assert tree(tmp_path / "back") == contents
+    assert sorted(entry.key for entry in back) == sorted(contents)
