@@ -24,7 +24,7 @@ from temporalio.api.common.v1 import Payloads
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from flyaway.activities.storage.activities import MigrationState, weights_workflow_id
+from flyaway.activities.storage.activities import CopyStateNames, weights_workflow_id
 from flyaway.activities.storage.base import STATE_DIR
 from flyaway.activities.storage.runpod import RUNPOD_MAX_BODY
 from flyaway.connection import TemporalOptions, connect
@@ -380,7 +380,7 @@ class GcsEmulator(LoopbackServer):
 
 def manifest_key(plan_name: str) -> str:
     """Where a migration's verified manifest lives, relative to its destination prefix."""
-    return f"{STATE_DIR}/{MigrationState(weights_workflow_id(f'migration-{plan_name}')).manifest}"
+    return f"{STATE_DIR}/{CopyStateNames(weights_workflow_id(f'migration-{plan_name}')).manifest}"
 
 
 def weights_plan(name: str, source: dict[str, Any], destination: dict[str, Any], **weights: Any) -> dict[str, Any]:

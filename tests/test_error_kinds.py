@@ -18,8 +18,8 @@ from temporalio.testing import ActivityEnvironment
 
 from flyaway.activities.errors import DataCorruption, InvalidPlan
 from flyaway.activities.storage.activities import (
+    CopyStateNames,
     copy_batch,
-    listing_name,
     non_retryable_errors,
     verify_copy,
 )
@@ -31,10 +31,11 @@ from flyaway.activities.storage.names import KeysTheDestinationRefuses
 from flyaway.activities.storage.runpod import RunPodVolumeDestination
 from flyaway.activities.storage.s3 import S3Destination
 from flyaway.activities.storage.stall import CopyStalled, cut_when_stalled, stalled_after
-from flyaway.models.copy import BatchRequest, CopySettings
+from flyaway.models.copy import BatchRequest, CopySettings, ListingResult
 from flyaway.models.plan import LocalLocation, WeightsStage
 from flyaway.models.status import MigrationState
 from tests.harness import (
+    STATE_DIR,
     MotoServer,
     TemporalDevServer,
     WorkerProcess,
@@ -104,7 +105,7 @@ def test_keys_a_local_destination_cannot_hold_stop_the_copy_at_listing_with_one_
     assert "names over 255 bytes: 'nnnn" in status.last_error and "InvalidPlan" in status.last_error
     assert list_attempts(temporal_server, workflow_id) == [1]
     assert not (out / "fine.bin").exists()
-    assert not list(out.glob(".flyaway/partial/*"))
+    assert not list(out.glob(f"{STATE_DIR}/partial/*"))
 
 
 def list_attempts(server: TemporalDevServer, workflow_id: str) -> list[int]:
@@ -137,18 +138,19 @@ def local_stage(tmp_path: Path) -> WeightsStage:
 def test_state_that_does_not_decode_is_data_corruption_of_that_state(tmp_path: Path, garbage: bytes) -> None:
     stage = local_stage(tmp_path)
     dest = LocalDestination(stage.destination)  # type: ignore[arg-type]
-    dest.put_state(listing_name("l1"), garbage)
-    dest.put_state("runs/l1/manifest/0000000000000000-0001-000000.jsonl", garbage)
     env = ActivityEnvironment()
+    state = CopyStateNames(env.info.workflow_id)
+    dest.put_state(state.listing("l1"), garbage)
+    dest.put_state(f"{state.shards('l1')}0000000000000000-0001-000000.jsonl", garbage)
     with pytest.raises(ApplicationError) as verify:
-        run_async(env.run(verify_copy, stage, "l1"))
+        run_async(env.run(verify_copy, stage, ListingResult(listing_id="l1", files_total=1, bytes_total=1)))
     request = BatchRequest(stage=stage, listing_id="l1", offset=0,
                            settings=CopySettings(concurrency=1, bandwidth_limit=None))
     with pytest.raises(ApplicationError) as batch:
         run_async(env.run(copy_batch, request))
     for failure in (verify.value, batch.value):
         assert failure.type == "DataCorruption" and failure.non_retryable
-        assert f"local:{tmp_path / 'dest'} .flyaway/runs/l1/" in failure.message
+        assert f"local:{tmp_path / 'dest'} {STATE_DIR}/{state.prefix}runs/l1/" in failure.message
         assert "does not decode" in failure.message and "delete it and retry the stage" in failure.message
 
 
@@ -185,7 +187,7 @@ def test_a_failed_put_leaves_no_partial_file(tmp_path: Path) -> None:
         dest.put("a/b", b"weights", part_checksum("crc32c", b"weights"), "0" * 64)
     with pytest.raises(DataCorruption):
         dest.put("c", b"weights", "00000000", "0" * 64)
-    assert not list((tmp_path / "dest" / ".flyaway" / "partial").iterdir())
+    assert not list((tmp_path / "dest" / STATE_DIR / "partial").iterdir())
 
 
 def test_a_copy_that_moves_no_bytes_is_cut_and_one_that_moves_is_not(tmp_path: Path) -> None:

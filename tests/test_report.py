@@ -30,6 +30,7 @@ from tests.harness import (
     WorkerProcess,
     abort_migration,
     eventually,
+    manifest_key,
     migration_status,
     run_async,
     run_migration,
@@ -51,8 +52,8 @@ def write_report(server: TemporalDevServer, name: str, output: Path, *extra: str
     return MigrationReport.model_validate_json(output.with_suffix(".json").read_text())
 
 
-def manifest_lines(s3: Any, bucket: str, prefix: str) -> tuple[bytes, list[dict[str, Any]]]:
-    body = s3.get_object(Bucket=bucket, Key=f"{prefix}/.flyaway/manifest.jsonl")["Body"].read()
+def manifest_lines(s3: Any, bucket: str, prefix: str, plan_name: str) -> tuple[bytes, list[dict[str, Any]]]:
+    body = s3.get_object(Bucket=bucket, Key=f"{prefix}/{manifest_key(plan_name)}")["Body"].read()
     return body, [json.loads(line) for line in body.splitlines()]
 
 
@@ -68,7 +69,7 @@ def test_report_of_a_completed_copy_matches_its_status_and_manifest(
     assert result.status.state == MigrationState.completed
 
     report = write_report(temporal_server, "report-demo", tmp_path / "out" / "demo.html")
-    body, entries = manifest_lines(s3, bucket, "models/demo")
+    body, entries = manifest_lines(s3, bucket, "models/demo", "report-demo")
     status, weights = result.status, report.weights
     assert (report.state, report.run_status) == ("completed", "completed")
     assert (weights.files_total, weights.bytes_total) == (status.files_total, status.bytes_total)
@@ -80,7 +81,7 @@ def test_report_of_a_completed_copy_matches_its_status_and_manifest(
     assert verification is not None
     assert (verification.files_verified, verification.bytes_verified) == (len(entries), status.bytes_total)
     assert verification.manifest_location.startswith(f"s3://{bucket}/models/demo")
-    assert verification.manifest_location.endswith("/.flyaway/manifest.jsonl")
+    assert verification.manifest_location.endswith(f"/{manifest_key('report-demo')}")
     assert verification.manifest_sha256 == hashlib.sha256(body).hexdigest()
     assert weights.throughput and weights.throughput[-1].bytes_done == status.bytes_total
     stages = {stage.name: stage for stage in report.stages}

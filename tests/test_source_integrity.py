@@ -20,7 +20,7 @@ from botocore.config import Config
 
 from flyaway.activities.errors import DataCorruption, InvalidPlan
 from flyaway.activities.storage.activities import (
-    MigrationState,
+    CopyStateNames,
     _abort_uploads,
     _verify,
     _write_listing,
@@ -213,7 +213,7 @@ def test_an_upload_id_read_back_from_state_never_becomes_a_path(tmp_path: Path) 
     with pytest.raises(DataCorruption, match="is not one this destination makes"):
         copy(source, dest, part_size=MiB)
     stage = stage_of({"kind": "local", "path": str(tmp_path / "src")}, {"kind": "local", "path": str(tmp_path / "out")})
-    assert _abort_uploads(stage, MigrationState("t")) == 0
+    assert _abort_uploads(stage, CopyStateNames("t")) == 0
     assert victim.read_text() == "keep me"
     assert dest.list_state("migrations/t/uploads/") == []
 
@@ -281,7 +281,7 @@ def stage_of(source: dict[str, Any], destination: dict[str, Any], **weights: Any
     return plan.weights
 
 
-def list_and_copy(stage: WeightsStage, state: MigrationState, listing_id: str) -> ListingResult:
+def list_and_copy(stage: WeightsStage, state: CopyStateNames, listing_id: str) -> ListingResult:
     """List into the migration's state, copy every line, record the entries as one batch's shard."""
     listing = _write_listing(stage, listing_id, state, lambda files: None)
     dest = LocalDestination(stage.destination)  # type: ignore[arg-type]
@@ -302,7 +302,7 @@ def make_source(folder: Path, keys: list[str]) -> dict[str, Any]:
 def test_verify_counts_against_the_listing_and_names_the_first_file_a_truncated_one_lost(tmp_path: Path) -> None:
     source = make_source(tmp_path / "src", ["a.bin", "b.bin", "c.bin"])
     stage = stage_of(source, {"kind": "local", "path": str(tmp_path / "out")})
-    state = MigrationState("migration-t-weights")
+    state = CopyStateNames("migration-t-weights")
     listing = list_and_copy(stage, state, "L1")
     dest = LocalDestination(local(tmp_path / "out"))
     full = dest.get_state(state.listing("L1"))
@@ -327,13 +327,13 @@ def test_a_second_migration_writing_the_same_keys_is_refused_naming_the_first(tm
     first = stage_of(make_source(tmp_path / "one", ["shared.bin", "a.bin"]), out)
     second = stage_of(make_source(tmp_path / "two", ["b.bin", "shared.bin"]), out)
     disjoint = stage_of(make_source(tmp_path / "three", ["c.bin"]), out)
-    one, two = MigrationState("migration-one-weights"), MigrationState("migration-two-weights")
+    one, two = CopyStateNames("migration-one-weights"), CopyStateNames("migration-two-weights")
     listing = list_and_copy(first, one, "L1")
 
     with pytest.raises(InvalidPlan, match="migration migration-one-weights is writing the same keys "
                                           "\\('shared.bin' and maybe more\\)"):
         _write_listing(second, "L2", two, lambda files: None)
-    _write_listing(disjoint, "L3", MigrationState("migration-three-weights"), lambda files: None)  # fine
+    _write_listing(disjoint, "L3", CopyStateNames("migration-three-weights"), lambda files: None)  # fine
     _verify(first, listing, one)  # the first is done: its claim goes
     assert _write_listing(second, "L2", two, lambda files: None).files_total == 2
 
@@ -341,7 +341,7 @@ def test_a_second_migration_writing_the_same_keys_is_refused_naming_the_first(tm
 def test_a_users_own_flyaway_folder_is_copied_and_a_key_in_flyaways_state_is_refused(tmp_path: Path) -> None:
     source = make_source(tmp_path / "src", ["model.bin", ".flyaway/uploads/planted.json"])
     stage = stage_of(source, {"kind": "local", "path": str(tmp_path / "out")})
-    state = MigrationState("migration-t-weights")
+    state = CopyStateNames("migration-t-weights")
     listing = list_and_copy(stage, state, "L1")
     assert listing.files_total == 2
     assert _verify(stage, listing, state).files_verified == 2

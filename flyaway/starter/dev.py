@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from temporalio.client import Client
 
-from flyaway.activities.storage.activities import MigrationState, weights_workflow_id
+from flyaway.activities.storage.activities import CopyStateNames, weights_workflow_id
 from flyaway.activities.storage.base import STATE_DIR
 from flyaway.activities.storage.checksums import sha256_of_file
 from flyaway.codec import EncryptionCodec
@@ -290,7 +290,7 @@ class DevStack:
 
     def _show_manifest(self, s3: Any, weights: Path) -> None:
         """The verified manifest as it stands in the bucket, each sha256 checked against the local file."""
-        key = f"models/demo/{STATE_DIR}/{MigrationState(weights_workflow_id('migration-demo')).manifest}"
+        key = f"models/demo/{STATE_DIR}/{CopyStateNames(weights_workflow_id('migration-demo')).manifest}"
         body = s3.get_object(Bucket=DEMO_BUCKET, Key=key)["Body"].read()
         table = Table(title=f"s3://{DEMO_BUCKET}/{key}")
         for column in ("file", "size", "sha256", "matches local file"):

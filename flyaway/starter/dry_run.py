@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from flyaway.activities.storage import open_destination, open_source
 from flyaway.activities.storage.activities import (
-    MigrationState,
+    CopyStateNames,
     is_selected,
     previous_entries,
     weights_workflow_id,
@@ -97,7 +97,7 @@ def dry_run(plan: MigrationPlan, measure: bool = True) -> DryRun:
     stage = plan.weights
     source = open_source(stage.source, stage.concurrency)
     dest = open_destination(stage.destination, stage.concurrency)
-    previous = previous_entries(dest, MigrationState(weights_workflow_id(plan.workflow_id)))
+    previous = previous_entries(dest, CopyStateNames(weights_workflow_id(plan.workflow_id)))
     report = DryRun()
     for file in source.list():
         if not is_selected(file.key, stage):

@@ -18,6 +18,7 @@ from flyaway.models.status import MigrationState
 from flyaway.starter.dev import write_random_file
 from tests.faults import STALL_SECONDS, MiB, RecordingProxy, report
 from tests.harness import (
+    STATE_DIR,
     TemporalDevServer,
     WorkerProcess,
     run_migration,
@@ -116,7 +117,7 @@ def test_faults_in_front_of_an_s3_source_cost_a_small_multiple_of_the_clean_copy
 
     for key, sha in shas.items():
         assert local_sha256(tmp_path / "out" / key) == sha, key
-    assert not list((tmp_path / "out" / ".flyaway").glob("partial/*"))  # no attempt left a partial file
+    assert not list((tmp_path / "out" / STATE_DIR).glob("partial/*"))  # no attempt left a partial file
     report("storage_faults_s3_source", faults=dict(recording_proxy.faults),
            failed_request_bytes=recording_proxy.failed_bytes, clean_seconds=round(clean, 1),
            faulty_seconds=round(faulty, 1), multiple=round(faulty / clean, 2),

@@ -113,7 +113,7 @@ def migration_folder(workflow_id: str) -> str:
     return hashlib.sha256(workflow_id.encode()).hexdigest()[:40]
 
 
-class MigrationState:
+class CopyStateNames:
     """Names of one migration's state files at the destination."""
 
     def __init__(self, workflow_id: str) -> None:
@@ -129,9 +129,9 @@ class MigrationState:
         return f"{self.prefix}runs/{listing_id}/manifest/"
 
 
-def current_migration() -> MigrationState:
+def current_migration() -> CopyStateNames:
     """The state of the copy workflow this activity runs for."""
-    return MigrationState(activity.info().workflow_id)
+    return CopyStateNames(activity.info().workflow_id)
 
 
 def is_selected(key: str, stage: WeightsStage) -> bool:
@@ -189,7 +189,7 @@ class DirectoryFanout:
                                 f"{self.where}, the most one folder there can hold; split it or use include")
 
 
-def previous_entries(dest: Destination, state: MigrationState) -> dict[str, bytes]:
+def previous_entries(dest: Destination, state: CopyStateNames) -> dict[str, bytes]:
     """What earlier runs copied (JSON lines by key): the verified manifests of every migration (read only; an
     entry whose object changed since is copied again), then this migration's own, then shards of its runs
     that did not finish."""
@@ -205,7 +205,7 @@ def _listed_keys(dest: Destination, name: str) -> Iterator[str]:
             yield json.loads(raw)["file"]["key"]
 
 
-def _refuse_overlap(dest: Destination, state: MigrationState, claim: Claim, keys: set[str]) -> None:
+def _refuse_overlap(dest: Destination, state: CopyStateNames, claim: Claim, keys: set[str]) -> None:
     """Refuse this listing if an older claim of another migration holds one of its keys; a younger one
     refuses itself when it looks (both write their claim before looking, so one of them always sees the other)."""
     for name in dest.list_state("claims/"):
@@ -217,7 +217,7 @@ def _refuse_overlap(dest: Destination, state: MigrationState, claim: Claim, keys
             continue  # not a claim flyaway wrote
         if (other.claimed_at, other.workflow_id) > (claim.claimed_at, claim.workflow_id):
             continue
-        shared = next((key for key in _listed_keys(dest, MigrationState(other.workflow_id).listing(other.listing_id))
+        shared = next((key for key in _listed_keys(dest, CopyStateNames(other.workflow_id).listing(other.listing_id))
                        if key in keys), None)
         if shared is not None:
             dest.delete_state(state.claim)
@@ -245,7 +245,7 @@ async def check_weights(stage: WeightsStage) -> str:
     return await asyncio.to_thread(check)
 
 
-def _write_listing(stage: WeightsStage, listing_id: str, state: MigrationState,
+def _write_listing(stage: WeightsStage, listing_id: str, state: CopyStateNames,
                    heartbeat: Callable[[int], None]) -> ListingResult:
     source = open_source(stage.source, stage.concurrency)
     dest = open_destination(stage.destination, stage.concurrency)
@@ -306,7 +306,7 @@ async def list_source(stage: WeightsStage, listing_id: str) -> ListingResult:
 
 
 def _read_batch(dest: Destination, request: BatchRequest,
-                state: MigrationState) -> tuple[list[ListingLine], int, bool]:
+                state: CopyStateNames) -> tuple[list[ListingLine], int, bool]:
     """The lines of one batch from the listing, the offset after them, and whether the listing is done."""
     stage, offset = request.stage, request.offset
     listing = state.listing(request.listing_id)
@@ -333,7 +333,7 @@ def _read_batch(dest: Destination, request: BatchRequest,
 class _ManifestWriter:
     """Records landed files at the destination often enough that a crash loses few of them."""
 
-    def __init__(self, dest: Destination, request: BatchRequest, attempt: int, state: MigrationState) -> None:
+    def __init__(self, dest: Destination, request: BatchRequest, attempt: int, state: CopyStateNames) -> None:
         self.dest = dest
         self.prefix = f"{state.shards(request.listing_id)}{request.offset:016d}-{attempt:04d}-"
         self.pending: list[ManifestEntry] = []
@@ -395,7 +395,7 @@ async def copy_batch(request: BatchRequest) -> BatchResult:
     return BatchResult(next_offset=next_offset, done=done, **c.counts())
 
 
-def _earlier_attempts(dest: Destination, request: BatchRequest, state: MigrationState) -> dict[str, ManifestEntry]:
+def _earlier_attempts(dest: Destination, request: BatchRequest, state: CopyStateNames) -> dict[str, ManifestEntry]:
     prefix = f"{state.shards(request.listing_id)}{request.offset:016d}-"
     return read_entries(dest, dest.list_state(prefix))
 
@@ -433,7 +433,7 @@ def _check_entry(dest: Destination, line: ListingLine, entry: ManifestEntry | No
                              f"{entry.dest_version}; found {what}")
 
 
-def _verify(stage: WeightsStage, listing: ListingResult, state: MigrationState) -> VerifyResult:
+def _verify(stage: WeightsStage, listing: ListingResult, state: CopyStateNames) -> VerifyResult:
     """Batch by batch (shards are named by the listing offset of their batch), so memory follows the
     batch size; only the destination's keys and versions are held for the whole listing. The files and
     bytes counted must be the listing's totals, as the workflow got them when the listing was written."""
@@ -483,7 +483,7 @@ async def verify_copy(stage: WeightsStage, listing: ListingResult) -> VerifyResu
     return result
 
 
-def _abort_uploads(stage: WeightsStage, state: MigrationState) -> int:
+def _abort_uploads(stage: WeightsStage, state: CopyStateNames) -> int:
     """Abort every upload the migration recorded, listing again until none is left, then drop its claim."""
     dest = open_destination(stage.destination, stage.concurrency)
     aborted = 0
@@ -509,7 +509,7 @@ def _abort_uploads(stage: WeightsStage, state: MigrationState) -> int:
 async def abort_uploads(stage: WeightsStage) -> int:
     """Drop the migration's unfinished multipart uploads and its claim (an operator aborted it); returns how
     many. It runs in the migration's workflow, whose weight copy keeps its state under its own id."""
-    state = MigrationState(weights_workflow_id(activity.info().workflow_id))
+    state = CopyStateNames(weights_workflow_id(activity.info().workflow_id))
     return await asyncio.to_thread(_abort_uploads, stage, state)
 
 
