@@ -127,3 +127,6 @@ def test_readme_demo_command_completes_with_a_verified_manifest(tmp_path: Path) 
     assert "demo migration completed and verified" in done.stdout
     assert f"http://localhost:{ui_port}/namespaces/default/workflows/migration-demo" in done.stdout
     assert done.stdout.count(" yes ") == 5  # every manifest entry matches the local file's sha256
+    report = tmp_path / "demo" / "report.html"  # it ends with the demo's report
+    assert done.stdout.rstrip().endswith(f"the demo's report (`flyaway report demo`): {report}")
+    assert '"state": "completed"' in report.with_suffix(".json").read_text()

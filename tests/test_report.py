@@ -20,6 +20,7 @@ from flyaway.report.model import MigrationReport
 from flyaway.starter.cli import app
 from flyaway.starter.dev import write_random_file
 from tests.fakes.endpoint import FakeEndpoint
+from tests.fakes.fly_machines import FakeFlyMachinesAPI
 from tests.fixtures import make_tree
 from tests.harness import (
     REPO,
@@ -31,6 +32,7 @@ from tests.harness import (
     abort_migration,
     eventually,
     manifest_key,
+    migration_result,
     migration_status,
     run_async,
     run_migration,
@@ -195,6 +197,49 @@ def test_report_of_a_canary_rolled_back(temporal_server: TemporalDevServer, work
     assert report.fly.dns_ttl_seconds is None, "no canary finished: nothing says Fly's DNS answers expire"
 
 
+
+def test_report_of_a_teardown_names_what_is_left_on_fly(temporal_server: TemporalDevServer, task_queue: str,
+                                                         tmp_path: Path) -> None:
+    """The operator approves the teardown with the CLI: the report says who, and what Fly still holds."""
+    token = "fo1_report-test-token"
+    with FakeFlyMachinesAPI(token) as fly:
+        fly.add_app("old-app")
+        volume = fly.add_volume("old-app", "data", region="ord")
+        fly.add_machine("old-app", "web-1", region="ord", state="started", config={
+            "image": "registry.fly.io/old-app:deployment-7", "mounts": [{"volume": volume.id, "path": "/data"}]})
+        fly.add_ip("old-app", "137.66.1.1")
+        (tmp_path / "w").mkdir()
+        (tmp_path / "w" / "config.json").write_text('{"model": "tiny"}')
+        plan = weights_plan("report-teardown", {"kind": "local", "path": str(tmp_path / "w")},
+                            {"kind": "local", "path": str(tmp_path / "dst")})
+        plan["teardown"] = {"app": "old-app", "no_traffic_stage_ok": True, "heartbeat_timeout": "3s"}
+        worker = WorkerProcess(temporal_server, task_queue, tmp_path / "worker.log",
+                               {"FLY_API_TOKEN": token, "FLY_API_BASE_URL": fly.base_url})
+        worker.start()
+        try:
+            workflow_id = run_async(start_migration(temporal_server, plan, task_queue))
+            eventually(lambda: run_async(migration_status(temporal_server, workflow_id)).stage_status(
+                "teardown").detail.startswith("waiting for `flyaway approve"), 60, what="the approval gate")
+            approved = runner.invoke(app, ["approve", "report-teardown", "teardown", "--address",
+                                           temporal_server.address])
+            assert approved.exit_code == 0, approved.output
+            assert run_async(migration_result(temporal_server, workflow_id, 60)).status.state == "completed"
+        finally:
+            worker.stop()
+        snapshots = {volume.id: snapshot["id"] for snapshot in fly.apps["old-app"].snapshots[volume.id]}
+
+    report = write_report(temporal_server, "report-teardown", tmp_path / "teardown.html")
+    teardown = next(stage for stage in report.stages if stage.name == "teardown")
+    [approval] = teardown.approvals
+    assert approval.action == "approve" and approval.argument == "teardown" and "@" in approval.identity
+    fly_left = report.fly
+    assert (fly_left.app, fly_left.teardown_state) == ("old-app", "completed")
+    assert (fly_left.machines_found, fly_left.machines_destroyed, fly_left.machines_left) == (1, 1, 0)
+    assert fly_left.volumes_kept == [volume.id] and fly_left.snapshots == snapshots
+    assert (fly_left.ips_released, fly_left.app_deleted) == (1, False)
+    page = (tmp_path / "teardown.html").read_text()
+    assert snapshots[volume.id] in page and approval.identity in page
+
 # --- the page in a browser ---------------------------------------------------------------------------------
 
 CHROMIUM = "/usr/bin/chromium"
@@ -262,6 +307,7 @@ def test_the_page_of_an_encrypted_migration_opens_offline_and_draws_its_charts(
     assert report.canary is not None and report.canary.state == "completed" and len(report.canary.intervals) >= 2
     assert report.fly.dns_ttl_seconds == 60 and report.fly.dns_name == "api.example.com"
 
+    assert "<script" not in (tmp_path / "page.html").read_text()
     requested, charts = open_in_chromium(tmp_path / "page.html", tmp_path / "chromium-profile")
     assert requested == [(tmp_path / "page.html").as_uri()], "the page asked for more than itself"
     assert all(height > 100 for height in charts.values()), charts

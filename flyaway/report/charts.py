@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import re
+
 import pygal
+from pygal.graph.graph import Graph
 from pygal.style import Style
 
 from flyaway.report.model import CanaryInterval, ThroughputPoint
 
 MIB = 1024 * 1024
+#: old (Fly) in warm colours, new in cool ones, so the two sides read apart in every chart
 STYLE = Style(background="white", plot_background="white", font_family="system-ui, sans-serif",
               colors=("#c2410c", "#ea580c", "#fb923c", "#1d4ed8", "#3b82f6", "#93c5fd"))
-#: old (Fly) in warm colours, new in cool ones, so the two sides read apart in every chart
 RATE_STYLE = Style(background="white", plot_background="white", font_family="system-ui, sans-serif",
                    colors=("#c2410c", "#1d4ed8"))
+
+
+#: pygal writes its config for the tooltips script inline even without the script: dead weight, dropped
+_CONFIG_SCRIPT = re.compile(r"<script[^>]*>.*?</script>", re.DOTALL)
+
+
+def _static(chart: Graph) -> str:
+    """The chart as SVG without script."""
+    return _CONFIG_SCRIPT.sub("", str(chart.render(is_unicode=True)))
 
 
 def _options(title: str) -> dict[str, object]:
@@ -38,7 +50,7 @@ def throughput_chart(points: list[ThroughputPoint]) -> str | None:
     chart.add("MiB/s per batch", steps)
     chart.add(f"{amount} done", [(0.0, 0.0)] + [(point.ended_seconds / scale, point.bytes_done / size)
                                                 for point in points], secondary=True)
-    return str(chart.render(is_unicode=True))
+    return _static(chart)
 
 
 def _labels(intervals: list[CanaryInterval]) -> list[str]:
@@ -56,7 +68,7 @@ def latency_chart(intervals: list[CanaryInterval]) -> str | None:
         for quantile in ("p50", "p95", "p99"):
             values = [getattr(getattr(i, side), f"{quantile}_ms") if getattr(i, side) else None for i in intervals]
             chart.add(f"{side} {quantile}", values)
-    return str(chart.render(is_unicode=True))
+    return _static(chart)
 
 
 def success_chart(intervals: list[CanaryInterval]) -> str | None:
@@ -68,4 +80,4 @@ def success_chart(intervals: list[CanaryInterval]) -> str | None:
     chart.x_labels = _labels(intervals)
     for side in ("old", "new"):
         chart.add(side, [getattr(i, side).success_rate if getattr(i, side) else None for i in intervals])
-    return str(chart.render(is_unicode=True))
+    return _static(chart)

@@ -279,6 +279,10 @@ class DevStack:
             return 1
         self._show_manifest(s3, weights)
         self.console.print(f"[green]demo migration completed and verified[/]; open it in the UI: {link}")
+        from flyaway.report import build_report, write_report
+
+        page, _ = write_report(await build_report(client, workflow_id), self.state_dir / "demo" / "report.html")
+        self.console.print(f"the demo's report (`flyaway report demo`): {page}", highlight=False, soft_wrap=True)
         return 0
 
     def _demo_s3(self, port: int) -> Any:
