@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ from tests.harness import (
     REPO,
     TemporalDevServer,
     WorkerProcess,
+    abort_migration,
     migration_result,
     run_async,
+    start_migration,
     weights_plan,
 )
 
@@ -131,3 +134,43 @@ def test_a_migration_started_from_the_ui_completes_and_the_ui_shows_decoded_payl
     assert str(tmp_path / "weights") in page_text
     assert f"{len(contents)} copied, 0 unchanged, {len(contents)} verified" in page_text
     assert ENCODING.decode() not in page_text
+
+
+PROGRESS_SCREENSHOT = REPO / "artifacts" / "ui-migration-progress.png"
+
+
+def test_the_ui_shows_a_running_copys_progress_through_the_codec(
+        ui_stack: UiStack, task_queue: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workflow page shows the migration's current details (state, bytes, rate): a payload the UI
+    decodes through the codec server, while the copy runs."""
+    make_tree(tmp_path / "weights", {"model.safetensors": 40 << 20})
+    plan = weights_plan("progress-in-the-ui", {"kind": "local", "path": str(tmp_path / "weights")},
+                        {"kind": "local", "path": str(tmp_path / "copy")}, part_size="4MiB", concurrency=2,
+                        bandwidth_limit="1MiB")
+    monkeypatch.setenv(KEYS_ENV, ui_stack.keys)
+    workflow_id = run_async(start_migration(ui_stack.server, plan, task_queue))
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1000})
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            shown = re.compile(r"weights: [1-9][0-9.]* MiB of 40\.0 MiB, 0\S1 files at [0-9.]+ [KM]iB/s")
+            for _ in range(5):  # the page reads the details when it loads: reload until bytes have landed
+                page.goto(f"{ui_stack.ui_url}/namespaces/default/workflows/{workflow_id}")
+                page.get_by_role("tab", name="User Metadata").click()  # where the UI shows current details
+                # rendered from markdown into a sandboxed frame
+                details = page.frame_locator("iframe").first.get_by_text("concurrency 2, bandwidth 1.0 MiB/s")
+                details.wait_for()
+                text = details.inner_text()
+                if shown.search(text):
+                    break
+                page.wait_for_timeout(2000)
+            PROGRESS_SCREENSHOT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(PROGRESS_SCREENSHOT), full_page=True)
+        finally:
+            browser.close()
+    abort_migration(ui_stack.server, workflow_id, "the test has seen enough")
+    assert shown.search(text), text
+    assert "running, stage weights" in text
