@@ -13,6 +13,7 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 
+from flyaway.models.plan import WeightsStage
 from flyaway.models.status import ControlResult, MigrationState, StageState
 from flyaway.starter.dev import write_random_file
 from tests.harness import (
@@ -138,3 +139,70 @@ def test_abort_right_after_tune_ends_aborted(temporal_server: TemporalDevServer,
     keys = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
     assert "m/model.safetensors" not in keys
     assert child_status(temporal_server, workflow_id) == WorkflowExecutionStatus.CANCELED
+
+
+class FailingPartsProxy(S3FaultProxy):
+    """Refuses every UploadPart with a 400 (an error no request retry hides) while ``failing`` is set."""
+
+    failing = True
+
+    def refusal(self, command: str, path: str, size: int) -> tuple[int, str] | None:
+        if self.failing and command == "PUT" and "partNumber=" in path:
+            return 400, "InvalidArgument"
+        return super().refusal(command, path, size)
+
+
+def test_status_shows_retrying_with_the_error_until_the_stage_succeeds(
+        temporal_server: TemporalDevServer, worker: WorkerProcess, moto_server: Any, s3: Any, bucket: str,
+        tmp_path: Path) -> None:
+    proxy = FailingPartsProxy(moto_server.port)
+    proxy.start()
+    try:
+        plan = limited_plan("retrying", tmp_path, s3_location(proxy.endpoint, bucket, "m"), size=24 * MiB,
+                            bandwidth_limit=None)
+        workflow_id = run_async(start_migration(temporal_server, plan, worker.task_queue))
+        retrying = eventually(
+            lambda: (s := run_async(migration_status(temporal_server, workflow_id))).stage_status(
+                "weights").attempt >= 2 and s, 60, what="the weights stage retrying its second attempt")
+        weights = retrying.stage_status("weights")
+        assert weights.state == StageState.retrying and retrying.state == MigrationState.running
+        assert weights.error is not None and "InvalidArgument" in weights.error
+        assert retrying.last_error is not None and "retrying" in retrying.last_error
+
+        proxy.failing = False
+        result = run_async(migration_result(temporal_server, workflow_id, timeout=120))
+        assert result.status.state == MigrationState.completed
+        assert result.status.last_error is None
+        assert result.status.stage_status("weights").error is None
+        assert result.status.stage_status("weights").state == StageState.completed
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.slow
+def test_a_killed_worker_s_copy_moves_on_within_the_heartbeat_timeout(
+        temporal_server: TemporalDevServer, worker: WorkerProcess, s3_proxy: S3FaultProxy, s3: Any, bucket: str,
+        tmp_path: Path) -> None:
+    """kill -9 mid-copy: another worker takes the batch over after the copy's heartbeat timeout (the
+    default the plan does not override), plus the few seconds a new attempt needs."""
+    timeout = WeightsStage.model_fields["heartbeat_timeout"].default.total_seconds()
+    assert 10 <= timeout <= 60
+    plan = limited_plan("kill", tmp_path, s3_location(s3_proxy.endpoint, bucket, "m"), size=64 * MiB,
+                        heartbeat_timeout=f"{timeout:.0f}s")
+    workflow_id = run_async(start_migration(temporal_server, plan, worker.task_queue))
+    eventually(lambda: s3_proxy.uploaded >= 16 * MiB, 60, what="16 MiB landed")
+
+    worker.kill()
+    killed = time.monotonic()
+    successor = WorkerProcess(temporal_server, worker.task_queue, tmp_path / "successor.log", worker.env)
+    successor.start()
+    try:
+        time.sleep(1)
+        at_kill = s3_proxy.uploaded
+        eventually(lambda: s3_proxy.uploaded > at_kill, timeout + 20, what="bytes from the successor")
+        took = time.monotonic() - killed
+        assert took <= timeout + 15, f"the copy moved on {took:.0f} s after the kill"
+        result = run_async(migration_result(temporal_server, workflow_id, timeout=120))
+        assert result.status.state == MigrationState.completed
+    finally:
+        successor.stop()
