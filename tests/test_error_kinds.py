@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import os
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +36,15 @@ from flyaway.activities.storage.s3 import S3Destination
 from flyaway.activities.storage.stall import CopyStalled, cut_when_stalled, stalled_after
 from flyaway.models.copy import BatchRequest, CopySettings, ListingResult
 from flyaway.models.plan import LocalLocation, WeightsStage
-from flyaway.models.status import MigrationState
+from flyaway.models.status import MigrationState, StageState
+from flyaway.starter.dev import write_random_file
 from tests.harness import (
     STATE_DIR,
     MotoServer,
     TemporalDevServer,
     WorkerProcess,
     eventually,
+    migration_result,
     migration_status,
     run_async,
     s3_location,
@@ -210,3 +215,43 @@ def test_a_copy_that_moves_no_bytes_is_cut_and_one_that_moves_is_not(tmp_path: P
     assert run_async(cut_when_stalled(engine, progress(), floor=0.3, check_seconds=0.05)) == "done"
     engine.bandwidth.rate = MiB  # 2 streams of 1 MiB parts at 1 MiB/s: a part may wait 8 s for its turn
     assert stalled_after(engine, floor=0.3) == 8
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs, grown with ``grow_disk`` (skipped where the tests may not mount one)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)],
+                      capture_output=True, check=False).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    yield folder
+    subprocess.run(["umount", "--lazy", str(folder)], capture_output=True, check=False)
+
+
+def grow_disk(folder: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,size=32m", str(folder)], capture_output=True, check=True)
+
+
+def test_a_full_disk_is_waited_out_and_the_copy_ends_once_space_is_freed(
+        temporal_server: TemporalDevServer, worker: WorkerProcess, small_disk: Path, tmp_path: Path) -> None:
+    (tmp_path / "w").mkdir()
+    sha = write_random_file(tmp_path / "w" / "model.safetensors", 6 * MiB)
+    plan = weights_plan("full-disk", {"kind": "local", "path": str(tmp_path / "w")},
+                        {"kind": "local", "path": str(small_disk / "out")}, part_size="1MiB", concurrency=2)
+    workflow_id = run_async(start_migration(temporal_server, plan, worker.task_queue))
+    retrying = eventually(lambda: (s := run_async(migration_status(temporal_server, workflow_id))).stage_status(
+        "weights").attempt >= 2 and s, 60, what="the copy retrying on a full disk")
+    error = retrying.stage_status("weights").error
+    assert retrying.stage_status("weights").state == StageState.retrying
+    assert error is not None and "No space left on device" in error
+
+    grow_disk(small_disk)  # space is freed: the next attempt resumes and ends
+    result = run_async(migration_result(temporal_server, workflow_id, timeout=120))
+    assert result.status.state == MigrationState.completed
+    assert local_sha256(small_disk / "out" / "model.safetensors") == sha
+    assert not [path for path in (small_disk / "out" / STATE_DIR).rglob("partial/*")]
+
+
+def local_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
