@@ -48,6 +48,8 @@ EDGE_VALUES = [
     ("teardown heartbeat of 0.0001s", "teardown", {"app": "old-app", "no_traffic_stage_ok": True,
                                                    "heartbeat_timeout": "0.0001s"},
      "plan.teardown.heartbeat_timeout: 0.0001s is too short; give at least 1s"),
+    ("attempts over Temporal's int32", "weights.max_attempts", 10**12,
+     "plan.weights.max_attempts: Input should be less than or equal to 10000"),
     ("negative part size", "weights.part_size", "-5MiB",
      "plan.weights.part_size: '-5MiB' is not a size; write a whole number of bytes (0 or more) or a size like"),
     ("negative bandwidth", "weights.bandwidth_limit", -1, "plan.weights.bandwidth_limit: '-1' is not a size"),
@@ -127,7 +129,7 @@ def test_a_sibling_or_a_bucket_prefix_beside_the_source_is_fine(tmp_path: Path) 
 
 def test_edge_values_through_temporal_end_the_workflow_as_invalid_plan(
         tmp_path: Path, temporal_server: TemporalDevServer, worker: WorkerProcess) -> None:
-    cases = [case for case in EDGE_VALUES if "1e308" in case[0] or "99999999999h" in case[0]
+    cases = [case for case in EDGE_VALUES if "1e308" in case[0] or "99999999999h" in case[0] or "int32" in case[0]
              or "0.0001s" in case[0] or "two dots" in case[0] or "revision" in case[0] or "in the source" in case[0]]
 
     async def start_all() -> list[BaseException]:

@@ -390,7 +390,7 @@ class WeightsStage(StrictModel):
     batch_files: PositiveInt = Field(1000, description="most files one copy activity takes")
     batch_bytes: Size = Field(ByteSize(64 * GiB), description="most bytes one copy activity takes")
     max_attempts: PositiveInt | None = Field(
-        None, description="attempts per copy activity before the operator is asked; unlimited when absent")
+        None, le=10_000, description="attempts per copy activity before the operator is asked; unlimited when absent")
     heartbeat_timeout: Annotated[Duration, at_least(MIN_COPY_HEARTBEAT_TIMEOUT)] = Field(
         timedelta(seconds=30), description="a copy that does not report for this long is retried: its worker is "
                                            "taken for gone (at least 5s)")
