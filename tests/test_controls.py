@@ -105,7 +105,7 @@ def test_abort_drops_unfinished_uploads(temporal_server: TemporalDevServer, work
     assert not [key for key in keys if key.startswith(f"m/{STATE_DIR}/") and "/uploads/" in key]
     assert "m/model.safetensors" not in keys
     refused = cli(temporal_server, "pause", "abort-me")
-    assert refused.exit_code == 2 and "pause refused: migration-abort-me has ended (failed)" in refused.stderr
+    assert refused.exit_code == 2 and "pause refused: migration-abort-me has ended (aborted)" in refused.stderr
 
 
 def test_status_and_steering_name_a_missing_migration(temporal_server: TemporalDevServer) -> None:

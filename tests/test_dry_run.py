@@ -39,3 +39,23 @@ def test_dry_run_explains_every_file_and_changes_nothing(temporal_server: Tempor
     assert lines["tokenizer.json"] == "copy (missing at the destination)"
     assert lines["nested/deeper/shard-00002.bin"] == "skip (unchanged)"
     assert "to copy: 2 files" in second.stdout
+
+
+def test_the_estimate_takes_the_bandwidth_limit_and_says_what_it_assumed(tmp_path: Path) -> None:
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(os.urandom(40 * 1024 * 1024))
+    plan = weights_plan("limited", {"kind": "local", "path": str(folder)},
+                        {"kind": "local", "path": str(tmp_path / "dst")}, bandwidth_limit="8MiB")
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan))
+
+    sampled = CliRunner().invoke(app, ["plan", "--dry-run", str(plan_file)], terminal_width=200)
+    assert sampled.exit_code == 0, sampled.stderr
+    assert "estimated copy time 0m05s for 40.0 MiB at 8.0 MiB/s, set by bandwidth_limit 8.0 MiB/s" in sampled.stdout
+    assert "measured here: read " in sampled.stdout
+    assert "assumes the worker's network sustains what a short sample from this machine did" in sampled.stdout
+
+    unsampled = CliRunner().invoke(app, ["plan", "--no-measure", str(plan_file)], terminal_width=200)
+    assert "estimated copy time 0m05s for 40.0 MiB at 8.0 MiB/s" in unsampled.stdout
+    assert "assumes the network sustains bandwidth_limit (nothing was sampled)" in unsampled.stdout

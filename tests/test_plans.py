@@ -92,10 +92,26 @@ def test_plan_shape_errors_name_the_field(tmp_path: Path, what: str, path: str, 
     assert_one_error_line(runner.invoke(app, ["validate", "--offline", str(write_plan(tmp_path, plan))]), expected)
 
 
-def test_unparseable_yaml_is_one_line(tmp_path: Path) -> None:
+def test_unparseable_yaml_is_one_line_with_its_line_and_column(tmp_path: Path) -> None:
     path = tmp_path / "plan.yaml"
+    path.write_text("name: x\nweights: {source: {kind: local path: /x}}\n")
+    assert_one_error_line(runner.invoke(app, ["validate", str(path)]),
+                          f"{path}:2:36: not valid YAML: expected ',' or '}}', but got ':' "
+                          f"(while parsing a flow mapping at line 2, column 19)")
     path.write_text("name: x\nweights: [unclosed\n")
-    assert_one_error_line(runner.invoke(app, ["validate", str(path)]), f"{path}: not valid YAML")
+    assert_one_error_line(runner.invoke(app, ["validate", str(path)]), f"{path}:3:1: not valid YAML")
+    json_path = tmp_path / "plan.json"
+    json_path.write_text('{"name": "x",\n "weights": {"source": }}')
+    assert_one_error_line(runner.invoke(app, ["validate", str(json_path)]),
+                          f"{json_path}:2:24: not valid JSON: Expecting value")
+
+
+def test_a_field_error_names_the_line_of_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text("name: x\nweights:\n  source: {kind: local, path: /data}\n  destination:\n    kind: local\n"
+                    "    path: /out\n  part_size: -5MiB\n")
+    result = runner.invoke(app, ["validate", "--offline", str(path)])
+    assert_one_error_line(result, f"{path}:7: plan.weights.part_size:")
 
 
 def test_a_good_plan_validates_and_the_schema_is_published(tmp_path: Path, moto_server: Any, bucket: str) -> None:

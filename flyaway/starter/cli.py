@@ -1,4 +1,9 @@
-"""The ``flyaway`` command line: start, follow and steer migrations; run workers and the dev stack."""
+"""The ``flyaway`` command line: start, follow and steer migrations; run workers and the dev stack.
+
+Exit codes (scripts rely on them, docs/cli.md lists them): 0 done, or a migration that runs or
+completed; 1 a migration that failed, was aborted, waits for the operator or is paused; 2 bad
+input or a refused command; 3 Temporal unreachable.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,9 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,41 +26,48 @@ from flyaway.activities.errors import FlyawayError
 from flyaway.connection import TASK_QUEUE, TemporalOptions, connect
 from flyaway.log import configure_logging
 from flyaway.models.plan import MigrationPlan
-from flyaway.models.status import MigrationStatus, TuneRequest
+from flyaway.models.status import MigrationState, TuneRequest
 from flyaway.redaction import scrub
-from flyaway.starter.display import render, snapshot, watch
-from flyaway.starter.plans import PlanFileError, load_plan
+from flyaway.starter.display import Snapshot, header, human_bytes, render, snapshot, watch
+from flyaway.starter.options import FlyawayApp, temporal_options
+from flyaway.starter.plans import (
+    PlanCheckError,
+    PlanFileError,
+    as_checked_here,
+    check_in_this_shell,
+    load_plan,
+    plan_differences,
+)
 
 T = TypeVar("T")
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Move GPU inference services off Fly.io as one durable Temporal workflow.")
+app = FlyawayApp(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                 rich_markup_mode="markdown",
+                 help="Move GPU inference services off Fly.io as one durable Temporal workflow.")
 console = Console()
 err = Console(stderr=True)
 
-#: exit codes: 1 the migration failed or waits for the operator, 2 bad input, 3 Temporal unreachable
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 1, 2, 3
+#: how long a control waits for the migration to show the new state (abort cancels the copy first)
+SETTLE_SECONDS = {"abort": 60.0}
+DEFAULT_SETTLE_SECONDS = 10.0
+#: the demo's S3 server keeps one port, so its endpoint can be written down
+DEMO_S3_PORT = 9023
 
-Address = Annotated[str | None, typer.Option("--address", envvar="TEMPORAL_ADDRESS",
-                                              help="Temporal frontend host:port")]
-Namespace = Annotated[str | None, typer.Option("--namespace", envvar="TEMPORAL_NAMESPACE")]
-ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="TEMPORAL_API_KEY", show_default=False,
-                                             help="API key (Temporal Cloud); implies TLS")]
-Tls = Annotated[bool | None, typer.Option("--tls/--no-tls", help="TLS to the frontend")]
-Profile = Annotated[str | None, typer.Option("--profile", envvar="TEMPORAL_PROFILE",
-                                              help="profile of the Temporal client config file")]
-TaskQueue = Annotated[str, typer.Option("--task-queue", envvar="FLYAWAY_TASK_QUEUE")]
-UiUrl = Annotated[str, typer.Option("--ui-url", envvar="FLYAWAY_UI_URL", help="base URL of the Temporal UI")]
-MigrationId = Annotated[str, typer.Argument(help="plan name or workflow id (migration-<name>)")]
+TaskQueue = Annotated[str, typer.Option("--task-queue", envvar="FLYAWAY_TASK_QUEUE", metavar="QUEUE",
+                                        help="Temporal task queue of flyaway's workers")]
+UiUrl = Annotated[str, typer.Option("--ui-url", envvar="FLYAWAY_UI_URL", metavar="URL",
+                                    help="base URL of the Temporal UI, for the link to the migration")]
+MigrationId = Annotated[str, typer.Argument(metavar="NAME", help="plan name or workflow id (migration-NAME)",
+                                            show_default=False)]
+PlanFile = Annotated[Path, typer.Argument(metavar="PLAN", help="plan file, YAML or JSON", show_default=False)]
+JsonLogs = Annotated[bool | None, typer.Option(
+    "--json-logs/--console-logs", metavar="", show_default=False,
+    help="log JSON lines, or lines for people (default: JSON unless stderr is a terminal)")]
 
 
-def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
-    err.print(f"[bold red]error:[/] {scrub(message)}", highlight=False, soft_wrap=True)
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    err.print(f"[bold red]error:[/] {scrub(message)}", highlight=False, soft_wrap=True, markup=True)
     raise typer.Exit(code)
-
-
-def options(address: str | None, namespace: str | None, api_key: str | None, tls: bool | None,
-            profile: str | None) -> TemporalOptions:
-    return TemporalOptions(address=address, namespace=namespace, api_key=api_key, tls=tls, profile=profile)
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -65,6 +77,15 @@ def run(coro: Awaitable[T]) -> T:
         if "Failed client connect" in str(error) or "connection" in str(error).lower():
             fail(f"cannot reach Temporal: {error}; start it with `flyaway dev` or set --address",
                  EXIT_UNREACHABLE)
+        raise
+
+
+def run_or_not_found(go: Callable[[], Awaitable[T]], workflow_id: str) -> T:
+    try:
+        return run(go())
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            fail(f"no migration {workflow_id}; `temporal workflow list` shows what exists")
         raise
 
 
@@ -81,7 +102,15 @@ def read_plan(path: Path) -> tuple[MigrationPlan, dict[str, Any]]:
         return load_plan(path)
     except PlanFileError as error:
         fail(str(error).replace("\n", "\n       "))
-        raise AssertionError("unreachable")
+
+
+def check_plan_here(plan: MigrationPlan) -> None:
+    """The workflow's plan check, run in this shell; one line naming the stage on failure."""
+    configure_logging(level="CRITICAL")  # the check's activity logs would repeat the one line it fails with
+    try:
+        run(check_in_this_shell(plan))
+    except PlanCheckError as error:
+        fail(str(error))
 
 
 # ---- plans ------------------------------------------------------------------------------------
@@ -93,29 +122,27 @@ def schema() -> None:
 
 
 @app.command()
-def validate(plan_file: Annotated[Path, typer.Argument(help="plan in YAML or JSON")],
-             offline: Annotated[bool, typer.Option(help="only check the plan's shape, not the "
-                                                        "credentials, endpoints and buckets")] = False) -> None:
-    """Check a plan: its shape, then (unless --offline) credentials, endpoints and permissions."""
+def validate(plan_file: PlanFile,
+             offline: Annotated[bool, typer.Option("--offline", help="only check the plan's shape, not the "
+                                                   "credentials, endpoints and buckets")] = False) -> None:
+    """Check a plan: its shape, then (unless --offline) what the worker checks before it starts, run here.
+
+    The online check runs in this shell: its environment variables, files and network. The
+    worker runs the same check again, with its own, when the migration starts.
+    """
     plan, _ = read_plan(plan_file)
     if not offline:
-        from flyaway.activities.storage import open_destination, open_source
-
-        try:
-            source = open_source(plan.weights.source)
-            destination = open_destination(plan.weights.destination)
-            source.check()
-            destination.check()
-        except FlyawayError as error:
-            fail(str(error))
-    console.print(f"[green]plan {plan.name} is valid[/]: weights {plan.weights.source.describe()} -> "
+        check_plan_here(plan)
+    where = "shape only (--offline)" if offline else "checked in this shell"
+    console.print(f"[green]plan {plan.name} is valid[/] ({where}): weights {plan.weights.source.describe()} -> "
                   f"{plan.weights.destination.describe()}; stages {', '.join(plan.stages_present())}",
                   highlight=False)
 
 
 @app.command()
-def translate(fly_toml: Annotated[Path, typer.Argument(help="the app's fly.toml")],
-              to: Annotated[str, typer.Option("--to", help="cloud_run, runpod or modal")]) -> None:
+def translate(fly_toml: Annotated[Path, typer.Argument(metavar="FLY_TOML", help="the app's fly.toml",
+                                                       show_default=False)],
+              to: Annotated[str, typer.Option("--to", metavar="PLATFORM", help="cloud_run, runpod or modal")]) -> None:
     """Print a fly.toml as a plan's deploy section for the target, and what has no equivalent there."""
     from flyaway.models.deploy import PLATFORM_NAMES
     from flyaway.starter.translate import translation_text
@@ -126,27 +153,25 @@ def translate(fly_toml: Annotated[Path, typer.Argument(help="the app's fly.toml"
         text = translation_text(str(fly_toml.resolve()), to)  # type: ignore[arg-type]
     except FlyawayError as error:
         fail(str(error))
-        raise AssertionError("unreachable")
     console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("plan")
-def plan_command(plan_file: Annotated[Path, typer.Argument(help="plan in YAML or JSON")],
-                 dry_run: Annotated[bool, typer.Option("--dry-run", help="(the default) change nothing")] = True,
+def plan_command(plan_file: PlanFile,
+                 dry_run: Annotated[bool, typer.Option("--dry-run", help="change nothing (the default)")] = True,
                  show_all: Annotated[bool, typer.Option("--all", help="list every file, not the first 30")] = False,
-                 measure: Annotated[bool, typer.Option(help="time a short read and write sample")] = True) -> None:
+                 measure: Annotated[bool, typer.Option("--measure/--no-measure",
+                                                       help="time a short read and write sample")] = True) -> None:
     """Dry run: what would be copied and skipped and why, total bytes, and a time estimate."""
     from rich.table import Table
 
-    from flyaway.starter.display import human_bytes, human_duration
     from flyaway.starter.dry_run import dry_run as run_dry
 
     plan, _ = read_plan(plan_file)
     try:
         report = run_dry(plan, measure=measure)
     except FlyawayError as error:
-        fail(str(error))
-        raise AssertionError("unreachable")
+        fail(as_checked_here(str(error)))
     table = Table(title=f"{plan.weights.source.describe()} -> {plan.weights.destination.describe()}")
     table.add_column("file", overflow="fold")
     table.add_column("size", no_wrap=True)
@@ -162,15 +187,12 @@ def plan_command(plan_file: Annotated[Path, typer.Argument(help="plan in YAML or
                   f"unchanged: {len(report.decisions) - len(report.to_copy)} files, "
                   f"{human_bytes(report.bytes_unchanged)}; excluded by include/exclude: {report.excluded}",
                   highlight=False, soft_wrap=True)
-    if report.rate:
-        console.print(f"measured: read {human_bytes(report.read_rate or 0)}/s, write "
-                      f"{human_bytes(report.write_rate or 0)}/s; estimated copy time "
-                      f"{human_duration(report.estimate_seconds)} (from a short sample; a real copy varies)",
-                      highlight=False, soft_wrap=True)
+    for line in report.estimate_lines():
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
-def teardown(plan_file: Annotated[Path, typer.Argument(help="plan in YAML or JSON")],
+def teardown(plan_file: PlanFile,
              dry_run: Annotated[bool, typer.Option("--dry-run", help="print what would be destroyed")] = False) -> None:
     """Print exactly what the teardown stage would destroy on Fly (reads the Fly API, changes nothing)."""
     from flyaway.starter.teardown import describe_teardown
@@ -185,172 +207,236 @@ def teardown(plan_file: Annotated[Path, typer.Argument(help="plan in YAML or JSO
         lines = describe_teardown(plan)
     except FlyawayError as error:
         fail(str(error))
-        raise AssertionError("unreachable")
     for line in lines:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 # ---- starting and following -------------------------------------------------------------------
 
-async def _start(opts: TemporalOptions, plan: MigrationPlan, data: dict[str, Any], task_queue: str) -> bool:
-    """Start the migration; returns False when one with this plan's name is already running."""
-    client = await connect(opts)
+async def _running_plan(client: Client, workflow_id: str) -> dict[str, Any] | None:
+    """The plan the running migration was started with: its first event's input."""
+    async for event in client.get_workflow_handle(workflow_id).fetch_history_events():
+        payloads = event.workflow_execution_started_event_attributes.input.payloads
+        values = await client.data_converter.decode(payloads) if payloads else []
+        first = values[0] if values else None
+        if isinstance(first, dict) and isinstance(first.get("plan"), dict):
+            return first["plan"]  # a run continued as new carries its plan inside its state
+        return first if isinstance(first, dict) else None
+    return None
+
+
+async def _start(temporal: TemporalOptions, plan: MigrationPlan, data: dict[str, Any],
+                 task_queue: str) -> list[str] | None:
+    """Start the migration; None if it started, else how its running plan differs from ``data`` (maybe not at all)."""
+    client = await connect(temporal)
     try:
         await client.start_workflow("MigrationWorkflow", data, id=plan.workflow_id, task_queue=task_queue,
                                     id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                                     id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE)
     except WorkflowAlreadyStartedError:
-        return False
-    return True
+        running = await _running_plan(client, plan.workflow_id)
+        return plan_differences(running, data) if running is not None else []
+    return None
 
 
 @app.command()
-def start(plan_file: Annotated[Path, typer.Argument(help="plan in YAML or JSON")],
-          wait: Annotated[bool, typer.Option("--wait", help="follow the migration until it ends")] = False,
-          task_queue: TaskQueue = TASK_QUEUE, ui_url: UiUrl = "http://localhost:8233",
-          address: Address = None, namespace: Namespace = None, api_key: ApiKey = None, tls: Tls = None,
-          profile: Profile = None) -> None:
-    """Start a migration (or attach to the one already running for this plan)."""
+@temporal_options
+def start(plan_file: PlanFile,
+          wait: Annotated[bool, typer.Option("--wait", help="follow the migration until it ends or needs the "
+                                                            "operator; exit 0 only if it completed")] = False,
+          check: Annotated[bool, typer.Option("--check/--no-check", help="run the worker's plan check in this shell "
+                                              "first (--no-check when this shell lacks the worker's credentials)")]
+          = True,
+          task_queue: TaskQueue = TASK_QUEUE, ui_url: UiUrl = "http://localhost:8233", *,
+          temporal: TemporalOptions) -> None:
+    """Start a migration, or attach to the one running with the same plan (an edited plan is refused)."""
     plan, data = read_plan(plan_file)
-    opts = options(address, namespace, api_key, tls, profile)
-    started = run(_start(opts, plan, data, task_queue))
-    verb = "started" if started else "already running, attached to"
-    console.print(f"{verb} [bold]{plan.workflow_id}[/]\n{ui_link(ui_url, opts.namespace_name, plan.workflow_id)}",
+    if check:
+        check_plan_here(plan)
+    differences = run(_start(temporal, plan, data, task_queue))
+    if differences:
+        fail(f"{plan.workflow_id} is already running with a different plan; abort it (`flyaway abort {plan.name}`) "
+             f"or give the edited plan another name. What differs (running -> {plan_file}):\n  "
+             + "\n  ".join(differences))
+    verb = "started" if differences is None else "already running with this plan, attached to"
+    console.print(f"{verb} [bold]{plan.workflow_id}[/]\n{ui_link(ui_url, temporal.namespace_name, plan.workflow_id)}",
                   highlight=False)
     if wait:
-        _follow(opts, plan.workflow_id)
+        _follow(temporal, plan.workflow_id)
 
 
-def _follow(opts: TemporalOptions, workflow_id: str) -> None:
-    async def go() -> Any:
-        return await watch(await connect(opts), workflow_id, console)
+def _follow(temporal: TemporalOptions, workflow_id: str) -> None:
+    async def go() -> Snapshot:
+        return await watch(await connect(temporal), workflow_id, console)
 
-    snap = run(go())
-    if snap.failure or snap.status.state.value != "completed":
+    snap = run_or_not_found(go, workflow_id)
+    if not (snap.finished and snap.healthy):
         raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
+@temporal_options
 def status(migration: MigrationId,
-           watch_: Annotated[bool, typer.Option("--watch", help="keep redrawing until it ends")] = False,
-           as_json: Annotated[bool, typer.Option("--json", help="print the status query as JSON")] = False,
-           address: Address = None, namespace: Namespace = None, api_key: ApiKey = None, tls: Tls = None,
-           profile: Profile = None) -> None:
-    """Show a migration's stages, files, bytes, rate and ETA."""
-    opts = options(address, namespace, api_key, tls, profile)
+           watch_: Annotated[bool, typer.Option("--watch", help="follow it every 2 s until it ends or needs the "
+                                                                "operator")] = False,
+           as_json: Annotated[bool, typer.Option("--json", help="print the status query as JSON")] = False, *,
+           temporal: TemporalOptions) -> None:
+    """Show a migration's state, stages, files, bytes, rate and ETA.
+
+    The first line is "migration-NAME STATE". Exit 0 while it runs (validating, running) or once it
+    completed; 1 when it is paused, waits for the operator, failed or was aborted.
+    """
     workflow_id = workflow_id_of(migration)
     if watch_:
-        _follow(opts, workflow_id)
+        _follow(temporal, workflow_id)
         return
 
-    async def go() -> Any:
-        return await snapshot(await connect(opts), workflow_id)
+    async def go() -> Snapshot:
+        return await snapshot(await connect(temporal), workflow_id)
 
-    snap = _or_not_found(go, workflow_id)
+    snap = run_or_not_found(go, workflow_id)
     if as_json:
-        print(snap.status.model_dump_json(indent=2))
+        print(snap.status.model_copy(update={"bytes_done": snap.bytes_done, "files_done": snap.files_done})
+              .model_dump_json(indent=2))
     else:
         console.print(render(snap))
-
-
-def _or_not_found(go: Any, workflow_id: str) -> Any:
-    try:
-        return run(go())
-    except RPCError as error:
-        if error.status == RPCStatusCode.NOT_FOUND:
-            fail(f"no migration {workflow_id}; `temporal workflow list` shows what exists")
-        raise
+    if not snap.healthy:
+        raise typer.Exit(EXIT_FAILED)
 
 
 # ---- steering -----------------------------------------------------------------------------------
 
-def _update(migration: str, name: str, opts: TemporalOptions, *args: Any) -> MigrationStatus:
+class _Ended(Exception):
+    def __init__(self, state: str) -> None:
+        super().__init__(state)
+        self.state = state
+
+
+def _settled(name: str, before: Snapshot, after: Snapshot) -> bool:
+    """Whether ``after`` shows the effect of control ``name`` (the new state, not the old one)."""
+    if name == "abort":
+        return after.finished
+    if name == "retry":
+        return after.state != MigrationState.waiting_for_operator.value
+    if name == "pause":
+        return before.state != MigrationState.running.value or after.state != before.state
+    if name == "resume":
+        return before.state != MigrationState.paused.value or after.state != before.state
+    return True
+
+
+async def _control(temporal: TemporalOptions, workflow_id: str, name: str, args: list[Any]) -> tuple[Snapshot, dict]:
+    """Send control ``name``, then read the migration until it shows the new state (or time runs out)."""
+    client = await connect(temporal)
+    handle = client.get_workflow_handle(workflow_id)
+    before = await snapshot(client, workflow_id)
+    if before.finished:
+        raise _Ended(before.state)
+    try:
+        reply = await handle.execute_update(name, args=args, result_type=dict)
+    except RPCError as error:  # it ended between the snapshot and the update
+        if error.status != RPCStatusCode.NOT_FOUND:
+            raise
+        raise _Ended((await snapshot(client, workflow_id)).state) from None
+    deadline = asyncio.get_running_loop().time() + SETTLE_SECONDS.get(name, DEFAULT_SETTLE_SECONDS)
+    after = await snapshot(client, workflow_id)
+    while not _settled(name, before, after) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.5)
+        after = await snapshot(client, workflow_id)
+    return after, reply if isinstance(reply, dict) else {}
+
+
+def _settings_text(snap: Snapshot) -> str:
+    limit = snap.status.bandwidth_limit
+    return f"concurrency {snap.status.concurrency}, bandwidth {human_bytes(limit) + '/s' if limit else 'unlimited'}"
+
+
+def _steer(migration: str, name: str, temporal: TemporalOptions, *args: Any) -> None:
+    """Run a control and print the migration's new state: first line ``NAME: migration-X is now STATE``."""
     workflow_id = workflow_id_of(migration)
 
-    async def go() -> MigrationStatus | WorkflowExecutionStatus:
-        client: Client = await connect(opts)
-        handle = client.get_workflow_handle(workflow_id)
-        run_status = (await handle.describe()).status
-        if run_status != WorkflowExecutionStatus.RUNNING:
-            return run_status  # type: ignore[return-value]
-        return await handle.execute_update(name, args=list(args), result_type=MigrationStatus)
+    async def go() -> tuple[Snapshot, dict]:
+        return await _control(temporal, workflow_id, name, list(args))
 
     try:
-        outcome = _or_not_found(go, workflow_id)
+        after, reply = run_or_not_found(go, workflow_id)
     except WorkflowUpdateFailedError as error:
-        cause = error.cause
-        fail(f"{name} refused: {getattr(cause, 'message', cause)}")
-        raise AssertionError("unreachable")
-    if isinstance(outcome, WorkflowExecutionStatus):
-        fail(f"{name} refused: {workflow_id} has ended ({outcome.name.lower()})")
-    return outcome
-
-
-def _steer(migration: str, name: str, opts: TemporalOptions, *args: Any) -> None:
-    result = _update(migration, name, opts, *args)
-    console.print(f"{name}: {workflow_id_of(migration)} is now {result.state.value}", highlight=False)
+        fail(f"{name} refused: {getattr(error.cause, 'message', error.cause)}")
+    except _Ended as ended:
+        fail(f"{name} refused: {workflow_id} has ended ({ended.state}); there is nothing to {name}")
+    state = after.state
+    if name == "abort" and not after.finished:
+        state = "aborting (asked; not ended yet: `flyaway status` follows it)"
+    settings = f"; {_settings_text(after)}" if name == "tune" else ""
+    console.print(f"{name}: {workflow_id} is now {state}{settings}", highlight=False, markup=False, soft_wrap=True)
+    if reply.get("message"):
+        console.print(str(reply["message"]), highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
-def approve(migration: MigrationId, stage: Annotated[str, typer.Argument(help="stage to approve")],
-            address: Address = None, namespace: Namespace = None, api_key: ApiKey = None, tls: Tls = None,
-            profile: Profile = None) -> None:
+@temporal_options
+def approve(migration: MigrationId,
+            stage: Annotated[str, typer.Argument(metavar="STAGE", help="stage to approve: teardown, or canary for "
+                                                 "the canary's current step", show_default=False)], *,
+            temporal: TemporalOptions) -> None:
     """Approve a gated stage (for example teardown), or the canary's current step."""
-    _steer(migration, "approve", options(address, namespace, api_key, tls, profile), stage)
+    _steer(migration, "approve", temporal, stage)
 
 
 @app.command()
-def promote(migration: MigrationId, address: Address = None, namespace: Namespace = None, api_key: ApiKey = None,
-            tls: Tls = None, profile: Profile = None) -> None:
+@temporal_options
+def promote(migration: MigrationId, *, temporal: TemporalOptions) -> None:
     """Skip the canary's remaining steps: all traffic to the new endpoint now."""
-    _steer(migration, "promote", options(address, namespace, api_key, tls, profile))
+    _steer(migration, "promote", temporal)
 
 
 @app.command()
-def pause(migration: MigrationId, address: Address = None, namespace: Namespace = None, api_key: ApiKey = None,
-          tls: Tls = None, profile: Profile = None) -> None:
-    """Pause: the copy in flight stops after its current parts; nothing landed is lost."""
-    _steer(migration, "pause", options(address, namespace, api_key, tls, profile))
+@temporal_options
+def pause(migration: MigrationId, *, temporal: TemporalOptions) -> None:
+    """Pause: no new bytes within seconds (parts in flight finish or are cancelled); nothing landed is lost."""
+    _steer(migration, "pause", temporal)
 
 
 @app.command()
-def resume(migration: MigrationId, address: Address = None, namespace: Namespace = None, api_key: ApiKey = None,
-           tls: Tls = None, profile: Profile = None) -> None:
+@temporal_options
+def resume(migration: MigrationId, *, temporal: TemporalOptions) -> None:
     """Resume a paused migration."""
-    _steer(migration, "resume", options(address, namespace, api_key, tls, profile))
+    _steer(migration, "resume", temporal)
 
 
 @app.command()
-def retry(migration: MigrationId, address: Address = None, namespace: Namespace = None, api_key: ApiKey = None,
-          tls: Tls = None, profile: Profile = None) -> None:
+@temporal_options
+def retry(migration: MigrationId, *, temporal: TemporalOptions) -> None:
     """Run the stage that waits for the operator again, from where it stopped."""
-    _steer(migration, "retry", options(address, namespace, api_key, tls, profile))
+    _steer(migration, "retry", temporal)
 
 
 @app.command()
-def abort(migration: MigrationId, reason: Annotated[str, typer.Option("--reason", help="why")] = "aborted from CLI",
-          address: Address = None, namespace: Namespace = None, api_key: ApiKey = None, tls: Tls = None,
-          profile: Profile = None) -> None:
-    """Abort a migration: unfinished uploads are dropped; what was verified stays."""
-    _steer(migration, "abort", options(address, namespace, api_key, tls, profile), reason)
+@temporal_options
+def abort(migration: MigrationId,
+          reason: Annotated[str, typer.Option("--reason", metavar="TEXT", help="why; kept in the migration's "
+                                              "failure")] = "aborted from CLI", *,
+          temporal: TemporalOptions) -> None:
+    """Abort a migration: the copy is cancelled, unfinished uploads are dropped; what was verified stays."""
+    _steer(migration, "abort", temporal, reason)
 
 
 @app.command()
+@temporal_options
 def tune(migration: MigrationId,
-         concurrency: Annotated[int | None, typer.Option(min=1, max=256, help="parts in flight")] = None,
-         bandwidth: Annotated[str | None, typer.Option(help="bytes per second, e.g. 200MiB; 0 for none")] = None,
-         address: Address = None, namespace: Namespace = None, api_key: ApiKey = None, tls: Tls = None,
-         profile: Profile = None) -> None:
-    """Change a running copy's concurrency or bandwidth limit."""
+         concurrency: Annotated[int | None, typer.Option(min=1, max=256, metavar="N", show_default=False,
+                                                         help="parts in flight")] = None,
+         bandwidth: Annotated[str | None, typer.Option(metavar="SIZE", show_default=False,
+                                                       help="bytes per second, e.g. 200MiB; 0 for none")] = None, *,
+         temporal: TemporalOptions) -> None:
+    """Change a running copy's concurrency or bandwidth limit; prints the settings now in force."""
     from pydantic import ByteSize, TypeAdapter, ValidationError
 
     try:
         limit = None if bandwidth is None else int(TypeAdapter(ByteSize).validate_python(bandwidth))
     except ValidationError:
-        fail(f"--bandwidth: '{bandwidth}' is not a size; write it like 200MiB")
-        raise AssertionError("unreachable")
-    request = TuneRequest(concurrency=concurrency, bandwidth_limit=limit)
-    _steer(migration, "tune", options(address, namespace, api_key, tls, profile), request)
+        fail(f"--bandwidth: '{bandwidth}' is not a size; write it like 200MiB, or 0 for no limit")
+    _steer(migration, "tune", temporal, TuneRequest(concurrency=concurrency, bandwidth_limit=limit))
 
 
 
@@ -385,41 +471,45 @@ def report(migration: MigrationId,
 # ---- processes ----------------------------------------------------------------------------------
 
 @app.command()
+@temporal_options
 def worker(task_queue: TaskQueue = TASK_QUEUE,
-           max_activities: Annotated[int, typer.Option(help="activities this worker runs at once")] = 20,
-           address: Address = None, namespace: Namespace = None, api_key: ApiKey = None, tls: Tls = None,
-           profile: Profile = None, json_logs: Annotated[bool | None, typer.Option("--json-logs/--console-logs")]
-           = None) -> None:
+           max_activities: Annotated[int, typer.Option(metavar="N", help="activities this worker runs at once")] = 20,
+           json_logs: JsonLogs = None, *, temporal: TemporalOptions) -> None:
     """Run a worker: flyaway's workflows and activities, until SIGINT or SIGTERM."""
     from flyaway.workers.main import run_worker
 
     configure_logging(json=json_logs)
-    run(run_worker(options(address, namespace, api_key, tls, profile), task_queue, max_activities))
+    run(run_worker(temporal, task_queue, max_activities))
 
 
 @app.command("agent")
-def agent(task_queue: Annotated[str, typer.Option("--task-queue", help="the agent's own task queue")],
-          max_activities: Annotated[int, typer.Option(help="activities at once")] = 4,
-          address: Address = None, namespace: Namespace = None, api_key: ApiKey = None, tls: Tls = None,
-          profile: Profile = None,
-          json_logs: Annotated[bool | None, typer.Option("--json-logs/--console-logs")] = None) -> None:
+@temporal_options
+def agent(task_queue: Annotated[str, typer.Option("--task-queue", metavar="QUEUE",
+                                                  help="the agent's own task queue")],
+          max_activities: Annotated[int, typer.Option(metavar="N", help="activities at once")] = 4,
+          json_logs: JsonLogs = None, *, temporal: TemporalOptions) -> None:
     """Run the agent (inside a Fly Machine of the source's app): copies of a forked volume, or the app's secrets."""
     from flyaway.workers.agent import run_agent
 
     configure_logging(json=json_logs)
-    run(run_agent(options(address, namespace, api_key, tls, profile), task_queue, max_activities))
+    run(run_agent(temporal, task_queue, max_activities))
 
 
 @app.command()
-def dev(state_dir: Annotated[Path, typer.Option(help="where the dev server keeps its database")] =
+def dev(state_dir: Annotated[Path, typer.Option(metavar="DIR", help="where the dev server keeps its database")] =
         Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "flyaway",
-        port: Annotated[int, typer.Option(help="Temporal frontend port")] = 7233,
-        ui_port: Annotated[int, typer.Option(help="Temporal UI port")] = 8233,
+        port: Annotated[int, typer.Option(metavar="PORT", help="Temporal frontend port")] = 7233,
+        ui_port: Annotated[int, typer.Option(metavar="PORT", help="Temporal UI port")] = 8233,
         demo: Annotated[bool, typer.Option("--demo", help="also run the demo migration on local servers")] = False,
-        demo_size: Annotated[str, typer.Option(help="size of the demo's big weights file")] = "1GiB",
+        demo_size: Annotated[str, typer.Option(metavar="SIZE", help="size of the demo's big weights file")] = "1GiB",
+        s3_port: Annotated[int, typer.Option(metavar="PORT", help="port of the demo's local S3 server (moto)")]
+        = DEMO_S3_PORT,
         exit_after: Annotated[bool, typer.Option("--exit", help="stop everything once the demo ends")] = False,
         codec_port: Annotated[int | None, typer.Option(
+            metavar="PORT", show_default=False,
             help="codec server port, when FLYAWAY_CODEC_KEYS is set (default: a free one)")] = None,
+        json_logs: Annotated[bool, typer.Option("--json-logs/--console-logs", help="the worker's logs as JSON lines, or "
+                                                "(the default, also when piped) as lines for people")] = False,
         ) -> None:
     """Temporal dev server with its UI, a worker and (with --demo) a demo migration: one command, no Docker.
 
@@ -428,22 +518,23 @@ def dev(state_dir: Annotated[Path, typer.Option(help="where the dev server keeps
     from flyaway.codec import CodecError
     from flyaway.starter.dev import DevStack
 
-    configure_logging(json=None, level="WARNING")
-    stack = DevStack(state_dir=state_dir, port=port, ui_port=ui_port, console=console, codec_port=codec_port)
+    configure_logging(json=json_logs, level="WARNING")
+    stack = DevStack(state_dir=state_dir, port=port, ui_port=ui_port, console=console, codec_port=codec_port,
+                     s3_port=s3_port)
     try:
         code = asyncio.run(stack.run(demo=demo, demo_size=demo_size, exit_after=exit_after))
     except CodecError as error:
         fail(str(error))
-        raise AssertionError("unreachable")
     raise typer.Exit(code)
 
 
 @app.command("codec-server")
-def codec_server(host: Annotated[str, typer.Option()] = "127.0.0.1",
-                 port: Annotated[int, typer.Option()] = 8081,
-                 ui_origin: Annotated[list[str], typer.Option(help="Temporal UI origin allowed by CORS")] =
+def codec_server(host: Annotated[str, typer.Option(metavar="HOST", help="address to listen on")] = "127.0.0.1",
+                 port: Annotated[int, typer.Option(metavar="PORT", help="port to listen on")] = 8081,
+                 ui_origin: Annotated[list[str], typer.Option(metavar="URL", help="Temporal UI origin allowed by "
+                                                              "CORS; repeat for several")] =
                  ["http://localhost:8233"],  # noqa: B006 (typer needs a literal default)
-                 token_env: Annotated[str, typer.Option(help="variable holding the bearer token")] =
+                 token_env: Annotated[str, typer.Option(metavar="VAR", help="variable holding the bearer token")] =
                  "FLYAWAY_CODEC_TOKEN") -> None:
     """Serve the payload codec to the Temporal UI and CLI (/encode, /decode)."""
     from flyaway.codec import CodecError, EncryptionCodec
@@ -454,10 +545,8 @@ def codec_server(host: Annotated[str, typer.Option()] = "127.0.0.1",
         codec = EncryptionCodec.from_env()
     except CodecError as error:
         fail(str(error))
-        raise AssertionError("unreachable")
     if codec is None:
         fail("FLYAWAY_CODEC_KEYS is not set; create a key with `flyaway codec-key` and export it")
-        raise AssertionError("unreachable")
     run_codec_server(host, port, codec, os.environ.get(token_env) or None, ui_origin)
 
 

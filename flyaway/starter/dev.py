@@ -185,11 +185,12 @@ def demo_plan(weights: Path, s3_port: int) -> dict[str, Any]:
 
 class DevStack:
     def __init__(self, state_dir: Path, port: int, ui_port: int, console: Console,
-                 codec_port: int | None = None) -> None:
+                 codec_port: int | None = None, s3_port: int | None = None) -> None:
         self.state_dir = state_dir
         self.port = port
         self.ui_port = ui_port
         self.codec_port = codec_port
+        self.s3_port = s3_port or free_port()
         self.console = console
         self.processes: list[subprocess.Popen[bytes]] = []
         self.options = TemporalOptions(address=f"127.0.0.1:{port}", namespace="default", tls=False)
@@ -205,6 +206,9 @@ class DevStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if port_is_open(self.port):
             self.console.print(f"[red]port {self.port} is busy[/]: another Temporal server? stop it or pass --port")
+            return 2
+        if demo and port_is_open(self.s3_port):
+            self.console.print(f"[red]port {self.s3_port} is busy[/]: the demo's S3 server needs it; pass --s3-port")
             return 2
         try:
             async with AsyncExitStack() as stack:
@@ -254,10 +258,15 @@ class DevStack:
         from flyaway.starter.display import watch
 
         size = int(TypeAdapter(ByteSize).validate_python(demo_size))
-        s3_port = free_port()
+        s3_port = self.s3_port
         self.processes.append(await asyncio.to_thread(start_moto, s3_port, self._log("moto")))
         os.environ.setdefault(DEMO_KEY_ENV[0], "flyaway-demo")
         os.environ.setdefault(DEMO_KEY_ENV[1], "flyaway-demo-secret")
+        self.console.print(f"demo S3 server (moto) at [bold]http://127.0.0.1:{s3_port}[/] (--s3-port), bucket "
+                           f"{DEMO_BUCKET}, region us-east-1; the plan names its keys {DEMO_KEY_ENV[0]} and "
+                           f"{DEMO_KEY_ENV[1]}, and moto takes any value: `AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x "
+                           f"aws --endpoint-url http://127.0.0.1:{s3_port} s3 ls s3://{DEMO_BUCKET}/models/demo/`",
+                           highlight=False, soft_wrap=True)
         weights = self.state_dir / "demo" / "weights"
         self.console.print(f"generating demo weights in {weights} ({ByteSize(size).human_readable()} + JSON files)")
         await asyncio.to_thread(make_demo_weights, weights, size)

@@ -1,37 +1,58 @@
 """Live progress of a migration in the terminal (rich): stages, files, bytes, rate, ETA.
 
-The ``status`` query gives what the workflow knows (batches done); the heartbeat of the copy
-activity in flight adds what it has moved since, so a single huge file still shows progress.
+The ``status`` query gives what the workflow knows; the heartbeats of the activities in flight
+(read with ``describe()``, which adds nothing to history) add what they have done since, so a
+single huge file still shows progress when the query lags. A heartbeat is whatever its activity
+sent: a copy's progress, a count of files listed, a line of text. What the display understands
+it shows, anything else it skips; it never fails on it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
 
 from rich.console import Console, Group
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
-from temporalio.service import RPCError
+from temporalio.api.workflow.v1 import PendingActivityInfo
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+)
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
-from flyaway.models.copy import CopyProgress
-from flyaway.models.status import MigrationState, MigrationStatus, StageState
+from flyaway.models.status import MigrationState, MigrationStatus
+from flyaway.redaction import scrub
 
-_STATE_STYLE = {
-    StageState.completed: "green", StageState.running: "cyan", StageState.skipped: "dim",
-    StageState.waiting_for_operator: "bold red", StageState.aborted: "red", StageState.pending: "white",
-}
+_STATE_STYLE = {"completed": "green", "running": "cyan", "skipped": "dim", "waiting_for_operator": "bold red",
+                "aborted": "red", "pending": "white", "retrying": "yellow"}
 _OPEN = WorkflowExecutionStatus.RUNNING
+#: how the migration stands, for people and scripts, once its workflow has ended
+_ENDED = {WorkflowExecutionStatus.COMPLETED: "completed", WorkflowExecutionStatus.FAILED: "failed",
+          WorkflowExecutionStatus.CANCELED: "canceled", WorkflowExecutionStatus.TERMINATED: "terminated",
+          WorkflowExecutionStatus.TIMED_OUT: "timed_out"}
+#: the states in which ``flyaway status`` exits 0: the migration goes on by itself, or is done
+HEALTHY_STATES = frozenset({MigrationState.validating.value, MigrationState.running.value,
+                            MigrationState.completed.value})
+#: what a heartbeat that is a bare number means, by activity type
+_COUNT_HEARTBEATS = {"flyaway.weights.list": "{:,} files listed so far"}
+QUERY_TIMEOUT = timedelta(seconds=10)
 
 
 def human_bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
-    raise AssertionError("unreachable")
+    return f"{size:.1f} TiB"
 
 
 def human_duration(seconds: float | None) -> str:
@@ -44,90 +65,250 @@ def human_duration(seconds: float | None) -> str:
 
 
 @dataclass
+class ActivityProgress:
+    """What one activity in flight said in its last heartbeat, as far as the display understands it."""
+
+    activity: str
+    attempt: int
+    bytes_done: int = 0
+    files_done: int = 0
+    rate: float = 0.0
+    note: str | None = None
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def activity_progress(activity: str, attempt: int, details: list[Any]) -> ActivityProgress:
+    """Read decoded heartbeat details: a copy's progress (a mapping with ``bytes_done``), a count, or text."""
+    progress = ActivityProgress(activity=activity, attempt=attempt)
+    detail = details[0] if details else None
+    if isinstance(detail, dict):
+        progress.bytes_done, progress.files_done = _int(detail.get("bytes_done")), _int(detail.get("files_done"))
+        rate = detail.get("rate_bytes_per_second")
+        progress.rate = float(rate) if isinstance(rate, (int, float)) and rate > 0 else 0.0
+    elif isinstance(detail, int) and not isinstance(detail, bool):
+        progress.note = _COUNT_HEARTBEATS.get(activity, "{:,}").format(detail)
+    elif isinstance(detail, str) and detail:
+        progress.note = scrub(detail)[:120]
+    return progress
+
+
+async def _decode_pending(client: Client, pending: PendingActivityInfo) -> ActivityProgress:
+    details: list[Any] = []
+    if pending.heartbeat_details.payloads:
+        try:
+            details = await client.data_converter.decode(pending.heartbeat_details.payloads)
+        except Exception:  # noqa: BLE001 (a heartbeat this CLI cannot read is skipped, never fatal)
+            details = []
+    return activity_progress(pending.activity_type.name, pending.attempt, details)
+
+
+@dataclass
 class Snapshot:
     status: MigrationStatus
     run_status: WorkflowExecutionStatus | None
-    in_flight_bytes: int = 0
-    in_flight_rate: float = 0.0
+    activities: list[ActivityProgress] = field(default_factory=list)
+    #: bytes and files of the copy's finished batches (the copy workflow's counters), when known
+    finished_batches: tuple[int, int] | None = None
     failure: str | None = None
+    failure_type: str | None = None
 
     @property
-    def bytes_done(self) -> int:
-        return min(self.status.bytes_done + self.in_flight_bytes, self.status.bytes_total)
+    def state(self) -> str:
+        """The migration's state, also once its workflow ended (an invalid plan shows ``failed``)."""
+        if self.run_status is None or self.run_status == _OPEN:
+            return self.status.state.value
+        if self.failure_type == "Aborted" or self.status.state == MigrationState.aborted:
+            return MigrationState.aborted.value
+        return _ENDED.get(self.run_status, "failed")
+
+    @property
+    def healthy(self) -> bool:
+        return self.state in HEALTHY_STATES
 
     @property
     def finished(self) -> bool:
         return self.run_status is not None and self.run_status != _OPEN
 
+    def _landed(self, attribute: str, known: int, batch_index: int) -> int:
+        in_flight = sum(getattr(activity, attribute) for activity in self.activities)
+        base = self.finished_batches[batch_index] if self.finished_batches else 0
+        return max(known, base + in_flight)
 
-async def _in_flight(client: Client, workflow_id: str) -> tuple[int, float]:
-    """Bytes and rate that the copy activity in flight reported in its last heartbeat."""
+    @property
+    def bytes_done(self) -> int:
+        done = self._landed("bytes_done", self.status.bytes_done, 0)
+        return min(done, self.status.bytes_total) if self.status.bytes_total else done
+
+    @property
+    def files_done(self) -> int:
+        done = self._landed("files_done", self.status.files_done, 1)
+        return min(done, self.status.files_total) if self.status.files_total else done
+
+    @property
+    def rate(self) -> float:
+        return sum(activity.rate for activity in self.activities) or self.status.rate_bytes_per_second
+
+
+async def _pending_activities(client: Client, workflow_id: str) -> list[ActivityProgress]:
     try:
-        description = await client.get_workflow_handle(f"{workflow_id}-weights").describe()
+        description = await client.get_workflow_handle(workflow_id).describe()
     except RPCError:
-        return 0, 0.0
-    done, rate = 0, 0.0
-    for pending in description.raw_description.pending_activities:
-        if pending.heartbeat_details.payloads:
-            details = await client.data_converter.decode(pending.heartbeat_details.payloads, [CopyProgress])
-            if details and isinstance(details[0], CopyProgress):
-                done += details[0].bytes_done
-                rate += details[0].rate_bytes_per_second
-    return done, rate
+        return []
+    return [await _decode_pending(client, pending) for pending in description.raw_description.pending_activities]
+
+
+async def _finished_batches(client: Client, copy_workflow_id: str) -> tuple[int, int] | None:
+    """Bytes and files of the copy's finished batches, from its ``progress`` query (None when unknown)."""
+    try:
+        progress = await client.get_workflow_handle(copy_workflow_id).query("progress", result_type=dict,
+                                                                            rpc_timeout=QUERY_TIMEOUT)
+        counters = progress["counters"]
+        return (_int(counters.get("bytes_copied")) + _int(counters.get("bytes_skipped")),
+                _int(counters.get("files_copied")) + _int(counters.get("files_skipped")))
+    except Exception:  # noqa: BLE001 (a lagging or changed query only makes the figures coarser)
+        return None
+
+
+async def _query_status(handle: WorkflowHandle[Any, Any], workflow_id: str, ended: bool) -> MigrationStatus:
+    """The ``status`` query; for an ended migration whose worker cannot answer, what its result says."""
+    try:
+        return await handle.query("status", result_type=MigrationStatus, rpc_timeout=QUERY_TIMEOUT)
+    except RPCError:
+        if not ended:
+            raise
+    name = workflow_id.removeprefix("migration-")
+    try:
+        result = await handle.result(rpc_timeout=QUERY_TIMEOUT)
+        return MigrationStatus.model_validate(result["status"]) if isinstance(result, dict) else MigrationStatus(
+            name=name)
+    except Exception:  # noqa: BLE001 (the failure itself is read separately)
+        return MigrationStatus(name=name)
 
 
 async def snapshot(client: Client, workflow_id: str) -> Snapshot:
     handle = client.get_workflow_handle(workflow_id)
     description = await handle.describe()
-    status = await handle.query("status", result_type=MigrationStatus)
+    ended = description.status != _OPEN
+    status = await _query_status(handle, workflow_id, ended)
     snap = Snapshot(status=status, run_status=description.status)
-    if description.status == _OPEN and status.stage == "weights":
-        snap.in_flight_bytes, snap.in_flight_rate = await _in_flight(client, workflow_id)
-    if description.status not in (_OPEN, WorkflowExecutionStatus.COMPLETED):
-        try:
-            await handle.result()
-        except WorkflowFailureError as error:
-            snap.failure = str(error.cause.message if hasattr(error.cause, "message") else error.cause)
+    if not ended:
+        snap.activities = [await _decode_pending(client, pending)
+                           for pending in description.raw_description.pending_activities]
+        if status.stage and status.stage != "validate":
+            child = f"{workflow_id}-{status.stage}"
+            snap.activities += await _pending_activities(client, child)
+            if status.stage == "weights":
+                snap.finished_batches = await _finished_batches(client, child)
+    elif description.status != WorkflowExecutionStatus.COMPLETED:
+        snap.failure, snap.failure_type = await _failure(handle)
     return snap
+
+
+async def _failure(handle: WorkflowHandle[Any, Any]) -> tuple[str | None, str | None]:
+    """The message and type of an ended migration's failure (no stack trace)."""
+    try:
+        await handle.result(rpc_timeout=QUERY_TIMEOUT)
+    except WorkflowFailureError as error:
+        cause = error.cause
+        if isinstance(cause, ApplicationError):
+            return cause.message, cause.type
+        return getattr(cause, "message", None) or str(cause), type(cause).__name__
+    except Exception as error:  # noqa: BLE001 (terminated, timed out, unreachable: the state says enough)
+        return str(error) or None, None
+    return None, None
+
+
+def header(snap: Snapshot) -> str:
+    """The first line of every status: the workflow id and its state (scripts read it)."""
+    stage = f" (stage {snap.status.stage})" if snap.status.stage and not snap.finished else ""
+    return f"migration-{snap.status.name} {snap.state}{stage}"
+
+
+def progress_line(snap: Snapshot) -> str:
+    status = snap.status
+    rate = snap.rate
+    remaining = status.bytes_total - snap.bytes_done
+    eta = remaining / rate if rate > 0 and not snap.finished else None
+    return (f"{human_bytes(snap.bytes_done)} of {human_bytes(status.bytes_total)}  "
+            f"{snap.files_done}/{status.files_total} files  {human_bytes(rate)}/s  ETA {human_duration(eta)}")
 
 
 def render(snap: Snapshot) -> Group:
     status = snap.status
-    header = Text.assemble(("migration ", "bold"), (status.name, "bold cyan"), "  ",
-                           (status.state.value, "bold green" if status.state == MigrationState.completed
-                            else "bold red" if status.state in (MigrationState.waiting_for_operator,
-                                                                MigrationState.aborted) else "bold yellow"))
+    state_style = ("bold green" if snap.state == "completed" else "bold yellow" if snap.healthy else "bold red")
+    title = Text(header(snap), style="bold")
+    title.stylize(state_style, len(f"migration-{status.name} "))
     stages = Table(box=None, show_header=False, padding=(0, 2))
     for stage in status.stages:
-        line = Text(stage.detail or "")
-        if stage.error:
-            line = Text(stage.error, style="red")
-        stages.add_row(stage.name, Text(stage.state.value, style=_STATE_STYLE[stage.state]), line)
-    parts: list = [header, stages]
+        line = Text(stage.error, style="red") if stage.error else Text(stage.detail or "")
+        stages.add_row(stage.name, Text(stage.state.value, style=_STATE_STYLE.get(stage.state.value, "yellow")), line)
+    parts: list[Any] = [title, stages]
     if status.bytes_total:
-        rate = snap.in_flight_rate or status.rate_bytes_per_second
-        remaining = status.bytes_total - snap.bytes_done
-        eta = remaining / rate if rate > 0 and snap.run_status == _OPEN else None
         parts.append(ProgressBar(total=status.bytes_total, completed=snap.bytes_done, width=60))
-        parts.append(Text(f"{human_bytes(snap.bytes_done)} of {human_bytes(status.bytes_total)}  "
-                          f"{status.files_done}/{status.files_total} files  "
-                          f"{human_bytes(rate)}/s  ETA {human_duration(eta)}"))
-    if status.last_error and status.state == MigrationState.waiting_for_operator:
+        parts.append(Text(progress_line(snap)))
+    for activity in snap.activities:
+        if activity.note:
+            parts.append(Text(f"{activity.activity}: {activity.note}", style="dim"))
+    if status.last_error and snap.state == MigrationState.waiting_for_operator.value:
         parts.append(Text(f"waiting for the operator: {status.last_error}\n"
                           f"fix the cause, then `flyaway retry {status.name}` (or `flyaway abort`)", style="red"))
     if snap.failure:
-        parts.append(Text(f"failed: {snap.failure}", style="bold red"))
+        parts.append(Text(f"{snap.state}: {snap.failure}", style="bold red"))
     return Group(*parts)
 
 
-async def watch(client: Client, workflow_id: str, console: Console, interval: float = 1.0) -> Snapshot:
-    """Redraw the status until the migration closes; returns the last snapshot."""
+def one_line(snap: Snapshot) -> str:
+    """The snapshot as one plain line, for output that is not a terminal (logs, pipes)."""
+    parts = [header(snap)]
+    stage = next((s for s in snap.status.stages if s.name == snap.status.stage), None)
+    if snap.status.bytes_total and snap.status.stage == "weights" and not (stage and stage.error):
+        parts.append(progress_line(snap))
+    elif stage is not None and (stage.error or stage.detail):
+        parts.append(stage.error or stage.detail)
+    parts += [f"{activity.activity}: {activity.note}" for activity in snap.activities if activity.note]
+    if snap.failure:
+        parts.append(snap.failure)
+    return " | ".join(parts)
+
+
+async def _next_snapshot(client: Client, workflow_id: str, last: Snapshot) -> Snapshot:
+    """A new snapshot, or the last one when Temporal does not answer this time (it is asked again)."""
+    try:
+        return await snapshot(client, workflow_id)
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            raise
+        return last
+    except (WorkflowQueryFailedError, asyncio.TimeoutError):
+        return last
+
+
+async def watch(client: Client, workflow_id: str, console: Console, interval: float = 2.0) -> Snapshot:
+    """Follow the migration until it ends; returns the last snapshot.
+
+    On a terminal the status is redrawn in place every ``interval`` seconds; elsewhere one plain
+    line is printed each time it changes.
+    """
     from rich.live import Live
 
     snap = await snapshot(client, workflow_id)
+    if not console.is_terminal:
+        printed = ""
+        while True:
+            line = one_line(snap)
+            if line != printed:
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
+                printed = line
+            if snap.finished:
+                return snap
+            await asyncio.sleep(interval)
+            snap = await _next_snapshot(client, workflow_id, snap)
     with Live(render(snap), console=console, refresh_per_second=4, transient=False) as live:
         while not snap.finished:
             await asyncio.sleep(interval)
-            snap = await snapshot(client, workflow_id)
+            snap = await _next_snapshot(client, workflow_id, snap)
             live.update(render(snap))
     return snap

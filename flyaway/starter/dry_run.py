@@ -2,6 +2,8 @@
 
 It reads the source listing and the destination's manifest exactly as the copy does, and
 times a short sample of reads and writes (a few parts, in parallel) to estimate the duration.
+The estimate takes the slowest of the sampled reads, the sampled writes and the plan's
+``bandwidth_limit``, and says which it took: the sample runs here, not on the worker.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from flyaway.activities.storage.base import Destination, Source
 from flyaway.activities.storage.engine import copy_reason
 from flyaway.models.copy import ListingLine, ManifestEntry, SourceFile
 from flyaway.models.plan import MigrationPlan
+from flyaway.starter.display import human_bytes, human_duration
 
 SAMPLE_PART = 8 * 1024 * 1024
 SAMPLE_PARTS = 4
@@ -39,6 +42,7 @@ class DryRun:
     excluded: int = 0
     read_rate: float | None = None
     write_rate: float | None = None
+    bandwidth_limit: int | None = None
 
     @property
     def to_copy(self) -> list[Decision]:
@@ -54,12 +58,31 @@ class DryRun:
 
     @property
     def rate(self) -> float | None:
-        rates = [r for r in (self.read_rate, self.write_rate) if r]
+        """Bytes per second the copy may sustain: the slowest of the samples and the limit."""
+        rates = [r for r in (self.read_rate, self.write_rate, self.bandwidth_limit) if r]
         return min(rates) if rates else None
 
     @property
     def estimate_seconds(self) -> float | None:
         return self.bytes_to_copy / self.rate if self.rate else None
+
+    def estimate_lines(self) -> list[str]:
+        """The estimate, and what it assumed about the network."""
+        if not self.to_copy:
+            return ["nothing to copy"]
+        if not self.rate:
+            return ["no estimate: nothing was sampled (--no-measure) and the plan sets no bandwidth_limit"]
+        sampled = [f"{what} {human_bytes(rate)}/s" for what, rate in (("read", self.read_rate),
+                                                                       ("write", self.write_rate)) if rate]
+        limited = self.bandwidth_limit is not None and self.rate == self.bandwidth_limit
+        basis = (f"bandwidth_limit {human_bytes(self.bandwidth_limit or 0)}/s" if limited
+                 else "the slower of the sampled read and write")
+        assumption = ("assumes the worker's network sustains what a short sample from this machine did"
+                      if sampled else "assumes the network sustains bandwidth_limit (nothing was sampled)")
+        return [f"estimated copy time {human_duration(self.estimate_seconds)} for {human_bytes(self.bytes_to_copy)} "
+                f"at {human_bytes(self.rate)}/s, set by {basis}",
+                f"measured here: {', '.join(sampled) if sampled else 'nothing'}; the estimate {assumption}, "
+                f"and leaves out listing, verification and retries"]
 
 
 def _timed_parallel(jobs: list, workers: int) -> float:
@@ -98,7 +121,7 @@ def dry_run(plan: MigrationPlan, measure: bool = True) -> DryRun:
     source = open_source(stage.source, stage.concurrency)
     dest = open_destination(stage.destination, stage.concurrency)
     previous = previous_entries(dest, CopyStateNames(weights_workflow_id(plan.workflow_id)))
-    report = DryRun()
+    report = DryRun(bandwidth_limit=stage.bandwidth_limit)
     for file in source.list():
         if not is_selected(file.key, stage):
             report.excluded += 1

@@ -25,13 +25,8 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from flyaway.activities.fly_teardown import check_teardown
-    from flyaway.activities.deploy.activities import check_deploy
-    from flyaway.activities.image_activities import check_image_stage
-    from flyaway.activities.secrets.activities import check_secrets
-    from flyaway.activities.storage.activities import abort_uploads, check_weights
+    from flyaway.activities.storage.activities import abort_uploads
     from flyaway.activities.storage.progress import LIVE_PROGRESS_SIGNAL
-    from flyaway.activities.traffic.activities import check_router
     from flyaway.models.canary import CanaryStatus
     from flyaway.models.copy import CopyProgress, CopySettings, CopyWeightsInput, CopyWeightsResult
     from flyaway.models.plan import STAGES, MigrationPlan, parse_plan
@@ -48,9 +43,10 @@ with workflow.unsafe.imports_passed_through():
     from flyaway.workflows.canary import CANARY_PROGRESS_SIGNAL
     from flyaway.workflows.copy_weights import PROGRESS_SIGNAL, CopyWeightsWorkflow
     from flyaway.workflows.fly_source import remove_agents
+    from flyaway.workflows.plan_check import plan_checks
     from flyaway.workflows.stages import STAGE_RUNNERS, StageRefused
     from flyaway.workflows.stages import canary as canary_stage
-    from flyaway.workflows.stages import deploy as deploy_stage
+    from flyaway.workflows.stages import deploy as _deploy_stage  # noqa: F401  (registers the runner)
     from flyaway.workflows.stages import image as _image_stage  # noqa: F401  (registers the runner)
     from flyaway.workflows.stages import secrets as _secrets_stage  # noqa: F401  (registers the runner)
     from flyaway.workflows.stages.teardown import teardown_refusal
@@ -166,23 +162,9 @@ class MigrationWorkflow:
         """The plan against the outside world: credentials, endpoints, buckets, permissions."""
         self._set_state(MigrationState.validating, stage="validate")
         try:
-            await workflow.execute_activity(check_weights, plan.weights, start_to_close_timeout=timedelta(minutes=5),
-                                            retry_policy=CHECK_RETRY)
-            if plan.secrets is not None:
-                await workflow.execute_activity(check_secrets, plan.secrets, start_to_close_timeout=timedelta(minutes=5),
+            for _stage, check, argument in plan_checks(plan):
+                await workflow.execute_activity(check, argument, start_to_close_timeout=timedelta(minutes=5),
                                                 retry_policy=CHECK_RETRY)
-            if plan.image is not None:  # the source image and both registry logins
-                await workflow.execute_activity(check_image_stage, plan.image,
-                                                start_to_close_timeout=timedelta(minutes=5), retry_policy=CHECK_RETRY)
-            if plan.deploy is not None:  # the fly.toml, the platform's credentials and rights
-                await workflow.execute_activity(check_deploy, deploy_stage.deploy_request(plan, {}),
-                                                start_to_close_timeout=timedelta(minutes=5), retry_policy=CHECK_RETRY)
-            if plan.canary is not None:  # records, pool and rights, before any weight changes
-                await workflow.execute_activity(check_router, plan.canary,
-                                                start_to_close_timeout=timedelta(minutes=5), retry_policy=CHECK_RETRY)
-            if plan.teardown is not None:  # the app and the token's rights, before hours of copying
-                await workflow.execute_activity(check_teardown, plan.teardown,
-                                                start_to_close_timeout=timedelta(minutes=5), retry_policy=CHECK_RETRY)
         except ActivityError as error:
             raise ApplicationError(f"invalid plan: {failure_message(error)}", type="InvalidPlan",
                                    non_retryable=True) from None
