@@ -44,6 +44,7 @@ def run_cases(server: TemporalDevServer, state: str, cases: list[Case]) -> None:
     for args, code, first in cases:
         result = runner.invoke(app, [*args, "--address", server.address], terminal_width=200)
         assert "Traceback" not in result.stdout + result.stderr, (state, args, result.stdout + result.stderr)
+        assert result.exception is None or isinstance(result.exception, SystemExit), (state, args, result.exception)
         assert (result.exit_code, first_line(result)[:len(first)]) == (code, first), (state, args, result.output)
 
 

@@ -71,6 +71,7 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
 
 
 def run(coro: Awaitable[T]) -> T:
+    """Run a coroutine; Temporal's refusals become one line (a missing workflow is the caller's to word)."""
     try:
         return asyncio.run(coro)  # type: ignore[arg-type]
     except RuntimeError as error:
@@ -78,6 +79,12 @@ def run(coro: Awaitable[T]) -> T:
             fail(f"cannot reach Temporal: {error}; start it with `flyaway dev` or set --address",
                  EXIT_UNREACHABLE)
         raise
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            raise
+        if error.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+            fail(f"Temporal did not answer: {error.message}", EXIT_UNREACHABLE)
+        fail(f"Temporal refused the request: {error.message}", EXIT_FAILED)
 
 
 def run_or_not_found(go: Callable[[], Awaitable[T]], workflow_id: str) -> T:
@@ -439,14 +446,15 @@ def tune(migration: MigrationId,
     _steer(migration, "tune", temporal, TuneRequest(concurrency=concurrency, bandwidth_limit=limit))
 
 
-
 @app.command()
+@temporal_options
 def report(migration: MigrationId,
-           output: Annotated[Path | None, typer.Option("--output", "-o", help="the page to write; the JSON goes "
-                                                       "beside it [default: ./<name>-report.html]")] = None,
-           prices: Annotated[Path | None, typer.Option("--prices", help="TOML price table over the project's")] = None,
-           address: Address = None, namespace: Namespace = None, api_key: ApiKey = None, tls: Tls = None,
-           profile: Profile = None) -> None:
+           output: Annotated[Path | None, typer.Option("--output", "-o", metavar="FILE", show_default=False,
+                                                       help="the page to write; the JSON goes beside it (default: "
+                                                            "./NAME-report.html)")] = None,
+           prices: Annotated[Path | None, typer.Option("--prices", metavar="FILE", show_default=False,
+                                                       help="TOML price table over the project's")] = None, *,
+           temporal: TemporalOptions) -> None:
     """Write a migration's report: one HTML page and the same facts as JSON (running or ended)."""
     from flyaway.report import build_report, load_table, write_report
     from flyaway.report.prices import PriceFileError
@@ -455,14 +463,12 @@ def report(migration: MigrationId,
         table = load_table(prices)
     except PriceFileError as error:
         fail(f"--prices: {error}")
-        raise AssertionError("unreachable")
-    opts = options(address, namespace, api_key, tls, profile)
     workflow_id = workflow_id_of(migration)
 
     async def go() -> Any:
-        return await build_report(await connect(opts), workflow_id, table)
+        return await build_report(await connect(temporal), workflow_id, table)
 
-    facts = _or_not_found(go, workflow_id)
+    facts = run_or_not_found(go, workflow_id)
     page, data = write_report(facts, output or Path(f"{facts.name}-report.html"))
     console.print(f"report of {workflow_id} ({facts.state}): {page}\nthe same facts as JSON: {data}",
                   highlight=False, soft_wrap=True)

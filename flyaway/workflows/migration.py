@@ -221,7 +221,8 @@ class MigrationWorkflow:
         """End the migration aborted, once the stage in flight has stopped: drop every unfinished upload
         (the copy's activity has stopped writing, so none appears after) and remove the Fly agents."""
         plan = self.plan
-        self._status.stage_status(self._status.stage or "weights").detail = "aborting: dropping unfinished uploads"
+        stage = self._status.stage if self._status.stage in STAGES else "weights"  # "validate" is no stage of the plan
+        self._status.stage_status(stage).detail = "aborting: dropping unfinished uploads"
         self._show()
         self._uploads_dropped = await workflow.execute_activity(
             abort_uploads, plan.weights, start_to_close_timeout=timedelta(minutes=30),
