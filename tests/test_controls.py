@@ -118,12 +118,16 @@ def test_status_and_steering_name_a_missing_migration(temporal_server: TemporalD
 @pytest.mark.slow
 def test_readme_demo_command_completes_with_a_verified_manifest(tmp_path: Path) -> None:
     """`flyaway dev --demo` (README command 1), smaller and with --exit so it ends."""
-    port, ui_port = free_port(), free_port()
+    port, ui_port, s3_port = free_port(), free_port(), free_port()
     done = subprocess.run(
         [sys.executable, "-m", "flyaway.starter.cli", "dev", "--demo", "--exit", "--demo-size", "40MiB",
-         "--state-dir", str(tmp_path), "--port", str(port), "--ui-port", str(ui_port)],
+         "--state-dir", str(tmp_path), "--port", str(port), "--ui-port", str(ui_port), "--s3-port", str(s3_port)],
         cwd=REPO, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (f"demo S3 server (moto) at http://127.0.0.1:{s3_port} (--s3-port), bucket flyaway-demo, region "
+            f"us-east-1; the plan names its keys FLYAWAY_DEMO_ACCESS_KEY_ID and FLYAWAY_DEMO_SECRET_ACCESS_KEY") \
+        in " ".join(done.stdout.split())
+    assert not [line for line in done.stderr.splitlines() if line.startswith("{")]  # piped, yet no JSON log lines
     assert "demo migration completed and verified" in done.stdout
     assert f"http://localhost:{ui_port}/namespaces/default/workflows/migration-demo" in done.stdout
     assert done.stdout.count(" yes ") == 5  # every manifest entry matches the local file's sha256
