@@ -133,6 +133,13 @@ def test_report_of_a_migration_waiting_for_the_operator_then_aborted(
     [abort] = [action for action in report.operator_actions if action.action == "abort"]
     assert abort.argument == "moving to another bucket" and abort.identity
 
+    worker.stop()  # no worker left to answer the status query: the history alone tells the same
+    alone = write_report(temporal_server, workflow_id, tmp_path / "alone.html")
+    assert (alone.state, alone.failure, alone.operator_actions) == (report.state, report.failure,
+                                                                   report.operator_actions)
+    assert [(stage.name, stage.state, stage.started_at, stage.ended_at) for stage in alone.stages] == [
+        (stage.name, stage.state, stage.started_at, stage.ended_at) for stage in report.stages]
+
 
 def route53_zone(moto: MotoServer) -> str:
     """A hosted zone on moto with the Fly record at weight 100 and the new one at 0."""
@@ -180,7 +187,8 @@ def test_report_of_a_canary_rolled_back(temporal_server: TemporalDevServer, work
     canary, expected = report.canary, status.canary
     assert canary is not None and expected is not None and expected.last_analysis is not None
     assert (canary.state, canary.rolled_back) == ("rolled_back", True)
-    assert canary.rollback_reason == expected.message and "rolled back at step 2 (60%)" in (canary.rollback_reason or "")
+    assert canary.rollback_reason == expected.message
+    assert "rolled back at step 2 (60%)" in (canary.rollback_reason or "")
     assert [(step.weight, step.outcome) for step in canary.steps] == [(20, "passed"), (60, "rolled_back")]
     verdicts = [interval.verdict for interval in canary.intervals]
     expected_counts = [sum(getattr(step, kind) for step in expected.history)
@@ -289,7 +297,7 @@ def open_in_chromium(page_file: Path, profile: Path) -> tuple[list[str], dict[st
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is missing (scripts/setup.sh test)")
 def test_the_page_of_an_encrypted_migration_opens_offline_and_draws_its_charts(
         temporal_server: TemporalDevServer, encrypting_worker: WorkerProcess, moto_server: MotoServer,
-        s3_proxy: S3FaultProxy, bucket: str, tmp_path: Path) -> None:
+        s3_proxy: S3FaultProxy, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_tree(tmp_path / "w")
     plan = weights_plan("report-page", {"kind": "local", "path": str(tmp_path / "w")},
                         s3_location(s3_proxy.endpoint, bucket, "m"), part_size="5MiB", concurrency=2,
@@ -306,6 +314,11 @@ def test_the_page_of_an_encrypted_migration_opens_offline_and_draws_its_charts(
     assert report.weights.bytes_done == result.status.bytes_total and report.weights.verification is not None
     assert report.canary is not None and report.canary.state == "completed" and len(report.canary.intervals) >= 2
     assert report.fly.dns_ttl_seconds == 60 and report.fly.dns_name == "api.example.com"
+    monkeypatch.delenv(KEYS_ENV)
+    refused = runner.invoke(app, ["report", "report-page", "-o", str(tmp_path / "x.html"), "--address",
+                                  temporal_server.address])
+    assert refused.exit_code == 2 and "its payloads are encrypted: set FLYAWAY_CODEC_KEYS" in refused.stderr
+    assert not (tmp_path / "x.html").exists()
 
     assert "<script" not in (tmp_path / "page.html").read_text()
     requested, charts = open_in_chromium(tmp_path / "page.html", tmp_path / "chromium-profile")

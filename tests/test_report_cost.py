@@ -23,6 +23,7 @@ from flyaway.report.render import render_html
 from flyaway.starter.cli import app
 from tests.fakes.health import StartingService
 from tests.fakes.runpod_serverless import FakeRunpodServerless
+from tests.harness import TemporalDevServer, WorkerProcess, run_migration, weights_plan
 
 FLY_TOML = Path(__file__).parent / "data" / "fly_toml" / "vllm_http_service.toml"
 IMAGE = "registry.example.com/llm/llama@sha256:" + "cd" * 32
@@ -148,3 +149,45 @@ def test_the_cost_section_shows_figures_and_no_price_known() -> None:
     target, fly_row = page.split('<tr class="cost-target">')[1], page.split('<tr class="cost-fly">')[1]
     assert "$1.99" in target and "$3.98" in target and "$2,905.40" in target
     assert "no price known for a100-pcie-40gb on fly; add it with --prices FILE" in fly_row.split("</tr>")[0]
+
+
+def test_the_report_of_a_migration_with_a_deploy_stage_shows_its_cold_start_and_costs(
+        temporal_server: TemporalDevServer, runpod: Any, task_queue: str, tmp_path: Path) -> None:
+    """End to end through Temporal and the CLI: the deploy stage (RunPod fake) times the start, the report
+    prices the fly.toml's A100 and the endpoint's pool only with the user's price file."""
+    fake, service = runpod
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "config.json").write_text('{"model": "tiny"}')
+    plan = weights_plan("report-deploy", {"kind": "local", "path": str(tmp_path / "w")},
+                        {"kind": "local", "path": str(tmp_path / "dst")})
+    plan["deploy"] = {"platform": "runpod", "endpoint_name": "llama", "api_url": fake.api_url, "image": IMAGE,
+                      "mount_weights": False, "fly_toml": str(FLY_TOML), "workers_max": 3, "health": HEALTH}
+    worker = WorkerProcess(temporal_server, task_queue, tmp_path / "worker.log", {"RUNPOD_API_KEY": fake.api_key})
+    worker.start()
+    try:
+        assert run_migration(temporal_server, plan, task_queue, timeout=120).status.state == "completed"
+    finally:
+        worker.stop()
+    price_file = tmp_path / "prices.toml"
+    price_file.write_text(A100_PRICES)
+
+    def report(*extra: str) -> MigrationReport:
+        page = tmp_path / f"deploy{len(extra)}.html"
+        result = CliRunner().invoke(app, ["report", "report-deploy", "-o", str(page), "--address",
+                                          temporal_server.address, *extra])
+        assert result.exit_code == 0, result.output
+        return MigrationReport.model_validate_json(page.with_suffix(".json").read_text())
+
+    plain, priced = report(), report("--prices", str(price_file))
+    side = plain.new_side
+    assert side is not None and (side.platform, side.endpoint_url) == ("runpod", service.url)
+    assert side.cold_start_seconds is not None and side.cold_start_seconds >= 2 * 0.05, "two 503s first"
+    assert side.from_zero_seconds is None and "measure_from_zero" in (side.from_zero_note or "")
+    target, fly = plain.cost
+    assert (target.gpu, target.min_instances, target.max_instances) == ("AMPERE_80", 0, 3)
+    assert target.note == "no price known for AMPERE_80 on runpod; add it with --prices FILE"
+    assert fly.note == "no price known for a100-pcie-40gb on fly; add it with --prices FILE"
+    target, fly = priced.cost
+    assert (target.usd_per_gpu_hour, target.per_hour_min, target.per_hour_max) == (1.64, 0.0, 4.92)
+    assert (fly.usd_per_gpu_hour, fly.per_hour_max, fly.per_month_max, fly.price_source) == (
+        2.5, 7.5, 5475.0, "my Fly invoice")

@@ -16,7 +16,7 @@ import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from flyaway.models.canary import AnalysisResult, CanaryResult, CanaryStatus, WeightChange
@@ -26,11 +26,12 @@ from flyaway.models.plan import STAGES, MigrationPlan, parse_plan
 from flyaway.models.status import MigrationResult, MigrationState, MigrationStatus, StageState, StageStatus
 from flyaway.models.teardown import TeardownInventory
 from flyaway.report import prices
-from flyaway.report.history import E, Decoder, RunHistory, children, migration_chain
+from flyaway.report.history import E, Decoder, ReportError, RunHistory, children, migration_chain
 from flyaway.report.model import (
     CanaryInterval,
     CanaryReport,
     CanaryRun,
+    CostEstimate,
     FlyReport,
     MigrationReport,
     NewSideReport,
@@ -74,8 +75,12 @@ class Collector:
         description = await handle.describe()
         runs = await migration_chain(self.client, self.workflow_id)
         plan_data = await self.decoder.first(runs[0].first.workflow_execution_started_event_attributes.input, dict)
-        plan = parse_plan(plan_data)
-        status = await self._status(description.status, runs)
+        try:
+            plan = parse_plan(plan_data)
+        except ValueError:
+            raise ReportError(f"{self.workflow_id} was started with an invalid plan; nothing ran to report "
+                              f"(`flyaway status` shows why)") from None
+        status = await self._status(description.status, runs, plan)
         failure = await self._failure(runs[-1])
         copies = await children(self.client, runs, "-weights")
         canaries = await children(self.client, runs, "-canary")
@@ -98,7 +103,8 @@ class Collector:
 
     # ---- status -----------------------------------------------------------------------------------
 
-    async def _status(self, run_status: WorkflowExecutionStatus | None, runs: list[RunHistory]) -> MigrationStatus:
+    async def _status(self, run_status: WorkflowExecutionStatus | None, runs: list[RunHistory],
+                      plan: MigrationPlan) -> MigrationStatus:
         """The status query's answer; the result's copy when completed; else rebuilt from the history."""
         last = runs[-1].last
         if last.event_type == E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
@@ -108,21 +114,10 @@ class Collector:
         try:
             return await self.client.get_workflow_handle(self.workflow_id).query(
                 "status", result_type=MigrationStatus, rpc_timeout=QUERY_TIMEOUT)
-        except (RPCError, RuntimeError):
+        except (RPCError, RuntimeError, WorkflowQueryFailedError):
             if run_status == WorkflowExecutionStatus.RUNNING:
                 raise
-            return self._status_from_history(runs)
-
-    def _status_from_history(self, runs: list[RunHistory]) -> MigrationStatus:
-        """A closed migration without a worker to answer the query: states from its search attributes."""
-        status = MigrationStatus(name="", stages=[StageStatus(name=name) for name in STAGES])
-        for state, stage, _ in _state_changes(runs):
-            if status.stage in STAGES and status.stage != stage:
-                status.stage_status(status.stage).state = StageState.completed
-            status.state, status.stage = MigrationState(state), stage
-            if stage in STAGES and state in StageState.__members__:
-                status.stage_status(stage).state = StageState(state)
-        return status
+            return _status_from_history(runs, plan)
 
     async def _failure(self, run: RunHistory) -> str | None:
         last = run.last
@@ -290,11 +285,13 @@ class Collector:
             side.from_zero_note = "not measured: the platform's own probe decided the service was up"
         return side
 
-    def _cost(self, plan: MigrationPlan, deploy: DeployResult | None) -> list[Any]:
+    def _cost(self, plan: MigrationPlan, deploy: DeployResult | None) -> list[CostEstimate]:
+        """Before the deploy ran, the plan's own section stands for the scaling (without its fly.toml)."""
         assert plan.deploy is not None
-        scaling = deploy.scaling if deploy is not None and deploy.scaling is not None else ServiceScaling.of(plan.deploy)
+        scaling = deploy.scaling if deploy is not None and deploy.scaling else ServiceScaling.of(plan.deploy)
         fly = deploy.fly_scaling if deploy is not None else None
-        return [prices.target_cost(self.table, plan.deploy.platform, scaling), prices.fly_cost(self.table, fly, scaling)]
+        return [prices.target_cost(self.table, plan.deploy.platform, scaling),
+                prices.fly_cost(self.table, fly, scaling)]
 
     async def _fly(self, plan: MigrationPlan, status: MigrationStatus, runs: list[RunHistory],
                    canaries: list[list[RunHistory]]) -> FlyReport:
@@ -326,6 +323,20 @@ class Collector:
         if fly.machines_found is not None:
             fly.machines_left = fly.machines_found - fly.machines_destroyed
         return fly
+
+
+def _status_from_history(runs: list[RunHistory], plan: MigrationPlan) -> MigrationStatus:
+    """A closed migration without a worker to answer the query: states from its search attributes."""
+    status = MigrationStatus(name=plan.name, stages=[
+        StageStatus(name=name) if name in plan.stages_present()
+        else StageStatus(name=name, state=StageState.skipped, detail="not in the plan") for name in STAGES])
+    for state, stage, _ in _state_changes(runs):
+        if status.stage in STAGES and status.stage != stage:
+            status.stage_status(status.stage).state = StageState.completed
+        status.state, status.stage = MigrationState(state), stage
+        if stage in STAGES and state in StageState.__members__:
+            status.stage_status(stage).state = StageState(state)
+    return status
 
 
 def _state_changes(runs: list[RunHistory]) -> list[tuple[str, str | None, datetime]]:

@@ -127,6 +127,10 @@ async def children(client: Client, parents: list[RunHistory], suffix: str) -> li
     return found
 
 
+class ReportError(Exception):
+    """What stops a report being written, in one line for the operator."""
+
+
 class Decoder:
     """Decodes payloads and failures of a history with the client's data converter (codec included)."""
 
@@ -137,7 +141,11 @@ class Decoder:
         """The first value of a ``Payloads``, or None when it holds none."""
         if payloads is None or not payloads.payloads:
             return None
-        values = await self.converter.decode(list(payloads.payloads)[:1], [type_hint] if type_hint else None)
+        try:
+            values = await self.converter.decode(list(payloads.payloads)[:1], [type_hint] if type_hint else None)
+        except KeyError as error:  # the payload converter's word for an encoding it cannot read
+            raise ReportError(f"cannot decode the history ({error.args[0]}); its payloads are encrypted: set "
+                              f"FLYAWAY_CODEC_KEYS to the worker's keys") from None
         return values[0]
 
     async def result(self, run: ActivityRun, type_hint: type) -> Any:

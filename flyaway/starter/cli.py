@@ -457,6 +457,7 @@ def report(migration: MigrationId,
            temporal: TemporalOptions) -> None:
     """Write a migration's report: one HTML page and the same facts as JSON (running or ended)."""
     from flyaway.report import build_report, load_table, write_report
+    from flyaway.report.history import ReportError
     from flyaway.report.prices import PriceFileError
 
     try:
@@ -468,7 +469,10 @@ def report(migration: MigrationId,
     async def go() -> Any:
         return await build_report(await connect(temporal), workflow_id, table)
 
-    facts = run_or_not_found(go, workflow_id)
+    try:
+        facts = run_or_not_found(go, workflow_id)
+    except ReportError as error:
+        fail(str(error))
     page, data = write_report(facts, output or Path(f"{facts.name}-report.html"))
     console.print(f"report of {workflow_id} ({facts.state}): {page}\nthe same facts as JSON: {data}",
                   highlight=False, soft_wrap=True)
