@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from typer.testing import CliRunner
 
@@ -13,7 +16,16 @@ from flyaway.models.status import MigrationState, MigrationStatus
 from flyaway.starter.cli import app
 from flyaway.starter.dev import write_random_file
 from flyaway.starter.display import ActivityProgress, Snapshot, activity_progress, one_line
-from tests.harness import TemporalDevServer, WorkerProcess, run_async, start_migration, weights_plan
+from tests.fakes.endpoint import FakeEndpoint
+from tests.harness import (
+    TEST_AWS_ENV,
+    MotoServer,
+    TemporalDevServer,
+    WorkerProcess,
+    run_async,
+    start_migration,
+    weights_plan,
+)
 
 MiB = 1024 * 1024
 runner = CliRunner()
@@ -87,3 +99,44 @@ def test_status_watch_and_start_wait_follow_every_stage(temporal_server: Tempora
     assert output.splitlines()[0] == "started migration-followed-again"
     assert output.splitlines()[-1].startswith("migration-followed-again completed")
     assert (tmp_path / "again" / "tokenizer" / "piece-1199.json").read_bytes() == b"x" * 64
+
+
+def test_start_wait_follows_the_copy_and_the_canary_to_the_end(temporal_server: TemporalDevServer,
+                                                               worker: WorkerProcess, moto_server: MotoServer,
+                                                               tmp_path: Path) -> None:
+    route53 = boto3.client("route53", endpoint_url=moto_server.endpoint, region_name="us-east-1",
+                           aws_access_key_id=TEST_AWS_ENV["AWS_ACCESS_KEY_ID"],
+                           aws_secret_access_key=TEST_AWS_ENV["AWS_SECRET_ACCESS_KEY"])
+    zone = route53.create_hosted_zone(Name="example.com.", CallerReference=uuid.uuid4().hex)["HostedZone"]["Id"]
+    route53.change_resource_record_sets(HostedZoneId=zone, ChangeBatch={"Changes": [
+        {"Action": "CREATE", "ResourceRecordSet": {"Name": "api.example.com.", "Type": "CNAME", "SetIdentifier": name,
+                                                   "Weight": weight, "TTL": 60, "ResourceRecords": [{"Value": target}]}}
+        for name, weight, target in (("fly", 100, "app.fly.dev"), ("new", 0, "new.example.net"))]})
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    write_random_file(folder / "model.safetensors", 12 * MiB)
+    plan = weights_plan("two-stages", {"kind": "local", "path": str(folder)},
+                        {"kind": "local", "path": str(tmp_path / "out")}, bandwidth_limit="3MiB")
+    with FakeEndpoint() as old, FakeEndpoint() as new:
+        plan["canary"] = {
+            "router": {"kind": "route53", "hosted_zone_id": zone, "record_name": "api.example.com",
+                       "fly_set_identifier": "fly", "new_set_identifier": "new", "endpoint_url": moto_server.endpoint},
+            "old_endpoint": old.url, "new_endpoint": new.url, "steps": [{"weight": 50, "pause_seconds": 4}, {"weight": 100}],
+            "analysis": {"interval_seconds": 1, "requests_per_probe": 20, "concurrency": 10,
+                         "probes": [{"path": "/v1/completions", "method": "POST", "timeout_seconds": 2,
+                                     "body": {"model": "tiny", "prompt": "hi", "max_tokens": 1}}],
+                         "thresholds": {"min_requests": 20, "min_success_rate": 99, "max_p99_ms": 2000}}}
+        plan_file = tmp_path / "plan.json"
+        plan_file.write_text(json.dumps(plan))
+        waited = runner.invoke(app, ["start", str(plan_file), "--wait", "--task-queue", worker.task_queue,
+                                     "--address", temporal_server.address])
+    output = waited.stdout + waited.stderr
+    assert waited.exit_code == 0 and "Traceback" not in output, output
+    lines = output.splitlines()
+    seen = [stage for stage in ("validate", "weights", "canary")
+            if any(line.startswith(f"migration-two-stages {'validating' if stage == 'validate' else 'running'} "
+                                   f"(stage {stage})") for line in lines)]
+    assert seen == ["validate", "weights", "canary"], output
+    assert lines[-1].startswith("migration-two-stages completed"), output
+    assert any(line.startswith("migration-two-stages running (stage canary) | ") and "50% on the new side" in line
+               for line in lines), output  # the canary's own account of its step

@@ -72,6 +72,14 @@ def test_running_then_aborted(temporal_server: TemporalDevServer, worker: Worker
         (("approve", "states", "teardown"), 2, "error: approve refused: stage 'teardown' is not in this"),
         (("promote", "states"), 2, "error: promote refused:"),
     ])
+    run_cases(temporal_server, "tuned and paused before the abort", [
+        (("tune", "states", "--concurrency", "3", "--bandwidth", "8MiB"), 0,
+         "tune: migration-states is now running; concurrency 3, bandwidth 8.0 MiB/s"),
+        (("pause", "states"), 0, "pause: migration-states is now paused"),
+        (("tune", "states", "--bandwidth", "2MiB"), 0,
+         "tune: migration-states is now paused; concurrency 3, bandwidth 2.0 MiB/s"),
+        (("resume", "states"), 0, "resume: migration-states is now running"),
+    ])
     run_cases(temporal_server, "aborted", [
         (("abort", "states", "--reason", "test"), 0, "abort: migration-states is now aborted"),
         (("status", "states"), 1, "migration-states aborted"),
