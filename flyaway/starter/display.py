@@ -172,27 +172,29 @@ async def _finished_batches(client: Client, copy_workflow_id: str) -> tuple[int,
         return None
 
 
-async def _query_status(handle: WorkflowHandle[Any, Any], workflow_id: str, ended: bool) -> MigrationStatus:
-    """The ``status`` query; for an ended migration whose worker cannot answer, what its result says."""
+async def _query_status(handle: WorkflowHandle[Any, Any], workflow_id: str,
+                        run_status: WorkflowExecutionStatus) -> MigrationStatus:
+    """What the migration reports: a completed one from its result (no worker needed), else the ``status``
+    query; an ended one whose worker cannot answer shows its name only (its state comes from Temporal)."""
+    if run_status == WorkflowExecutionStatus.COMPLETED:
+        try:
+            result = await handle.result(rpc_timeout=QUERY_TIMEOUT)
+            return MigrationStatus.model_validate(result["status"])
+        except Exception:  # noqa: BLE001 (a result of another shape: ask the workflow instead)
+            pass
     try:
         return await handle.query("status", result_type=MigrationStatus, rpc_timeout=QUERY_TIMEOUT)
     except RPCError:
-        if not ended:
+        if run_status == _OPEN:
             raise
-    name = workflow_id.removeprefix("migration-")
-    try:
-        result = await handle.result(rpc_timeout=QUERY_TIMEOUT)
-        return MigrationStatus.model_validate(result["status"]) if isinstance(result, dict) else MigrationStatus(
-            name=name)
-    except Exception:  # noqa: BLE001 (the failure itself is read separately)
-        return MigrationStatus(name=name)
+    return MigrationStatus(name=workflow_id.removeprefix("migration-"))
 
 
 async def snapshot(client: Client, workflow_id: str) -> Snapshot:
     handle = client.get_workflow_handle(workflow_id)
     description = await handle.describe()
     ended = description.status != _OPEN
-    status = await _query_status(handle, workflow_id, ended)
+    status = await _query_status(handle, workflow_id, description.status)
     snap = Snapshot(status=status, run_status=description.status)
     if not ended:
         snap.activities = [await _decode_pending(client, pending)
