@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flyaway.codec import ENCODING, KEYS_ENV, generate_key
-from flyaway.models.status import MigrationState
+from flyaway.models.status import MigrationState, MigrationStatus
 from flyaway.report.model import MigrationReport
 from flyaway.starter.cli import app
 from flyaway.starter.dev import write_random_file
@@ -167,23 +167,8 @@ def canary_section(moto: MotoServer, old: FakeEndpoint, new: FakeEndpoint,
                          "thresholds": {"min_requests": 20, "min_success_rate": 99}}}
 
 
-def test_report_of_a_canary_rolled_back(temporal_server: TemporalDevServer, worker: WorkerProcess,
-                                        moto_server: MotoServer, tmp_path: Path) -> None:
-    (tmp_path / "w").mkdir()
-    (tmp_path / "w" / "config.json").write_text('{"model": "tiny"}')
-    plan = weights_plan("report-canary", {"kind": "local", "path": str(tmp_path / "w")},
-                        {"kind": "local", "path": str(tmp_path / "dst")})
-    with FakeEndpoint() as old, FakeEndpoint(mode="slow", slow_seconds=0.05) as new:
-        plan["canary"] = canary_section(moto_server, old, new, [{"weight": 20, "pause_seconds": 1.5},
-                                                               {"weight": 60, "pause_seconds": 10}, {"weight": 100}])
-        workflow_id = run_async(start_migration(temporal_server, plan, worker.task_queue))
-        eventually(lambda: (c := run_async(migration_status(temporal_server, workflow_id)).canary) is not None
-                   and c.step == 1 and c.history[-1].analyses >= 1, 60, what="the canary's second step")
-        new.mode = "failing"  # every fifth request fails: 80% < 99%
-        status = eventually(lambda: (s := run_async(migration_status(temporal_server, workflow_id))).state
-                            == MigrationState.waiting_for_operator and s, 60, what="the rollback")
-
-    report = write_report(temporal_server, "report-canary", tmp_path / "canary.html")
+def assert_rolled_back(report: MigrationReport, status: MigrationStatus) -> None:
+    """The report of a canary rolled back at 60% says what the status says, interval by interval."""
     canary, expected = report.canary, status.canary
     assert canary is not None and expected is not None and expected.last_analysis is not None
     assert (canary.state, canary.rolled_back) == ("rolled_back", True)
@@ -197,13 +182,50 @@ def test_report_of_a_canary_rolled_back(temporal_server: TemporalDevServer, work
     last = canary.intervals[-1]
     assert (last.verdict, last.weight) == ("Failed", 60)
     assert last.new == expected.last_analysis.new and last.old == expected.last_analysis.old
+    assert last.new is not None and last.old is not None
     assert (last.new.success_rate, last.old.success_rate) == (80.0, 100.0)
-    assert all(i.new.p50_ms >= 50 for i in canary.intervals[:-1]), "the slow new side's latency is on the chart"
+    assert all(i.new and i.new.p50_ms and i.new.p50_ms >= 50 for i in canary.intervals[:-1]), "the slow new side"
     assert {i.weight for i in canary.intervals} == {20, 60}
     stage = next(stage for stage in report.stages if stage.name == "canary")
     assert stage.state == "waiting_for_operator" and stage.error == status.stage_status("canary").error
     assert report.fly.dns_ttl_seconds is None, "no canary finished: nothing says Fly's DNS answers expire"
 
+
+def test_report_of_a_canary_rolled_back_then_retried(temporal_server: TemporalDevServer, worker: WorkerProcess,
+                                                      moto_server: MotoServer, tmp_path: Path) -> None:
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "config.json").write_text('{"model": "tiny"}')
+    plan = weights_plan("report-canary", {"kind": "local", "path": str(tmp_path / "w")},
+                        {"kind": "local", "path": str(tmp_path / "dst")})
+    with FakeEndpoint() as old, FakeEndpoint(mode="slow", slow_seconds=0.05) as new:
+        plan["canary"] = canary_section(moto_server, old, new, [{"weight": 20, "pause_seconds": 1.5},
+                                                               {"weight": 60, "pause_seconds": 6}, {"weight": 100}])
+        workflow_id = run_async(start_migration(temporal_server, plan, worker.task_queue))
+        eventually(lambda: (c := run_async(migration_status(temporal_server, workflow_id)).canary) is not None
+                   and c.step == 1 and c.history[-1].analyses >= 1, 60, what="the canary's second step")
+        new.mode = "failing"  # every fifth request fails: 80% < 99%
+        status = eventually(lambda: (s := run_async(migration_status(temporal_server, workflow_id))).state
+                            == MigrationState.waiting_for_operator and s, 60, what="the rollback")
+        assert_rolled_back(write_report(temporal_server, "report-canary", tmp_path / "canary.html"), status)
+
+        new.mode = "healthy"
+        retried = runner.invoke(app, ["retry", "report-canary", "--address", temporal_server.address])
+        assert retried.exit_code == 0, retried.output
+        result = run_async(migration_result(temporal_server, workflow_id, 120))
+
+    report = write_report(temporal_server, "report-canary", tmp_path / "after-retry.html")
+    canary = report.canary
+    assert canary is not None and result.status.canary is not None
+    assert [(run.number, run.state) for run in canary.runs] == [(1, "rolled_back"), (2, "completed")]
+    assert canary.rolled_back and canary.rollback_reason == canary.runs[0].rollback_reason
+    assert "rolled back at step 2 (60%)" in (canary.rollback_reason or "")
+    assert canary.steps == result.status.canary.history
+    assert {i.canary_run for i in canary.intervals} == {1, 2} and canary.intervals[-1].weight == 100
+    stage = next(stage for stage in report.stages if stage.name == "canary")
+    assert (stage.state, stage.runs, len(stage.waits)) == ("completed", 2, 1) and stage.waits[0].ended_at
+    [retry] = [action for action in report.operator_actions if action.action == "retry"]
+    assert stage.waits[0].started_at <= retry.at <= stage.waits[0].ended_at
+    assert (report.fly.dns_name, report.fly.dns_ttl_seconds) == ("api.example.com", 60)
 
 
 def test_report_of_a_teardown_names_what_is_left_on_fly(temporal_server: TemporalDevServer, task_queue: str,
@@ -238,6 +260,7 @@ def test_report_of_a_teardown_names_what_is_left_on_fly(temporal_server: Tempora
 
     report = write_report(temporal_server, "report-teardown", tmp_path / "teardown.html")
     teardown = next(stage for stage in report.stages if stage.name == "teardown")
+    assert (teardown.runs, teardown.activity_attempts) == (1, 5)  # inventory, stop, snapshot, destroy, release IPs
     [approval] = teardown.approvals
     assert approval.action == "approve" and approval.argument == "teardown" and "@" in approval.identity
     fly_left = report.fly

@@ -179,6 +179,8 @@ def test_the_report_of_a_migration_with_a_deploy_stage_shows_its_cold_start_and_
         return MigrationReport.model_validate_json(page.with_suffix(".json").read_text())
 
     plain, priced = report(), report("--prices", str(price_file))
+    deploy_stage = next(stage for stage in plain.stages if stage.name == "deploy")
+    assert (deploy_stage.state, deploy_stage.runs, deploy_stage.activity_attempts) == ("completed", 1, 1)
     side = plain.new_side
     assert side is not None and (side.platform, side.endpoint_url) == ("runpod", service.url)
     assert side.cold_start_seconds is not None and side.cold_start_seconds >= 2 * 0.05, "two 503s first"

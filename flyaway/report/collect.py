@@ -45,22 +45,8 @@ from flyaway.report.model import (
 
 #: how long the status query may take before the report falls back to the history alone
 QUERY_TIMEOUT = timedelta(seconds=10)
-#: activity name prefix -> the stage it belongs to (the plan check's activities belong to 'validate')
-_STAGE_OF_ACTIVITY = {"flyaway.image.copy": "image", "flyaway.secrets.sync": "secrets",
-                      "flyaway.deploy.service": "deploy", "flyaway.fly.teardown.": "teardown",
-                      "flyaway.weights.": "weights", "flyaway.fly.": "weights", "flyaway.traffic.": "canary"}
-_CHECKS = ("flyaway.weights.check", "flyaway.secrets.check", "flyaway.image.check", "flyaway.deploy.check",
-           "flyaway.traffic.check", "flyaway.fly.teardown.check")
-
-
 def _time(event: Any) -> datetime:
     return event.event_time.ToDatetime(tzinfo=timezone.utc)
-
-
-def stage_of_activity(name: str) -> str | None:
-    if name in _CHECKS:
-        return None
-    return next((stage for prefix, stage in _STAGE_OF_ACTIVITY.items() if name.startswith(prefix)), None)
 
 
 class Collector:
@@ -84,13 +70,12 @@ class Collector:
         failure = await self._failure(runs[-1])
         copies = await children(self.client, runs, "-weights")
         canaries = await children(self.client, runs, "-canary")
-        everything = runs + [run for chain in copies + canaries for run in chain]
         report = MigrationReport(
             name=plan.name, workflow_id=self.workflow_id, run_status=description.status.name.lower(),
             state=status.state.value, generated_at=datetime.now(timezone.utc), started_at=description.start_time,
             closed_at=description.close_time, failure=failure, last_error=status.last_error)
         report.operator_actions = await self._operator_actions(runs)
-        report.stages = self._stages(status, runs, everything, report.operator_actions)
+        report.stages = self._stages(status, runs, {"weights": copies, "canary": canaries}, report.operator_actions)
         report.weights = await self._weights(status, copies)
         if plan.canary is not None:
             report.canary = await self._canary(status, canaries)
@@ -139,8 +124,10 @@ class Collector:
                                               argument=_argument_text(argument), identity=request.meta.identity))
         return actions
 
-    def _stages(self, status: MigrationStatus, runs: list[RunHistory], everything: list[RunHistory],
+    def _stages(self, status: MigrationStatus, runs: list[RunHistory], children_of: dict[str, list[list[RunHistory]]],
                 actions: list[OperatorAction]) -> list[StageReport]:
+        """Each stage's span, waits and approvals from the state changes; its activity attempts are those the
+        migration scheduled while the stage was current, and those of the stage's child workflows."""
         reports = {stage.name: StageReport(name=stage.name, state=stage.state.value, detail=stage.detail,
                                            error=stage.error) for stage in status.stages}
         changes = _state_changes(runs)
@@ -163,11 +150,14 @@ class Collector:
             report.runs = (1 + len(retries)) if report.started_at else 0
             report.approvals = [action for action in actions if action.action == "approve"
                                 and action.argument == stage]
-        for run in everything:
+        for run in runs:
             for activity in run.activities:
-                stage = stage_of_activity(activity.name)
+                stage = _stage_at(changes, _time(activity.scheduled))
                 if stage in reports:
                     reports[stage].activity_attempts += activity.attempt
+        for stage, chains in children_of.items():
+            reports[stage].activity_attempts += sum(activity.attempt for chain in chains for run in chain
+                                                    for activity in run.activities)
         return [reports[name] for name in STAGES if name in reports]
 
     # ---- weights ----------------------------------------------------------------------------------
@@ -239,10 +229,11 @@ class Collector:
                         analysis: AnalysisResult = await self.decoder.result(activity, AnalysisResult)
                         report.intervals.append(_interval(number, len(report.intervals) + 1, activity.closed_at,
                                                           weight, analysis))
+        rollbacks = [run.rollback_reason for run in report.runs if run.rollback_reason]
         if latest is not None and latest.state.value == "rolled_back":
             report.rolled_back, report.rollback_reason = True, latest.message
-        elif report.runs and report.runs[-1].rollback_reason:
-            report.rolled_back, report.rollback_reason = True, report.runs[-1].rollback_reason
+        elif rollbacks:  # an earlier canary rolled back, a retry ran another
+            report.rolled_back, report.rollback_reason = True, rollbacks[-1]
         return report
 
     async def _canary_end(self, chain: list[RunHistory]) -> str:
@@ -351,6 +342,16 @@ def _state_changes(runs: list[RunHistory]) -> list[tuple[str, str | None, dateti
             stage = json.loads(fields["FlyawayStage"].data) if "FlyawayStage" in fields else None
             changes.append((state, None if stage == "none" else stage, _time(event)))
     return changes
+
+
+def _stage_at(changes: list[tuple[str, str | None, datetime]], when: datetime) -> str | None:
+    """The stage that was current at ``when`` (None before the first change, or between stages)."""
+    current = None
+    for _, stage, at in changes:
+        if at > when:
+            break
+        current = stage
+    return current
 
 
 def _argument_text(value: Any) -> str | None:
