@@ -76,3 +76,25 @@ def test_s3_to_local_and_local_to_local(temporal_server: TemporalDevServer, work
         state = {str(p.relative_to(tmp_path / folder)) for p in (tmp_path / folder / STATE_DIR).rglob("*")
                  if p.is_file()}
         assert state == {manifest_key(name)}, f"{folder}: leftover state {state}"
+
+
+def test_a_bucket_with_default_kms_encryption_copies_and_verifies_both_ways(
+        temporal_server: TemporalDevServer, worker: WorkerProcess, moto_server: Any, s3: Any, bucket: str,
+        tmp_path: Path) -> None:
+    """Under SSE-KMS an ETag is not an MD5: S3 checks Content-MD5 on arrival instead, and the copy verifies."""
+    s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
+        "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms"}}]})
+    contents = make_tree(tmp_path / "weights")
+    to_s3 = weights_plan("kms-in", {"kind": "local", "path": str(tmp_path / "weights")},
+                         s3_location(moto_server.endpoint, bucket, "kms"), part_size="5MiB")
+    back = weights_plan("kms-out", s3_location(moto_server.endpoint, bucket, "kms"),
+                        {"kind": "local", "path": str(tmp_path / "back")}, part_size="5MiB",
+                        exclude=[f"{STATE_DIR}/*"])  # the first copy's state: refused unless excluded
+
+    for plan in (to_s3, back):
+        result = run_migration(temporal_server, plan, worker.task_queue)
+        assert result.status.state == MigrationState.completed
+        assert f"{len(contents)} of {len(contents)} verified" in result.status.stage_status("weights").detail
+    assert s3.head_object(Bucket=bucket, Key="kms/config.json")["ServerSideEncryption"] == "aws:kms"
+    assert {str(p.relative_to(tmp_path / "back")): p.read_bytes() for p in (tmp_path / "back").rglob("*")
+            if p.is_file() and STATE_DIR not in p.parts} == contents

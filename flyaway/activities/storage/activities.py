@@ -223,7 +223,7 @@ def _refuse_overlap(dest: Destination, state: CopyStateNames, claim: Claim, keys
             dest.delete_state(state.claim)
             raise InvalidPlan(f"{dest.describe()}: migration {other.workflow_id} is writing the same keys "
                               f"('{shared}' and maybe more) and has not finished; wait for it, abort it, "
-                              f"or copy to another prefix")
+                              f"or copy to another prefix (if it no longer exists, delete {STATE_DIR}/{name})")
 
 
 def _stage_label(stage: WeightsStage) -> str:
