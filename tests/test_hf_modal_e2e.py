@@ -20,6 +20,7 @@ from flyaway.activities.storage.checksums import sha256_of_file
 from flyaway.models.status import MigrationState, MigrationStatus
 from flyaway.starter.cli import app
 from flyaway.starter.dev import write_random_file
+from flyaway.starter.plans import as_checked_here
 from tests.fakes import modal_volume as fake_modal
 from tests.fakes.hf_hub import FakeHub
 from tests.fixtures import make_tree
@@ -198,7 +199,8 @@ def test_bad_repos_tokens_and_volumes_fail_validate_and_the_workflow_before_any_
         path.write_text(json.dumps(plan))
         result = CliRunner().invoke(app, ["validate", str(path)])
         lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert result.exit_code == 2 and len(lines) == 1 and expected in lines[0], (what, result.stderr)
+        here = as_checked_here(expected)  # validate checked this shell, and says so
+        assert result.exit_code == 2 and len(lines) == 1 and here in lines[0], (what, result.stderr)
 
     async def outcomes() -> list[BaseException | None]:
         ids = [await start_migration(temporal_server, plan, hf_worker.task_queue) for _, plan, _ in cases]
