@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
-from flyaway.models.status import MigrationState, MigrationStatus
+from flyaway.models.status import MigrationState, MigrationStatus, StageState, StageStatus
 from flyaway.starter.cli import app
 from flyaway.starter.dev import write_random_file
-from flyaway.starter.display import ActivityProgress, Snapshot, activity_progress, one_line
+from flyaway.starter.display import ActivityProgress, Snapshot, activity_progress, one_line, render
 from tests.fakes.endpoint import FakeEndpoint
 from tests.harness import (
     TEST_AWS_ENV,
@@ -140,3 +142,18 @@ def test_start_wait_follows_the_copy_and_the_canary_to_the_end(temporal_server: 
     assert lines[-1].startswith("migration-two-stages completed"), output
     assert any(line.startswith("migration-two-stages running (stage canary) | ") and "50% on the new side" in line
                for line in lines), output  # the canary's own account of its step
+
+
+def test_the_terminal_view_draws_every_kind_of_snapshot() -> None:
+    stages = [StageStatus(name="weights", state=StageState.waiting_for_operator, error="AccessDenied: s3://b"),
+              StageStatus(name="canary", state=StageState.retrying)]
+    status = MigrationStatus(name="m", state=MigrationState.waiting_for_operator, stage="weights", stages=stages,
+                             bytes_total=10 * MiB, files_total=3, last_error="weights: AccessDenied: s3://b")
+    notes = [ActivityProgress("flyaway.weights.list", 1, note="2,000 files listed so far")]
+    out = StringIO()
+    console = Console(file=out, force_terminal=True, width=120)
+    console.print(render(Snapshot(status=status, run_status=None, activities=notes)))
+    console.print(render(Snapshot(status=status, run_status=None, failure="invalid plan: x", failure_type="InvalidPlan")))
+    text = out.getvalue()
+    assert "migration-m" in text and "waiting_for_operator" in text and "2,000 files listed so far" in text
+    assert "flyaway retry m" in text
