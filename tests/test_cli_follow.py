@@ -123,7 +123,8 @@ def test_start_wait_follows_the_copy_and_the_canary_to_the_end(temporal_server: 
         plan["canary"] = {
             "router": {"kind": "route53", "hosted_zone_id": zone, "record_name": "api.example.com",
                        "fly_set_identifier": "fly", "new_set_identifier": "new", "endpoint_url": moto_server.endpoint},
-            "old_endpoint": old.url, "new_endpoint": new.url, "steps": [{"weight": 50, "pause_seconds": 4}, {"weight": 100}],
+            "old_endpoint": old.url, "new_endpoint": new.url,
+            "steps": [{"weight": 50, "pause_seconds": 4}, {"weight": 100}],
             "analysis": {"interval_seconds": 1, "requests_per_probe": 20, "concurrency": 10,
                          "probes": [{"path": "/v1/completions", "method": "POST", "timeout_seconds": 2,
                                      "body": {"model": "tiny", "prompt": "hi", "max_tokens": 1}}],
@@ -153,7 +154,8 @@ def test_the_terminal_view_draws_every_kind_of_snapshot() -> None:
     out = StringIO()
     console = Console(file=out, force_terminal=True, width=120)
     console.print(render(Snapshot(status=status, run_status=None, activities=notes)))
-    console.print(render(Snapshot(status=status, run_status=None, failure="invalid plan: x", failure_type="InvalidPlan")))
+    console.print(render(Snapshot(status=status, run_status=None, failure="invalid plan: x",
+                                  failure_type="InvalidPlan")))
     text = out.getvalue()
     assert "migration-m" in text and "waiting_for_operator" in text and "2,000 files listed so far" in text
     assert "flyaway retry m" in text

@@ -55,13 +55,14 @@ def test_the_readme_shows_every_kind_of_source_and_destination() -> None:
 
 
 def test_every_secrets_section_in_the_docs_parses() -> None:
-    sections = [b["secrets"] for page in PAGES for b in yaml_blocks(page) if isinstance(b, dict) and set(b) == {"secrets"}]
+    sections = [b["secrets"] for page in PAGES for b in yaml_blocks(page)
+                if isinstance(b, dict) and set(b) == {"secrets"}]
     assert sections, "the docs show a secrets section"
     for section in sections:
         SecretsStage.model_validate(section)
 
 
 def test_one_tigris_endpoint_in_the_docs() -> None:
-    endpoints = {match for page in PAGES for match in re.findall(r"https://[\w.-]*tigris[\w.-]*|https://t3\.storage\.dev",
-                                                                     page.read_text())}
+    pattern = r"https://[\w.-]*tigris[\w.-]*|https://t3\.storage\.dev"
+    endpoints = {match for page in PAGES for match in re.findall(pattern, page.read_text())}
     assert endpoints == {"https://t3.storage.dev"}

@@ -518,8 +518,9 @@ def dev(state_dir: Annotated[Path, typer.Option(metavar="DIR", help="where the d
         codec_port: Annotated[int | None, typer.Option(
             metavar="PORT", show_default=False,
             help="codec server port, when FLYAWAY_CODEC_KEYS is set (default: a free one)")] = None,
-        json_logs: Annotated[bool, typer.Option("--json-logs/--console-logs", help="the worker's logs as JSON lines, or "
-                                                "(the default, also when piped) as lines for people")] = False,
+        json_logs: Annotated[bool, typer.Option(
+            "--json-logs/--console-logs",
+            help="the worker's logs as JSON lines, or (the default, also when piped) as lines for people")] = False,
         ) -> None:
     """Temporal dev server with its UI, a worker and (with --demo) a demo migration: one command, no Docker.
 
