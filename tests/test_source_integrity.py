@@ -30,7 +30,7 @@ from flyaway.activities.storage.engine import CopyEngine, upload_state_name
 from flyaway.activities.storage.hf import HfSource
 from flyaway.activities.storage.local import LocalDestination, LocalSource
 from flyaway.activities.storage.s3 import S3Destination, S3Source
-from flyaway.models.copy import ListingLine, ListingResult, ManifestEntry, UploadState
+from flyaway.models.copy import ListingLine, ListingResult, ManifestEntry, SourceChecksum, SourceFile, UploadState
 from flyaway.models.plan import HfLocation, LocalLocation, S3Location, WeightsStage, parse_plan
 from tests.fakes.hf_hub import FakeHub
 from tests.harness import TEST_AWS_ENV, GcsEmulator, S3FaultProxy, s3_location, weights_plan
@@ -376,3 +376,38 @@ def test_a_bucket_with_default_kms_encryption_takes_small_and_multipart_files(
     back = copy(source, LocalDestination(local(tmp_path / "back")), part_size=5 * MiB)
     assert tree(tmp_path / "back") == contents
     assert sorted(entry.key for entry in back) == sorted(contents)
+
+
+class PublishingLocalSource(LocalSource):
+    """A local folder that publishes a checksum its bytes do not have."""
+
+    def __init__(self, location: LocalLocation, published: SourceChecksum) -> None:
+        super().__init__(location)
+        self.published = published
+
+    def published_checksum(self, file: SourceFile) -> SourceChecksum | None:
+        return self.published
+
+
+@pytest.mark.parametrize(("published", "lands"), [
+    (SourceChecksum(algorithm="md5", value="0" * 32, part_size=MiB), True),  # an opaque multipart ETag
+    (SourceChecksum(algorithm="sha256", value="0" * 64, part_size=MiB), False),  # a composite checksum
+    (SourceChecksum(algorithm="md5", value="0" * 32), False),  # a single-part ETag
+])
+def test_a_multipart_etag_that_is_not_an_md5_of_parts_is_told_from_corruption_by_reading_twice(
+        published: SourceChecksum, lands: bool, tmp_path: Path) -> None:
+    """Two reads with the same bytes and the same mismatch: only S3's multipart ETag convention may be
+    wrong about a store, and then the file lands recorded without a source checksum."""
+    (tmp_path / "src").mkdir()
+    data = os.urandom(3 * MiB)
+    (tmp_path / "src" / "model.bin").write_bytes(data)
+    source = PublishingLocalSource(local(tmp_path / "src"), published)
+    dest = LocalDestination(local(tmp_path / "out"))
+    if lands:
+        [entry] = copy(source, dest, part_size=MiB)
+        assert entry.source_checksum == "none"
+        assert (tmp_path / "out" / "model.bin").read_bytes() == data
+    else:
+        with pytest.raises(DataCorruption, match=r"model\.bin: bytes read have .* \(read 3 times\)"):
+            copy(source, dest, part_size=MiB)
+        assert not (tmp_path / "out" / "model.bin").exists()

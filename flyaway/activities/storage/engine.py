@@ -89,6 +89,15 @@ def first_error(group: BaseExceptionGroup) -> BaseException:
 class SourceReadCorrupt(Exception):
     """The bytes read do not have the checksum the source publishes; the file is read again."""
 
+    def __init__(self, mismatch: str, sha256: str) -> None:
+        super().__init__(mismatch)
+        self.sha256 = sha256
+
+
+def etag_convention(published: SourceChecksum | None) -> bool:
+    """An MD5 of parts' MD5s: how S3 makes a multipart ETag, by convention, not by its specification."""
+    return published is not None and published.algorithm == "md5" and published.part_size is not None
+
 
 def upload_state_name(state_prefix: str, key: str) -> str:
     return f"{state_prefix}uploads/{hashlib.sha256(key.encode()).hexdigest()[:40]}.json"
@@ -112,7 +121,7 @@ class FileDigests:
         """The sha256 hex digest; raises ``SourceReadCorrupt`` if the bytes are not the source's."""
         mismatch = self.source.mismatch() if self.source is not None else None
         if mismatch:
-            raise SourceReadCorrupt(mismatch)
+            raise SourceReadCorrupt(mismatch, self.sha256.hexdigest())
         return self.sha256.hexdigest()
 
 
@@ -299,9 +308,13 @@ class CopyEngine:
             self.counters.bytes_done += file.size
             return line.previous
         last: Exception | None = None
+        misread: set[str] = set()  # sha256 of reads that did not match the source's checksum
+        etag_is_opaque = False
         for attempt in range(1, MAX_FILE_ATTEMPTS + 1):
             try:
                 published = await self._run(self.source.published_checksum, file)
+                if etag_is_opaque and etag_convention(published):
+                    published = None
                 entry = await (self._copy_small(file, published) if file.size <= self._single_put_limit()
                                else self._copy_multipart(file, published))
                 if attempt > 1 and (await self._run(self.source.restat, file)).version != file.version:
@@ -320,6 +333,12 @@ class CopyEngine:
                 # the upload stays: landed parts whose checksum the next read confirms are kept
                 log.warning("bytes read do not match the source's checksum; reading the file again",
                             key=file.key, attempt=attempt, reason=str(error))
+                if error.sha256 in misread and etag_convention(published):
+                    # the same bytes twice: this store's multipart ETag is not an MD5 of its parts' MD5s
+                    log.warning("the multipart ETag is not an MD5 of the parts here; copying the file without "
+                                "a source checksum", key=file.key)
+                    etag_is_opaque = True
+                misread.add(error.sha256)
                 last = error
             except (DataCorruption, UploadGone) as error:
                 # bytes that did not verify, or an upload the destination lost or no longer accepts

@@ -11,6 +11,7 @@ import base64
 import functools
 import hashlib
 import os
+import re
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -128,10 +129,15 @@ _ADDITIONAL_CHECKSUMS = (("ChecksumSHA256", "sha256"), ("ChecksumSHA1", "sha1"),
                          ("ChecksumCRC32", "crc32"))
 
 
+_MD5_ETAG = re.compile(r"[0-9a-f]{32}(-[1-9][0-9]{0,4})?")
+
+
 def etag_is_md5(response: dict[str, Any]) -> bool:
-    """An object's ETag is the MD5 of its bytes (or of its parts') unless SSE-KMS or SSE-C encrypted it."""
+    """Whether the ETag of an answer is the MD5 of the bytes (or, ``-N``, of the parts' MD5s): S3 says one that
+    is not has other than 32 hex digits; SSE-KMS and SSE-C make ETags that are not, whatever they look like."""
     encryption = str(response.get("ServerSideEncryption") or "")
-    return not encryption.startswith("aws:kms") and not response.get("SSECustomerAlgorithm")
+    return (bool(_MD5_ETAG.fullmatch(_strip_etag(str(response.get("ETag", "")))))
+            and not encryption.startswith("aws:kms") and not response.get("SSECustomerAlgorithm"))
 
 
 def multipart_etag(part_md5s: list[str]) -> str:
