@@ -175,7 +175,8 @@ def test_validating_and_failed(temporal_server: TemporalDevServer, worker: Worke
         2, f"error: weights: {missing} on this machine (checked in this shell, not on the worker)")
     run_cases(temporal_server, "refused by the check in this shell", [
         (("start", str(plan_file), "--task-queue", worker.task_queue), 2,
-         f"error: weights: {missing} on this machine (checked in this shell, not on the worker)"),
+         f"error: weights: {missing} on this machine (checked in this shell, not on the worker); if the worker "
+         f"has what this shell lacks, --no-check leaves the check to it"),
         (("start", str(plan_file), "--no-check", "--task-queue", worker.task_queue), 0, "started migration-missing"),
     ])
     eventually(lambda: runner.invoke(app, ["status", "missing", "--address", temporal_server.address]).exit_code == 1,

@@ -111,13 +111,13 @@ def read_plan(path: Path) -> tuple[MigrationPlan, dict[str, Any]]:
         fail(str(error).replace("\n", "\n       "))
 
 
-def check_plan_here(plan: MigrationPlan) -> None:
-    """The workflow's plan check, run in this shell; one line naming the stage on failure."""
+def check_plan_here(plan: MigrationPlan, hint: str = "") -> None:
+    """The workflow's plan check, run in this shell; one line naming the stage (and ``hint``) on failure."""
     configure_logging(level="CRITICAL")  # the check's activity logs would repeat the one line it fails with
     try:
         run(check_in_this_shell(plan))
     except PlanCheckError as error:
-        fail(str(error))
+        fail(f"{error}{hint}")
 
 
 # ---- plans ------------------------------------------------------------------------------------
@@ -259,7 +259,7 @@ def start(plan_file: PlanFile,
     """Start a migration, or attach to the one running with the same plan (an edited plan is refused)."""
     plan, data = read_plan(plan_file)
     if check:
-        check_plan_here(plan)
+        check_plan_here(plan, "; if the worker has what this shell lacks, --no-check leaves the check to it")
     differences = run(_start(temporal, plan, data, task_queue))
     if differences:
         fail(f"{plan.workflow_id} is already running with a different plan; abort it (`flyaway abort {plan.name}`) "
