@@ -314,6 +314,8 @@ def status(migration: MigrationId,
 # ---- steering -----------------------------------------------------------------------------------
 
 class _Ended(Exception):
+    """The migration has ended (``state`` says how), so there is nothing for a control to do."""
+
     def __init__(self, state: str) -> None:
         super().__init__(state)
         self.state = state

@@ -21,7 +21,7 @@ from flyaway.connection import TemporalOptions
 def _plain_metavars(params: list[Any]) -> list[Any]:
     """Name each value by its metavar (or its name): flags by nothing, arguments without a type."""
     for param in params:
-        if isinstance(param, TyperArgument):
+        if isinstance(param, TyperArgument):  # typer prints a type beside it; its metavar (PLAN) says enough
             param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
         if param.metavar is None:
             flag = getattr(param, "is_flag", False)
