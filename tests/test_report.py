@@ -19,6 +19,7 @@ from flyaway.models.status import MigrationState, MigrationStatus
 from flyaway.report.model import MigrationReport
 from flyaway.starter.cli import app
 from flyaway.starter.dev import write_random_file
+from flyaway.starter.display import snapshot
 from tests.fakes.endpoint import FakeEndpoint
 from tests.fakes.fly_machines import FakeFlyMachinesAPI
 from tests.fixtures import make_tree
@@ -98,6 +99,28 @@ def test_report_of_a_completed_copy_matches_its_status_and_manifest(
     second = write_report(temporal_server, "migration-report-demo-again", tmp_path / "again.html").weights
     assert second.files_skipped >= 1 and second.files_skipped + second.files_copied == len(entries)
     assert second.bytes_skipped + second.bytes_copied == status.bytes_total == second.bytes_done
+
+
+def test_report_of_a_copy_in_flight(temporal_server: TemporalDevServer, worker: WorkerProcess, s3_proxy: S3FaultProxy,
+                                    bucket: str, tmp_path: Path) -> None:
+    (tmp_path / "w").mkdir()
+    write_random_file(tmp_path / "w" / "model.safetensors", 32 * MiB)
+    plan = weights_plan("report-running", {"kind": "local", "path": str(tmp_path / "w")},
+                        s3_location(s3_proxy.endpoint, bucket, "m"), part_size="8MiB", concurrency=1,
+                        bandwidth_limit="2MiB")
+    workflow_id = run_async(start_migration(temporal_server, plan, worker.task_queue))
+
+    async def shown_by_status() -> int:
+        return (await snapshot(await temporal_server.client(), workflow_id)).bytes_done
+
+    eventually(lambda: run_async(shown_by_status()) >= 8 * MiB, 60, what="`flyaway status` to show a part landed")
+    report = write_report(temporal_server, "report-running", tmp_path / "running.html")
+    assert (report.state, report.run_status, report.closed_at) == ("running", "running", None)
+    weights = next(stage for stage in report.stages if stage.name == "weights")
+    assert weights.state == "running" and weights.started_at is not None and weights.ended_at is None
+    assert report.weights.bytes_total == 32 * MiB and 8 * MiB <= report.weights.bytes_done < 32 * MiB
+    assert report.weights.verification is None
+    abort_migration(temporal_server, workflow_id, "test over")
 
 
 def test_report_of_a_migration_waiting_for_the_operator_then_aborted(

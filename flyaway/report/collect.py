@@ -42,9 +42,12 @@ from flyaway.report.model import (
     Verification,
     WeightsReport,
 )
+from flyaway.starter.display import snapshot
 
 #: how long the status query may take before the report falls back to the history alone
 QUERY_TIMEOUT = timedelta(seconds=10)
+
+
 def _time(event: Any) -> datetime:
     return event.event_time.ToDatetime(tzinfo=timezone.utc)
 
@@ -77,6 +80,10 @@ class Collector:
         report.operator_actions = await self._operator_actions(runs)
         report.stages = self._stages(status, runs, {"weights": copies, "canary": canaries}, report.operator_actions)
         report.weights = await self._weights(status, copies)
+        if description.status == WorkflowExecutionStatus.RUNNING and status.stage == "weights":
+            # what `flyaway status` shows: the batches done plus what the copy in flight reported in its heartbeat
+            live = await snapshot(self.client, self.workflow_id)
+            report.weights.files_done, report.weights.bytes_done = live.files_done, live.bytes_done
         if plan.canary is not None:
             report.canary = await self._canary(status, canaries)
         deploy = await self._deploy_result(runs)

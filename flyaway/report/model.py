@@ -65,7 +65,7 @@ class WeightsReport(Record):
     files_total: int = 0
     bytes_total: int = 0
     files_done: int = 0
-    bytes_done: int = 0
+    bytes_done: int = Field(0, description="copied or skipped; while copying, the copy in flight's heartbeat included")
     files_copied: int = 0
     files_skipped: int = Field(0, description="unchanged since an earlier copy: not sent again")
     bytes_copied: int = 0
