@@ -411,3 +411,17 @@ def test_a_multipart_etag_that_is_not_an_md5_of_parts_is_told_from_corruption_by
         with pytest.raises(DataCorruption, match=r"model\.bin: bytes read have .* \(read 3 times\)"):
             copy(source, dest, part_size=MiB)
         assert not (tmp_path / "out" / "model.bin").exists()
+
+
+def test_a_fly_volume_is_read_twice_by_its_agent_and_each_read_checked_against_the_first(tmp_path: Path) -> None:
+    from flyaway.models.plan import FlyVolumeLocation
+
+    mounted = FlyVolumeLocation.model_construct(mount_path=str(tmp_path / "src"))  # as the agent sees it
+    assert mounted.mounted().read_twice
+    (tmp_path / "src").mkdir()
+    data = os.urandom(3 * MiB)
+    (tmp_path / "src" / "model.bin").write_bytes(data)
+    source = LocalSource(mounted.mounted())
+    [entry] = copy(source, LocalDestination(local(tmp_path / "out")), part_size=MiB)
+    assert entry.source_checksum == f"sha256:{hashlib.sha256(data).hexdigest()}"
+    assert LocalSource(local(tmp_path / "src")).published_checksum(source.stat("model.bin")) is None

@@ -217,6 +217,9 @@ class LocalLocation(StrictModel):
 
     kind: Literal["local"]
     path: str = Field(description="absolute path of the folder")
+    read_twice: bool = Field(False, description="as a source: hash each file in a first read, so the bytes the "
+                             "copy reads are checked against it (a folder publishes no checksum of its own; "
+                             "a Fly volume's agent always does this)")
 
     @field_validator("path")
     @classmethod
@@ -356,7 +359,7 @@ class FlyVolumeLocation(FlyAgentSettings):
 
     def mounted(self) -> LocalLocation:
         """The fork as the agent sees it: a local folder."""
-        return LocalLocation(kind="local", path=self.mount_path)
+        return LocalLocation(kind="local", path=self.mount_path, read_twice=True)
 
 
 SourceLocation = Annotated[Union[LocalLocation, S3Location, HfLocation, TigrisLocation, FlyVolumeLocation],

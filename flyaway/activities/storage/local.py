@@ -29,9 +29,9 @@ from flyaway.activities.storage.base import (
     SourceChanged,
     UploadGone,
 )
-from flyaway.activities.storage.checksums import combined_crc32c, crc32c_of_file
+from flyaway.activities.storage.checksums import combined_crc32c, crc32c_of_file, sha256_of_file
 from flyaway.models.base import check_relative_key
-from flyaway.models.copy import PartRecord, SourceFile
+from flyaway.models.copy import PartRecord, SourceChecksum, SourceFile
 from flyaway.models.plan import LocalLocation
 
 
@@ -72,6 +72,24 @@ class _LocalRoot:
 
 
 class LocalSource(_LocalRoot, Source):
+    def __init__(self, location: LocalLocation) -> None:
+        super().__init__(location)
+        self.read_twice = location.read_twice
+
+    def published_checksum(self, file: SourceFile) -> SourceChecksum | None:
+        """A folder publishes none; with ``read_twice`` a first read hashes the file, and the copy's read is
+        checked against that (a flaky disk or a file rewritten in place between them shows as a mismatch)."""
+        if not self.read_twice:
+            return None
+        path = self.path_of(file.key)
+        try:
+            digest = sha256_of_file(path)
+            if _version(path.stat()) != file.version:
+                raise SourceChanged(file.key)
+        except FileNotFoundError:
+            raise SourceObjectMissing(f"source file {path} disappeared before it was copied") from None
+        return SourceChecksum(algorithm="sha256", value=digest)
+
     def check(self) -> None:
         if not self.root.is_dir():
             raise NotFound(f"source folder {self.root} does not exist on the worker")
