@@ -19,7 +19,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
+import boto3
 import psutil
+from botocore.config import Config
 from temporalio.api.common.v1 import Payloads
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
@@ -376,6 +378,22 @@ class GcsEmulator(LoopbackServer):
                  str(self.port), "--in-memory", "--quiet"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for_port(self.port, 30, self.process)
+
+
+def plain_client(endpoint: str) -> Any:
+    """A client that adds no checksum of its own, so an object's only checksum is its ETag."""
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id=TEST_AWS_ENV["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=TEST_AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+                        config=Config(request_checksum_calculation="when_required"))
+
+
+def put_multipart(client: Any, bucket: str, key: str, parts: list[bytes]) -> None:
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    done = [{"PartNumber": number, "ETag": client.upload_part(Bucket=bucket, Key=key, UploadId=upload,
+                                                              PartNumber=number, Body=body)["ETag"]}
+            for number, body in enumerate(parts, start=1)]
+    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": done})
 
 
 def manifest_key(plan_name: str) -> str:

@@ -14,9 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from flyaway.activities.errors import DataCorruption, InvalidPlan
 from flyaway.activities.storage.activities import (
@@ -33,7 +31,7 @@ from flyaway.activities.storage.s3 import S3Destination, S3Source
 from flyaway.models.copy import ListingLine, ListingResult, ManifestEntry, SourceChecksum, SourceFile, UploadState
 from flyaway.models.plan import HfLocation, LocalLocation, S3Location, WeightsStage, parse_plan
 from tests.fakes.hf_hub import FakeHub
-from tests.harness import TEST_AWS_ENV, GcsEmulator, S3FaultProxy, s3_location, weights_plan
+from tests.harness import GcsEmulator, S3FaultProxy, plain_client, put_multipart, s3_location, weights_plan
 
 MiB = 1024 * 1024
 
@@ -69,22 +67,6 @@ def local(path: Path) -> LocalLocation:
 
 def s3_plan_location(endpoint: str, bucket: str, prefix: str) -> S3Location:
     return S3Location.model_validate(s3_location(endpoint, bucket, prefix))
-
-
-def plain_client(endpoint: str) -> Any:
-    """A client that adds no checksum of its own, so an object's only checksum is its ETag."""
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                        aws_access_key_id=TEST_AWS_ENV["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=TEST_AWS_ENV["AWS_SECRET_ACCESS_KEY"],
-                        config=Config(request_checksum_calculation="when_required"))
-
-
-def put_multipart(client: Any, bucket: str, key: str, parts: list[bytes]) -> None:
-    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
-    done = [{"PartNumber": number, "ETag": client.upload_part(Bucket=bucket, Key=key, UploadId=upload,
-                                                              PartNumber=number, Body=body)["ETag"]}
-            for number, body in enumerate(parts, start=1)]
-    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": done})
 
 
 @pytest.fixture
