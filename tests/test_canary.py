@@ -493,3 +493,61 @@ def test_teardown_waits_out_the_dns_ttl_before_stopping_fly_machines(
             assert {m.state for m in fly.apps["old-app"].machines.values()} == {"destroyed"}
         finally:
             worker.stop()
+
+
+# --- bounded history ------------------------------------------------------------------------------
+
+def run_histories(server: TemporalDevServer, workflow_id: str) -> list[int]:
+    """The number of history events of every run of ``workflow_id``, continued-as-new ones included."""
+    async def go() -> list[int]:
+        client = await server.client()
+        lengths = []
+        async for run in client.list_workflows(f'WorkflowId = "{workflow_id}"'):
+            history = await client.get_workflow_handle(workflow_id, run_id=run.run_id).fetch_history()
+            lengths.append(len(history.events))
+        return lengths
+    return run_async(go())
+
+
+LONG_WAIT_ANALYSES = 500
+#: the migration's own history while its canary analyses without end: the canary's state changes and
+#: a log of its analyses, not one signal per analysis
+MIGRATION_EVENTS_BOUND = 400
+CANARY_RUN_EVENTS_BOUND = 2_300
+
+
+@pytest.mark.slow
+def test_a_long_approval_wait_keeps_every_history_bounded_and_still_rolls_back(
+        temporal_server: TemporalDevServer, canary_worker: WorkerProcess, moto_server: MotoServer, route53: Any,
+        zone: str, endpoints: tuple[FakeEndpoint, FakeEndpoint], tmp_path: Path) -> None:
+    """Thousands of analyses at a very short interval while the first step waits for approval: the canary
+    continues as new and the migration hears of changes only; a failure after that still rolls back."""
+    new = endpoints[1]
+    plan = canary_plan("canary-long", tmp_path, route53_router(moto_server, zone), endpoints,
+                       [{"weight": 10, "wait_for_approval": True}, {"weight": 100}], interval_seconds=0.01,
+                       requests_per_probe=20)
+    workflow_id = run_async(start_migration(temporal_server, plan, canary_worker.task_queue))
+    canary_when(temporal_server, workflow_id, "the approval gate", lambda c: c.state == CanaryState.WAITING_FOR_APPROVAL)
+
+    def analyses_so_far() -> int:
+        async def go() -> int:
+            client = await temporal_server.client()
+            canary = await client.get_workflow_handle(f"{workflow_id}-canary").query("progress",
+                                                                                      result_type=CanaryStatus)
+            return canary.history[-1].analyses
+        return run_async(go())
+
+    eventually(lambda: analyses_so_far() >= LONG_WAIT_ANALYSES, 900, interval=5,
+               what=f"{LONG_WAIT_ANALYSES} analyses while waiting for approval")
+    canary_runs = run_histories(temporal_server, f"{workflow_id}-canary")
+    assert len(canary_runs) >= 2, "the canary never continued as new"
+
+    new.mode = "failing"
+    eventually(lambda: route53_weights(route53, zone) == (0, 100), 30, what="the rollback")
+    status = eventually(lambda: (s := status_of(temporal_server, workflow_id)).state
+                        == MigrationState.waiting_for_operator and s, 30, what="waiting_for_operator")
+    assert status.canary is not None and status.canary.state == CanaryState.ROLLED_BACK
+    assert [(r.weight, r.outcome) for r in status.canary.history] == [(10, StepOutcome.ROLLED_BACK)]
+    assert max(run_histories(temporal_server, f"{workflow_id}-canary")) <= CANARY_RUN_EVENTS_BOUND
+    assert max(run_histories(temporal_server, workflow_id)) <= MIGRATION_EVENTS_BOUND
+    assert cli(temporal_server, "abort", "canary-long", "--reason", "enough").exit_code == 0

@@ -26,8 +26,12 @@ from the moment the weight is in place to the first analysis, then from one anal
 
 Analyses keep running while paused or waiting for approval, so a new side that breaks
 meanwhile is still rolled back. Every state the status query shows, and everything a run
-needs to resume, lives in :class:`CanaryStatus`: it is signalled to the migration after each
-change and carried over when the workflow continues as new.
+needs to resume, lives in :class:`CanaryStatus`: it is carried over when the workflow continues
+as new, and signalled to the migration on every change of state, step, weight, verdict or gate.
+A new analysis with the same verdict is signalled only for a step's first
+``REPORTED_ANALYSES_PER_STEP`` analyses and then at every power of two, so the migration's
+history grows with the log of a long hold or approval wait, not with its length (the
+``progress`` query always has the latest numbers).
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ HEARTBEAT_TIMEOUT = timedelta(seconds=30)
 #: a Route53 change can take a few minutes to reach every name server
 WEIGHT_TIMEOUT = timedelta(minutes=15)
 HISTORY_EVENTS_BEFORE_CONTINUE = 2_000
+REPORTED_ANALYSES_PER_STEP = 10
 #: one analytics query, its per-request retries included
 ROUTER_ANALYTICS_SECONDS = 120
 
@@ -108,6 +113,7 @@ class CanaryWorkflow:
         self._status: CanaryStatus | None = None
         self._approval = False
         self._nudged = False
+        self._reported: dict[str, Any] | None = None
 
     @property
     def stage(self) -> CanaryStage:
@@ -349,11 +355,26 @@ class CanaryWorkflow:
                                                retry_policy=retry)
 
     async def _report(self) -> None:
-        """Tell the parent migration what the status query should show."""
+        """Tell the parent migration what its status query should show, when that changed enough (see above)."""
         parent = workflow.info().parent
-        if parent is not None:
-            await workflow.get_external_workflow_handle(parent.workflow_id).signal(CANARY_PROGRESS_SIGNAL,
-                                                                                    self.status)
+        if parent is None:
+            return
+        shown = self._reported_state()
+        analyses = self.status.history[-1].analyses if self.status.history else 0
+        if (shown == self._reported and analyses > REPORTED_ANALYSES_PER_STEP
+                and analyses & (analyses - 1)):  # not a power of two
+            return
+        self._reported = shown
+        await workflow.get_external_workflow_handle(parent.workflow_id).signal(CANARY_PROGRESS_SIGNAL, self.status)
+
+    def _reported_state(self) -> dict[str, Any]:
+        """The status without what every analysis changes (its numbers, baselines, the step's counts)."""
+        status = self.status
+        shown = status.model_dump(mode="json", exclude={"last_analysis", "metrics_baseline", "analytics_since",
+                                                        "history"})
+        shown["verdict"] = status.last_analysis.verdict.value if status.last_analysis else None
+        shown["steps"] = [(r.index, r.applied_at is not None, r.approved, r.outcome) for r in status.history]
+        return shown
 
     def _continue_as_new_if_long(self) -> None:
         info = workflow.info()
