@@ -24,6 +24,8 @@ from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, PayloadCodec
 
+from flyaway.failures import PlainFailureConverter
+
 KEYS_ENV = "FLYAWAY_CODEC_KEYS"
 ENCODING = b"binary/encrypted"
 KEY_ID_METADATA = "encryption-key-id"
@@ -152,4 +154,5 @@ def generate_key(key_id: str | None = None) -> str:
 
 def data_converter(codec: PayloadCodec | None) -> DataConverter:
     """The pydantic data converter, encrypting through ``codec`` when there is one."""
-    return dataclasses.replace(pydantic_data_converter, payload_codec=codec)
+    return dataclasses.replace(pydantic_data_converter, payload_codec=codec,
+                               failure_converter_class=PlainFailureConverter)

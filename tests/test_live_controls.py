@@ -206,3 +206,22 @@ def test_a_killed_worker_s_copy_moves_on_within_the_heartbeat_timeout(
         assert result.status.state == MigrationState.completed
     finally:
         successor.stop()
+
+
+def test_an_invalid_plan_fails_with_its_message_and_no_stack_trace(
+        temporal_server: TemporalDevServer, worker: WorkerProcess, tmp_path: Path) -> None:
+    plan = weights_plan("no-such-folder", {"kind": "local", "path": str(tmp_path / "missing")},
+                        {"kind": "local", "path": str(tmp_path / "dest")})
+    workflow_id = run_async(start_migration(temporal_server, plan, worker.task_queue))
+
+    async def closing_failure() -> Any:
+        client = await temporal_server.client()
+        with pytest.raises(WorkflowFailureError):
+            await client.get_workflow_handle(workflow_id).result()
+        history = await client.get_workflow_handle(workflow_id).fetch_history()
+        return history.events[-1].workflow_execution_failed_event_attributes.failure
+
+    failure = run_async(closing_failure())
+    assert failure.message.startswith("invalid plan: ") and str(tmp_path / "missing") in failure.message
+    assert failure.application_failure_info.type == "InvalidPlan"
+    assert failure.stack_trace == ""
