@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from flyaway.models.copy import CopyCounters, CopyWeightsResult, VerifyResult
 from flyaway.models.plan import parse_plan
-from flyaway.models.status import MigrationState, StageState
+from flyaway.models.status import ControlResult, MigrationState, StageState
 from flyaway.starter.cli import app as cli_app
 from flyaway.workflows.stages.teardown import dns_ttl_end, teardown_refusal
 from tests.fakes.fly_machines import FakeFlyMachinesAPI, RecordedRequest
@@ -246,3 +246,25 @@ def test_a_worker_killed_while_machines_stop_then_the_retry_ends_in_the_same_sta
     assert {volume_id: len(snapshots) for volume_id, snapshots in app.snapshots.items()} == {
         volume_id: 1 for volume_id in app.volumes}, "one snapshot per volume, none taken twice"
     assert list(app.ips) == [PRIVATE_IP]
+
+
+def test_approving_the_teardown_early_answers_what_it_still_waits_for(
+        temporal_server: TemporalDevServer, fly_worker: WorkerProcess, fly: FakeFlyMachinesAPI,
+        tmp_path: Path) -> None:
+    plan = teardown_plan("teardown-early", tmp_path, {"model.bin": 16 << 20})
+    plan["weights"] |= {"part_size": "1MiB", "bandwidth_limit": "1MiB"}
+    workflow_id = run_async(start_migration(temporal_server, plan, fly_worker.task_queue))
+    eventually(lambda: run_async(migration_status(temporal_server, workflow_id)).stage == "weights", 60,
+               what="the copy")
+
+    async def approve_then_abort() -> ControlResult:
+        handle = (await temporal_server.client()).get_workflow_handle(workflow_id)
+        answer = await handle.execute_update("approve", "teardown", result_type=ControlResult)
+        await handle.execute_update("abort", "test over", result_type=ControlResult)
+        return answer
+
+    answer = run_async(approve_then_abort())
+    assert answer.approvals == ["teardown"] and answer.stage == "weights"
+    assert answer.message == ("teardown approved; it runs once its gate is met: "
+                              "the weights stage has not verified its manifest")
+    assert changes(fly) == []
