@@ -509,7 +509,7 @@ def run_histories(server: TemporalDevServer, workflow_id: str) -> list[int]:
     return run_async(go())
 
 
-LONG_WAIT_ANALYSES = 500
+LONG_WAIT_ANALYSES = 300
 #: the migration's own history while its canary analyses without end: the canary's state changes and
 #: a log of its analyses, not one signal per analysis
 MIGRATION_EVENTS_BOUND = 400

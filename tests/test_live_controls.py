@@ -225,3 +225,36 @@ def test_an_invalid_plan_fails_with_its_message_and_no_stack_trace(
     assert failure.message.startswith("invalid plan: ") and str(tmp_path / "missing") in failure.message
     assert failure.application_failure_info.type == "InvalidPlan"
     assert failure.stack_trace == ""
+
+
+def copy_children(server: TemporalDevServer, workflow_id: str) -> list[WorkflowExecutionStatus | None]:
+    async def go() -> list[WorkflowExecutionStatus | None]:
+        client = await server.client()
+        return [run.status async for run in client.list_workflows(f'WorkflowId = "{workflow_id}-weights"')]
+    return run_async(go())
+
+
+def test_a_retried_copy_keeps_one_child_that_completes(
+        temporal_server: TemporalDevServer, worker: WorkerProcess, moto_server: Any, s3: Any, bucket: str,
+        tmp_path: Path) -> None:
+    """Retries exhausted: the migration waits for the operator with the error, the copy waits in its own
+    workflow, and ``retry`` goes on there, so no failed copy child is left beside the one that completes."""
+    proxy = FailingPartsProxy(moto_server.port)
+    proxy.start()
+    try:
+        plan = limited_plan("retried", tmp_path, s3_location(proxy.endpoint, bucket, "m"), size=24 * MiB,
+                            bandwidth_limit=None, max_attempts=2)
+        workflow_id = run_async(start_migration(temporal_server, plan, worker.task_queue))
+        stuck = eventually(lambda: (s := run_async(migration_status(temporal_server, workflow_id))).state
+                           == MigrationState.waiting_for_operator and s, 60, what="waiting_for_operator")
+        assert stuck.stage == "weights" and stuck.stage_status("weights").state == StageState.waiting_for_operator
+        assert "InvalidArgument" in (stuck.stage_status("weights").error or "")
+
+        proxy.failing = False
+        retried = control(temporal_server, workflow_id, "retry")
+        assert (retried.state, retried.stage) == (MigrationState.running, "weights")
+        result = run_async(migration_result(temporal_server, workflow_id, timeout=120))
+        assert result.status.state == MigrationState.completed and result.status.last_error is None
+        assert copy_children(temporal_server, workflow_id) == [WorkflowExecutionStatus.COMPLETED]
+    finally:
+        proxy.stop()

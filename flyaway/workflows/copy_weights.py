@@ -4,6 +4,11 @@ It holds a cursor (a byte offset into the listing stored at the destination) and
 never file lists, and continues as new before its history grows large, so a copy of any
 number of files fits.
 
+A step that fails for good (retries exhausted, a non-retryable error) does not fail this workflow
+when a migration runs it: the migration shows the error and waits for the operator, whose
+``retry`` runs the step again here. So a retried migration has one copy child, not a failed one
+and a new one beside it; ``abort`` cancels it as usual.
+
 Controls act on the batch in flight: ``pause`` cancels it (the next attempt resumes from what
 landed), ``tune`` does not touch it (the copy activity reads the ``settings`` query every
 couple of seconds and applies them at its next part), and a cancellation (the migration's
@@ -16,7 +21,9 @@ bounded however long a batch runs.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -37,11 +44,14 @@ with workflow.unsafe.imports_passed_through():
     from flyaway.models.plan import FlyVolumeLocation, WeightsStage
     from flyaway.models.fly_agent import FlyAgent
     from flyaway.workflows.fly_source import AGENT_SCHEDULE_TO_START, agent_stage, run_on_agent
+    from flyaway.workflows.stages import failure_message
 
 #: continue as new after this many batches or history events, well before Temporal's own limits
 BATCHES_BEFORE_CONTINUE = 40
 HISTORY_EVENTS_BEFORE_CONTINUE = 2_000
+T = TypeVar("T")
 PROGRESS_SIGNAL = "copy_progress"
+COPY_STUCK_SIGNAL = "copy_stuck"
 #: most progress reports the copy activities send the migration over a whole copy (history stays bounded)
 PROGRESS_REPORTS_PER_COPY = 400
 
@@ -58,6 +68,7 @@ class CopyWeightsWorkflow:
     def __init__(self) -> None:
         self._input: CopyWeightsInput | None = None
         self._interrupted = False
+        self._retry_requested = False
         self._stage: WeightsStage | None = None
         #: where the copy activities run: the volume agent's queue for a fly_volume source, else the workflow's
         self._task_queue: str | None = None
@@ -81,18 +92,18 @@ class CopyWeightsWorkflow:
         if request.agent is not None:
             self._task_queue, self._schedule_to_start = request.agent.task_queue, AGENT_SCHEDULE_TO_START
         if request.listing is None:
-            request.listing = await workflow.execute_activity(
+            request.listing = await self._with_operator(lambda: workflow.execute_activity(
                 list_source, args=[stage, workflow.info().run_id], result_type=ListingResult,
                 start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=timedelta(minutes=5),
                 retry_policy=copy_retry_policy(stage), task_queue=self._task_queue,
-                schedule_to_start_timeout=self._schedule_to_start)
+                schedule_to_start_timeout=self._schedule_to_start))
             await self._report()
         listing = request.listing
         batches = 0
         while listing.files_total:
             await workflow.wait_condition(lambda: not request.paused)
             self._show(f"copying from listing offset {request.offset}")
-            result = await self._copy_one_batch(request)
+            result = await self._with_operator(lambda: self._copy_one_batch(request))
             if result is None:
                 continue
             request.counters.add(result)
@@ -106,10 +117,10 @@ class CopyWeightsWorkflow:
                     or workflow.info().is_continue_as_new_suggested()):
                 workflow.continue_as_new(request)
         self._show("verifying every listed file at the destination")
-        verified = await workflow.execute_activity(
+        verified = await self._with_operator(lambda: workflow.execute_activity(
             verify_copy, args=[stage, listing], start_to_close_timeout=timedelta(hours=2),
             heartbeat_timeout=timedelta(minutes=5), retry_policy=copy_retry_policy(stage), task_queue=self._task_queue,
-            schedule_to_start_timeout=self._schedule_to_start)
+            schedule_to_start_timeout=self._schedule_to_start))
         return CopyWeightsResult(files_total=listing.files_total, bytes_total=listing.bytes_total,
                                  counters=request.counters, verify=verified)
 
@@ -148,6 +159,22 @@ class CopyWeightsWorkflow:
             if isinstance(error.cause, CancelledError) and self._interrupted:
                 return None
             raise
+
+    async def _with_operator(self, step: Callable[[], Awaitable[T]]) -> T:
+        """Run ``step``; when it fails for good under a migration, tell the migration why and run it again
+        on the operator's ``retry`` (see the module's docstring)."""
+        while True:
+            try:
+                return await step()
+            except ActivityError as error:
+                parent = workflow.info().parent
+                if parent is None:
+                    raise
+                message = failure_message(error)
+                self._retry_requested = False
+                self._show(f"waiting for the operator: {message}")
+                await workflow.get_external_workflow_handle(parent.workflow_id).signal(COPY_STUCK_SIGNAL, message)
+                await workflow.wait_condition(lambda: self._retry_requested)
 
     @staticmethod
     async def _stop(handle: ActivityHandle[BatchResult]) -> None:
@@ -197,6 +224,10 @@ class CopyWeightsWorkflow:
         if self._input is not None:
             self._input.paused = False
             self._show("resumed")
+
+    @workflow.signal
+    def retry(self) -> None:
+        self._retry_requested = True
 
     @workflow.signal
     def tune(self, settings: CopySettings) -> None:

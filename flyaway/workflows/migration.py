@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, FailureError
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     from flyaway.activities.storage.activities import abort_uploads
@@ -41,10 +41,10 @@ with workflow.unsafe.imports_passed_through():
         TuneRequest,
     )
     from flyaway.workflows.canary import CANARY_PROGRESS_SIGNAL
-    from flyaway.workflows.copy_weights import PROGRESS_SIGNAL, CopyWeightsWorkflow
+    from flyaway.workflows.copy_weights import COPY_STUCK_SIGNAL, PROGRESS_SIGNAL, CopyWeightsWorkflow
     from flyaway.workflows.fly_source import remove_agents
     from flyaway.workflows.plan_check import plan_checks
-    from flyaway.workflows.stages import STAGE_RUNNERS, StageRefused
+    from flyaway.workflows.stages import STAGE_RUNNERS, StageRefused, failure_message
     from flyaway.workflows.stages import canary as canary_stage
     from flyaway.workflows.stages import deploy as _deploy_stage  # noqa: F401  (registers the runner)
     from flyaway.workflows.stages import image as _image_stage  # noqa: F401  (registers the runner)
@@ -68,15 +68,6 @@ def size_text(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     raise AssertionError("unreachable")
-
-
-def failure_message(error: BaseException) -> str:
-    """The innermost message of a failure chain: what actually went wrong, not where."""
-    while isinstance(error, (ActivityError, ChildWorkflowError)) and error.cause is not None:
-        error = error.cause
-    if isinstance(error, ApplicationError) and error.type:
-        return f"{error.type}: {error.message}"
-    return error.message if isinstance(error, FailureError) else str(error)
 
 
 @workflow.defn(name="MigrationWorkflow")
@@ -282,6 +273,15 @@ class MigrationWorkflow:
         self._batch_offset = progress.offset
         self._show_copy_progress(self._copy_files_done, self._copy_bytes_done)
 
+    @workflow.signal(name=COPY_STUCK_SIGNAL)
+    def copy_stuck(self, message: str) -> None:
+        """The copy failed for good and waits (as its own workflow) for the operator's ``retry`` or ``abort``."""
+        stage = self._status.stage_status("weights")
+        stage.state, stage.error, stage.attempt = StageState.waiting_for_operator, message, 0
+        self._status.last_error = f"weights: {message}"
+        self._set_state(MigrationState.waiting_for_operator, stage="weights")
+        workflow.logger.warning("stage weights waits for the operator: %s", message)
+
     @workflow.signal(name=LIVE_PROGRESS_SIGNAL)
     def copy_live_progress(self, progress: CopyProgress) -> None:
         """What the copy activity of the batch in flight has done so far; one of an earlier batch is stale."""
@@ -367,8 +367,11 @@ class MigrationWorkflow:
             raise ValueError("the migration is not paused")
 
     @workflow.update
-    def retry(self) -> ControlResult:
-        self._retry_requested = True
+    async def retry(self) -> ControlResult:
+        if self._status.stage == "weights" and self._child is not None:
+            await self._signal_child("retry")  # the copy waits in its own workflow
+        else:
+            self._retry_requested = True
         stage = self._status.stage
         if stage is not None:
             self._status.stage_status(stage).state = StageState.running

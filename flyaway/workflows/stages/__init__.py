@@ -13,10 +13,19 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, FailureError
 
 from flyaway.models.plan import MigrationPlan
 from flyaway.models.status import StageStatus
+
+
+def failure_message(error: BaseException) -> str:
+    """The innermost message of a failure chain: what actually went wrong, not where."""
+    while isinstance(error, (ActivityError, ChildWorkflowError)) and error.cause is not None:
+        error = error.cause
+    if isinstance(error, ApplicationError) and error.type:
+        return f"{error.type}: {error.message}"
+    return error.message if isinstance(error, FailureError) else str(error)
 
 
 class StageRefused(ApplicationError):
