@@ -5,6 +5,7 @@ arrived, not that a state field changed."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 
 from flyaway.models.plan import WeightsStage
 from flyaway.models.status import ControlResult, MigrationState, StageState
-from flyaway.starter.dev import write_random_file
+from flyaway.starter.dev import temporal_dev_command, wait_for_port, write_random_file
 from tests.harness import (
     S3FaultProxy,
     TemporalDevServer,
@@ -258,3 +259,40 @@ def test_a_retried_copy_keeps_one_child_that_completes(
         assert copy_children(temporal_server, workflow_id) == [WorkflowExecutionStatus.COMPLETED]
     finally:
         proxy.stop()
+
+
+class SuggestingServer(TemporalDevServer):
+    """A dev server that suggests continuing as new after a handful of events, as a long history would."""
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [*temporal_dev_command(self.db_file, self.port, None),
+                 "--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=5"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for_port(self.port, 60, self.process)
+
+
+def test_the_migration_continues_as_new_between_stages_carrying_its_state(tmp_path: Path, task_queue: str) -> None:
+    server = SuggestingServer(tmp_path)
+    worker = WorkerProcess(server, task_queue, tmp_path / "worker.log", {})
+    try:
+        server.start()
+        worker.start()
+        plan = limited_plan("carried", tmp_path, {"kind": "local", "path": str(tmp_path / "dest")}, size=4 * MiB,
+                            bandwidth_limit=None)
+        workflow_id = run_async(start_migration(server, plan, task_queue))
+        result = run_async(migration_result(server, workflow_id, timeout=60))
+
+        async def runs() -> list[str]:
+            client = await server.client()
+            return [run.run_id async for run in client.list_workflows(f'WorkflowId = "{workflow_id}"')]
+        assert len(run_async(runs())) == 2, "validated in the first run, copied in the second"
+        assert result.status.state == MigrationState.completed
+        assert (result.status.files_done, result.status.bytes_done) == (1, 4 * MiB)
+        assert result.status.stage_status("image").state == StageState.skipped
+        assert result.manifest_key is not None
+        assert (tmp_path / "dest" / "model.safetensors").read_bytes() == (tmp_path / "w" / "model.safetensors").read_bytes()
+    finally:
+        worker.stop()
+        server.stop()

@@ -7,7 +7,12 @@ from enum import Enum
 from pydantic import Field
 
 from flyaway.models.base import Record
-from flyaway.models.canary import CanaryStatus
+from flyaway.models.canary import CanaryResult, CanaryStatus
+from flyaway.models.copy import CopySettings, CopyWeightsResult
+from flyaway.models.deploy import DeployResult
+from flyaway.models.image import ImageCopyResult
+from flyaway.models.secrets import SecretsReport
+from flyaway.models.teardown import TeardownReport
 
 
 class StageState(str, Enum):
@@ -102,3 +107,23 @@ class StageFailure(Record):
     stage: str
     attempt: int
     error: str
+
+
+class StageResults(Record):
+    """What the stages that completed returned (later stages read them: the deploy's endpoint, the gate)."""
+
+    weights: CopyWeightsResult | None = None
+    image: ImageCopyResult | None = None
+    secrets: SecretsReport | None = None
+    deploy: DeployResult | None = None
+    canary: CanaryResult | None = None
+    teardown: TeardownReport | None = None
+
+
+class MigrationCarry(Record):
+    """What ``MigrationWorkflow`` hands the run it continues as new: everything but the plan."""
+
+    status: MigrationStatus
+    results: StageResults
+    settings: CopySettings
+    paused: bool = False

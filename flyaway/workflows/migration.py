@@ -9,7 +9,9 @@ Every control answers with a :class:`ControlResult` describing the state after i
 ``abort`` takes effect whatever the migration is doing: the stage in flight is cancelled and
 waited for (the copy's activity stops writing first), then every unfinished upload is dropped,
 and the migration ends ``aborted``. Cancelling the workflow (the Temporal UI's button) is an abort
-too. The copy's progress arrives from its activity while a batch runs (see
+too. The migration continues as new, carrying its status and the stages' results, before a stage
+starts once its history is long (a stage runs as a child workflow or a few activities, so
+that is the point where nothing is in flight). The copy's progress arrives from its activity while a batch runs (see
 ``flyaway.activities.storage.progress``) and is shown in the ``status`` query and on the UI's page.
 """
 
@@ -33,10 +35,12 @@ with workflow.unsafe.imports_passed_through():
     from flyaway.models.status import (
         ControlAction,
         ControlResult,
+        MigrationCarry,
         MigrationResult,
         MigrationState,
         MigrationStatus,
         StageState,
+        StageResults,
         StageStatus,
         TuneRequest,
     )
@@ -59,6 +63,8 @@ SEARCH_ATTRIBUTES = (STAGE_ATTRIBUTE, STATE_ATTRIBUTE, PROGRESS_ATTRIBUTE)
 #: checking the plan against the outside world: a few tries, then it is the plan's fault
 CHECK_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
 ENDED = (MigrationState.completed, MigrationState.aborted)
+#: continue as new before a stage starts once history is this long (Temporal warns at 10,240 events)
+HISTORY_EVENTS_BEFORE_CONTINUE = 5_000
 
 
 def size_text(count: float) -> str:
@@ -110,12 +116,29 @@ class MigrationWorkflow:
     # ---- the run ---------------------------------------------------------------------------
 
     @workflow.run
-    async def run(self, plan_data: dict[str, Any]) -> MigrationResult:
+    async def run(self, plan_data: dict[str, Any], carried: MigrationCarry | None = None) -> MigrationResult:
+        """``carried`` is what an earlier run of this migration handed over when it continued as new."""
         try:
             plan = parse_plan(plan_data)
         except ValueError as error:
             raise ApplicationError(f"invalid plan: {error}", type="InvalidPlan", non_retryable=True) from None
         self._plan = plan
+        if carried is None:
+            self._start(plan)
+            await self._unless_aborted(self._check(plan))
+        else:
+            self._status, self._settings, self._paused = carried.status, carried.settings, carried.paused
+            self.results = {name: result for name, result in carried.results if result is not None}
+        for index, name in enumerate(name for name in plan.stages_present() if name not in self.results):
+            if index or carried is None:  # a run continues as new only after it did some work
+                self._continue_as_new_if_long(plan_data)
+            self.results[name] = await self._run_stage(name, plan)
+        self._set_state(MigrationState.completed, stage=None)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        weights: CopyWeightsResult = self.results["weights"]
+        return MigrationResult(name=plan.name, status=self._status, manifest_key=weights.verify.manifest_key)
+
+    def _start(self, plan: MigrationPlan) -> None:
         self._status.name = plan.name
         self._settings = CopySettings(concurrency=plan.weights.concurrency,
                                       bandwidth_limit=plan.weights.bandwidth_limit)
@@ -125,13 +148,16 @@ class MigrationWorkflow:
             if stage.name not in plan.stages_present():
                 stage.state = StageState.skipped
                 stage.detail = "not in the plan"
-        await self._unless_aborted(self._check(plan))
-        for name in plan.stages_present():
-            self.results[name] = await self._run_stage(name, plan)
-        self._set_state(MigrationState.completed, stage=None)
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        weights: CopyWeightsResult = self.results["weights"]
-        return MigrationResult(name=plan.name, status=self._status, manifest_key=weights.verify.manifest_key)
+
+    def _continue_as_new_if_long(self, plan_data: dict[str, Any]) -> None:
+        """Between stages nothing is in flight, and handlers only answer at once there (none awaits)."""
+        info = workflow.info()
+        if ((info.get_current_history_length() > HISTORY_EVENTS_BEFORE_CONTINUE or info.is_continue_as_new_suggested())
+                and workflow.all_handlers_finished()):
+            assert self._settings is not None
+            workflow.continue_as_new(args=[plan_data, MigrationCarry(
+                status=self._status, results=StageResults(**self.results), settings=self._settings,
+                paused=self._paused)])
 
     async def _unless_aborted(self, work: Awaitable[T]) -> T:
         """Await ``work``; an abort (or a cancellation of this workflow) cancels it, waits until it has
