@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import ParamSpec, TypeVar
 
 import structlog
+from pydantic import Field
 from temporalio import activity
 
 from flyaway.activities.errors import (
@@ -94,10 +95,11 @@ def non_retryable_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable
 
 
 class Claim(Record):
-    """A migration writing the keys of one listing at a destination."""
+    """A migration writing the keys of one listing at a destination; read back from state, so its values are
+    checked for shape (the workflow id becomes a folder name only through ``migration_folder``)."""
 
-    workflow_id: str
-    listing_id: str
+    workflow_id: str = Field(min_length=1, max_length=1000)
+    listing_id: str = Field(pattern=r"^[A-Za-z0-9-]{1,64}$", description="the copy workflow's run id")
     claimed_at: float
 
 
