@@ -132,7 +132,7 @@ def test_a_migration_started_from_the_ui_completes_and_the_ui_shows_decoded_payl
     assert stored.payloads[0].metadata["encoding"] == ENCODING, "the UI did not encode the input via the codec"
     assert '"name": "from-the-ui"' in page_text
     assert str(tmp_path / "weights") in page_text
-    assert f"{len(contents)} copied, 0 unchanged, {len(contents)} verified" in page_text
+    assert f"{len(contents)} copied, 0 unchanged, {len(contents)} of {len(contents)} verified" in page_text
     assert ENCODING.decode() not in page_text
 
 
