@@ -407,3 +407,26 @@ def test_a_fly_volume_is_read_twice_by_its_agent_and_each_read_checked_against_t
     [entry] = copy(source, LocalDestination(local(tmp_path / "out")), part_size=MiB)
     assert entry.source_checksum == f"sha256:{hashlib.sha256(data).hexdigest()}"
     assert LocalSource(local(tmp_path / "src")).published_checksum(source.stat("model.bin")) is None
+
+
+def test_under_kms_small_files_carry_their_sha256_so_a_killed_attempt_is_not_sent_again(
+        s3: Any, bucket: str, s3_proxy: S3FaultProxy, tmp_path: Path) -> None:
+    """Under SSE-KMS an ETag tells nothing: once a response shows the encryption, puts carry
+    x-amz-checksum-sha256, and a retried attempt finds those files by it."""
+    s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
+        "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms"}}]})
+    (tmp_path / "src").mkdir()
+    contents = {f"{i:02d}.json": os.urandom(5000) for i in range(4)}
+    for key, data in contents.items():
+        (tmp_path / "src" / key).write_bytes(data)
+    source = LocalSource(local(tmp_path / "src"))
+    dest = S3Destination(s3_plan_location(s3_proxy.endpoint, bucket, "m"))
+    with pytest.raises(Killed):
+        copy(source, dest, kill_before_recording="03.json")
+    sent = dict(s3_proxy.puts)
+    head = s3.head_object(Bucket=bucket, Key="m/03.json", ChecksumMode="ENABLED")
+    assert head["ServerSideEncryption"] == "aws:kms" and head["ChecksumSHA256"]
+
+    copy(source, S3Destination(s3_plan_location(s3_proxy.endpoint, bucket, "m")), check_landed=True)
+    resent = {path for path, count in s3_proxy.puts.items() if count > sent.get(path, 0)}
+    assert resent == {f"/{bucket}/m/00.json"}  # the one put before the encryption showed

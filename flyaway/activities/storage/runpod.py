@@ -27,6 +27,7 @@ RUNPOD_LIMITS = DestinationLimits(max_part_size=RUNPOD_MAX_BODY, max_single_put=
 
 class RunPodVolumeDestination(S3Destination):
     limits = RUNPOD_LIMITS
+    additional_checksums = False
 
     def __init__(self, location: RunPodVolumeLocation, concurrency: int = 10) -> None:
         super().__init__(location, concurrency)

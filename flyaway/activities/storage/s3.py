@@ -317,7 +317,17 @@ class S3Source(_S3Side, Source):
 
 
 class S3Destination(_S3Side, Destination):
+    """Bytes are checked on arrival by ``Content-MD5``, and by their ETag where it is an MD5. Under SSE-KMS or
+    SSE-C it is not: once a response shows that, small objects also carry ``x-amz-checksum-sha256`` (the
+    sha256 the engine has anyway), which S3 checks and keeps, so a later attempt can tell a landed object."""
+
     part_checksum = "md5"
+    #: whether the store takes additional checksums (RunPod's S3 API is not known to)
+    additional_checksums = True
+
+    def __init__(self, location: S3Compatible, concurrency: int = 10) -> None:
+        super().__init__(location, concurrency)
+        self._etags_opaque = False
 
     def check(self) -> None:
         self.check_bucket()
@@ -342,28 +352,35 @@ class S3Destination(_S3Side, Destination):
             yield DestObject(key=rel, size=item["Size"], version=_strip_etag(item["ETag"]))
 
     def landed(self, key: str) -> LandedObject | None:
+        mode = {"ChecksumMode": "ENABLED"} if self.additional_checksums else {}
         try:
-            head = self.call(f"s3://{self.bucket}/{self.key_of(key)}",
-                             lambda: self.client.head_object(Bucket=self.bucket, Key=self.key_of(key)))
+            head = self.call(f"s3://{self.bucket}/{self.key_of(key)}", lambda: self.client.head_object(
+                Bucket=self.bucket, Key=self.key_of(key), **mode))
         except ClientError as error:
             if http_status(error) == 404:
                 return None
             raise
         etag = _strip_etag(head["ETag"])
-        if "-" in etag or not etag_is_md5(head):
-            return None  # not the MD5 of the bytes
-        return LandedObject(size=head["ContentLength"], checksum=etag, version=etag)
+        stored = str(head.get("ChecksumSHA256") or "")
+        sha256 = base64.b64decode(stored).hex() if stored and "-" not in stored else None
+        md5 = etag if "-" not in etag and etag_is_md5(head) else ""
+        if not md5 and sha256 is None:
+            return None  # nothing tells the bytes
+        return LandedObject(size=head["ContentLength"], checksum=md5, version=etag, sha256=sha256)
 
     def put(self, key: str, data: bytes, checksum: str, sha256: str) -> str:
         """S3 checks the bytes against ``Content-MD5`` on arrival (BadDigest otherwise); the ETag is compared
         too where it is an MD5 (not under SSE-KMS or SSE-C)."""
         what = f"s3://{self.bucket}/{self.key_of(key)}"
+        extra = ({"ChecksumAlgorithm": "SHA256", "ChecksumSHA256": base64.b64encode(bytes.fromhex(sha256)).decode()}
+                 if self._etags_opaque else {})
         response = self.call(what, lambda: self.client.put_object(
             Bucket=self.bucket, Key=self.key_of(key), Body=data,
-            ContentMD5=base64.b64encode(bytes.fromhex(checksum)).decode()))
+            ContentMD5=base64.b64encode(bytes.fromhex(checksum)).decode(), **extra))
         etag = _strip_etag(response["ETag"])
         if etag != checksum and etag_is_md5(response):
             raise DataCorruption(f"{what}: stored ETag {etag} is not the MD5 {checksum} of the source bytes")
+        self._etags_opaque = self.additional_checksums and not etag_is_md5(response)
         return etag
 
     def begin_upload(self, key: str, size: int) -> str:
