@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import http.server
+import io
 import json
 import os
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from boto3.s3.transfer import TransferConfig
 
 from flyaway.activities.errors import DataCorruption, InvalidPlan
 from flyaway.activities.storage.activities import (
@@ -30,6 +32,7 @@ from flyaway.activities.storage.local import LocalDestination, LocalSource
 from flyaway.activities.storage.s3 import S3Destination, S3Source
 from flyaway.models.copy import ListingLine, ListingResult, ManifestEntry, SourceChecksum, SourceFile, UploadState
 from flyaway.models.plan import HfLocation, LocalLocation, S3Location, WeightsStage, parse_plan
+from tests.conftest import s3_client
 from tests.fakes.hf_hub import FakeHub
 from tests.harness import GcsEmulator, S3FaultProxy, plain_client, put_multipart, s3_location, weights_plan
 
@@ -98,6 +101,21 @@ def test_s3_source_publishes_etag_md5_additional_checksums_and_multipart_composi
     assert published["sha.bin"] is not None and published["sha.bin"].label() == (
         f"sha256:{hashlib.sha256(s3_tree['sha.bin']).hexdigest()}")
     assert published["multi.bin"] is not None and published["multi.bin"].label().startswith(f"md5/{5 * MiB}:")
+
+
+def test_a_multipart_checksum_without_its_part_count_or_full_object_type_is_not_taken_for_the_whole_file(
+        moto_server: Any, bucket: str, tmp_path: Path) -> None:
+    """boto3's own multipart upload adds a CRC32 that moto reports with neither a part count nor
+    ChecksumType FULL_OBJECT: the multipart ETag is checked instead, and a clean copy lands."""
+    data = os.urandom(6 * MiB)
+    s3_client(moto_server.endpoint).upload_fileobj(io.BytesIO(data), bucket, "src/crc.bin", Config=TransferConfig(
+        multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB))
+    source = S3Source(s3_plan_location(moto_server.endpoint, bucket, "src"))
+    [file] = list(source.list())
+    published = source.published_checksum(file)
+    assert published is not None and published.label().startswith(f"md5/{5 * MiB}:")
+    copy(source, LocalDestination(local(tmp_path / "out")))
+    assert tree(tmp_path / "out") == {"crc.bin": data}
 
 
 def test_a_flipped_byte_read_from_s3_is_read_again_and_every_byte_lands_right(

@@ -263,10 +263,13 @@ class S3Source(_S3Side, Source):
         an MD5. A composite of a multipart object needs its part size: part 1's, asked by ``PartNumber``,
         which fits when every part but the last has that size."""
         head = self._head(file)
+        multipart = "-" in file.version
         for field, algorithm in _ADDITIONAL_CHECKSUMS:
             value = head.get(field)
             if value:
                 digest, _, count = str(value).partition("-")
+                if multipart and not count and head.get("ChecksumType") != "FULL_OBJECT":
+                    continue  # neither a whole-object value nor a composite with its part count: nothing to check
                 return self._published(file, algorithm, base64.b64decode(digest).hex(), count)
         if etag_is_md5(head):
             digest, _, count = file.version.partition("-")
