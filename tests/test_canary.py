@@ -24,7 +24,7 @@ from temporalio.client import WorkflowFailureError
 from typer.testing import CliRunner
 
 from flyaway.models.canary import CanaryState, CanaryStatus, StepOutcome, Verdict
-from flyaway.models.status import MigrationState, MigrationStatus
+from flyaway.models.status import ControlResult, MigrationState, MigrationStatus
 from flyaway.starter.cli import app
 from flyaway.workflows.stages.canary import deployed_endpoint
 from tests.fakes.cloudflare import FakeCloudflare
@@ -550,4 +550,9 @@ def test_a_long_approval_wait_keeps_every_history_bounded_and_still_rolls_back(
     assert [(r.weight, r.outcome) for r in status.canary.history] == [(10, StepOutcome.ROLLED_BACK)]
     assert max(run_histories(temporal_server, f"{workflow_id}-canary")) <= CANARY_RUN_EVENTS_BOUND
     assert max(run_histories(temporal_server, workflow_id)) <= MIGRATION_EVENTS_BOUND
-    assert cli(temporal_server, "abort", "canary-long", "--reason", "enough").exit_code == 0
+
+    async def abort() -> ControlResult:
+        client = await temporal_server.client()
+        return await client.get_workflow_handle(workflow_id).execute_update("abort", "enough",
+                                                                             result_type=ControlResult)
+    assert run_async(abort()).state == MigrationState.aborted
