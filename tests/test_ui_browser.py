@@ -8,7 +8,9 @@ import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,9 @@ from tests.harness import (
     TemporalDevServer,
     WorkerProcess,
     abort_migration,
+    eventually,
     migration_result,
+    migration_status,
     run_async,
     start_migration,
     weights_plan,
@@ -174,3 +178,62 @@ def test_the_ui_shows_a_running_copys_progress_through_the_codec(
     abort_migration(ui_stack.server, workflow_id, "the test has seen enough")
     assert shown.search(text), text
     assert "running, stage weights" in text
+
+
+def send_update(page: Any, name: str, data: Any = None) -> None:
+    """The UI's *More Actions > Send an Update*, as a person uses it."""
+    page.get_by_role("button", name="More Actions").click()
+    page.get_by_role("menuitem", name="Send an Update").click()
+    dialog = page.locator("dialog[open]")
+    dialog.get_by_role("button", name="Select an Update").click()
+    dialog.get_by_role("option", name=name, exact=True).click()
+    if data is not None:
+        dialog.get_by_role("textbox", name="Data").click()
+        page.keyboard.insert_text(json.dumps(data))
+    dialog.get_by_role("button", name="Submit").click()
+    dialog.wait_for(state="detached")
+
+
+def state_of(server: TemporalDevServer, workflow_id: str) -> MigrationState:
+    """The status query's state, asked from a thread of its own: Playwright's sync API owns this one's loop."""
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(lambda: run_async(migration_status(server, workflow_id)).state).result()
+
+
+def bytes_written(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def test_pause_and_abort_from_the_ui_stop_the_bytes(
+        ui_stack: UiStack, task_queue: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_tree(tmp_path / "weights", {"model.safetensors": 64 << 20})
+    plan = weights_plan("controls-in-the-ui", {"kind": "local", "path": str(tmp_path / "weights")},
+                        {"kind": "local", "path": str(tmp_path / "copy")}, part_size="4MiB", concurrency=2,
+                        bandwidth_limit="2MiB")
+    monkeypatch.setenv(KEYS_ENV, ui_stack.keys)
+    workflow_id = run_async(start_migration(ui_stack.server, plan, task_queue))
+    destination = tmp_path / "copy"
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1000})
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            page.goto(f"{ui_stack.ui_url}/namespaces/default/workflows/{workflow_id}")
+            eventually(lambda: bytes_written(destination) > 0, 30, what="bytes at the destination")
+            send_update(page, "pause")
+            eventually(lambda: state_of(ui_stack.server, workflow_id) == MigrationState.paused, 10, what="paused")
+            time.sleep(5)
+            at_pause = bytes_written(destination)
+            time.sleep(3)
+            assert bytes_written(destination) == at_pause, "bytes landed 5 s after the UI's pause"
+
+            send_update(page, "abort", "stopped from the UI")
+            eventually(lambda: state_of(ui_stack.server, workflow_id) == MigrationState.aborted, 20,
+                       what="aborted")
+            page.screenshot(path=str(REPO / "artifacts" / "ui-migration-aborted.png"), full_page=True)
+        finally:
+            browser.close()
+    assert bytes_written(destination) <= at_pause
+    assert not (destination / "model.safetensors").exists()
