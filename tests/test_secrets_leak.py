@@ -124,10 +124,10 @@ def temporal_show(server: TemporalDevServer, workflow_id: str, run_id: str) -> s
     return result.stdout + result.stderr
 
 
-def flyaway_cli(server: TemporalDevServer, *args: str) -> str:
+def flyaway_cli(server: TemporalDevServer, *args: str, exit_code: int = 0) -> str:
     result = subprocess.run([*FLYAWAY, *args, "--address", server.address, "--namespace", "default"],
                             capture_output=True, text=True, timeout=60, cwd=REPO, env=dict(os.environ))
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == exit_code, result.stdout + result.stderr
     return result.stdout + result.stderr
 
 
@@ -180,7 +180,7 @@ def test_no_secret_value_in_history_logs_or_cli_output_with_the_codec(
         gcp.denied.add(PROJECT)
         eventually(lambda: run_async(migration_status(temporal_server, workflow_id)).state
                    == MigrationState.waiting_for_operator, timeout=60, what="the secrets stage to wait")
-        waiting_output = flyaway_cli(temporal_server, "status", workflow_id)
+        waiting_output = flyaway_cli(temporal_server, "status", workflow_id, exit_code=1)  # waits for a person
         assert "AccessDenied" in waiting_output
         gcp.denied.clear()
         retry_output = flyaway_cli(temporal_server, "retry", workflow_id)
