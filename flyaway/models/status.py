@@ -101,14 +101,6 @@ class ControlResult(Record):
     approvals: list[str] = Field(default_factory=list)
 
 
-class StageFailure(Record):
-    """A retryable failure of a stage's activity, reported by the worker while Temporal retries it."""
-
-    stage: str
-    attempt: int
-    error: str
-
-
 class StageResults(Record):
     """What the stages that completed returned (later stages read them: the deploy's endpoint, the gate)."""
 
