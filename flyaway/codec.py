@@ -153,6 +153,19 @@ def generate_key(key_id: str | None = None) -> str:
 
 
 def data_converter(codec: PayloadCodec | None) -> DataConverter:
-    """The pydantic data converter, encrypting through ``codec`` when there is one."""
+    """The pydantic data converter, encrypting through ``codec`` when there is one.
+
+    With a codec, failure messages and stack traces are encoded too (they name paths, hosts and
+    providers' answers): the history keeps "Encoded failure", the codec server gives the UI the rest.
+    """
+    if codec is None:
+        return dataclasses.replace(pydantic_data_converter, failure_converter_class=PlainFailureConverter)
     return dataclasses.replace(pydantic_data_converter, payload_codec=codec,
-                               failure_converter_class=PlainFailureConverter)
+                               failure_converter_class=EncodedFailureConverter)
+
+
+class EncodedFailureConverter(PlainFailureConverter):
+    """Failures whose message and stack trace travel as a payload, encrypted by the codec."""
+
+    def __init__(self) -> None:
+        super().__init__(encode_common_attributes=True)

@@ -13,6 +13,7 @@ import pytest
 
 from tests.harness import (
     TEST_AWS_ENV,
+    TEST_POLICY_ENV,
     TEST_RUNPOD_ENV,
     GcsEmulator,
     MotoServer,
@@ -25,7 +26,7 @@ from tests.harness import (
 #: fixtures of the fake hub and the fake Modal SDK, for every test module that copies through them
 pytest_plugins = ["tests.providers"]
 
-for _name, _value in TEST_AWS_ENV.items():
+for _name, _value in {**TEST_AWS_ENV, **TEST_POLICY_ENV}.items():
     os.environ.setdefault(_name, _value)
 
 

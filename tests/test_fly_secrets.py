@@ -40,7 +40,7 @@ from tests.test_secrets_leak import assert_no_value, executions, history_texts, 
 TOKEN = "fo1_fly-secrets-test-token"
 APP = "gpu-app"
 PROJECT = "fly-secrets-test"
-KEY_ENV = "FLYAWAY_TEST_TEMPORAL_KEY"
+KEY_ENV = "TEST_AGENT_TEMPORAL_KEY"
 
 
 class FlyApp:

@@ -53,7 +53,7 @@ from tests.test_secrets_leak import payloads_in
 
 TOKEN = "fo1_fly-volume-test-token"
 APP = "gpu-app"
-KEY_ENV = "FLYAWAY_TEST_TEMPORAL_KEY"
+KEY_ENV = "TEST_AGENT_TEMPORAL_KEY"
 MiB = 1024 * 1024
 
 
@@ -253,8 +253,8 @@ def test_a_fork_that_never_becomes_ready_is_deleted(fly_api: FlyApp) -> None:
 
 
 def test_a_variable_the_agent_needs_is_missing_before_anything_is_created(fly_api: FlyApp) -> None:
-    with pytest.raises(ApplicationError, match="api_key_env names FLYAWAY_TEST_UNSET, which is not set") as failure:
-        prepare(location(agent_temporal={"address": "t.example:7233", "api_key_env": "FLYAWAY_TEST_UNSET"}))
+    with pytest.raises(ApplicationError, match="api_key_env names UNSET_TEST_TEMPORAL_KEY, which is not set") as failure:
+        prepare(location(agent_temporal={"address": "t.example:7233", "api_key_env": "UNSET_TEST_TEMPORAL_KEY"}))
     assert failure.value.type == "MissingCredentials"
     assert fly_api.fake.requests_to("POST", ".*") == []
 

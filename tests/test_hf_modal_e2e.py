@@ -173,14 +173,14 @@ def bad_check_plans(hub: FakeHub, tmp_path: Path) -> list[tuple[str, dict[str, A
         ("unknown repo", weights_plan(unique("bad-repo"), hf_location("acme/no-such-model"), local),
          "repo acme/no-such-model does not exist at"),
         ("private repo without a token", weights_plan(
-            unique("bad-private"), hf_location("acme/private", token_env="FLYAWAY_TEST_UNSET_HF_TOKEN"), local),
-         "or it is private and FLYAWAY_TEST_UNSET_HF_TOKEN is not set on the worker"),
+            unique("bad-private"), hf_location("acme/private", token_env="UNSET_TEST_HF_TOKEN"), local),
+         "or it is private and UNSET_TEST_HF_TOKEN is not set on the worker"),
         ("unknown revision", weights_plan(unique("bad-rev"), hf_location(revision="v9.9"), local),
          "revision 'v9.9' does not exist"),
         ("missing Modal token", weights_plan(
             unique("bad-modal-token"), {"kind": "local", "path": str(tmp_path)},
-            {**modal, "token_secret_env": "FLYAWAY_TEST_UNSET_MODAL_SECRET"}),
-         "environment variable FLYAWAY_TEST_UNSET_MODAL_SECRET is not set on the worker"),
+            {**modal, "token_secret_env": "UNSET_TEST_MODAL_SECRET"}),
+         "environment variable UNSET_TEST_MODAL_SECRET is not set on the worker"),
         ("unknown Modal volume", weights_plan(
             unique("bad-volume"), {"kind": "local", "path": str(tmp_path)},
             {**modal, "volume": "no-such-volume", "create_if_missing": False}),

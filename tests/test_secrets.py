@@ -308,8 +308,8 @@ def test_fly_app_check_lists_names_and_reads_the_destination_without_values(
 
 @pytest.mark.parametrize("fields, source, error_type, expected", [
     ({"names": ["HF_TOKEN", "NOT_THERE"]}, {}, "InvalidPlan", "Fly app gpu-app lacks NOT_THERE; nothing was written"),
-    ({}, {"agent_temporal": {"address": "t.example:7233", "api_key_env": "FLYAWAY_TEST_UNSET"}},
-     "MissingCredentials", "secrets.source.agent_temporal.api_key_env names FLYAWAY_TEST_UNSET"),
+    ({}, {"agent_temporal": {"address": "t.example:7233", "api_key_env": "UNSET_TEST_TEMPORAL_KEY"}},
+     "MissingCredentials", "secrets.source.agent_temporal.api_key_env names UNSET_TEST_TEMPORAL_KEY"),
     ({}, {"agent_env": ["HF_TOKEN"]}, "InvalidPlan", "Fly app 'gpu-app' has secrets named HF_TOKEN, which the agent"),
 ])
 def test_fly_app_check_refuses_what_would_fail_inside_the_app(

@@ -15,6 +15,7 @@ from typing import Annotated
 from pydantic import AfterValidator, Field, PositiveInt, field_validator
 
 from flyaway.models.base import Duration, EnvName, StrictModel
+from flyaway.models.credentials import CredentialUser, present
 from flyaway.models.fly import FlyAppName
 
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
@@ -29,11 +30,14 @@ def _positive(value: timedelta) -> timedelta:
 PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
 
 
-class AgentTemporal(StrictModel):
+class AgentTemporal(CredentialUser):
     """How the agent reaches Temporal from inside Fly; given to its Machine as ``TEMPORAL_*`` env.
 
     Its namespace is the migration's own: the agent must poll where the migration schedules its work.
     """
+
+    provider = "temporal"
+    official_hosts = ("*.tmprl.cloud", "*.temporal.io")
 
     address: str = Field(description="host:port of the Temporal frontend as seen from Fly, "
                                      "e.g. my-ns.a1b2c.tmprl.cloud:7233")
@@ -49,9 +53,21 @@ class AgentTemporal(StrictModel):
             raise ValueError(f"'{value}' is not host:port")
         return value
 
+    def credential_envs(self) -> list[str]:
+        return present(self.api_key_env)
 
-class FlyAgentSettings(StrictModel):
+    def endpoint_overrides(self) -> list[str]:
+        return [self.address]
+
+    @classmethod
+    def default_credential_envs(cls) -> list[str]:
+        return ["TEMPORAL_API_KEY"]
+
+
+class FlyAgentSettings(CredentialUser):
     """A source read by a short-lived agent Machine in its Fly app."""
+
+    provider = "agent_env"
 
     app: FlyAppName = Field(description="the Fly app the agent Machine runs in")
     agent_image: str = Field(min_length=1, description="image of the agent Machine: this repository's Dockerfile, "
@@ -64,6 +80,9 @@ class FlyAgentSettings(StrictModel):
     agent_memory_mb: PositiveInt = Field(4096, description="memory of the agent Machine, a multiple of 256")
     agent_start_timeout: PositiveDuration = Field(
         timedelta(minutes=5), description="longest wait for the agent to start and poll its task queue")
+
+    def credential_envs(self) -> list[str]:
+        return list(self.agent_env)
 
     @field_validator("agent_memory_mb")
     @classmethod

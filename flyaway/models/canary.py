@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
 from flyaway.models.base import MAX_SECONDS, EnvName, Record, StrictModel
+from flyaway.models.credentials import CredentialUser, present
 
 _SECRET_HEADER = re.compile(r"^(authorization|proxy-authorization|cookie)$|token|secret|api[-_]?key|password",
                             re.IGNORECASE)
@@ -38,12 +39,15 @@ BaseUrl = Annotated[str, AfterValidator(_check_base_url)]
 
 # --- routers -------------------------------------------------------------------------------
 
-class Route53RouterConfig(StrictModel):
+class Route53RouterConfig(CredentialUser):
     """Two weighted record sets with the same name and type; their SetIdentifiers tell them apart.
 
     Weights are written as the percentages themselves (0..100 of Route53's 0..255).
     Credentials come from the environment variables named here, as for S3 locations.
     """
+
+    provider = "route53"
+    official_hosts = ("*.amazonaws.com",)
 
     kind: Literal["route53"]
     hosted_zone_id: str = Field(min_length=1)
@@ -64,13 +68,22 @@ class Route53RouterConfig(StrictModel):
             raise ValueError("router.fly_set_identifier and router.new_set_identifier must differ")
         return self
 
+    def credential_envs(self) -> list[str]:
+        return [self.access_key_id_env, self.secret_access_key_env, *present(self.session_token_env)]
 
-class CloudflareRouterConfig(StrictModel):
+    def endpoint_overrides(self) -> list[str]:
+        return present(self.endpoint_url)
+
+
+class CloudflareRouterConfig(CredentialUser):
     """Origin weights of two origins in one Cloudflare load-balancer pool (API v4).
 
     Origin weights are 0..1 in steps of 0.01, so a percentage maps exactly. When the load
     balancer is named too, ``check`` verifies that it serves the pool.
     """
+
+    provider = "cloudflare"
+    official_hosts = ("api.cloudflare.com",)
 
     kind: Literal["cloudflare"]
     account_id: str = Field(min_length=1)
@@ -89,6 +102,12 @@ class CloudflareRouterConfig(StrictModel):
         if (self.zone_id is None) != (self.load_balancer_id is None):
             raise ValueError("router.zone_id and router.load_balancer_id go together: name both or neither")
         return self
+
+    def credential_envs(self) -> list[str]:
+        return [self.token_env]
+
+    def endpoint_overrides(self) -> list[str]:
+        return [self.api_base_url]
 
 
 class ManualRouterConfig(StrictModel):
@@ -122,12 +141,14 @@ def _status_list(value: Any) -> Any:
     return [value] if isinstance(value, int) else value
 
 
-class RequestHeaders(StrictModel):
+class RequestHeaders(CredentialUser):
     """Headers flyaway sends with a request, holding no secrets.
 
     A token is named by its environment variable in ``bearer_token_env`` or
     ``headers_from_env`` and read on the worker when the request is sent.
     """
+
+    provider = "probe"
 
     headers: dict[str, str] = Field(default_factory=dict)
     headers_from_env: dict[str, EnvName] = Field(default_factory=dict,
@@ -142,6 +163,9 @@ class RequestHeaders(StrictModel):
                 raise ValueError(f"header '{name}' looks secret: put its value in an environment variable "
                                  "and name it in headers_from_env (or bearer_token_env)")
         return value
+
+    def credential_envs(self) -> list[str]:
+        return [*self.headers_from_env.values(), *present(self.bearer_token_env)]
 
 
 class Probe(RequestHeaders):
@@ -190,6 +214,9 @@ class MetricsPage(RequestHeaders):
     """One side's Prometheus metrics page."""
 
     url: BaseUrl | None = Field(None, description="the page's full URL; the side's endpoint + /metrics when absent")
+
+    def public_addresses(self) -> list[str]:
+        return present(self.url)
 
 
 class PassiveMetrics(StrictModel):
@@ -258,13 +285,18 @@ class AnalysisSettings(StrictModel):
         return self.metrics is not None or self.router_analytics
 
 
-class CanaryStage(StrictModel):
+class CanaryStage(CredentialUser):
+    provider = "probe"
+
     router: RouterConfig
     old_endpoint: BaseUrl = Field(description="base URL of the Fly service, e.g. https://app.fly.dev")
     new_endpoint: BaseUrl | None = Field(None, description="base URL of the new deployment; the deploy stage's "
                                                            "endpoint when absent")
     steps: list[CanaryStep] = Field(min_length=1)
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+
+    def public_addresses(self) -> list[str]:
+        return present(self.old_endpoint, self.new_endpoint)
 
     @field_validator("steps")
     @classmethod

@@ -18,6 +18,7 @@ from pydantic import AfterValidator, Field, PositiveInt, field_validator, model_
 
 from flyaway.models.base import Duration, EnvName, Record, StrictModel, check_env_name, join_key
 from flyaway.models.canary import BaseUrl
+from flyaway.models.credentials import CredentialUser, present
 from flyaway.models.image import ImageReference
 
 if TYPE_CHECKING:
@@ -141,8 +142,11 @@ class DeployBase(StrictModel):
         return PLATFORM_NAMES[self.platform]  # type: ignore[attr-defined]
 
 
-class CloudRunDeploy(DeployBase):
+class CloudRunDeploy(CredentialUser, DeployBase):
     """A Cloud Run service (v2 API) with a GPU, the weights bucket mounted read-only."""
+
+    provider = "cloud_run"
+    official_hosts = ("*.googleapis.com",)
 
     platform: Literal["cloud_run"]
     project: str = Field(description="GCP project id")
@@ -221,9 +225,18 @@ class CloudRunDeploy(DeployBase):
     def service_name(self) -> str:
         return f"projects/{self.project}/locations/{self.region}/services/{self.service}"
 
+    def credential_envs(self) -> list[str]:
+        return [self.credentials_env]
 
-class RunpodDeploy(DeployBase):
+    def endpoint_overrides(self) -> list[str]:
+        return present(self.api_endpoint)
+
+
+class RunpodDeploy(CredentialUser, DeployBase):
     """A RunPod load-balancing serverless endpoint: HTTP straight to the workers' server."""
+
+    provider = "runpod"
+    official_hosts = ("*.runpod.io",)
 
     platform: Literal["runpod"]
     endpoint_name: str = Field(min_length=1, max_length=191, description="endpoint name, unique in the account")
@@ -263,9 +276,17 @@ class RunpodDeploy(DeployBase):
             raise ValueError(f"workers_min ({self.workers_min}) is over workers_max ({self.workers_max})")
         return self
 
+    def credential_envs(self) -> list[str]:
+        return [self.api_key_env]
 
-class ModalDeploy(DeployBase):
+    def endpoint_overrides(self) -> list[str]:
+        return [self.api_url]
+
+
+class ModalDeploy(CredentialUser, DeployBase):
     """A Modal app generated from the plan: one web-server function running the image's server."""
+
+    provider = "modal"
 
     platform: Literal["modal"]
     app_name: str = Field(description="Modal app name")
@@ -310,6 +331,9 @@ class ModalDeploy(DeployBase):
         if self.max_containers is not None and self.min_containers > self.max_containers:
             raise ValueError(f"min_containers ({self.min_containers}) is over max_containers ({self.max_containers})")
         return self
+
+    def credential_envs(self) -> list[str]:
+        return [self.token_id_env, self.token_secret_env]
 
 
 DeployStage = Annotated[Union[CloudRunDeploy, RunpodDeploy, ModalDeploy], Field(discriminator="platform")]

@@ -13,6 +13,7 @@ from typing import Self
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from flyaway.models.base import EnvName, Record, StrictModel, check_env_name
+from flyaway.models.credentials import CredentialUser, present
 
 DOCKER_HUB = "docker.io"
 #: the host Docker Hub's registry API answers on (``docker.io`` is only its name)
@@ -123,6 +124,9 @@ class RegistryCredentials(StrictModel):
             raise ValueError("give exactly one of password_env or google_access_token")
         return self
 
+    def env_names(self) -> list[str]:
+        return present(self.username_env, self.password_env)
+
     def describe(self) -> str:
         """Where the credentials come from, for error messages (names only)."""
         user = self.username if self.username is not None else f"${self.username_env}"
@@ -146,8 +150,15 @@ def default_credentials(registry: str) -> RegistryCredentials | None:
     return None
 
 
-class ImageStage(StrictModel):
-    """Copy the service's image to the target's registry with a config fit for the target."""
+class ImageStage(CredentialUser):
+    """Copy the service's image to the target's registry with a config fit for the target.
+
+    A registry's default login goes to that registry only; a login the plan names is a credential
+    like any other, and the registry it goes to must be a well-known one or allowed on the worker.
+    """
+
+    provider = "registry"
+    official_hosts = (FLY_REGISTRY, DOCKER_HUB, DOCKER_HUB_API, "ghcr.io", "gcr.io", "*.gcr.io", "*.pkg.dev")
 
     source: str | None = Field(
         None, description="image reference to copy; absent: the image the Fly app's Machines run (fly_app)")
@@ -222,6 +233,26 @@ class ImageStage(StrictModel):
     def credentials_for(self, reference: ImageReference, *, is_source: bool) -> RegistryCredentials | None:
         given = self.source_credentials if is_source else self.destination_credentials
         return given if given is not None else default_credentials(reference.registry)
+
+    def _named_logins(self) -> list[tuple[ImageReference | None, RegistryCredentials]]:
+        return [(reference, credentials) for reference, credentials in
+                ((self.source_reference, self.source_credentials),
+                 (self.destination_reference, self.destination_credentials)) if credentials is not None]
+
+    def credential_envs(self) -> list[str]:
+        return [name for _, credentials in self._named_logins() for name in credentials.env_names()]
+
+    @classmethod
+    def default_credential_envs(cls) -> list[str]:
+        """None: each well-known registry's default login goes to that registry only, named by no plan."""
+        return []
+
+    def endpoint_overrides(self) -> list[str]:
+        return [reference.api_host for reference, _ in self._named_logins() if reference is not None]
+
+    def public_addresses(self) -> list[str]:
+        return [reference.api_host for reference in (self.source_reference, self.destination_reference)
+                if reference is not None]
 
     def uses_plain_http(self, reference: ImageReference) -> bool:
         return reference.is_loopback or reference.registry in self.plain_http

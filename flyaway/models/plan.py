@@ -26,6 +26,7 @@ from pydantic import (
 from flyaway.models.agent import FlyAgentSettings, PositiveDuration
 from flyaway.models.base import AwsCredentials, Duration, EnvName, RelativeKey, Size, StrictModel, at_least
 from flyaway.models.canary import CanaryStage
+from flyaway.models.credentials import CredentialUser, aws_credential_envs, present
 from flyaway.models.deploy import DeployStage, check_deploy
 from flyaway.models.image import ImageStage
 from flyaway.models.secrets import SecretsStage
@@ -95,8 +96,11 @@ def check_absolute_path(value: str) -> str:
     return value
 
 
-class S3Location(StrictModel):
+class S3Location(CredentialUser):
     """Any S3-compatible bucket, with an optional prefix inside it."""
+
+    provider = "s3"
+    official_hosts = ("*.amazonaws.com",)
 
     kind: Literal["s3"]
     bucket: str = Field(description="bucket name")
@@ -119,12 +123,21 @@ class S3Location(StrictModel):
         """The S3 connection settings (the same for every S3-compatible kind)."""
         return self
 
+    def credential_envs(self) -> list[str]:
+        return aws_credential_envs(self.credentials)
+
+    def endpoint_overrides(self) -> list[str]:
+        return present(self.endpoint_url)
+
 
 TIGRIS_ENDPOINT = "https://t3.storage.dev"
 
 
-class TigrisLocation(StrictModel):
+class TigrisLocation(CredentialUser):
     """A Tigris bucket (``fly storage create``), read through Tigris's S3 API."""
+
+    provider = "tigris"
+    official_hosts = ("t3.storage.dev", "*.t3.storage.dev", "fly.storage.tigris.dev", "*.fly.storage.tigris.dev")
 
     kind: Literal["tigris"]
     bucket: str = Field(description="bucket name (BUCKET_NAME among the app's secrets)")
@@ -143,6 +156,12 @@ class TigrisLocation(StrictModel):
     def describe(self) -> str:
         return f"tigris://{self.bucket}/{self.prefix}"
 
+    def credential_envs(self) -> list[str]:
+        return aws_credential_envs(self.credentials)
+
+    def endpoint_overrides(self) -> list[str]:
+        return present(self.endpoint_url)
+
     def s3(self) -> S3Location:
         return S3Location(kind="s3", bucket=self.bucket, prefix=self.prefix, endpoint_url=self.endpoint_url,
                           region="auto", addressing_style=self.addressing_style, credentials=self.credentials)
@@ -159,8 +178,11 @@ class RunPodS3Credentials(AwsCredentials):
 _DATACENTER = re.compile(r"^[A-Z]{2,4}-[A-Z]{2,4}-[0-9]{1,2}$")
 
 
-class RunPodVolumeLocation(StrictModel):
+class RunPodVolumeLocation(CredentialUser):
     """A RunPod Network Volume, written through RunPod's S3-compatible API (the volume id is the bucket)."""
+
+    provider = "runpod_volume"
+    official_hosts = ("*.runpod.io",)
 
     kind: Literal["runpod_volume"]
     volume_id: str = Field(description="network volume id")
@@ -185,14 +207,22 @@ class RunPodVolumeLocation(StrictModel):
     def describe(self) -> str:
         return f"runpod://{self.datacenter}/{self.volume_id}/{self.prefix}"
 
+    def credential_envs(self) -> list[str]:
+        return aws_credential_envs(self.credentials)
+
+    def endpoint_overrides(self) -> list[str]:
+        return present(self.endpoint_url)
+
     def s3(self) -> S3Location:
         endpoint = self.endpoint_url or HttpUrl(f"https://s3api-{self.datacenter.lower()}.runpod.io/")
         return S3Location(kind="s3", bucket=self.volume_id, prefix=self.prefix, endpoint_url=endpoint,
                           region=self.datacenter, addressing_style="path", credentials=self.credentials)
 
 
-class GcsLocation(StrictModel):
+class GcsLocation(CredentialUser):
     """A Google Cloud Storage bucket, with an optional prefix inside it."""
+
+    provider = "gcs"
 
     kind: Literal["gcs"]
     bucket: str = Field(description="bucket name")
@@ -210,6 +240,9 @@ class GcsLocation(StrictModel):
 
     def describe(self) -> str:
         return f"gs://{self.bucket}/{self.prefix}"
+
+    def credential_envs(self) -> list[str]:
+        return [self.credentials_env]
 
 
 class LocalLocation(StrictModel):
@@ -247,8 +280,10 @@ def check_git_revision(value: str) -> str:
 _MODAL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
 
 
-class HfLocation(StrictModel):
+class HfLocation(CredentialUser):
     """A Hugging Face Hub repository at a revision; the worker's ``HF_ENDPOINT`` sets the hub's address."""
+
+    provider = "hf"
 
     kind: Literal["hf"]
     repo_id: str = Field(description="namespace/name, e.g. meta-llama/Llama-3.1-8B")
@@ -273,9 +308,14 @@ class HfLocation(StrictModel):
         kind = "" if self.repo_type == "model" else f"{self.repo_type}s/"
         return f"hf://{kind}{self.repo_id}@{self.revision}"
 
+    def credential_envs(self) -> list[str]:
+        return [self.token_env]
 
-class ModalVolumeLocation(StrictModel):
+
+class ModalVolumeLocation(CredentialUser):
     """A Modal Volume (v2). Large files are staged on the worker's disk, one at a time, then uploaded."""
+
+    provider = "modal"
 
     kind: Literal["modal_volume"]
     volume: str = Field(description="volume name")
@@ -313,6 +353,9 @@ class ModalVolumeLocation(StrictModel):
     def describe(self) -> str:
         environment = f"{self.environment}/" if self.environment else ""
         return f"modal://{environment}{self.volume}/{self.prefix}"
+
+    def credential_envs(self) -> list[str]:
+        return [self.token_id_env, self.token_secret_env]
 
 
 _FLY_VOLUME = re.compile(r"^[a-z0-9_]{1,30}$")

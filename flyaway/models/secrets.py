@@ -20,6 +20,7 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from flyaway.models.agent import FlyAgentSettings
 from flyaway.models.base import EnvName, Record, StrictModel
 from flyaway.models.canary import BaseUrl
+from flyaway.models.credentials import CredentialUser, present
 
 _GCP_PROJECT = re.compile(r"^([a-z][a-z0-9-]{4,28}[a-z0-9]|[0-9]{1,20})$")
 _GCP_SECRET_ID = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
@@ -86,8 +87,11 @@ SecretSource = Annotated[Union[DotenvSource, EnvSource, FlyAppSource], Field(dis
 
 # --- destinations ----------------------------------------------------------------------------
 
-class GcpSecretManagerDestination(StrictModel):
+class GcpSecretManagerDestination(CredentialUser):
     """One Secret Manager secret per value, named ``<prefix><name>``; a changed value adds a version."""
+
+    provider = "gcp_secret_manager"
+    official_hosts = ("*.googleapis.com",)
 
     kind: Literal["gcp_secret_manager"]
     project: str = Field(description="project id or number")
@@ -129,9 +133,17 @@ class GcpSecretManagerDestination(StrictModel):
         at = f" at {self.endpoint}" if self.endpoint else ""
         return f"GCP Secret Manager project {self.project}{at}"
 
+    def credential_envs(self) -> list[str]:
+        return [self.credentials_env]
 
-class ModalDestination(StrictModel):
+    def endpoint_overrides(self) -> list[str]:
+        return present(self.endpoint)
+
+
+class ModalDestination(CredentialUser):
     """One Modal secret holding every value as an environment variable."""
+
+    provider = "modal"
 
     kind: Literal["modal"]
     secret_name: str = Field(description="the Modal secret the deploy stage attaches to the app")
@@ -160,9 +172,15 @@ class ModalDestination(StrictModel):
         environment = f" in environment {self.environment}" if self.environment else ""
         return f"Modal secret {self.secret_name}{environment}"
 
+    def credential_envs(self) -> list[str]:
+        return [self.token_id_env, self.token_secret_env]
 
-class RunpodDestination(StrictModel):
+
+class RunpodDestination(CredentialUser):
     """RunPod account secrets (REST API v2, ``/account/secrets``), one per value."""
+
+    provider = "runpod"
+    official_hosts = ("*.runpod.io",)
 
     kind: Literal["runpod"]
     api_key_env: EnvName = "RUNPOD_API_KEY"
@@ -184,6 +202,12 @@ class RunpodDestination(StrictModel):
 
     def describe(self) -> str:
         return f"RunPod secrets at {self.api_url}"
+
+    def credential_envs(self) -> list[str]:
+        return [self.api_key_env]
+
+    def endpoint_overrides(self) -> list[str]:
+        return [self.api_url]
 
 
 SecretDestination = Annotated[Union[GcpSecretManagerDestination, ModalDestination, RunpodDestination],

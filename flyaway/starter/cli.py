@@ -137,10 +137,18 @@ def validate(plan_file: PlanFile,
     The online check runs in this shell: its environment variables, files and network. The
     worker runs the same check again, with its own, when the migration starts.
     """
+    from flyaway.policy import check_plan
+
     plan, _ = read_plan(plan_file)
+    try:
+        check_plan(plan)
+    except FlyawayError as error:
+        fail(f"{error} (checked against this shell's worker policy, FLYAWAY_ALLOW_* and FLYAWAY_POLICY_FILE, "
+             f"as a worker checks it against its own)")
     if not offline:
         check_plan_here(plan)
     where = "shape only (--offline)" if offline else "checked in this shell"
+    where += "; within this shell's worker policy (FLYAWAY_ALLOW_*), which each worker checks again"
     console.print(f"[green]plan {plan.name} is valid[/] ({where}): weights {plan.weights.source.describe()} -> "
                   f"{plan.weights.destination.describe()}; stages {', '.join(plan.stages_present())}",
                   highlight=False)
@@ -486,10 +494,37 @@ def report(migration: MigrationId,
 @temporal_options
 def worker(task_queue: TaskQueue = TASK_QUEUE,
            max_activities: Annotated[int, typer.Option(metavar="N", help="activities this worker runs at once")] = 20,
-           json_logs: JsonLogs = None, *, temporal: TemporalOptions) -> None:
+           json_logs: JsonLogs = None,
+           allow_credential: Annotated[list[str] | None, typer.Option(
+               help="KIND=VARIABLE: a credential variable plans may hand to KIND besides the documented ones "
+                    "(repeatable; also FLYAWAY_ALLOW_CREDENTIALS)")] = None,
+           allow_host: Annotated[list[str] | None, typer.Option(
+               help="a host (name, *.domain, IP or network) address overrides may name besides the providers' "
+                    "own; loopback and private ones only this way (repeatable; also FLYAWAY_ALLOW_HOSTS)")] = None,
+           allow_secret_env: Annotated[list[str] | None, typer.Option(
+               help="a variable (or glob) an env secrets source may read (repeatable; also "
+                    "FLYAWAY_ALLOW_SECRET_ENV)")] = None,
+           allow_dotenv_dir: Annotated[list[str] | None, typer.Option(
+               help="a folder dotenv secrets files may lie under (repeatable; also FLYAWAY_ALLOW_DOTENV_DIRS)")]
+           = None,
+           policy_file: Annotated[Path | None, typer.Option(
+               envvar="FLYAWAY_POLICY_FILE", help="TOML file with hosts, secret_env, dotenv_dirs lists and a "
+                                                  "credentials table KIND = [VARIABLE, ...]")] = None,
+           *, temporal: TemporalOptions) -> None:
     """Run a worker: flyaway's workflows and activities, until SIGINT or SIGTERM."""
+    from flyaway import policy
     from flyaway.workers.main import run_worker
+    from flyaway.workers.policy import start_policy
 
+    for name, values in ((policy.CREDENTIALS_ENV, allow_credential), (policy.HOSTS_ENV, allow_host),
+                         (policy.SECRET_ENV_ENV, allow_secret_env), (policy.DOTENV_DIRS_ENV, allow_dotenv_dir)):
+        policy.add_to_env(os.environ, name, values or [])
+    if policy_file is not None:
+        os.environ[policy.POLICY_FILE_ENV] = str(policy_file)
+    try:
+        start_policy()
+    except ValueError as error:  # the policy, or a credential too short to be real
+        fail(str(error))
     configure_logging(json=json_logs)
     run(run_worker(temporal, task_queue, max_activities))
 

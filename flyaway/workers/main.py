@@ -22,6 +22,7 @@ from flyaway.activities.secrets.activities import SECRETS_ACTIVITIES
 from flyaway.activities.storage.activities import COPY_ACTIVITIES
 from flyaway.activities.traffic.activities import TRAFFIC_ACTIVITIES
 from flyaway.connection import TASK_QUEUE, TemporalOptions, connect
+from flyaway.workers.policy import PolicyInterceptor, start_policy
 from flyaway.workflows.canary import CanaryWorkflow
 from flyaway.workflows.copy_weights import CopyWeightsWorkflow
 from flyaway.workflows.migration import SEARCH_ATTRIBUTES, MigrationWorkflow
@@ -56,7 +57,8 @@ async def ensure_search_attributes(client: Client) -> None:
 
 
 def build_worker(client: Client, task_queue: str = TASK_QUEUE, max_activities: int = 20) -> Worker:
-    return Worker(client, task_queue=task_queue, workflows=WORKFLOWS,
+    """The worker, with this process's policy (``FLYAWAY_ALLOW_*``) checked on every activity's input."""
+    return Worker(client, task_queue=task_queue, workflows=WORKFLOWS, interceptors=[PolicyInterceptor(start_policy())],
                   activities=[*COPY_ACTIVITIES, *SECRETS_ACTIVITIES, *FLY_AGENT_ACTIVITIES, *FLY_TEARDOWN_ACTIVITIES,
                               *TRAFFIC_ACTIVITIES, *IMAGE_ACTIVITIES, *DEPLOY_ACTIVITIES],
                   activity_executor=ThreadPoolExecutor(max_activities),

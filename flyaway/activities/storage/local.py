@@ -7,8 +7,11 @@ into place, so a partial file never stands at its final path.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import re
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +32,7 @@ from flyaway.activities.storage.base import (
     SourceChanged,
     UploadGone,
 )
-from flyaway.activities.storage.checksums import combined_crc32c, crc32c_of_file, sha256_of_file
+from flyaway.activities.storage.checksums import combined_crc32c, crc32c_of_file
 from flyaway.models.base import check_relative_key
 from flyaway.models.copy import PartRecord, SourceChecksum, SourceFile
 from flyaway.models.plan import LocalLocation
@@ -54,26 +57,42 @@ class _LocalRoot:
         check_relative_key(key)
         return self.root / key
 
-    def walk(self, skip_state: bool) -> Iterator[tuple[str, os.stat_result]]:
-        """Regular files below the root, sorted, skipping links that leave the root and, when asked, flyaway's state."""
-        root_real = os.path.realpath(self.root)
+    def names(self, skip_state: bool) -> Iterator[tuple[str, bool]]:
+        """Every name below the root, sorted, skipping flyaway's state when asked, with whether it is a link to a
+        folder (such links are not followed)."""
         for dirpath, dirnames, filenames in os.walk(self.root):
             rel_dir = os.path.relpath(dirpath, self.root)
             if rel_dir == "." and skip_state:
                 dirnames[:] = [d for d in dirnames if d != STATE_DIR]
             dirnames.sort()
+            prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+            for name in dirnames:
+                if os.path.islink(os.path.join(dirpath, name)):
+                    yield prefix + name, True
             for name in sorted(filenames):
-                full = os.path.join(dirpath, name)
-                if os.path.islink(full) and not os.path.realpath(full).startswith(root_real + os.sep):
-                    continue
-                st = os.stat(full)
-                key = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
-                yield key, st
+                yield prefix + name, False
+
+    def walk(self, skip_state: bool) -> Iterator[tuple[str, os.stat_result]]:
+        """Regular files below the root, skipping links that leave the root and, when asked, flyaway's state."""
+        root_real = os.path.realpath(self.root)
+        for key, folder_link in self.names(skip_state):
+            full = os.path.join(self.root, key)
+            if folder_link or os.path.islink(full) and not os.path.realpath(full).startswith(root_real + os.sep):
+                continue
+            yield key, os.stat(full)
+
+
+_FILE_TYPES = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+               stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder"}
 
 
 class LocalSource(_LocalRoot, Source):
+    """Reads stay inside the root: a file is opened relative to the root's descriptor, one component at
+    a time, following no link (``O_NOFOLLOW``); a link inside the root is read as the file it names."""
+
     def __init__(self, location: LocalLocation) -> None:
         super().__init__(location)
+        self.root_real = os.path.realpath(self.root)
         self.read_twice = location.read_twice
 
     def published_checksum(self, file: SourceFile) -> SourceChecksum | None:
@@ -81,13 +100,10 @@ class LocalSource(_LocalRoot, Source):
         checked against that (a flaky disk or a file rewritten in place between them shows as a mismatch)."""
         if not self.read_twice:
             return None
-        path = self.path_of(file.key)
-        try:
-            digest = sha256_of_file(path)
-            if _version(path.stat()) != file.version:
+        with os.fdopen(self._open(file.key), "rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            if _version(os.fstat(handle.fileno())) != file.version:
                 raise SourceChanged(file.key)
-        except FileNotFoundError:
-            raise SourceObjectMissing(f"source file {path} disappeared before it was copied") from None
         return SourceChecksum(algorithm="sha256", value=digest)
 
     def check(self) -> None:
@@ -97,22 +113,62 @@ class LocalSource(_LocalRoot, Source):
             raise AccessDenied(f"source folder {self.root} is not readable by the worker")
 
     def list(self) -> Iterator[SourceFile]:
-        for key, st in self.walk(skip_state=False):
-            yield SourceFile(key=key, size=st.st_size, version=_version(st))
+        """Regular files and links to them inside the root; anything else is refused, naming it."""
+        for key, folder_link in self.names(skip_state=False):
+            if folder_link:
+                self._inside(key)  # not followed, but one out of the root is refused like a file link
+            else:
+                yield self.stat(key)
+
+    def _inside(self, key: str) -> list[str]:
+        """The components of the file ``key`` names, resolved inside the root; refused when it leaves it."""
+        check_relative_key(key)
+        real = os.path.realpath(os.path.join(self.root_real, key))
+        relative = os.path.relpath(real, self.root_real)
+        if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+            raise AccessDenied(f"source file {key}: a link out of the source folder {self.root} (to {real}); "
+                               f"flyaway reads nothing outside it: remove the link or copy its target in")
+        if not os.path.lexists(real):
+            raise SourceObjectMissing(f"source file {key}: a link to {real}, which does not exist; remove the "
+                                      f"link or restore its target")
+        return relative.split(os.sep)
+
+    def _open(self, key: str) -> int:
+        """A descriptor of the regular file ``key``, opened with no link followed at any step."""
+        parts = self._inside(key)
+        fd = os.open(self.root_real, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for part in parts[:-1]:
+                parent, fd = fd, os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(parent)
+            parent, fd = fd, os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+            os.close(parent)
+        except FileNotFoundError:
+            os.close(fd)
+            raise SourceObjectMissing(f"source file {self.path_of(key)} disappeared before it was copied") from None
+        except OSError as error:
+            os.close(fd)
+            if error.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise AccessDenied(f"source file {key}: became a link after it was listed; flyaway follows no "
+                                   f"link at read time") from None
+            raise
+        kind = _FILE_TYPES.get(stat.S_IFMT(os.fstat(fd).st_mode))
+        if kind:
+            os.close(fd)
+            raise AccessDenied(f"source file {key} is {kind}, not a regular file; flyaway copies "
+                               f"files only: move it out of the source folder")
+        return fd
 
     def stat(self, key: str) -> SourceFile:
+        fd = self._open(key)
         try:
-            st = self.path_of(key).stat()
-        except FileNotFoundError:
-            raise SourceObjectMissing(f"source file {self.path_of(key)} disappeared before it was copied") from None
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
         return SourceFile(key=key, size=st.st_size, version=_version(st))
 
     def read(self, file: SourceFile, offset: int, length: int) -> bytes:
-        try:
-            fd = os.open(self.path_of(file.key), os.O_RDONLY)
-        except FileNotFoundError:
-            raise SourceObjectMissing(f"source file {self.path_of(file.key)} disappeared "
-                                      f"before it was copied") from None
+        fd = self._open(file.key)
         try:
             if _version(os.fstat(fd)) != file.version:
                 raise SourceChanged(file.key)
