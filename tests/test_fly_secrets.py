@@ -19,7 +19,8 @@ from temporalio.testing import ActivityEnvironment
 from flyaway.activities.fly_agent import cleanup_fly_source, prepare_fly_source
 from flyaway.codec import KEYS_ENV, EncryptionCodec, generate_key
 from flyaway.models.fly_agent import AgentCleanupRequest, AgentRequest
-from flyaway.models.secrets import SecretsReport, SecretsStage, secret_digest
+from flyaway.activities.secrets.base import digest_key
+from flyaway.models.secrets import GcpSecretManagerDestination, SecretsReport, SecretsStage, secret_digest
 from flyaway.models.status import MigrationState, MigrationStatus, StageState
 from tests.fakes.fly_machines import FakeFlyMachinesAPI, FakeMachine
 from tests.fakes.gcp_secret_manager import FakeSecretManager
@@ -155,7 +156,9 @@ def test_fly_app_secrets_move_through_an_agent_machine_and_never_show(
         assert gcp.value(PROJECT, f"fly-{name}") == value.encode()
     [report] = run_async(sync_reports(temporal_server, "migration-fly-secrets"))
     assert {r.name: (r.outcome, r.digest) for r in report.secrets} == {
-        name: ("created", secret_digest(value)) for name, value in values.items()}
+        name: ("created", secret_digest(value, digest_key(GcpSecretManagerDestination(
+            kind="gcp_secret_manager", project=PROJECT, endpoint=gcp.url, prefix="fly-"))))
+        for name, value in values.items()}
     [agent] = fly.agents()
     assert agent.config["init"]["cmd"][:2] == ["agent", "--task-queue"] and agent.mounted_volume_ids == []
     assert agent.config["env"]["TEMPORAL_API_KEY"] == temporal_key

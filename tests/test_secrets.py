@@ -14,6 +14,7 @@ from temporalio.testing import ActivityEnvironment
 
 from flyaway.activities.secrets import activities as secrets_activities
 from flyaway.activities.secrets.activities import check_secrets, sync_secrets
+from flyaway.activities.secrets.base import digest_key
 from flyaway.models.plan import parse_plan
 from flyaway.models.secrets import SecretOutcome, SecretsReport, SecretsStage, secret_digest
 from tests.fakes.fly_machines import FakeFlyMachinesAPI
@@ -87,7 +88,8 @@ def test_gcp_creates_then_leaves_unchanged_then_adds_a_version_for_a_changed_val
     assert gcp.value(PROJECT, "app-DB_URL") == VALUES["DATABASE_URL"].encode()
     assert first.references() == {"HF_TOKEN": f"projects/{PROJECT}/secrets/app-HF_TOKEN/versions/1",
                                   "DB_URL": f"projects/{PROJECT}/secrets/app-DB_URL/versions/1"}
-    assert {r.name: r.digest for r in first.secrets} == {n: secret_digest(v) for n, v in VALUES.items()}
+    assert {r.name: r.digest for r in first.secrets} == {n: secret_digest(v, digest_key(plan.destination))
+                                                              for n, v in VALUES.items()}
 
     again = run(sync_secrets, plan)
     assert set(outcomes(again).values()) == {SecretOutcome.unchanged}
@@ -141,7 +143,7 @@ def test_runpod_creates_then_leaves_unchanged_then_rotates(
     third = run(sync_secrets, plan)
     assert outcomes(third) == {"HF_TOKEN": "updated", "DATABASE_URL": "unchanged"}
     assert runpod.values["HF_TOKEN"] == "hf_rotated_77aa01"
-    assert runpod.by_name("HF_TOKEN")["description"] == f"flyaway {secret_digest('hf_rotated_77aa01')}"
+    assert runpod.by_name("HF_TOKEN")["description"] == f"flyaway {secret_digest('hf_rotated_77aa01', digest_key(plan.destination))}"
 
 
 def test_runpod_secret_made_by_hand_is_rotated_to_the_source_value(

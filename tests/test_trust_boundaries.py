@@ -9,6 +9,7 @@ credential value reached the listener, the history, the worker's log or the CLI'
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socketserver
@@ -23,9 +24,11 @@ import pytest
 from typer.testing import CliRunner
 
 from flyaway.activities.errors import AccessDenied, SourceObjectMissing
+from flyaway.activities.secrets.base import digest_key
 from flyaway.activities.storage.local import LocalSource
 from flyaway.codec import KEYS_ENV, generate_key
 from flyaway.models.plan import LocalLocation, parse_plan
+from flyaway.models.secrets import RunpodDestination, secret_digest
 from flyaway.policy import PolicyRefused, WorkerPolicy, load_policy
 from flyaway.redaction import REDACTED, register_credential, register_secret, scrub
 from flyaway.starter.cli import app
@@ -283,3 +286,15 @@ def test_listing_refuses_links_out_dangling_links_and_special_files(make: Any, r
     make(root / "sub" / "odd", tmp_path)
     with pytest.raises(refusal, match="source file sub/odd"):
         list(source.list())
+
+
+# ---- keyed digests ------------------------------------------------------------------------------
+
+def test_secret_digests_are_keyed_by_the_destinations_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    destination = RunpodDestination(kind="runpod")
+    monkeypatch.setenv("RUNPOD_API_KEY", "rpa_first_key_0000")
+    first = secret_digest("1234", digest_key(destination))
+    assert first.startswith("hmac-sha256:") and hashlib.sha256(b"1234").hexdigest() not in first
+    assert secret_digest("1234", digest_key(destination)) == first  # stable: a re-run rewrites nothing
+    monkeypatch.setenv("RUNPOD_API_KEY", "rpa_other_key_1111")
+    assert secret_digest("1234", digest_key(destination)) != first

@@ -1,7 +1,7 @@
 """The secrets stage of the plan, and the report its activity returns.
 
 A plan names where values come from and where they go, never a value. The report carries
-names, outcomes, digests (``sha256:<hex>`` of the value) and the references the deploy stage
+names, outcomes, keyed digests (``hmac-sha256:<hex>`` of the value) and the references the deploy stage
 puts into the new service's configuration; values stay inside the one activity that reads
 and writes them.
 """
@@ -9,6 +9,7 @@ and writes them.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 from collections import Counter
 from enum import StrEnum
@@ -34,9 +35,10 @@ _RUNPOD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/]{0,190}$")
 RUNPOD_MAX_VALUE_BYTES = 16 * 1024 * 1024 - 1
 
 
-def secret_digest(value: str) -> str:
-    """How a value appears anywhere outside the activity that holds it."""
-    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+def secret_digest(value: str, key: bytes) -> str:
+    """How a value appears anywhere outside the activity that holds it: an HMAC under ``key``, which only
+    the worker and its agent can derive, so no dictionary of likely values (a PIN, ``true``) reverses it."""
+    return "hmac-sha256:" + hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
 
 
 # --- sources -------------------------------------------------------------------------------
@@ -281,7 +283,8 @@ class SecretResult(Record):
     destination_name: str = Field(description="name at the destination (the service's variable name)")
     outcome: SecretOutcome | None = Field(
         None, description="None only in the check of a fly_app source, which cannot compare values it cannot read")
-    digest: str | None = Field(None, description="sha256:<hex> of the value; never the value")
+    digest: str | None = Field(None, description="hmac-sha256:<hex> of the value under the migration's digest key; "
+                                                 "never the value")
     reference: str | None = Field(
         None, description="what the deploy stage configures: a Secret Manager version, a RunPod "
                           "placeholder, or the Modal secret's name")

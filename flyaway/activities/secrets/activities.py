@@ -24,7 +24,7 @@ from temporalio.exceptions import ApplicationError
 
 from flyaway.activities.errors import FlyawayError, InvalidPlan
 from flyaway.activities.fly_agent import agent_environment, check_secret_names
-from flyaway.activities.secrets.base import SecretStore
+from flyaway.activities.secrets.base import SecretStore, digest_key
 from flyaway.activities.secrets.sources import fly_secret_names, read_source
 from flyaway.activities.storage.activities import non_retryable_errors
 from flyaway.models.secrets import (
@@ -123,16 +123,17 @@ def _sync(stage: SecretsStage, write: bool, names_at_source: list[str] | None) -
     names, missing = select_names(stage, found)
     check_values(stage, names, found)
     values = {stage.destination_name(name): found[name] for name in names}
+    key = digest_key(stage.destination)
     with closing(open_store(stage.destination)) as store:
         current = store.read(sorted(values))
-        changed = {name: value for name, value in values.items() if current[name].digest != secret_digest(value)}
+        changed = {name: value for name, value in values.items() if current[name].digest != secret_digest(value, key)}
         references = store.write(changed, current) if write and changed else {}
     results = []
     for name in names:
         target = stage.destination_name(name)
         results.append(SecretResult(
             name=name, destination_name=target, outcome=_outcome(target in changed, current[target].exists),
-            digest=secret_digest(found[name]), reference=references.get(target, current[target].reference)))
+            digest=secret_digest(found[name], key), reference=references.get(target, current[target].reference)))
     return SecretsReport(destination=stage.destination.describe(), secrets=results + _missing_results(stage, missing))
 
 

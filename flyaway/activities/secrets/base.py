@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
+
+from flyaway.models.secrets import SecretDestination
 
 
 @dataclass(frozen=True)
@@ -11,10 +16,23 @@ class StoredSecret:
     """What a store holds under one name, as far as it can tell without showing the value."""
 
     exists: bool
-    #: ``sha256:<hex>`` of the current value; None when absent or unknown (then it is rewritten)
+    #: ``hmac-sha256:<hex>`` of the current value (see :func:`digest_key`); None when absent or unknown (then it is rewritten)
     digest: str | None = None
     #: what the deploy stage uses to reach the current value
     reference: str | None = None
+
+
+def digest_key(destination: SecretDestination) -> bytes:
+    """The key of the secrets' digests, derived from the destination's own credentials: only the worker and
+    the agent it starts hold them; the history, the report and the store's markers never do. A rotated
+    credential changes every digest, which costs one rewrite of each value."""
+    material = hashlib.sha256(b"flyaway secret digests\0" + destination.describe().encode())
+    for name in destination.credential_envs():
+        value = os.environ.get(name, "")
+        if os.path.isabs(value) and os.path.isfile(value):  # a key file: its content is the credential
+            value = Path(value).read_text(errors="replace")
+        material.update(b"\0" + value.encode())
+    return material.digest()
 
 
 class SecretStore(Protocol):

@@ -18,13 +18,14 @@ from google.cloud import secretmanager
 from flyaway.activities.errors import AccessDenied, InvalidPlan, NotFound
 from flyaway.activities.google_cloud import is_transient, load_credentials
 from flyaway.activities.retry import call_with_retries
-from flyaway.activities.secrets.base import StoredSecret
+from flyaway.activities.secrets.base import StoredSecret, digest_key
 from flyaway.models.secrets import GcpSecretManagerDestination, secret_digest
 
 T = TypeVar("T")
 class GcpSecretStore:
     def __init__(self, destination: GcpSecretManagerDestination) -> None:
         self.destination = destination
+        self._digest_key = digest_key(destination)
         options = ClientOptions(api_endpoint=destination.endpoint) if destination.endpoint else None
         self._client = secretmanager.SecretManagerServiceClient(
             credentials=load_credentials(destination.credentials_env, anonymous=bool(destination.endpoint),
@@ -60,7 +61,8 @@ class GcpSecretStore:
         except google_errors.BadRequest:
             # FAILED_PRECONDITION, the one 400 a checked name gets: the latest version is disabled or destroyed
             return StoredSecret(exists=True)
-        return StoredSecret(exists=True, digest=secret_digest(latest.payload.data.decode(errors="replace")),
+        return StoredSecret(exists=True, digest=secret_digest(latest.payload.data.decode(errors="replace"),
+                                                                      self._digest_key),
                             reference=latest.name)
 
     def _exists(self, path: str) -> bool:

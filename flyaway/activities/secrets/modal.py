@@ -20,7 +20,7 @@ import modal
 from modal import exception as modal_errors
 
 from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
-from flyaway.activities.secrets.base import StoredSecret
+from flyaway.activities.secrets.base import StoredSecret, digest_key
 from flyaway.models.secrets import ModalDestination, secret_digest
 
 T = TypeVar("T")
@@ -39,6 +39,7 @@ class ModalSecretStore:
         self._client = self._call("connect", lambda: modal.Client.from_credentials(token_id, token_secret))
         self._secret_exists = False
         self._recorded: dict[str, str] = {}
+        self._digest_key = digest_key(destination)
 
     def _call(self, what: str, fn: Callable[[], T], expected: tuple[type[Exception], ...] = ()) -> T:
         """One SDK call (the SDK retries transient trouble itself); refusals become flyaway's errors,
@@ -86,7 +87,7 @@ class ModalSecretStore:
             self._call("create the secret", lambda: modal.Secret.objects.create(
                 self.destination.secret_name, values, environment_name=self.destination.environment,
                 client=self._client))
-        self._recorded.update({name: secret_digest(value) for name, value in values.items()})
+        self._recorded.update({name: secret_digest(value, self._digest_key) for name, value in values.items()})
         self._call("record the digests", lambda: self._digests(create=True).put(self.destination.secret_name,
                                                                                 self._recorded))
         return {name: self.destination.secret_name for name in values}

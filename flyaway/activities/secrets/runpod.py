@@ -1,7 +1,7 @@
 """RunPod account secrets through the REST API v2 (``/account/secrets``).
 
 RunPod never returns a value, so each secret's description carries the digest of the value
-flyaway wrote (``flyaway sha256:<hex>``); a secret whose description lacks it, or holds
+flyaway wrote (``flyaway hmac-sha256:<hex>``, keyed: it tells nothing about the value); a secret whose description lacks it, or holds
 another, is rotated. A rotation sends the value first and the description after, in two
 requests as RunPod advises, so a failure in between only causes one more rotation next time.
 
@@ -19,11 +19,11 @@ import httpx
 
 from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials
 from flyaway.activities.retry import call_with_retries
-from flyaway.activities.secrets.base import StoredSecret
+from flyaway.activities.secrets.base import StoredSecret, digest_key
 from flyaway.models.secrets import RunpodDestination, secret_digest
 from flyaway.redaction import scrub
 
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_DIGEST = re.compile(r"hmac-sha256:[0-9a-f]{64}")
 
 
 class RunpodUnavailable(Exception):
@@ -56,6 +56,7 @@ def _problem(response: httpx.Response) -> str:
 class RunpodSecretStore:
     def __init__(self, destination: RunpodDestination) -> None:
         self.destination = destination
+        self._digest_key = digest_key(destination)
         api_key = os.environ.get(destination.api_key_env, "").strip()
         if not api_key:
             raise MissingCredentials(f"{destination.api_key_env} is not set in the worker's environment; create a "
@@ -95,7 +96,7 @@ class RunpodSecretStore:
 
     def write(self, values: dict[str, str], current: dict[str, StoredSecret]) -> dict[str, str]:
         for name, value in values.items():
-            marker = description(secret_digest(value))
+            marker = description(secret_digest(value, self._digest_key))
             if not current[name].exists:
                 created = self._request("POST", "/account/secrets", accept=(409,),
                                         json={"name": name, "value": value, "description": marker})
