@@ -98,7 +98,7 @@ KiB, MiB, GiB = 1024, 1024 * 1024, 1024 * 1024 * 1024
 RESULTS = Path(__file__).resolve().parent / "results"
 SEED = 20261123
 TASK_QUEUE = "flyaway-bench"
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1",
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench-access-key", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_EC2_METADATA_DISABLED": "true"}
 #: the keys a runpod_volume destination reads (moto takes any)
 RUNPOD_ENV = {"RUNPOD_S3_ACCESS_KEY": "user_bench", "RUNPOD_S3_SECRET_KEY": "rps_bench"}
@@ -371,7 +371,7 @@ class FlyawayStack:
         command = [flyaway, "worker", "--address", self.options.target, "--namespace", "default",
                    "--task-queue", TASK_QUEUE, "--json-logs"]
         with log.open("ab") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env},
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "FLYAWAY_ALLOW_HOSTS": "127.0.0.1,localhost", **env},
                                        cwd=self.workdir, start_new_session=True)
         try:
             deadline = time.monotonic() + 60

@@ -43,7 +43,7 @@ POLICY_ENVS = (HOSTS_ENV, CREDENTIALS_ENV, SECRET_ENV_ENV, DOTENV_DIRS_ENV, POLI
 #: variables no plan may read as secrets or hand to a provider: the worker's own
 RESERVED_PREFIXES = ("FLYAWAY_", "TEMPORAL_")
 #: credentials the worker holds that no plan names (Fly's token, the codec's key ring)
-WORKER_CREDENTIALS = ("FLY_API_TOKEN", "TEMPORAL_API_KEY", "FLYAWAY_CODEC_KEYS", "FLYAWAY_CODEC_SERVER_TOKEN")
+WORKER_CREDENTIALS = ("FLY_API_TOKEN", "TEMPORAL_API_KEY", "FLYAWAY_CODEC_KEYS", "FLYAWAY_CODEC_TOKEN")
 #: folders no dotenv file may come from, whatever is allowed
 NEVER_READ = (Path("/proc"), Path("/sys"), Path("/dev"))
 #: host names that mean this machine or a private network

@@ -14,6 +14,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import httpx
+
+from flyaway.activities.fly_agent import AGENT_SECRET_PREFIX
 from flyaway.starter.dev import stop_process
 from tests.fakes.fly_machines import FakeFlyMachinesAPI, FakeMachine
 from tests.harness import FLYAWAY, REPO
@@ -63,6 +66,17 @@ class LocalFlyHosts:
         process = self.processes.get(machine.id)
         if process is not None:
             stop_process(process)
+
+    def machine_as_the_api_returns_it(self, app: str, machine_id: str) -> str:
+        """``GET /apps/{app}/machines/{id}``, what any holder of a read token for the app sees."""
+        response = httpx.get(f"{self.fake.base_url}/apps/{app}/machines/{machine_id}",
+                             headers={"Authorization": f"Bearer {self.fake.token}"}, timeout=10)
+        response.raise_for_status()
+        return response.text
+
+    def agent_secrets(self, app: str) -> list[str]:
+        """Names of the app secrets flyaway set for its agents and has not unset yet."""
+        return [name for name in self.fake.apps[app].secrets if name.startswith(AGENT_SECRET_PREFIX)]
 
     def running(self) -> list[str]:
         return [machine_id for machine_id, process in self.processes.items() if process.poll() is None]

@@ -49,7 +49,7 @@ TEST_POLICY_ENV = {
         "probe=PROBE_TOKEN", "probe=METRICS_TOKEN", "cloudflare=CF_READ_ONLY_TOKEN", "temporal=TEMPORAL_CLOUD_KEY",
         "tigris=TIGRIS_KEY_ID", "tigris=TIGRIS_SECRET", "s3=READER_KEY_ID", "s3=READER_SECRET",
         "registry=TEST_SOURCE_PASSWORD", "registry=TEST_READER_PASSWORD", "registry=TEST_PUSHER_PASSWORD",
-        "agent_env=MODEL_DIR", "s3=UNSET_TEST_KEY", "hf=UNSET_TEST_HF_TOKEN", "modal=UNSET_TEST_MODAL_SECRET",
+        "agent_env=MODEL_DIR", "agent_env=STORAGE_EMULATOR_HOST", "s3=UNSET_TEST_KEY", "hf=UNSET_TEST_HF_TOKEN", "modal=UNSET_TEST_MODAL_SECRET",
         "temporal=UNSET_TEST_TEMPORAL_KEY", "temporal=TEST_AGENT_TEMPORAL_KEY"]),
 }
 #: a RunPod S3 API key as the runpod_volume kind reads it by default (moto takes any)

@@ -67,6 +67,7 @@ class FlyApp:
     def assert_no_agent_left(self) -> None:
         assert [m.state for m in self.agents()] == ["destroyed"] * len(self.agents())
         assert self.hosts.running() == []
+        assert self.hosts.agent_secrets(APP) == [], "the agents' app secrets went with them"
         assert self.web.state == "started", "the app kept serving"
 
     def requests_by_flyaway(self) -> str:
@@ -161,7 +162,8 @@ def test_fly_app_secrets_move_through_an_agent_machine_and_never_show(
         for name, value in values.items()}
     [agent] = fly.agents()
     assert agent.config["init"]["cmd"][:2] == ["agent", "--task-queue"] and agent.mounted_volume_ids == []
-    assert agent.config["env"]["TEMPORAL_API_KEY"] == temporal_key
+    config = fly.hosts.machine_as_the_api_returns_it(APP, agent.id)
+    assert temporal_key not in config and temporal_key in agent.boot_env.values(), "an app secret, not config"
     assert not set(values) & set(agent.config["env"]), "the values came from Fly at boot, not from flyaway"
     assert "secrets synced" in fly.hosts.log_of(agent.id) and "secrets synced" not in fly_worker.logs(), \
         "the agent, not the main worker, read and wrote the values"

@@ -19,6 +19,7 @@ from temporalio.testing import ActivityEnvironment
 from flyaway.activities import fly_agent
 from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
 from flyaway.activities.fly_agent import (
+    AGENT_SECRET_PREFIX,
     VOLUME_ROLE,
     AgentNames,
     agent_environment,
@@ -78,6 +79,8 @@ class FlyApp:
         assert [m.state for m in self.agents()] == ["destroyed"] * len(self.agents())
         assert [v.state for v in self.forks()] == ["destroyed"] * len(self.forks())
         assert self.hosts is None or self.hosts.running() == []
+        assert [name for name in self.fake.apps[APP].secrets if name.startswith(AGENT_SECRET_PREFIX)] == [], \
+            "the agents' app secrets went with them"
         assert self.web.state == "started" and self.volume.state == "created", "the app kept serving"
 
 
@@ -153,8 +156,10 @@ def test_copy_to_s3_through_the_agent_then_agent_and_fork_are_gone(
     [fork] = fly.forks()
     assert agent.mounted_volume_ids == [fork.id] and agent.region == "ord"
     assert agent.config["init"]["cmd"][:3] == ["agent", "--task-queue", f"flyaway-agent-{fork.id}"]
-    assert agent.config["env"]["TEMPORAL_API_KEY"] == temporal_key, "the key's value reached the agent"
-    assert agent.config["env"]["AWS_SECRET_ACCESS_KEY"] == TEST_AWS_ENV["AWS_SECRET_ACCESS_KEY"]
+    config = fly.hosts.machine_as_the_api_returns_it(APP, agent.id)
+    for value in (temporal_key, TEST_AWS_ENV["AWS_ACCESS_KEY_ID"], TEST_AWS_ENV["AWS_SECRET_ACCESS_KEY"]):
+        assert value not in config, "a credential in the Machine's config"
+        assert value in agent.boot_env.values(), "the agent got it as an app secret at boot"
     assert fly.hosts is not None and '"listed source"' in fly.hosts.log_of(agent.id)
     assert '"listed source"' not in fly_worker.logs(), "the agent, not the main worker, read the fork"
     fly.assert_nothing_left()

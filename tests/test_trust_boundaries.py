@@ -9,6 +9,7 @@ credential value reached the listener, the history, the worker's log or the CLI'
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -20,20 +21,25 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payloads
+from temporalio.client import Client
 from typer.testing import CliRunner
 
 from flyaway.activities.errors import AccessDenied, SourceObjectMissing
 from flyaway.activities.secrets.base import digest_key
 from flyaway.activities.storage.local import LocalSource
-from flyaway.codec import KEYS_ENV, generate_key
+from flyaway.codec import KEYS_ENV, EncryptionCodec, generate_key
 from flyaway.models.plan import LocalLocation, parse_plan
 from flyaway.models.secrets import RunpodDestination, secret_digest
 from flyaway.policy import PolicyRefused, WorkerPolicy, load_policy
 from flyaway.redaction import REDACTED, register_credential, register_secret, scrub
 from flyaway.starter.cli import app
+from flyaway.starter.dev import free_port, serve_codec
 from flyaway.workers.policy import start_policy
-from tests.harness import REPO, TemporalDevServer, WorkerProcess, migration_failure
+from tests.harness import REPO, TemporalDevServer, WorkerProcess, migration_failure, run_async
 
 TEMPORAL_CLI = str(REPO / ".venv" / "bin" / "temporal")
 ATTACKER_HOST = "127.0.0.2"
@@ -167,6 +173,24 @@ def test_each_attack_is_refused_before_any_credential_leaves(
         worker.stop()
     assert bytes(listener.received) == b"", "the attacker's host was contacted"
     assert_no_credential(values, "the worker's log", worker.logs())
+    shown = run_async(failure_through_the_codec_server(temporal_server, "migration-runpod-api-url", values[KEYS_ENV]))
+    assert f"http://{listener.address}/v2 is not a host this worker sends runpod credentials to" in shown
+
+
+async def failure_through_the_codec_server(server: TemporalDevServer, workflow_id: str, keys: str) -> str:
+    """The failure's encoded message and stack trace as the UI gets them: from the codec server's /decode."""
+    raw = await Client.connect(server.address, namespace="default")  # no codec: what the server stores
+    history = await raw.get_workflow_handle(workflow_id).fetch_history()
+    failure = next(event.workflow_execution_failed_event_attributes.failure for event in history.events
+                   if event.HasField("workflow_execution_failed_event_attributes"))
+    assert failure.message == "Encoded failure"
+    async with serve_codec(EncryptionCodec.from_env({KEYS_ENV: keys}), free_port(), []) as codec_url:  # type: ignore[arg-type]
+        async with httpx.AsyncClient() as http:
+            answer = await http.post(f"{codec_url}/decode", headers={"X-Namespace": "default"},
+                                     json=json_format.MessageToDict(Payloads(payloads=[failure.encoded_attributes])))
+    answer.raise_for_status()
+    [payload] = answer.json()["payloads"]
+    return base64.b64decode(payload["data"]).decode()
 
 
 def test_allowed_on_the_worker_the_same_plan_passes_the_policy(tmp_path: Path) -> None:

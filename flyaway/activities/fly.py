@@ -21,7 +21,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -307,6 +307,10 @@ class FlyClient:
         """Names and digests of the app's secrets (values are never requested)."""
         response = self._request("GET", "/secrets", subject=self._app_subject)
         return _secrets.validate_python(response.json().get("secrets") or [])
+
+    def set_secrets(self, values: Mapping[str, str | None]) -> None:
+        """Set (or, for None, unset) app secrets; Machines get them at their next boot, none is restarted."""
+        self._request("POST", "/secrets", subject=self._app_subject, json={"values": dict(values)})
 
     def list_ips(self) -> list[IPAssignment]:
         response = self._request("GET", "/ip_assignments", subject=self._app_subject)

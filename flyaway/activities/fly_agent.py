@@ -16,12 +16,18 @@ call finds it without a record of its own:
 A retried ``prepare`` reuses what earlier attempts of its run made; agents (and forks) of other
 runs of the same migration and role are leftovers of a run that crashed, and it removes them first.
 
-The agent Machine gets what it needs as env, read from this worker's environment when the
-Machine config is built: the Temporal connection (the API key's value, never its name's
-value in a plan or in history), the destination's credentials, the payload codec keys, and
-the variables the plan lists in ``agent_env``. A Google key file travels as a Machine file.
-Fly adds the app's secrets to that env at boot, so a secret named like one of those variables
-would leave the agent one value for two meanings: ``prepare`` refuses that before creating anything.
+The agent Machine gets what it needs from this worker's environment: the Temporal connection
+(the API key's value, never its name's value in a plan or in history), the destination's
+credentials, the payload codec keys, and the variables the plan lists in ``agent_env``. Only the
+Temporal address, namespace and TLS setting and the worker's policy go into the Machine's config
+(which anyone with a read token for the app can fetch from the Machines API). Every value goes in
+as an app secret named ``FLYAWAY_AGENT_<migration>_<role>_<run>_<NAME>``, set just before the Machine
+is created and unset when its agents are removed (success, failure, abort, or a later run finding a
+leftover); Fly puts it into the env of Machines that boot meanwhile, and the agent takes back the
+names it stands for (:func:`adopt_agent_secrets`). A Google key file travels as a Machine file whose
+content is such a secret. Fly adds the app's own secrets to that env at boot, so a secret named like
+one of those variables would leave the agent one value for two meanings: ``prepare`` refuses that
+before creating anything.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import base64
 import hashlib
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +53,7 @@ from flyaway.activities.fly_activity import activity_client, final_errors
 from flyaway.activities.storage.activities import non_retryable_errors
 from flyaway.activities.storage.fly_volume import resolve_volume
 from flyaway.codec import KEYS_ENV
+from flyaway.policy import POLICY_ENVS, load_policy
 from flyaway.models.fly import (
     Machine,
     MachineConfig,
@@ -86,6 +93,11 @@ DETACH_TIMEOUT_SECONDS = 120.0
 DESTROY_TIMEOUT_SECONDS = 120.0
 #: where a Google service account key lands in the agent Machine
 GCS_KEY_PATH = "/etc/flyaway/gcp-credentials.json"
+#: app secrets flyaway sets for its agents start with this; the plain env variable below names one agent's prefix
+AGENT_SECRET_PREFIX = "FLYAWAY_AGENT_"
+AGENT_SECRETS_ENV = "FLYAWAY_AGENT_SECRETS"
+#: the agent's env that is no secret: it stays in the Machine's config
+_PLAIN_ENV = frozenset({"TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "TEMPORAL_TLS", *POLICY_ENVS})
 
 
 AgentSource = FlyVolumeLocation | FlyAppSource
@@ -144,6 +156,21 @@ class AgentNames:
 
     def run_of_fork(self, volume: Volume) -> str | None:
         return volume.name.removeprefix(self.fork_prefix) if volume.name.startswith(self.fork_prefix) else None
+
+    @property
+    def _secret_migration_prefix(self) -> str:
+        return f"{AGENT_SECRET_PREFIX}{_tag(self.migration_id)}_{self.role.partition('-')[0]}_".upper()
+
+    @property
+    def secret_prefix(self) -> str:
+        """What the names of this run's app secrets start with."""
+        return f"{self._secret_migration_prefix}{self.run_tag.upper()}_"
+
+    def run_of_secret(self, name: str) -> str | None:
+        """The run tag of one of this migration's agent secrets (of this role), None for any other secret."""
+        if not name.startswith(self._secret_migration_prefix):
+            return None
+        return name.removeprefix(self._secret_migration_prefix).partition("_")[0].lower()
 
 
 # ---- the agent Machine's config ----------------------------------------------------------------
@@ -214,15 +241,40 @@ def check_secret_names(source: AgentSource, env: Mapping[str, str], secret_names
 
 
 def agent_config(source: AgentSource, destination: DestinationLocation | SecretDestination,
-                 mounts: list[MachineMount], task_queue: str, namespace: str,
-                 environ: Mapping[str, str] = os.environ) -> MachineConfig:
-    """An agent Machine (with the fork mounted, for a volume) running ``flyaway agent`` on its own queue."""
+                 mounts: list[MachineMount], task_queue: str, namespace: str, secret_prefix: str,
+                 environ: Mapping[str, str] = os.environ) -> tuple[MachineConfig, dict[str, str]]:
+    """An agent Machine (with the fork mounted, for a volume) running ``flyaway agent`` on its own queue,
+    and the app secrets (named with ``secret_prefix``) that carry every value its config must not show."""
     env, files = agent_environment(source, destination, namespace, environ)
+    env.update(load_policy(environ).to_env())
+    secrets = {secret_prefix + name: value for name, value in env.items()
+               if name not in _PLAIN_ENV and value != GCS_KEY_PATH}
+    env = {name: value for name, value in env.items() if secret_prefix + name not in secrets}
+    env[AGENT_SECRETS_ENV] = secret_prefix
+    for index, file in enumerate(files):
+        secrets[f"{secret_prefix}FILE_{index}"] = file.raw_value or ""
+    files = [MachineFile(guest_path=file.guest_path, secret_name=f"{secret_prefix}FILE_{index}")
+             for index, file in enumerate(files)]
     return MachineConfig(
         image=source.agent_image, env=env, files=files, mounts=mounts,
         guest=MachineGuest(cpu_kind="performance", cpus=source.agent_cpus, memory_mb=source.agent_memory_mb),
         init=MachineInit(entrypoint=["flyaway"], cmd=["agent", "--task-queue", task_queue, "--json-logs"]),
-        restart=MachineRestart(policy="on-failure", max_retries=5), auto_destroy=False)
+        restart=MachineRestart(policy="on-failure", max_retries=5), auto_destroy=False), secrets
+
+
+def adopt_agent_secrets(environ: MutableMapping[str, str] = os.environ) -> None:
+    """In the agent: take this agent's app secrets back under the names they stand for, and drop every
+    agent secret Fly put into the env (another agent's, or a leftover's), which is no app secret to copy."""
+    prefix = environ.pop(AGENT_SECRETS_ENV, "")
+    for name in [name for name in environ if name.startswith(AGENT_SECRET_PREFIX)]:
+        value = environ.pop(name)
+        if prefix and name.startswith(prefix):
+            environ[name.removeprefix(prefix)] = value
+
+
+def app_secret_names(client: FlyClient) -> list[str]:
+    """The app's own secrets: flyaway's agent secrets left out."""
+    return sorted(secret.name for secret in client.list_secrets() if not secret.name.startswith(AGENT_SECRET_PREFIX))
 
 
 # ---- finding, starting and removing agents -----------------------------------------------------
@@ -276,6 +328,10 @@ def remove_agents(client: FlyClient, names: AgentNames, runs: Callable[[str], bo
     for machine in machines:
         client.wait_machine(machine.id, "destroyed", timeout=DESTROY_TIMEOUT_SECONDS, progress=activity.heartbeat)
         report.machines_destroyed.append(machine.id)
+    secrets = [secret.name for secret in client.list_secrets()
+               if (run := names.run_of_secret(secret.name)) is not None and runs(run)]
+    if secrets:
+        client.set_secrets(dict.fromkeys(secrets))
     for fork in client.list_volumes() if names.role == VOLUME_ROLE else []:
         run = names.run_of_fork(fork)
         if run is None or not runs(run):
@@ -311,7 +367,9 @@ def _start_agent(client: FlyClient, request: AgentRequest, names: AgentNames, vo
     machine = next((m for m in client.list_machines(metadata=names.run_metadata)
                     if m.name == names.machine and m.state != "destroyed"), None)
     if machine is None:
-        config = agent_config(source, request.stage.destination, mounts, task_queue, activity.info().namespace)
+        config, secrets = agent_config(source, request.stage.destination, mounts, task_queue,
+                                       activity.info().namespace, names.secret_prefix)
+        client.set_secrets(secrets)  # before the Machine boots: Fly injects the secrets set by then
         machine = client.create_machine(config, region=fork.region if fork else None,
                                         name=names.machine, metadata=names.run_metadata)
     timeout = source.agent_start_timeout.total_seconds()
@@ -339,7 +397,7 @@ def prepare_fly_source(request: AgentRequest) -> FlyAgent:
     # a variable the agent needs and the worker lacks fails here, before anything is created
     env, _ = agent_environment(source, request.stage.destination, activity.info().namespace, os.environ)
     with activity_client(source.app) as client:
-        secret_names = sorted(secret.name for secret in client.list_secrets())
+        secret_names = app_secret_names(client)
         check_secret_names(source, env, secret_names)
         volume = resolve_volume(client, source) if isinstance(source, FlyVolumeLocation) else None
         remove_agents(client, names, lambda run: run != names.run_tag, delete_forks=_deletes_forks(source))

@@ -236,8 +236,14 @@ class DevStack:
     async def _serve(self, demo: bool, demo_size: str, exit_after: bool) -> int:
         """The worker (and the demo) on the running dev server, until the demo ends or an interrupt."""
         client = await connect(self.options)
+        from flyaway import policy
         from flyaway.workers.main import build_worker
 
+        if demo:  # the demo's S3 server listens on loopback, its keys are flyaway's own variables
+            policy.add_to_env(os.environ, policy.HOSTS_ENV, ["127.0.0.1"])
+            policy.add_to_env(os.environ, policy.CREDENTIALS_ENV, [f"s3={name}" for name in DEMO_KEY_ENV])
+            os.environ.setdefault(DEMO_KEY_ENV[0], "flyaway-demo")
+            os.environ.setdefault(DEMO_KEY_ENV[1], "flyaway-demo-secret")
         async with build_worker(client, TASK_QUEUE):
             self.console.print(f"worker running on task queue [bold]{TASK_QUEUE}[/]; "
                                f"Temporal UI at [bold]{self.ui_url}[/]")
@@ -260,8 +266,6 @@ class DevStack:
         size = int(TypeAdapter(ByteSize).validate_python(demo_size))
         s3_port = self.s3_port
         self.processes.append(await asyncio.to_thread(start_moto, s3_port, self._log("moto")))
-        os.environ.setdefault(DEMO_KEY_ENV[0], "flyaway-demo")
-        os.environ.setdefault(DEMO_KEY_ENV[1], "flyaway-demo-secret")
         self.console.print(f"demo S3 server (moto) at [bold]http://127.0.0.1:{s3_port}[/] (--s3-port), bucket "
                            f"{DEMO_BUCKET}, region us-east-1; the plan names its keys {DEMO_KEY_ENV[0]} and "
                            f"{DEMO_KEY_ENV[1]}, and moto takes any value: `AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x "

@@ -12,6 +12,7 @@ from dotenv import dotenv_values
 
 from flyaway.activities.errors import InvalidPlan, NotFound
 from flyaway.activities.fly import FlyClient
+from flyaway.activities.fly_agent import app_secret_names
 from flyaway.models.secrets import DotenvSource, EnvSource, FlyAppSource, SecretSource
 from flyaway.redaction import register_secret
 
@@ -48,7 +49,7 @@ def _read_fly_app(source: FlyAppSource, names: list[str] | None) -> dict[str, st
 def fly_secret_names(source: FlyAppSource) -> list[str]:
     """The names of the app's secrets, from the Machines API (which never returns values)."""
     with FlyClient(source.app) as fly:
-        return sorted(secret.name for secret in fly.list_secrets())
+        return app_secret_names(fly)
 
 
 def _read_dotenv(source: DotenvSource) -> dict[str, str]:
