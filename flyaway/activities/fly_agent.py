@@ -53,7 +53,6 @@ from flyaway.activities.fly_activity import activity_client, final_errors
 from flyaway.activities.storage.activities import non_retryable_errors
 from flyaway.activities.storage.fly_volume import resolve_volume
 from flyaway.codec import KEYS_ENV
-from flyaway.policy import POLICY_ENVS, load_policy
 from flyaway.models.fly import (
     Machine,
     MachineConfig,
@@ -80,6 +79,7 @@ from flyaway.models.secrets import (
     RunpodDestination,
     SecretDestination,
 )
+from flyaway.policy import POLICY_ENVS, load_policy
 
 log = structlog.get_logger(__name__)
 
