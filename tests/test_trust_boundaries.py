@@ -157,9 +157,12 @@ def test_each_attack_is_refused_before_any_credential_leaves(
                 for variable, value in values.items():
                     shell.setenv(variable, value)
                 validated = runner.invoke(app, ["validate", str(plan_file)])
-            assert validated.exit_code == 2, (name, validated.output)
-            assert refusal in validated.stderr and "this shell's worker policy" in validated.stderr, name
-            assert_no_credential(values, f"{name}: validate's output", validated.output)
+                started = runner.invoke(app, ["start", str(plan_file), "--address", temporal_server.address,
+                                              "--namespace", "default", "--task-queue", task_queue])
+            for command, result in (("validate", validated), ("start", started)):
+                assert result.exit_code == 2, (name, command, result.output)
+                assert refusal in result.stderr and "this shell's worker policy" in result.stderr, (name, command)
+                assert_no_credential(values, f"{name}: {command}'s output", result.output)
 
             failure = migration_failure(temporal_server, plan, task_queue, timeout=120)
             assert failure.type == "InvalidPlan" and refusal in failure.message, (name, failure.message)

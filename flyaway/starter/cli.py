@@ -112,7 +112,15 @@ def read_plan(path: Path) -> tuple[MigrationPlan, dict[str, Any]]:
 
 
 def check_plan_here(plan: MigrationPlan, hint: str = "") -> None:
-    """The workflow's plan check, run in this shell; one line naming the stage (and ``hint``) on failure."""
+    """This shell's worker policy (``FLYAWAY_ALLOW_*``), then the workflow's plan check, run in this shell:
+    no request carries a credential the policy does not allow; one line naming the stage (and ``hint``) on failure."""
+    from flyaway.policy import check_plan
+
+    try:
+        check_plan(plan)
+    except FlyawayError as error:
+        fail(f"{error} (checked against this shell's worker policy, FLYAWAY_ALLOW_* and FLYAWAY_POLICY_FILE, "
+             f"as a worker checks it against its own)")
     configure_logging(level="CRITICAL")  # the check's activity logs would repeat the one line it fails with
     try:
         run(check_in_this_shell(plan))
@@ -137,18 +145,11 @@ def validate(plan_file: PlanFile,
     The online check runs in this shell: its environment variables, files and network. The
     worker runs the same check again, with its own, when the migration starts.
     """
-    from flyaway.policy import check_plan
-
     plan, _ = read_plan(plan_file)
-    try:
-        check_plan(plan)
-    except FlyawayError as error:
-        fail(f"{error} (checked against this shell's worker policy, FLYAWAY_ALLOW_* and FLYAWAY_POLICY_FILE, "
-             f"as a worker checks it against its own)")
     if not offline:
         check_plan_here(plan)
-    where = "shape only (--offline)" if offline else "checked in this shell"
-    where += "; within this shell's worker policy (FLYAWAY_ALLOW_*), which each worker checks again"
+    where = ("shape only (--offline)" if offline else
+             "checked in this shell, within its worker policy (FLYAWAY_ALLOW_*), which each worker checks again")
     console.print(f"[green]plan {plan.name} is valid[/] ({where}): weights {plan.weights.source.describe()} -> "
                   f"{plan.weights.destination.describe()}; stages {', '.join(plan.stages_present())}",
                   highlight=False)
