@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import structlog
@@ -67,3 +69,20 @@ def configure_logging(json: bool | None = None, level: str = "INFO") -> None:
     root.setLevel(level)
     for noisy in ("botocore", "boto3", "urllib3", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextmanager
+def only_critical_logs() -> Iterator[None]:
+    """Only critical records while the block runs, then the configuration it found: the CLI's in-process plan
+    check would otherwise repeat the one line it fails with, and leave every later logger of the process muted."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    level = root.level
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL),
+                        cache_logger_on_first_use=False)
+    root.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+        root.setLevel(level)

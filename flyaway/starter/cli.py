@@ -24,7 +24,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from flyaway.activities.errors import FlyawayError
 from flyaway.connection import TASK_QUEUE, TemporalOptions, connect
-from flyaway.log import configure_logging
+from flyaway.log import configure_logging, only_critical_logs
 from flyaway.models.plan import MigrationPlan
 from flyaway.models.status import MigrationState, TuneRequest
 from flyaway.redaction import scrub
@@ -121,9 +121,9 @@ def check_plan_here(plan: MigrationPlan, hint: str = "") -> None:
     except FlyawayError as error:
         fail(f"{error} (checked against this shell's worker policy, FLYAWAY_ALLOW_* and FLYAWAY_POLICY_FILE, "
              f"as a worker checks it against its own)")
-    configure_logging(level="CRITICAL")  # the check's activity logs would repeat the one line it fails with
     try:
-        run(check_in_this_shell(plan))
+        with only_critical_logs():
+            run(check_in_this_shell(plan))
     except PlanCheckError as error:
         fail(f"{error}{hint}")
 
