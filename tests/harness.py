@@ -4,6 +4,7 @@ flyaway workers, and fault-injecting proxies in front of them. Each runs on a fr
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import http.client
 import os
 import random
@@ -478,3 +479,11 @@ def run_migration(server: TemporalDevServer, plan: dict[str, Any], task_queue: s
         return await migration_result(server, await start_migration(server, plan, task_queue), timeout)
 
     return run_async(go())
+
+
+def s3_sha256(s3: Any, bucket: str, key: str) -> str:
+    """The sha256 of an object as it is stored, read in 8 MiB chunks."""
+    digest = hashlib.sha256()
+    for chunk in s3.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(8 * 1024 * 1024):
+        digest.update(chunk)
+    return digest.hexdigest()

@@ -3,7 +3,6 @@ until the operator fixes it. Each ends completed and verified, re-sending at mos
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,8 @@ from flyaway.models.status import MigrationState
 from flyaway.starter.cli import app
 from flyaway.starter.dev import write_random_file
 from tests.harness import (
-    TEST_AWS_ENV,
     S3FaultProxy,
+    TEST_AWS_ENV,
     TemporalDevServer,
     WorkerProcess,
     eventually,
@@ -25,6 +24,7 @@ from tests.harness import (
     migration_status,
     run_async,
     s3_location,
+    s3_sha256,
     start_migration,
     weights_plan,
 )
@@ -33,13 +33,6 @@ MiB = 1024 * 1024
 PART = 16 * MiB
 CONCURRENCY = 4
 pytestmark = pytest.mark.slow
-
-
-def s3_sha256(s3: Any, bucket: str, key: str) -> str:
-    digest = hashlib.sha256()
-    for chunk in s3.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(8 * MiB):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 def big_file_plan(name: str, folder: Path, size: int, endpoint: str, bucket: str,

@@ -19,10 +19,10 @@ from tests.harness import (
     migration_result,
     run_async,
     s3_location,
+    s3_sha256,
     start_migration,
     weights_plan,
 )
-from tests.test_resume import s3_sha256
 
 pytestmark = pytest.mark.slow
 MIGRATIONS = 20

@@ -23,9 +23,9 @@ from tests.harness import (
     WorkerProcess,
     run_migration,
     s3_location,
+    s3_sha256,
     weights_plan,
 )
-from tests.test_resume import s3_sha256
 
 pytestmark = pytest.mark.slow
 SEED = 9

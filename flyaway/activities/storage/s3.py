@@ -246,11 +246,16 @@ class S3Source(_S3Side, Source):
 
         A HEAD of one part (``PartNumber``) is not pinned: some stores answer it with the part's ETag. A
         layout read from a newer version fails the check of the bytes, which are read pinned."""
-        what = f"s3://{self.bucket}/{self.key_of(file.key)}"
         pin = {} if "PartNumber" in extra else {"IfMatch": f'"{file.version}"'}
+        return self._call_on_listed(file, lambda: self.client.head_object(
+            Bucket=self.bucket, Key=self.key_of(file.key), ChecksumMode="ENABLED", **pin, **extra))
+
+    def _call_on_listed(self, file: SourceFile, request: Callable[[], T]) -> T:
+        """A request about the listed object: 412 (its ``If-Match`` failed) is ``SourceChanged``, 404 that it
+        went away."""
+        what = f"s3://{self.bucket}/{self.key_of(file.key)}"
         try:
-            return self.call(what, lambda: self.client.head_object(
-                Bucket=self.bucket, Key=self.key_of(file.key), ChecksumMode="ENABLED", **pin, **extra))
+            return self.call(what, request)
         except ClientError as error:
             if http_status(error) == 412:
                 raise SourceChanged(file.key) from None
@@ -309,14 +314,7 @@ class S3Source(_S3Side, Source):
                 raise HTTPClientError(error=f"short read of {what}: {len(data)} of {length} bytes")
             return data
 
-        try:
-            return self.call(what, get)
-        except ClientError as error:
-            if http_status(error) == 412:
-                raise SourceChanged(file.key) from None
-            if http_status(error) == 404:
-                raise SourceObjectMissing(f"source object {what} disappeared before it was copied") from None
-            raise
+        return self._call_on_listed(file, get)
 
 
 class S3Destination(_S3Side, Destination):
