@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`.
-.PHONY: demo test test-quick bench
+.PHONY: demo test test-quick lint bench
 
 demo:  ## set up what is missing, then run the dev server, a worker and the demo migration
 	bash scripts/setup.sh demo
@@ -12,6 +12,11 @@ test:  ## set up what is missing, then run the whole test suite (slow end-to-end
 test-quick:  ## the suite without the slow end-to-end tests
 	bash scripts/setup.sh test
 	.venv/bin/pytest -m "not slow"
+
+lint:  ## ruff over the tree, mypy --strict over flyaway/ (both configured in pyproject.toml)
+	bash scripts/setup.sh test
+	.venv/bin/ruff check
+	.venv/bin/mypy
 
 bench:  ## copy benchmarks against rclone and cp; prints throughput ratios and peak RSS
 	bash scripts/setup.sh bench
