@@ -13,12 +13,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import structlog
+from structlog.typing import EventDict, WrappedLogger
 from temporalio import activity
 
 from flyaway.redaction import redact_event
 
 
-def _bind_temporal_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _bind_temporal_context(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     if activity.in_activity():
         info = activity.info()
         event.setdefault("workflow_id", info.workflow_id)
@@ -28,7 +29,7 @@ def _bind_temporal_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, 
     return event
 
 
-def _temporal_extras(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _temporal_extras(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     """Flatten what temporalio puts on its own log records (workflow and activity info)."""
     for key in ("temporal_workflow", "temporal_activity"):
         info = event.pop(key, None)

@@ -223,7 +223,7 @@ def _matches(host: str, pattern: str) -> bool:
 
 def _check_host_pattern(pattern: str) -> None:
     name = pattern.removeprefix("*.")
-    if not name or "/" in name and not _is_network(name) or ":" in name and not _is_network(name.strip("[]")):
+    if not name or ("/" in name and not _is_network(name)) or (":" in name and not _is_network(name.strip("[]"))):
         raise ValueError(f"{HOSTS_ENV}: '{pattern}' is not a host name, *.domain, IP address or network")
 
 

@@ -16,6 +16,8 @@ import re
 from functools import lru_cache
 from typing import Any
 
+from structlog.typing import EventDict, WrappedLogger
+
 REDACTED = "***"
 #: a shorter value is too common to scrub (it would mask workflow ids and plan names)
 MIN_SCRUBBED_LENGTH = 8
@@ -76,6 +78,6 @@ def _redact_value(key: str, value: Any) -> Any:
     return value
 
 
-def redact_event(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def redact_event(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     """structlog processor: drop secret-looking keys' values and scrub known values everywhere."""
     return {k: _redact_value(k, v) for k, v in event.items()}

@@ -14,7 +14,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, PositiveInt, field_validator
 
-from flyaway.models.base import Duration, EnvName, StrictModel
+from flyaway.models.base import Duration, EnvName
 from flyaway.models.credentials import CredentialUser, present
 from flyaway.models.fly import FlyAppName
 

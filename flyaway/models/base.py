@@ -35,7 +35,7 @@ def check_relative_key(value: str) -> str:
     """A key or path below a prefix: no absolute path, no ``..``, no empty segment."""
     if value == "":
         return value
-    if value.startswith("/") or value.startswith("\\"):
+    if value.startswith(("/", "\\")):
         raise ValueError(f"'{value}' is absolute; give a path relative to its prefix")
     parts = value.rstrip("/").split("/")
     if any(part == ".." for part in parts):
@@ -127,9 +127,10 @@ _SIZE_FORM = "write a whole number of bytes (0 or more) or a size like 512KiB, 1
 def _parse_size(value: Any, handler: ValidatorFunctionWrapHandler) -> int:
     """``ByteSize``, with a message that says what a size looks like (pydantic's names neither)."""
     try:
-        return handler(value)
+        size: int = handler(value)
     except ValidationError:  # negative sizes end here too
         raise ValueError(f"'{value}' is not a size; {_SIZE_FORM}") from None
+    return size
 
 
 Size = Annotated[ByteSize, WrapValidator(_parse_size)]

@@ -175,7 +175,7 @@ class Probe(RequestHeaders):
     method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
     body: str | dict[str, Any] | list[Any] | None = Field(None, description="text, or JSON for an object/list")
     expected_status: Annotated[list[Annotated[int, Field(ge=100, le=599)]],
-                               BeforeValidator(_status_list), Field(min_length=1)] = [200]
+                               BeforeValidator(_status_list), Field(min_length=1)] = Field([200])
     timeout_seconds: float = Field(10.0, gt=0, le=3600)
 
     @field_validator("path")

@@ -12,7 +12,6 @@ from flyaway.models.base import Record
 from flyaway.models.fly_agent import FlyAgent
 from flyaway.models.plan import WeightsStage
 
-
 #: what a value read back from flyaway's state may hold where it names an upload (never a path or a URL)
 UPLOAD_ID_PATTERN = re.compile(r"[A-Za-z0-9._~+=/-]{1,1024}")
 HEX_PATTERN = re.compile(r"[0-9a-f]{1,128}")

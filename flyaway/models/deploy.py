@@ -12,7 +12,7 @@ import re
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, PositiveInt, field_validator, model_validator
 
@@ -210,9 +210,8 @@ class CloudRunDeploy(CredentialUser, DeployBase):
     def _gpu_minimums(self) -> CloudRunDeploy:
         if self.min_instances > self.max_instances:
             raise ValueError(f"min_instances ({self.min_instances}) is over max_instances ({self.max_instances})")
-        if self.gpu:
-            if self.cpus < 4 or memory_mib(self.memory) < 16 * 1024:
-                raise ValueError(f"a Cloud Run GPU needs cpu >= 4 and memory >= 16Gi (got {self.cpu}, {self.memory})")
+        if self.gpu and (self.cpus < 4 or memory_mib(self.memory) < 16 * 1024):
+            raise ValueError(f"a Cloud Run GPU needs cpu >= 4 and memory >= 16Gi (got {self.cpu}, {self.memory})")
         if self.cpus > 8 or memory_mib(self.memory) > 32 * 1024:
             raise ValueError(f"Cloud Run's largest instance has 8 CPUs and 32Gi (got {self.cpu}, {self.memory})")
         return self
@@ -336,7 +335,7 @@ class ModalDeploy(CredentialUser, DeployBase):
         return [self.token_id_env, self.token_secret_env]
 
 
-DeployStage = Annotated[Union[CloudRunDeploy, RunpodDeploy, ModalDeploy], Field(discriminator="platform")]
+DeployStage = Annotated[CloudRunDeploy | RunpodDeploy | ModalDeploy, Field(discriminator="platform")]
 
 
 def check_deploy(deploy: CloudRunDeploy | RunpodDeploy | ModalDeploy, *, has_image_stage: bool, weights_kind: str,

@@ -7,7 +7,7 @@ app's secrets from its own env).
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import Annotated
 
 from pydantic import Field
 
@@ -15,7 +15,7 @@ from flyaway.models.base import Record
 from flyaway.models.plan import FlyVolumeLocation, WeightsStage
 from flyaway.models.secrets import FlyAppSource, SecretsStage
 
-AgentSource = Annotated[Union[FlyVolumeLocation, FlyAppSource], Field(discriminator="kind")]
+AgentSource = Annotated[FlyVolumeLocation | FlyAppSource, Field(discriminator="kind")]
 
 
 class FlyAgent(Record):

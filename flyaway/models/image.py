@@ -139,7 +139,7 @@ def default_credentials(registry: str) -> RegistryCredentials | None:
     host = registry.rpartition(":")[0] if registry.count(":") == 1 else registry
     if host == FLY_REGISTRY:
         return RegistryCredentials(username="x", password_env="FLY_API_TOKEN")
-    if host.endswith("-docker.pkg.dev") or host == "gcr.io" or host.endswith(".gcr.io"):
+    if host == "gcr.io" or host.endswith(("-docker.pkg.dev", ".gcr.io")):
         return RegistryCredentials(username="oauth2accesstoken", google_access_token=True)
     if host == DOCKER_HUB:
         return RegistryCredentials(username_env="DOCKERHUB_USERNAME", password_env="DOCKERHUB_TOKEN",

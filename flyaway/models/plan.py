@@ -11,14 +11,14 @@ import posixpath
 import re
 from datetime import timedelta
 from pathlib import PurePosixPath
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import (
-    ValidationError,
     ByteSize,
     Field,
     HttpUrl,
     PositiveInt,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -405,10 +405,10 @@ class FlyVolumeLocation(FlyAgentSettings):
         return LocalLocation(kind="local", path=self.mount_path, read_twice=True)
 
 
-SourceLocation = Annotated[Union[LocalLocation, S3Location, HfLocation, TigrisLocation, FlyVolumeLocation],
+SourceLocation = Annotated[LocalLocation | S3Location | HfLocation | TigrisLocation | FlyVolumeLocation,
                            Field(discriminator="kind")]
-DestinationLocation = Annotated[Union[LocalLocation, S3Location, ModalVolumeLocation, RunPodVolumeLocation,
-                                      GcsLocation], Field(discriminator="kind")]
+DestinationLocation = Annotated[LocalLocation | S3Location | ModalVolumeLocation | RunPodVolumeLocation | GcsLocation,
+                                Field(discriminator="kind")]
 
 
 def _storage_root(location: SourceLocation | DestinationLocation) -> tuple[tuple[str, ...], str] | None:

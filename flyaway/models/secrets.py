@@ -14,7 +14,7 @@ import re
 from collections import Counter
 from enum import StrEnum
 from pathlib import PurePosixPath
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
@@ -84,7 +84,7 @@ class FlyAppSource(FlyAgentSettings):
         return f"Fly app {self.app}"
 
 
-SecretSource = Annotated[Union[DotenvSource, EnvSource, FlyAppSource], Field(discriminator="kind")]
+SecretSource = Annotated[DotenvSource | EnvSource | FlyAppSource, Field(discriminator="kind")]
 
 
 # --- destinations ----------------------------------------------------------------------------
@@ -212,7 +212,7 @@ class RunpodDestination(CredentialUser):
         return [self.api_url]
 
 
-SecretDestination = Annotated[Union[GcpSecretManagerDestination, ModalDestination, RunpodDestination],
+SecretDestination = Annotated[GcpSecretManagerDestination | ModalDestination | RunpodDestination,
                               Field(discriminator="kind")]
 
 

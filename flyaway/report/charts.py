@@ -42,7 +42,7 @@ def throughput_chart(points: list[ThroughputPoint]) -> str | None:
     amount, size = ("GiB", 1024.0 * MIB) if points[-1].bytes_done >= 1024 * MIB else ("MiB", float(MIB))
     chart = pygal.XY(style=RATE_STYLE, x_title=f"{unit} since the listing", y_title="MiB/s",
                      value_formatter=lambda value: f"{value:.3g}", x_value_formatter=lambda value: f"{value:.3g}",
-                     **_options("Copy throughput"))  # type: ignore[arg-type]
+                     **_options("Copy throughput"))
     steps: list[tuple[float, float]] = []
     for point in points:
         rate = point.rate_bytes_per_second / MIB
@@ -62,7 +62,7 @@ def latency_chart(intervals: list[CanaryInterval]) -> str | None:
     if not intervals:
         return None
     chart = pygal.Line(style=STYLE, x_title="analysis interval (new side's weight)", y_title="ms",
-                       **_options("Latency per interval: Fly (old) vs new"))  # type: ignore[arg-type]
+                       **_options("Latency per interval: Fly (old) vs new"))
     chart.x_labels = _labels(intervals)
     for side in ("old", "new"):
         for quantile in ("p50", "p95", "p99"):
@@ -76,7 +76,7 @@ def success_chart(intervals: list[CanaryInterval]) -> str | None:
     if not intervals:
         return None
     chart = pygal.Line(style=RATE_STYLE, x_title="analysis interval (new side's weight)", y_title="% successful",
-                       range=(0, 100), **_options("Success rate per interval"))  # type: ignore[arg-type]
+                       range=(0, 100), **_options("Success rate per interval"))
     chart.x_labels = _labels(intervals)
     for side in ("old", "new"):
         chart.add(side, [getattr(i, side).success_rate if getattr(i, side) else None for i in intervals])

@@ -13,9 +13,10 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
@@ -26,7 +27,7 @@ from flyaway.models.plan import STAGES, MigrationPlan, parse_plan
 from flyaway.models.status import MigrationResult, MigrationState, MigrationStatus, StageState, StageStatus
 from flyaway.models.teardown import TeardownInventory
 from flyaway.report import prices
-from flyaway.report.history import E, Decoder, ReportError, RunHistory, children, migration_chain
+from flyaway.report.history import Decoder, E, ReportError, RunHistory, children, migration_chain
 from flyaway.report.model import (
     CanaryInterval,
     CanaryReport,
@@ -48,8 +49,8 @@ from flyaway.starter.display import snapshot
 QUERY_TIMEOUT = timedelta(seconds=10)
 
 
-def _time(event: Any) -> datetime:
-    return event.event_time.ToDatetime(tzinfo=timezone.utc)
+def _time(event: HistoryEvent) -> datetime:
+    return event.event_time.ToDatetime(tzinfo=UTC)
 
 
 class Collector:
@@ -74,8 +75,8 @@ class Collector:
         copies = await children(self.client, runs, "-weights")
         canaries = await children(self.client, runs, "-canary")
         report = MigrationReport(
-            name=plan.name, workflow_id=self.workflow_id, run_status=description.status.name.lower(),
-            state=status.state.value, generated_at=datetime.now(timezone.utc), started_at=description.start_time,
+            name=plan.name, workflow_id=self.workflow_id, run_status=description.status.name.lower() if description.status else "unknown",
+            state=status.state.value, generated_at=datetime.now(UTC), started_at=description.start_time,
             closed_at=description.close_time, failure=failure, last_error=status.last_error)
         report.operator_actions = await self._operator_actions(runs)
         report.stages = self._stages(status, runs, {"weights": copies, "canary": canaries}, report.operator_actions)
@@ -100,12 +101,13 @@ class Collector:
         """The status query's answer; the result's copy when completed; else rebuilt from the history."""
         last = runs[-1].last
         if last.event_type == E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
-            result = await self.decoder.first(last.workflow_execution_completed_event_attributes.result,
-                                              MigrationResult)
+            result: MigrationResult = await self.decoder.first(
+                last.workflow_execution_completed_event_attributes.result, MigrationResult)
             return result.status
         try:
-            return await self.client.get_workflow_handle(self.workflow_id).query(
+            status: MigrationStatus = await self.client.get_workflow_handle(self.workflow_id).query(
                 "status", result_type=MigrationStatus, rpc_timeout=QUERY_TIMEOUT)
+            return status
         except (RPCError, RuntimeError, WorkflowQueryFailedError):
             if run_status == WorkflowExecutionStatus.RUNNING:
                 raise
@@ -138,7 +140,7 @@ class Collector:
         reports = {stage.name: StageReport(name=stage.name, state=stage.state.value, detail=stage.detail,
                                            error=stage.error) for stage in status.stages}
         changes = _state_changes(runs)
-        for (state, stage, at), following in zip(changes, [*changes[1:], None]):
+        for (state, stage, at), following in zip(changes, [*changes[1:], None], strict=True):
             report = reports.get(stage or "")
             if report is None:
                 continue
@@ -172,8 +174,7 @@ class Collector:
     async def _weights(self, status: MigrationStatus, copies: list[list[RunHistory]]) -> WeightsReport:
         weights = WeightsReport(files_total=status.files_total, bytes_total=status.bytes_total,
                                 files_done=status.files_done, bytes_done=status.bytes_done)
-        totals = {name: 0 for name in ("files_copied", "files_skipped", "bytes_copied", "bytes_skipped",
-                                       "bytes_uploaded", "parts_reused", "bytes_reused", "parts_resent")}
+        totals = dict.fromkeys(("files_copied", "files_skipped", "bytes_copied", "bytes_skipped", "bytes_uploaded", "parts_reused", "bytes_reused", "parts_resent"), 0)
         for chain in copies:
             listed = [activity for run in chain for activity in run.named("flyaway.weights.list") if activity.completed]
             origin = listed[-1].closed_at if listed else None
@@ -374,6 +375,6 @@ def _interval(run: int, number: int, at: datetime | None, weight: int | None,
     if new is None and analysis.passive is not None:
         old, new = analysis.passive.old, analysis.passive.new
     assert at is not None
-    return CanaryInterval(canary_run=run, number=number, at=at.replace(tzinfo=at.tzinfo or timezone.utc),
+    return CanaryInterval(canary_run=run, number=number, at=at.replace(tzinfo=at.tzinfo or UTC),
                           weight=weight, verdict=analysis.verdict.value, old=old, new=new, reasons=analysis.reasons)
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -28,7 +28,7 @@ from flyaway.log import configure_logging, only_critical_logs
 from flyaway.models.plan import MigrationPlan
 from flyaway.models.status import MigrationState, TuneRequest
 from flyaway.redaction import scrub
-from flyaway.starter.display import Snapshot, header, human_bytes, render, snapshot, watch
+from flyaway.starter.display import Snapshot, human_bytes, render, snapshot, watch
 from flyaway.starter.options import FlyawayApp, temporal_options
 from flyaway.starter.plans import (
     PlanCheckError,
@@ -52,6 +52,7 @@ SETTLE_SECONDS = {"abort": 60.0}
 DEFAULT_SETTLE_SECONDS = 10.0
 #: the demo's S3 server keeps one port, so its endpoint can be written down
 DEMO_S3_PORT = 9023
+DEV_STATE_DIR = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "flyaway"
 
 TaskQueue = Annotated[str, typer.Option("--task-queue", envvar="FLYAWAY_TASK_QUEUE", metavar="QUEUE",
                                         help="Temporal task queue of flyaway's workers")]
@@ -235,9 +236,10 @@ async def _running_plan(client: Client, workflow_id: str) -> dict[str, Any] | No
         payloads = event.workflow_execution_started_event_attributes.input.payloads
         values = await client.data_converter.decode(payloads) if payloads else []
         first = values[0] if values else None
-        if isinstance(first, dict) and isinstance(first.get("plan"), dict):
-            return first["plan"]  # a run continued as new carries its plan inside its state
-        return first if isinstance(first, dict) else None
+        if not isinstance(first, dict):
+            return None
+        plan = first.get("plan")
+        return plan if isinstance(plan, dict) else first  # a run continued as new carries its plan inside its state
     return None
 
 
@@ -343,7 +345,7 @@ def _settled(name: str, before: Snapshot, after: Snapshot) -> bool:
     return True
 
 
-async def _control(temporal: TemporalOptions, workflow_id: str, name: str, args: list[Any]) -> tuple[Snapshot, dict]:
+async def _control(temporal: TemporalOptions, workflow_id: str, name: str, args: list[Any]) -> tuple[Snapshot, dict[str, Any]]:
     """Send control ``name``, then read the migration until it shows the new state (or time runs out)."""
     client = await connect(temporal)
     handle = client.get_workflow_handle(workflow_id)
@@ -373,7 +375,7 @@ def _steer(migration: str, name: str, temporal: TemporalOptions, *args: Any) -> 
     """Run a control and print the migration's new state: first line ``NAME: migration-X is now STATE``."""
     workflow_id = workflow_id_of(migration)
 
-    async def go() -> tuple[Snapshot, dict]:
+    async def go() -> tuple[Snapshot, dict[str, Any]]:
         return await _control(temporal, workflow_id, name, list(args))
 
     try:
@@ -548,7 +550,7 @@ def agent(task_queue: Annotated[str, typer.Option("--task-queue", metavar="QUEUE
 
 @app.command()
 def dev(state_dir: Annotated[Path, typer.Option(metavar="DIR", help="where the dev server keeps its database")] =
-        Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "flyaway",
+        DEV_STATE_DIR,
         port: Annotated[int, typer.Option(metavar="PORT", help="Temporal frontend port")] = 7233,
         ui_port: Annotated[int, typer.Option(metavar="PORT", help="Temporal UI port")] = 8233,
         demo: Annotated[bool, typer.Option("--demo", help="also run the demo migration on local servers")] = False,

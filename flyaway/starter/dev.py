@@ -63,7 +63,9 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes] | 
     deadline = time.monotonic() + timeout
     while not port_is_open(port):
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with code {process.returncode} before opening port {port}")
+            args = process.args
+            program = args if isinstance(args, str | bytes | os.PathLike) else args[0]
+            raise RuntimeError(f"{os.fsdecode(program)} exited with code {process.returncode} before opening port {port}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"nothing answered on 127.0.0.1:{port} within {timeout:.0f} s")
         time.sleep(0.1)

@@ -133,7 +133,7 @@ class Snapshot:
         return self.run_status is not None and self.run_status != _OPEN
 
     def _landed(self, attribute: str, known: int, batch_index: int) -> int:
-        in_flight = sum(getattr(activity, attribute) for activity in self.activities)
+        in_flight: int = sum(getattr(activity, attribute) for activity in self.activities)
         base = self.finished_batches[batch_index] if self.finished_batches else 0
         return max(known, base + in_flight)
 
@@ -173,7 +173,7 @@ async def _finished_batches(client: Client, copy_workflow_id: str) -> tuple[int,
 
 
 async def _query_status(handle: WorkflowHandle[Any, Any], workflow_id: str,
-                        run_status: WorkflowExecutionStatus) -> MigrationStatus:
+                        run_status: WorkflowExecutionStatus | None) -> MigrationStatus:
     """What the migration reports: a completed one from its result (no worker needed), else the ``status``
     query; an ended one whose worker cannot answer shows its name only (its state comes from Temporal)."""
     if run_status == WorkflowExecutionStatus.COMPLETED:
@@ -183,7 +183,8 @@ async def _query_status(handle: WorkflowHandle[Any, Any], workflow_id: str,
         except Exception:  # noqa: BLE001 (a result of another shape: ask the workflow instead)
             pass
     try:
-        return await handle.query("status", result_type=MigrationStatus, rpc_timeout=QUERY_TIMEOUT)
+        status: MigrationStatus = await handle.query("status", result_type=MigrationStatus, rpc_timeout=QUERY_TIMEOUT)
+        return status
     except RPCError:
         if run_status == _OPEN:
             raise
@@ -284,7 +285,7 @@ async def _next_snapshot(client: Client, workflow_id: str, last: Snapshot) -> Sn
         if error.status == RPCStatusCode.NOT_FOUND:
             raise
         return last
-    except (WorkflowQueryFailedError, asyncio.TimeoutError):
+    except (TimeoutError, WorkflowQueryFailedError):
         return last
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -85,11 +86,11 @@ class DryRun:
                 f"and leaves out listing, verification and retries"]
 
 
-def _timed_parallel(jobs: list, workers: int) -> float:
-    """Bytes per second of running ``jobs`` (callables returning a byte count) in parallel."""
+def _timed_parallel(job: Callable[[int], int], arguments: Iterable[int], workers: int) -> float:
+    """Bytes per second of running ``job`` (returning a byte count) on each argument in parallel."""
     started = time.monotonic()
     with ThreadPoolExecutor(workers) as pool:
-        moved = sum(pool.map(lambda job: job(), jobs))
+        moved = sum(pool.map(job, arguments))
     return moved / max(time.monotonic() - started, 1e-6)
 
 
@@ -99,7 +100,7 @@ def sample_read_rate(source: Source, files: list[SourceFile], concurrency: int) 
         return None
     length = min(SAMPLE_PART, biggest.size)
     offsets = range(0, min(biggest.size - length, (SAMPLE_PARTS - 1) * length) + 1, length)
-    return _timed_parallel([lambda o=o: len(source.read(biggest, o, length)) for o in offsets], concurrency)
+    return _timed_parallel(lambda offset: len(source.read(biggest, offset, length)), offsets, concurrency)
 
 
 def sample_write_rate(dest: Destination, concurrency: int) -> float:
@@ -110,7 +111,7 @@ def sample_write_rate(dest: Destination, concurrency: int) -> float:
         return len(data)
 
     try:
-        return _timed_parallel([lambda i=i: write(i) for i in range(SAMPLE_PARTS)], concurrency)
+        return _timed_parallel(write, range(SAMPLE_PARTS), concurrency)
     finally:
         for index in range(SAMPLE_PARTS):
             dest.delete_state(f"probe/throughput-{index}")

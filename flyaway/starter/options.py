@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
+from typer.models import CommandFunctionType
 
 from flyaway.connection import TemporalOptions
 
@@ -57,7 +58,8 @@ class FlyawayApp(typer.Typer):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(cls=FlyawayGroup, **kwargs)
 
-    def command(self, *args: Any, cls: type[TyperCommand] | None = None, **kwargs: Any) -> Any:
+    def command(self, *args: Any, cls: type[TyperCommand] | None = None,
+                **kwargs: Any) -> Callable[[CommandFunctionType], CommandFunctionType]:
         return super().command(*args, cls=cls or FlyawayCommand, **kwargs)
 
 
