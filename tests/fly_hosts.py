@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from flyaway.activities.fly_agent import AGENT_SECRET_PREFIX
+from flyaway.providers.fly.agent import AGENT_SECRET_PREFIX
 from flyaway.starter.dev import stop_process
 from tests.fakes.fly_machines import FakeFlyMachinesAPI, FakeMachine
 from tests.harness import FLYAWAY, REPO

@@ -15,7 +15,7 @@ import structlog
 import yaml
 
 from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
-from flyaway.activities.fly import (
+from flyaway.providers.fly.client import (
     DEFAULT_BASE_URL,
     FlyApiUnavailable,
     FlyClient,
@@ -23,7 +23,7 @@ from flyaway.activities.fly import (
     authorization_header,
     parse_retry_after,
 )
-from flyaway.models.fly import MachineConfig, MachineGuest, MachineMount
+from flyaway.providers.fly.api import MachineConfig, MachineGuest, MachineMount
 from tests.fakes.fly_machines import FakeFlyMachinesAPI, FakeMachine, RecordedRequest
 
 TOKEN = "fo1_test-token-d41d8cd98f00b204e980"

@@ -16,7 +16,7 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from flyaway.activities.fly_agent import cleanup_fly_source, prepare_fly_source
+from flyaway.activities.fly.agent import cleanup_fly_source, prepare_fly_source
 from flyaway.codec import KEYS_ENV, EncryptionCodec, generate_key
 from flyaway.models.fly_agent import AgentCleanupRequest, AgentRequest
 from flyaway.activities.secrets.base import digest_key

@@ -16,19 +16,13 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from flyaway.activities import fly_agent
 from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
-from flyaway.activities.fly_agent import (
-    AGENT_SECRET_PREFIX,
-    VOLUME_ROLE,
-    AgentNames,
-    agent_environment,
-    cleanup_fly_source,
-    prepare_fly_source,
-)
+from flyaway.activities.fly.agent import cleanup_fly_source, prepare_fly_source
 from flyaway.activities.storage.fly_volume import FlyVolumeSource
 from flyaway.models.fly_agent import AgentCleanupRequest, AgentRequest
 from flyaway.models.plan import FlyVolumeLocation, WeightsStage
+from flyaway.providers.fly import agent as fly_agent
+from flyaway.providers.fly.agent import AGENT_SECRET_PREFIX, VOLUME_ROLE, AgentNames, agent_environment
 from flyaway.models.status import MigrationState
 from tests.fakes.fly_machines import FakeFlyMachinesAPI, FakeMachine, FakeVolume, Reply
 from tests.fixtures import make_tree
@@ -321,9 +315,9 @@ def test_agent_environment_comes_from_the_worker(tmp_path: Path) -> None:
 
     assert env == {"TEMPORAL_ADDRESS": "ns.acct.tmprl.cloud:7233", "TEMPORAL_NAMESPACE": "ns.acct",
                    "TEMPORAL_API_KEY": "secret-key", "HTTPS_PROXY": "http://proxy:3128", "FLYAWAY_CODEC_KEYS": "k1:abc",
-                   "GOOGLE_APPLICATION_CREDENTIALS": "/etc/flyaway/gcp-credentials.json"}
+                   "GOOGLE_APPLICATION_CREDENTIALS": "/etc/flyaway/GOOGLE_APPLICATION_CREDENTIALS.json"}
     assert [(f.guest_path, base64.b64decode(f.raw_value or "")) for f in files] == [
-        ("/etc/flyaway/gcp-credentials.json", b'{"type": "service_account"}')]
+        ("/etc/flyaway/GOOGLE_APPLICATION_CREDENTIALS.json", b'{"type": "service_account"}')]
     with pytest.raises(MissingCredentials, match="agent_temporal.api_key_env names TEMPORAL_CLOUD_KEY, which is not set"):
         agent_environment(source, to_gcs.destination, "ns.acct", {})
     s3 = stage_of(source)

@@ -34,8 +34,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
-from flyaway.activities.image_activities import check_image_stage, copy_image_stage, fly_image
-from flyaway.activities.images import (
+from flyaway.activities.image.activities import check_image_stage, copy_image_stage, fly_image
+from flyaway.activities.image.registry import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     OCI_INDEX,

@@ -14,9 +14,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, PositiveInt, field_validator
 
-from flyaway.models.base import Duration, EnvName
+from flyaway.models.base import Duration, EnvName, FlyAppName
 from flyaway.models.credentials import CredentialUser, present
-from flyaway.models.fly import FlyAppName
 
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
 

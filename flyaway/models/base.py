@@ -68,6 +68,17 @@ def check_env_name(value: str) -> str:
 EnvName = Annotated[str, AfterValidator(check_env_name)]
 """The name of an environment variable on the worker that holds a secret (never the value)."""
 
+_FLY_APP_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def check_fly_app_name(value: str) -> str:
+    if not _FLY_APP_NAME.match(value):
+        raise ValueError(f"'{value}' is not a Fly app name (lowercase letters, digits and '-')")
+    return value
+
+
+FlyAppName = Annotated[str, AfterValidator(check_fly_app_name)]
+
 
 class AwsCredentials(StrictModel):
     """Where the worker finds AWS-style keys: names of environment variables, never their values."""

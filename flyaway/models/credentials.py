@@ -23,6 +23,11 @@ class CredentialUser(StrictModel):
         """Names of the worker's variables this section reads credentials from."""
         return []
 
+    def credential_files(self) -> list[str]:
+        """Those of :meth:`credential_envs` whose value is the path of a key file, not a credential itself
+        (unset where an emulator needs none)."""
+        return []
+
     def endpoint_overrides(self) -> list[str]:
         """Addresses the plan gives instead of the provider's own (URLs or host:port): official hosts only."""
         return []

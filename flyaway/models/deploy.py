@@ -227,6 +227,9 @@ class CloudRunDeploy(CredentialUser, DeployBase):
     def credential_envs(self) -> list[str]:
         return [self.credentials_env]
 
+    def credential_files(self) -> list[str]:
+        return [self.credentials_env]
+
     def endpoint_overrides(self) -> list[str]:
         return present(self.api_endpoint)
 

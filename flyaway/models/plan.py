@@ -244,6 +244,9 @@ class GcsLocation(CredentialUser):
     def credential_envs(self) -> list[str]:
         return [self.credentials_env]
 
+    def credential_files(self) -> list[str]:
+        return [self.credentials_env]
+
 
 class LocalLocation(StrictModel):
     """A folder on the worker's disk (or a mounted volume)."""

@@ -138,6 +138,9 @@ class GcpSecretManagerDestination(CredentialUser):
     def credential_envs(self) -> list[str]:
         return [self.credentials_env]
 
+    def credential_files(self) -> list[str]:
+        return [self.credentials_env]
+
     def endpoint_overrides(self) -> list[str]:
         return present(self.endpoint)
 

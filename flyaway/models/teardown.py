@@ -12,8 +12,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from flyaway.models.base import Duration, Record, StrictModel, at_least
-from flyaway.models.fly import FlyAppName
+from flyaway.models.base import Duration, FlyAppName, Record, StrictModel, at_least
 
 
 class TeardownStage(StrictModel):

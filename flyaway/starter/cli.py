@@ -539,7 +539,7 @@ def agent(task_queue: Annotated[str, typer.Option("--task-queue", metavar="QUEUE
           max_activities: Annotated[int, typer.Option(metavar="N", help="activities at once")] = 4,
           json_logs: JsonLogs = None, *, temporal: TemporalOptions) -> None:
     """Run the agent (inside a Fly Machine of the source's app): copies of a forked volume, or the app's secrets."""
-    from flyaway.activities.fly_agent import adopt_agent_secrets
+    from flyaway.providers.fly.agent import adopt_agent_secrets
     from flyaway.workers.agent import run_agent
 
     adopt_agent_secrets()  # before anything reads TEMPORAL_API_KEY or the destination's credentials

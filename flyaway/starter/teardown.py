@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from flyaway.activities.fly import FlyClient
-from flyaway.activities.fly_teardown import read_inventory
+from flyaway.activities.fly.teardown import read_inventory
 from flyaway.models.plan import MigrationPlan
 from flyaway.models.teardown import TeardownInventory, TeardownStage
+from flyaway.providers.fly.client import FlyClient
 
 
 def _gate(plan: MigrationPlan, stage: TeardownStage) -> str:

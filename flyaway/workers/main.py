@@ -15,9 +15,9 @@ from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from flyaway.activities.deploy.activities import DEPLOY_ACTIVITIES
-from flyaway.activities.fly_agent import FLY_AGENT_ACTIVITIES
-from flyaway.activities.fly_teardown import FLY_TEARDOWN_ACTIVITIES
-from flyaway.activities.image_activities import IMAGE_ACTIVITIES
+from flyaway.activities.fly.agent import FLY_AGENT_ACTIVITIES
+from flyaway.activities.fly.teardown import FLY_TEARDOWN_ACTIVITIES
+from flyaway.activities.image.activities import IMAGE_ACTIVITIES
 from flyaway.activities.secrets.activities import SECRETS_ACTIVITIES
 from flyaway.activities.storage.activities import COPY_ACTIVITIES
 from flyaway.activities.traffic.activities import TRAFFIC_ACTIVITIES

@@ -13,8 +13,8 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from flyaway.activities.deploy.activities import check_deploy
-    from flyaway.activities.fly_teardown import check_teardown
-    from flyaway.activities.image_activities import check_image_stage
+    from flyaway.activities.fly.teardown import check_teardown
+    from flyaway.activities.image.activities import check_image_stage
     from flyaway.activities.secrets.activities import check_secrets
     from flyaway.activities.storage.activities import check_weights
     from flyaway.activities.traffic.activities import check_router

@@ -23,7 +23,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from flyaway.activities.errors import FlyawayError, InvalidPlan
-from flyaway.activities.fly_agent import agent_environment, check_secret_names
+from flyaway.providers.fly.agent import agent_environment, check_secret_names
 from flyaway.activities.secrets.base import SecretStore, digest_key
 from flyaway.activities.secrets.sources import fly_secret_names, read_source
 from flyaway.activities.storage.activities import non_retryable_errors

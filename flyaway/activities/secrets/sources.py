@@ -11,9 +11,9 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 from flyaway.activities.errors import InvalidPlan, NotFound
-from flyaway.activities.fly import FlyClient
-from flyaway.activities.fly_agent import app_secret_names
 from flyaway.models.secrets import DotenvSource, EnvSource, FlyAppSource, SecretSource
+from flyaway.providers.fly.agent import app_secret_names
+from flyaway.providers.fly.client import FlyClient
 from flyaway.redaction import register_secret
 
 #: set by Fly in every Machine of an app

@@ -9,7 +9,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from flyaway.activities.errors import NON_RETRYABLE_ERROR_TYPES
-    from flyaway.activities.image_activities import copy_image_stage
+    from flyaway.activities.image.activities import copy_image_stage
     from flyaway.models.image import ImageCopyResult
     from flyaway.workflows.stages import StageContext, stage_runner
 

@@ -18,7 +18,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from flyaway.activities.errors import NON_RETRYABLE_ERROR_TYPES
-    from flyaway.activities.fly_teardown import (
+    from flyaway.activities.fly.teardown import (
         SNAPSHOT_TIMEOUT_SECONDS,
         delete_app,
         delete_volumes,

@@ -8,24 +8,12 @@ nothing. A secret's value is deliberately not a field: flyaway lists names and d
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import Field
 
 from flyaway.models.base import Record
-
-_APP_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-
-
-def check_app_name(value: str) -> str:
-    if not _APP_NAME.match(value):
-        raise ValueError(f"'{value}' is not a Fly app name (lowercase letters, digits and '-')")
-    return value
-
-
-FlyAppName = Annotated[str, AfterValidator(check_app_name)]
 
 WaitState = Literal["started", "stopped", "suspended", "destroyed"]
 """States the ``wait`` endpoint can wait for (the API also knows ``failed`` and ``settled``)."""

@@ -1,7 +1,8 @@
-"""What the Fly activities share: a client whose waits let them heartbeat, and final errors.
+"""Activities on Fly: its agent Machines (``agent``) and the teardown stage (``teardown``).
 
-Fly activities are synchronous (the client is), so they run in the worker's thread pool,
-where ``activity.heartbeat`` may be called from the activity's own thread.
+What they share: a client whose waits let them heartbeat, and final errors. Fly activities
+are synchronous (the client is), so they run in the worker's thread pool, where
+``activity.heartbeat`` may be called from the activity's own thread.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import structlog
 from temporalio import activity
 
 from flyaway.activities.errors import FlyawayError
-from flyaway.activities.fly import MAX_WAIT_WINDOW_SECONDS, FlyClient
+from flyaway.providers.fly.client import MAX_WAIT_WINDOW_SECONDS, FlyClient
 from flyaway.redaction import scrub
 
 P = ParamSpec("P")

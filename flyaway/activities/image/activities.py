@@ -1,6 +1,6 @@
 """The image stage's activity: find the image the Fly app runs (when the plan names none) and copy it.
 
-The copy itself (:func:`flyaway.activities.images.copy_image`) is idempotent and pushes the tag
+The copy itself (:func:`flyaway.activities.image.registry.copy_image`) is idempotent and pushes the tag
 last, so a retried activity finds the blobs that landed and pushes only the rest.
 """
 
@@ -12,36 +12,19 @@ import structlog
 from pydantic import ValidationError
 from temporalio import activity
 
-from flyaway.activities.errors import InvalidPlan, NotFound
-from flyaway.activities.fly import FlyClient
-from flyaway.activities.images import copy_image, resolve_login
+from flyaway.activities.errors import InvalidPlan
+from flyaway.activities.image.registry import copy_image, resolve_login
 from flyaway.activities.storage.activities import non_retryable_errors
-from flyaway.models.fly import Machine
 from flyaway.models.image import ImageCopyResult, ImageStage
+from flyaway.providers.fly.client import FlyClient, release_image
 
 log = structlog.get_logger(__name__)
-#: Machines metadata flyctl sets on the Machines of a deployed release
-PROCESS_GROUP = "fly_process_group"
-RELEASE_VERSION = "fly_release_version"
-
-
-def _release(machine: Machine) -> tuple[int, float]:
-    version = machine.metadata.get(RELEASE_VERSION, "")
-    return (int(version) if version.isdigit() else -1,
-            machine.updated_at.timestamp() if machine.updated_at else 0.0)
 
 
 def fly_image(app: str, process_group: str) -> str:
-    """The image of the newest release running in ``process_group`` (``config.image`` of its Machines).
-
-    Only Machines flyctl deployed carry the process group, so flyaway's own agent Machines are never
-    taken for the app."""
+    """The image the Fly app's newest release runs in ``process_group``."""
     with FlyClient(app) as fly:
-        machines = [m for m in fly.list_machines(metadata={PROCESS_GROUP: process_group}) if m.config]
-    if not machines:
-        raise NotFound(f"Fly app {app} has no Machine in process group '{process_group}'; set "
-                       f"image.fly_process_group, or name the image in image.source")
-    return max(machines, key=_release).config.image  # type: ignore[union-attr]
+        return release_image(fly, process_group)
 
 
 async def with_source(stage: ImageStage) -> ImageStage:

@@ -24,10 +24,10 @@ import structlog
 from temporalio import activity
 
 from flyaway.activities.errors import InvalidPlan, NotFound, TimedOut
-from flyaway.activities.fly import FlyClient, MachineWaitTimeout
-from flyaway.activities.fly_activity import activity_client, final_errors
-from flyaway.models.fly import Machine
+from flyaway.activities.fly import activity_client, final_errors
 from flyaway.models.teardown import MachineSummary, TeardownInventory, TeardownStage, VolumeSummary
+from flyaway.providers.fly.api import Machine
+from flyaway.providers.fly.client import FlyClient, MachineWaitTimeout
 
 log = structlog.get_logger(__name__)
 

@@ -13,7 +13,7 @@ call finds it without a record of its own:
 - the fork is named ``flyaway_<migration tag>_<run tag>`` (volumes have no metadata, and their
   names are at most 30 characters).
 
-A retried ``prepare`` reuses what earlier attempts of its run made; agents (and forks) of other
+A retried :func:`prepare_agent` reuses what earlier attempts of its run made; agents (and forks) of other
 runs of the same migration and role are leftovers of a run that crashed, and it removes them first.
 
 The agent Machine gets what it needs from this worker's environment: the Temporal connection
@@ -26,13 +26,15 @@ is created and unset when its agents are removed (success, failure, abort, or a 
 leftover); Fly puts it into the env of Machines that boot meanwhile, and the agent takes back the
 names it stands for (:func:`adopt_agent_secrets`). A Google key file travels as a Machine file whose
 content is such a secret. Fly adds the app's own secrets to that env at boot, so a secret named like
-one of those variables would leave the agent one value for two meanings: ``prepare`` refuses that
-before creating anything.
+one of those variables would leave the agent one value for two meanings: :func:`prepare_agent`
+refuses that before creating anything.
+
+Nothing here knows Temporal: long waits call the ``heartbeat`` they are given (an activity passes
+its own), and the activities in :mod:`flyaway.activities.fly.agent` only open the client.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import os
@@ -42,18 +44,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from temporalio import activity
-from temporalio.api.enums.v1 import TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
 from flyaway.activities.errors import FlyawayError, InvalidPlan, MissingCredentials, NotFound, TimedOut
-from flyaway.activities.fly import FlyClient, MachineWaitTimeout
-from flyaway.activities.fly_activity import activity_client, final_errors
-from flyaway.activities.storage.activities import non_retryable_errors
-from flyaway.activities.storage.fly_volume import resolve_volume
 from flyaway.codec import KEYS_ENV
-from flyaway.models.fly import (
+from flyaway.models.credentials import CredentialUser
+from flyaway.models.fly_agent import AgentCleanupReport, AgentRequest, FlyAgent
+from flyaway.models.plan import DestinationLocation, FlyVolumeLocation
+from flyaway.models.secrets import FlyAppSource, SecretDestination
+from flyaway.policy import POLICY_ENVS, load_policy
+from flyaway.providers.fly.api import (
     Machine,
     MachineConfig,
     MachineFile,
@@ -63,23 +62,7 @@ from flyaway.models.fly import (
     MachineRestart,
     Volume,
 )
-from flyaway.models.fly_agent import AgentCleanupReport, AgentCleanupRequest, AgentRequest, FlyAgent
-from flyaway.models.plan import (
-    DestinationLocation,
-    FlyVolumeLocation,
-    GcsLocation,
-    ModalVolumeLocation,
-    RunPodVolumeLocation,
-    S3Location,
-)
-from flyaway.models.secrets import (
-    FlyAppSource,
-    GcpSecretManagerDestination,
-    ModalDestination,
-    RunpodDestination,
-    SecretDestination,
-)
-from flyaway.policy import POLICY_ENVS, load_policy
+from flyaway.providers.fly.client import FlyClient, MachineWaitTimeout
 
 log = structlog.get_logger(__name__)
 
@@ -91,8 +74,8 @@ READY_VOLUME_STATE = "created"
 POLL_SECONDS = 2.0
 DETACH_TIMEOUT_SECONDS = 120.0
 DESTROY_TIMEOUT_SECONDS = 120.0
-#: where a Google service account key lands in the agent Machine
-GCS_KEY_PATH = "/etc/flyaway/gcp-credentials.json"
+#: where a key file the destination reads (a Google service account's) lands in the agent Machine
+KEY_FILE_DIR = "/etc/flyaway/"
 #: app secrets flyaway sets for its agents start with this; the plain env variable below names one agent's prefix
 AGENT_SECRET_PREFIX = "FLYAWAY_AGENT_"
 AGENT_SECRETS_ENV = "FLYAWAY_AGENT_SECRETS"
@@ -101,6 +84,8 @@ _PLAIN_ENV = frozenset({"TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "TEMPORAL_TLS"
 
 
 AgentSource = FlyVolumeLocation | FlyAppSource
+#: called while a wait goes on, so whoever waits can show it is alive
+Heartbeat = Callable[[], None]
 
 
 def _tag(value: str) -> str:
@@ -173,6 +158,29 @@ class AgentNames:
         return name.removeprefix(self._secret_migration_prefix).partition("_")[0].lower()
 
 
+def resolve_volume(client: FlyClient, location: FlyVolumeLocation) -> Volume:
+    """The volume the plan names (by id, else by name), checked against the plan's region."""
+    volumes = client.list_volumes()
+    by_id = [v for v in volumes if v.id == location.volume]
+    matches = by_id or [v for v in volumes if v.name == location.volume]
+    where = f"Fly app '{location.app}'"
+    if not matches:
+        known = ", ".join(sorted(f"{v.name} ({v.id}, {v.region})" for v in volumes)) or "none"
+        raise NotFound(f"{where} has no volume '{location.volume}'; its volumes: {known}")
+    if location.region is not None:
+        in_region = [v for v in matches if v.region == location.region]
+        if not in_region:
+            found = ", ".join(sorted(f"{v.id} in {v.region}" for v in matches))
+            raise InvalidPlan(f"volume '{location.volume}' of {where} is not in region '{location.region}' "
+                              f"({found}); fix weights.source.region")
+        matches = in_region
+    if len(matches) > 1:
+        ids = ", ".join(sorted(f"{v.id} ({v.region})" for v in matches))
+        raise InvalidPlan(f"{where} has {len(matches)} volumes named '{location.volume}' ({ids}); name one by "
+                          f"its id in weights.source.volume")
+    return matches[0]
+
+
 # ---- the agent Machine's config ----------------------------------------------------------------
 
 def _worker_value(name: str, environ: Mapping[str, str], field: str) -> str:
@@ -183,20 +191,11 @@ def _worker_value(name: str, environ: Mapping[str, str], field: str) -> str:
     return value
 
 
-def _destination_credentials(destination: DestinationLocation | SecretDestination
-                             ) -> tuple[list[str], list[str], str | None]:
-    """(variables required, variables optional, variable naming a key file) the destination's adapter reads."""
-    if isinstance(destination, (S3Location, RunPodVolumeLocation)):
-        credentials = destination.credentials
-        optional = [credentials.session_token_env] if credentials.session_token_env else []
-        return [credentials.access_key_id_env, credentials.secret_access_key_env], optional, None
-    if isinstance(destination, (ModalVolumeLocation, ModalDestination)):
-        return [destination.token_id_env, destination.token_secret_env], [], None
-    if isinstance(destination, RunpodDestination):
-        return [destination.api_key_env], [], None
-    if isinstance(destination, (GcsLocation, GcpSecretManagerDestination)):
-        return [], [], destination.credentials_env
-    return [], [], None
+def _key_file(name: str, path: Path) -> MachineFile:
+    """The key file variable ``name`` points to on the worker, as a file of the agent Machine."""
+    if not path.is_file():
+        raise MissingCredentials(f"{name} names {path}, which is not a file on the worker")
+    return MachineFile(guest_path=f"{KEY_FILE_DIR}{name}.json", raw_value=base64.b64encode(path.read_bytes()).decode())
 
 
 def agent_environment(source: AgentSource, destination: DestinationLocation | SecretDestination, namespace: str,
@@ -211,21 +210,18 @@ def agent_environment(source: AgentSource, destination: DestinationLocation | Se
     if temporal.api_key_env:
         env["TEMPORAL_API_KEY"] = _worker_value(temporal.api_key_env, environ,
                                                 f"{section}.source.agent_temporal.api_key_env")
-    required, optional, key_file_env = _destination_credentials(destination)
-    for name in required:
-        env[name] = _worker_value(name, environ, f"{section}.destination")
-    for name in (*optional, KEYS_ENV):
-        if environ.get(name):
-            env[name] = environ[name]
+    files: list[MachineFile] = []
+    if isinstance(destination, CredentialUser):  # the variables its adapter reads, as its own section says
+        for name in destination.credential_envs():
+            if name not in destination.credential_files():
+                env[name] = _worker_value(name, environ, f"{section}.destination")
+            elif environ.get(name):
+                files.append(_key_file(name, Path(environ[name])))
+                env[name] = files[-1].guest_path
+    if environ.get(KEYS_ENV):
+        env[KEYS_ENV] = environ[KEYS_ENV]
     for name in source.agent_env:
         env[name] = _worker_value(name, environ, f"{section}.source.agent_env")
-    files: list[MachineFile] = []
-    if key_file_env and environ.get(key_file_env):
-        key_file = Path(environ[key_file_env])
-        if not key_file.is_file():
-            raise MissingCredentials(f"{key_file_env} names {key_file}, which is not a file on the worker")
-        files.append(MachineFile(guest_path=GCS_KEY_PATH, raw_value=base64.b64encode(key_file.read_bytes()).decode()))
-        env[key_file_env] = GCS_KEY_PATH
     return env, files
 
 
@@ -247,8 +243,9 @@ def agent_config(source: AgentSource, destination: DestinationLocation | SecretD
     and the app secrets (named with ``secret_prefix``) that carry every value its config must not show."""
     env, files = agent_environment(source, destination, namespace, environ)
     env.update(load_policy(environ).to_env())
+    key_files = {file.guest_path for file in files}
     secrets = {secret_prefix + name: value for name, value in env.items()
-               if name not in _PLAIN_ENV and value != GCS_KEY_PATH}
+               if name not in _PLAIN_ENV and value not in key_files}
     env = {name: value for name, value in env.items() if secret_prefix + name not in secrets}
     env[AGENT_SECRETS_ENV] = secret_prefix
     for index, file in enumerate(files):
@@ -279,17 +276,18 @@ def app_secret_names(client: FlyClient) -> list[str]:
 
 # ---- finding, starting and removing agents -----------------------------------------------------
 
-def _poll(check: Callable[[], bool], timeout: float, on_timeout: Callable[[], FlyawayError]) -> None:
+def _poll(check: Callable[[], bool], timeout: float, on_timeout: Callable[[], FlyawayError],
+          heartbeat: Heartbeat) -> None:
     """Call ``check`` every few seconds, heartbeating, until it is true; raise ``on_timeout()`` when time is up."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
             raise on_timeout()
-        activity.heartbeat()
+        heartbeat()
         time.sleep(POLL_SECONDS)
 
 
-def _wait_ready(client: FlyClient, fork: Volume, timeout: float) -> None:
+def _wait_ready(client: FlyClient, fork: Volume, timeout: float, heartbeat: Heartbeat) -> None:
     current = fork
 
     def ready() -> bool:
@@ -299,10 +297,10 @@ def _wait_ready(client: FlyClient, fork: Volume, timeout: float) -> None:
 
     _poll(ready, timeout, lambda: TimedOut(
         f"fork {fork.id} of Fly app '{client.app}' was still '{current.state}' after {timeout:g} s; a large volume "
-        f"may need a longer weights.source.fork_timeout"))
+        f"may need a longer weights.source.fork_timeout"), heartbeat)
 
 
-def _wait_detached(client: FlyClient, volume_id: str) -> None:
+def _wait_detached(client: FlyClient, volume_id: str, heartbeat: Heartbeat) -> None:
     def detached() -> bool:
         try:
             return client.get_volume(volume_id).attached_machine_id is None
@@ -311,11 +309,11 @@ def _wait_detached(client: FlyClient, volume_id: str) -> None:
 
     _poll(detached, DETACH_TIMEOUT_SECONDS, lambda: TimedOut(
         f"volume {volume_id} of Fly app '{client.app}' is still attached to a Machine after "
-        f"{DETACH_TIMEOUT_SECONDS:g} s"))
+        f"{DETACH_TIMEOUT_SECONDS:g} s"), heartbeat)
 
 
-def remove_agents(client: FlyClient, names: AgentNames, runs: Callable[[str], bool],
-                  delete_forks: bool) -> AgentCleanupReport:
+def remove_agents(client: FlyClient, names: AgentNames, runs: Callable[[str], bool], delete_forks: bool,
+                  heartbeat: Heartbeat) -> AgentCleanupReport:
     """Destroy the migration's agent Machines of the ``runs`` chosen, then delete (or keep) their forks
     (volume agents only: a secrets agent has none)."""
     report = AgentCleanupReport()
@@ -326,7 +324,7 @@ def remove_agents(client: FlyClient, names: AgentNames, runs: Callable[[str], bo
     for machine in machines:
         client.destroy(machine.id, force=True)
     for machine in machines:
-        client.wait_machine(machine.id, "destroyed", timeout=DESTROY_TIMEOUT_SECONDS, progress=activity.heartbeat)
+        client.wait_machine(machine.id, "destroyed", timeout=DESTROY_TIMEOUT_SECONDS, progress=heartbeat)
         report.machines_destroyed.append(machine.id)
     secrets = [secret.name for secret in client.list_secrets()
                if (run := names.run_of_secret(secret.name)) is not None and runs(run)]
@@ -339,7 +337,7 @@ def remove_agents(client: FlyClient, names: AgentNames, runs: Callable[[str], bo
         if not delete_forks:
             report.forks_kept.append(fork.id)
             continue
-        _wait_detached(client, fork.id)
+        _wait_detached(client, fork.id, heartbeat)
         client.delete_volume(fork.id)
         report.forks_deleted.append(fork.id)
     if report.machines_destroyed or report.forks_deleted:
@@ -348,33 +346,34 @@ def remove_agents(client: FlyClient, names: AgentNames, runs: Callable[[str], bo
     return report
 
 
-def _ready_fork(client: FlyClient, source: FlyVolumeLocation, names: AgentNames, volume: Volume) -> Volume:
+def _ready_fork(client: FlyClient, source: FlyVolumeLocation, names: AgentNames, volume: Volume,
+                heartbeat: Heartbeat) -> Volume:
     fork = next((v for v in client.list_volumes() if v.name == names.fork), None)
     if fork is None:
         fork = client.fork_volume(volume.id, name=names.fork, region=volume.region)
-    _wait_ready(client, fork, source.fork_timeout.total_seconds())
+    _wait_ready(client, fork, source.fork_timeout.total_seconds(), heartbeat)
     return fork
 
 
 def _start_agent(client: FlyClient, request: AgentRequest, names: AgentNames, volume: Volume | None,
-                 secret_names: list[str]) -> FlyAgent:
+                 secret_names: list[str], namespace: str, heartbeat: Heartbeat) -> FlyAgent:
     source = request.source
     fork, mounts = None, []
     if isinstance(source, FlyVolumeLocation) and volume is not None:
-        fork = _ready_fork(client, source, names, volume)
+        fork = _ready_fork(client, source, names, volume, heartbeat)
         mounts = [MachineMount(volume=fork.id, path=source.mount_path)]
     task_queue = AGENT_TASK_QUEUE_PREFIX + fork.id if fork else names.machine
     machine = next((m for m in client.list_machines(metadata=names.run_metadata)
                     if m.name == names.machine and m.state != "destroyed"), None)
     if machine is None:
         config, secrets = agent_config(source, request.stage.destination, mounts, task_queue,
-                                       activity.info().namespace, names.secret_prefix)
+                                       namespace, names.secret_prefix)
         client.set_secrets(secrets)  # before the Machine boots: Fly injects the secrets set by then
         machine = client.create_machine(config, region=fork.region if fork else None,
                                         name=names.machine, metadata=names.run_metadata)
     timeout = source.agent_start_timeout.total_seconds()
     try:
-        client.wait_machine(machine.id, "started", timeout=timeout, progress=activity.heartbeat)
+        client.wait_machine(machine.id, "started", timeout=timeout, progress=heartbeat)
     except MachineWaitTimeout as error:
         raise TimedOut(f"the agent Machine did not start: {error}; see `fly logs -a {client.app} "
                        f"--machine {machine.id}`") from None
@@ -385,59 +384,34 @@ def _start_agent(client: FlyClient, request: AgentRequest, names: AgentNames, vo
                     secret_names=secret_names)
 
 
-@activity.defn(name="flyaway.fly.prepare_source")
-@final_errors
-def prepare_fly_source(request: AgentRequest) -> FlyAgent:
-    """Start the agent Machine (on a fork of the volume, for a volume); reuses what a retry finds of its run.
+def prepare_agent(client: FlyClient, request: AgentRequest, namespace: str, heartbeat: Heartbeat) -> FlyAgent:
+    """Start the agent Machine of ``request``'s run (on a fork of the volume, for a volume) in ``namespace``;
+    reuses what an earlier attempt of the run made, removes the leftovers of other runs first.
 
-    A failure that retrying cannot fix removes what this run made before it is reported.
+    A failure that retrying cannot fix removes what this run made before it is raised.
     """
     source = request.source
     names = AgentNames.for_run(request.migration_id, role_of(source), request.run_id)
     # a variable the agent needs and the worker lacks fails here, before anything is created
-    env, _ = agent_environment(source, request.stage.destination, activity.info().namespace, os.environ)
-    with activity_client(source.app) as client:
-        secret_names = app_secret_names(client)
-        check_secret_names(source, env, secret_names)
-        volume = resolve_volume(client, source) if isinstance(source, FlyVolumeLocation) else None
-        remove_agents(client, names, lambda run: run != names.run_tag, delete_forks=_deletes_forks(source))
-        try:
-            return _start_agent(client, request, names, volume, secret_names)
-        except FlyawayError:
-            remove_agents(client, names, lambda run: run == names.run_tag, delete_forks=True)
-            raise
+    env, _ = agent_environment(source, request.stage.destination, namespace, os.environ)
+    secret_names = app_secret_names(client)
+    check_secret_names(source, env, secret_names)
+    volume = resolve_volume(client, source) if isinstance(source, FlyVolumeLocation) else None
+    remove_agents(client, names, lambda run: run != names.run_tag, _deletes_forks(source), heartbeat)
+    try:
+        return _start_agent(client, request, names, volume, secret_names, namespace, heartbeat)
+    except FlyawayError:
+        remove_agents(client, names, lambda run: run == names.run_tag, True, heartbeat)
+        raise
 
 
-@activity.defn(name="flyaway.fly.wait_for_agent")
-@non_retryable_errors
-async def wait_for_agent(agent: FlyAgent, timeout_seconds: float) -> None:
-    """Return once the agent's worker polls its task queue: the Machine started *and* reached Temporal."""
-    client = activity.client()
-    request = DescribeTaskQueueRequest(namespace=client.namespace, task_queue=TaskQueue(name=agent.task_queue),
-                                       task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)
-    deadline = time.monotonic() + timeout_seconds
-    while not (await client.workflow_service.describe_task_queue(request)).pollers:
-        if time.monotonic() > deadline:
-            raise TimedOut(f"the agent Machine {agent.machine_id} of Fly app '{agent.app}' started, but no worker "
-                           f"polled task queue {agent.task_queue} within {timeout_seconds:g} s; check the "
-                           f"source's agent_temporal (the address must be reachable from Fly) and the agent's "
-                           f"logs (`fly logs -a {agent.app} --machine {agent.machine_id}`)")
-        activity.heartbeat()
-        await asyncio.sleep(1.0)
-
-
-@activity.defn(name="flyaway.fly.cleanup_source")
-@final_errors
-def cleanup_fly_source(request: AgentCleanupRequest) -> AgentCleanupReport:
-    """Destroy every agent Machine of the migration for the source and delete their forks (unless ``keep_fork``)."""
-    source = request.source
-    with activity_client(source.app) as client:
-        try:
-            client.get_app()
-        except NotFound:
-            return AgentCleanupReport()
-        return remove_agents(client, AgentNames(request.migration_id, role_of(source)), lambda run: True,
-                             delete_forks=_deletes_forks(source))
-
-
-FLY_AGENT_ACTIVITIES = [prepare_fly_source, wait_for_agent, cleanup_fly_source]
+def cleanup_agents(client: FlyClient, source: AgentSource, migration_id: str,
+                   heartbeat: Heartbeat) -> AgentCleanupReport:
+    """Destroy every agent Machine of the migration for ``source`` and delete their forks (unless ``keep_fork``);
+    nothing to do in an app that is gone."""
+    try:
+        client.get_app()
+    except NotFound:
+        return AgentCleanupReport()
+    return remove_agents(client, AgentNames(migration_id, role_of(source)), lambda run: True,
+                         _deletes_forks(source), heartbeat)

@@ -33,7 +33,7 @@ from tenacity import RetryCallState
 
 from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
 from flyaway.activities.retry import REQUEST_RETRY_SECONDS, retrying
-from flyaway.models.fly import (
+from flyaway.providers.fly.api import (
     App,
     IPAssignment,
     Machine,
@@ -401,3 +401,28 @@ class FlyClient:
             raise FlyApiUnavailable(f"Fly API {where} answered HTTP {status}: {detail}", status,
                                     parse_retry_after(response.headers.get("Retry-After")))
         raise InvalidPlan(f"Fly API rejected {where} for {subject} (HTTP {status}): {detail}")
+
+
+#: Machines metadata flyctl sets on the Machines of a deployed release
+PROCESS_GROUP_METADATA = "fly_process_group"
+RELEASE_VERSION_METADATA = "fly_release_version"
+
+
+def _release(machine: Machine) -> tuple[int, float]:
+    version = machine.metadata.get(RELEASE_VERSION_METADATA, "")
+    return (int(version) if version.isdigit() else -1,
+            machine.updated_at.timestamp() if machine.updated_at else 0.0)
+
+
+def release_image(client: FlyClient, process_group: str) -> str:
+    """The image of the newest release running in ``process_group`` (``config.image`` of its Machines).
+
+    Only Machines flyctl deployed carry the process group, so flyaway's own agent Machines are never
+    taken for the app."""
+    machines = [m for m in client.list_machines(metadata={PROCESS_GROUP_METADATA: process_group}) if m.config]
+    if not machines:
+        raise NotFound(f"Fly app {client.app} has no Machine in process group '{process_group}'; set "
+                       f"image.fly_process_group, or name the image in image.source")
+    newest = max(machines, key=_release).config
+    assert newest is not None
+    return newest.image

@@ -1,0 +1,57 @@
+"""The agent's activities: start it, wait until its worker polls, remove it (see :mod:`flyaway.providers.fly.agent`)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from temporalio import activity
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+from flyaway.activities.errors import TimedOut
+from flyaway.activities.fly import activity_client, final_errors
+from flyaway.activities.storage.activities import non_retryable_errors
+from flyaway.models.fly_agent import AgentCleanupReport, AgentCleanupRequest, AgentRequest, FlyAgent
+from flyaway.providers.fly.agent import cleanup_agents, prepare_agent
+
+
+@activity.defn(name="flyaway.fly.prepare_source")
+@final_errors
+def prepare_fly_source(request: AgentRequest) -> FlyAgent:
+    """Start the agent Machine (on a fork of the volume, for a volume); reuses what a retry finds of its run.
+
+    A failure that retrying cannot fix removes what this run made before it is reported.
+    """
+    with activity_client(request.source.app) as client:
+        return prepare_agent(client, request, activity.info().namespace, activity.heartbeat)
+
+
+@activity.defn(name="flyaway.fly.wait_for_agent")
+@non_retryable_errors
+async def wait_for_agent(agent: FlyAgent, timeout_seconds: float) -> None:
+    """Return once the agent's worker polls its task queue: the Machine started *and* reached Temporal."""
+    client = activity.client()
+    request = DescribeTaskQueueRequest(namespace=client.namespace, task_queue=TaskQueue(name=agent.task_queue),
+                                       task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)
+    deadline = time.monotonic() + timeout_seconds
+    while not (await client.workflow_service.describe_task_queue(request)).pollers:
+        if time.monotonic() > deadline:
+            raise TimedOut(f"the agent Machine {agent.machine_id} of Fly app '{agent.app}' started, but no worker "
+                           f"polled task queue {agent.task_queue} within {timeout_seconds:g} s; check the "
+                           f"source's agent_temporal (the address must be reachable from Fly) and the agent's "
+                           f"logs (`fly logs -a {agent.app} --machine {agent.machine_id}`)")
+        activity.heartbeat()
+        await asyncio.sleep(1.0)
+
+
+@activity.defn(name="flyaway.fly.cleanup_source")
+@final_errors
+def cleanup_fly_source(request: AgentCleanupRequest) -> AgentCleanupReport:
+    """Destroy every agent Machine of the migration for the source and delete their forks (unless ``keep_fork``)."""
+    with activity_client(request.source.app) as client:
+        return cleanup_agents(client, request.source, request.migration_id, activity.heartbeat)
+
+
+FLY_AGENT_ACTIVITIES = [prepare_fly_source, wait_for_agent, cleanup_fly_source]

@@ -1,0 +1,1 @@
+"""The image stage's side effects: the OCI registry client (``registry``) and the stage's activities."""
