@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import re
 import time
-from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import structlog
 import yaml
 
 from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
+from flyaway.providers.fly.api import MachineConfig, MachineGuest, MachineMount
 from flyaway.providers.fly.client import (
     DEFAULT_BASE_URL,
     FlyApiUnavailable,
@@ -23,7 +24,6 @@ from flyaway.providers.fly.client import (
     authorization_header,
     parse_retry_after,
 )
-from flyaway.providers.fly.api import MachineConfig, MachineGuest, MachineMount
 from tests.fakes.fly_machines import FakeFlyMachinesAPI, FakeMachine, RecordedRequest
 
 TOKEN = "fo1_test-token-d41d8cd98f00b204e980"

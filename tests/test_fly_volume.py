@@ -21,14 +21,13 @@ from flyaway.activities.fly.agent import cleanup_fly_source, prepare_fly_source
 from flyaway.activities.storage.fly_volume import FlyVolumeSource
 from flyaway.models.fly_agent import AgentCleanupRequest, AgentRequest
 from flyaway.models.plan import FlyVolumeLocation, WeightsStage
+from flyaway.models.status import MigrationState
 from flyaway.providers.fly import agent as fly_agent
 from flyaway.providers.fly.agent import AGENT_SECRET_PREFIX, VOLUME_ROLE, AgentNames, agent_environment
-from flyaway.models.status import MigrationState
 from tests.fakes.fly_machines import FakeFlyMachinesAPI, FakeMachine, FakeVolume, Reply
 from tests.fixtures import make_tree
 from tests.fly_hosts import LocalFlyHosts
 from tests.harness import (
-    manifest_key,
     TEST_AWS_ENV,
     GcsEmulator,
     MotoServer,
@@ -36,6 +35,7 @@ from tests.harness import (
     WorkerProcess,
     abort_migration,
     eventually,
+    manifest_key,
     migration_failure,
     migration_status,
     run_async,
