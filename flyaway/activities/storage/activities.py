@@ -131,9 +131,17 @@ class CopyStateNames:
         return f"{self.prefix}runs/{listing_id}/manifest/"
 
 
+def _workflow_id() -> str:
+    """The id of the workflow that scheduled this activity (flyaway runs no standalone activities)."""
+    workflow_id = activity.info().workflow_id
+    if workflow_id is None:
+        raise RuntimeError(f"{activity.info().activity_type} runs only inside a flyaway workflow")
+    return workflow_id
+
+
 def current_migration() -> CopyStateNames:
     """The state of the copy workflow this activity runs for."""
-    return CopyStateNames(activity.info().workflow_id)
+    return CopyStateNames(_workflow_id())
 
 
 def is_selected(key: str, stage: WeightsStage) -> bool:
@@ -511,7 +519,7 @@ def _abort_uploads(stage: WeightsStage, state: CopyStateNames) -> int:
 async def abort_uploads(stage: WeightsStage) -> int:
     """Drop the migration's unfinished multipart uploads and its claim (an operator aborted it); returns how
     many. It runs in the migration's workflow, whose weight copy keeps its state under its own id."""
-    state = CopyStateNames(weights_workflow_id(activity.info().workflow_id))
+    state = CopyStateNames(weights_workflow_id(_workflow_id()))
     return await asyncio.to_thread(_abort_uploads, stage, state)
 
 

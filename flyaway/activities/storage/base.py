@@ -6,6 +6,7 @@ Every method may be called from several threads at once.
 
 from __future__ import annotations
 
+import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -159,7 +160,7 @@ class Destination(ABC):
         """Write part ``number`` (1-based) holding the bytes at ``offset`` of the file."""
 
     @abstractmethod
-    def complete(self, key: str, upload_id: str, parts: list[PartRecord], sha256: str) -> str:
+    def complete(self, key: str, upload_id: str, parts: builtins.list[PartRecord], sha256: str) -> str:
         """Make the object visible; verify it against the parts; returns its destination version.
 
         Called again for an upload that an earlier attempt completed, it finds the object made from
@@ -179,7 +180,7 @@ class Destination(ABC):
         """Up to ``length`` bytes (all when None) of a state file from ``offset``; None if it does not exist."""
 
     @abstractmethod
-    def list_state(self, prefix: str) -> list[str]:
+    def list_state(self, prefix: str) -> builtins.list[str]:
         """Names of state files starting with ``prefix``."""
 
     @abstractmethod

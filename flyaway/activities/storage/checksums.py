@@ -82,7 +82,7 @@ def combined_crc32c(parts: list[PartRecord]) -> int:
 
 
 class _Hasher(Protocol):
-    def update(self, data: bytes, /) -> Any: ...
+    def update(self, data: bytes | memoryview, /) -> Any: ...
 
     def digest(self) -> bytes: ...
 
@@ -93,7 +93,7 @@ class _Crc32:
     def __init__(self) -> None:
         self.value = 0
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         self.value = zlib.crc32(data, self.value)
 
     def digest(self) -> bytes:

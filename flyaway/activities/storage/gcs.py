@@ -18,6 +18,8 @@ never receive the worker's bearer token.
 from __future__ import annotations
 
 import base64
+import builtins
+import contextlib
 import json
 import os
 import re
@@ -29,11 +31,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import google.auth.exceptions
+import google.cloud.storage as storage  # mypy: google.cloud is a namespace package; storage is untyped
 import requests
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.auth.transport.requests import AuthorizedSession
-from google.cloud import storage
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
@@ -301,8 +303,9 @@ class GcsDestination(Destination):
 
     def _request(self, method: str, session: _Session, **kwargs: Any) -> requests.Response:
         try:
-            return self.http.request(method, session.uri, timeout=(CONNECT_TIMEOUT_SECONDS, stall_seconds()),
-                                     **kwargs)
+            response: requests.Response = self.http.request(
+                method, session.uri, timeout=(CONNECT_TIMEOUT_SECONDS, stall_seconds()), **kwargs)
+            return response
         except requests.RequestException as error:
             raise SessionRequestFailed(None, f"{type(error).__name__} talking to the upload session") from None
 
@@ -374,8 +377,9 @@ class GcsDestination(Destination):
 
     def _final_resource(self, key: str, session: _Session, token: str) -> dict[str, Any]:
         """The object the session made: from its last answer, the server, or (session gone) the bucket."""
-        if session.resource is not None:
-            return session.resource
+        known = session.resource  # narrowed apart from the attribute, which _query sets
+        if known is not None:
+            return known
         try:
             held = self.call(self._gs(key), lambda: self._query(session, token))
         except UploadGone:
@@ -388,7 +392,7 @@ class GcsDestination(Destination):
                                  f"after every part was sent")
         return session.resource
 
-    def complete(self, key: str, upload_id: str, parts: list[PartRecord], sha256: str) -> str:
+    def complete(self, key: str, upload_id: str, parts: builtins.list[PartRecord], sha256: str) -> str:
         expected = crc32c_b64(combined_crc32c(parts))
         try:
             session = self._session(upload_id)
@@ -442,7 +446,8 @@ class GcsDestination(Destination):
 
         def get() -> bytes | None:
             try:
-                return blob.download_as_bytes(start=offset, end=end, checksum=None, retry=None)
+                data: bytes = blob.download_as_bytes(start=offset, end=end, checksum=None, retry=None)
+                return data
             except gexc.NotFound:
                 return None
             except gexc.RequestRangeNotSatisfiable:
@@ -450,7 +455,7 @@ class GcsDestination(Destination):
 
         return self.call(f"gs://{self.location.bucket}/{blob.name}", get)
 
-    def list_state(self, prefix: str) -> list[str]:
+    def list_state(self, prefix: str) -> builtins.list[str]:
         base = self._state_key("")
         base = base if base.endswith("/") else base + "/"
         return sorted(blob.name[len(base):] for blob in self._blobs(base + prefix))
@@ -459,9 +464,7 @@ class GcsDestination(Destination):
         blob = self.bucket.blob(self._state_key(name))
 
         def delete() -> None:
-            try:
+            with contextlib.suppress(gexc.NotFound):
                 blob.delete(retry=None)
-            except gexc.NotFound:
-                pass
 
         self.call(f"gs://{self.location.bucket}/{blob.name}", delete)

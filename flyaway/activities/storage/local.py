@@ -7,6 +7,7 @@ into place, so a partial file never stands at its final path.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import hashlib
 import os
@@ -36,7 +37,6 @@ from flyaway.activities.storage.checksums import combined_crc32c, crc32c_of_file
 from flyaway.models.base import check_relative_key
 from flyaway.models.copy import PartRecord, SourceChecksum, SourceFile
 from flyaway.models.plan import LocalLocation
-
 
 #: upload ids this destination makes (uuid4 hex): checked before one read back from state becomes a path
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}|put-[0-9a-f]{32}")
@@ -77,7 +77,7 @@ class _LocalRoot:
         root_real = os.path.realpath(self.root)
         for key, folder_link in self.names(skip_state):
             full = os.path.join(self.root, key)
-            if folder_link or os.path.islink(full) and not os.path.realpath(full).startswith(root_real + os.sep):
+            if folder_link or (os.path.islink(full) and not os.path.realpath(full).startswith(root_real + os.sep)):
                 continue
             yield key, os.stat(full)
 
@@ -120,7 +120,7 @@ class LocalSource(_LocalRoot, Source):
             else:
                 yield self.stat(key)
 
-    def _inside(self, key: str) -> list[str]:
+    def _inside(self, key: str) -> builtins.list[str]:
         """The components of the file ``key`` names, resolved inside the root; refused when it leaves it."""
         check_relative_key(key)
         real = os.path.realpath(os.path.join(self.root_real, key))
@@ -286,7 +286,7 @@ class LocalDestination(_LocalRoot, Destination):
             os.close(journal)
         return part
 
-    def complete(self, key: str, upload_id: str, parts: list[PartRecord], sha256: str) -> str:
+    def complete(self, key: str, upload_id: str, parts: builtins.list[PartRecord], sha256: str) -> str:
         path = self._partial(upload_id)
         if not path.exists():
             landed = self.landed(key)  # completed by an attempt killed before it recorded the file
@@ -317,7 +317,7 @@ class LocalDestination(_LocalRoot, Destination):
         except FileNotFoundError:
             return None
 
-    def list_state(self, prefix: str) -> list[str]:
+    def list_state(self, prefix: str) -> builtins.list[str]:
         base = self.root / STATE_DIR
         if not base.exists():
             return []
