@@ -32,6 +32,7 @@ from pydantic import BaseModel
 
 from flyaway.activities.errors import InvalidPlan
 from flyaway.models.credentials import CredentialUser, credential_users
+from flyaway.models.plan import STAGES, MigrationPlan
 from flyaway.models.secrets import DotenvSource, EnvSource
 
 HOSTS_ENV = "FLYAWAY_ALLOW_HOSTS"
@@ -56,7 +57,7 @@ class PolicyRefused(InvalidPlan):
 
 @cache
 def default_credentials() -> dict[str, frozenset[str]]:
-    """Provider -> the documented credential variables of its plan sections."""
+    """Provider -> the documented credential variables of its plan sections (all imported with the plan)."""
     defaults: dict[str, set[str]] = {}
     for cls in credential_users():
         defaults.setdefault(cls.provider, set()).update(cls.default_credential_envs())
@@ -267,8 +268,6 @@ def _file_credentials(data: dict[str, Any]) -> Iterator[str]:
 @cache
 def _stage_paths() -> dict[type, str]:
     """Class of a stage's section -> its path in the plan, so an activity's input is named as the plan names it."""
-    from flyaway.models.plan import STAGES, MigrationPlan
-
     def classes(annotation: Any) -> Iterator[type]:
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             yield annotation

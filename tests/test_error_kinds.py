@@ -35,7 +35,8 @@ from flyaway.activities.storage.runpod import RunPodVolumeDestination
 from flyaway.activities.storage.s3 import S3Destination
 from flyaway.activities.storage.stall import CopyStalled, cut_when_stalled, stalled_after
 from flyaway.models.copy import BatchRequest, CopySettings, ListingResult
-from flyaway.models.plan import LocalLocation, WeightsStage
+from flyaway.models.locations import LocalLocation
+from flyaway.models.plan import WeightsStage
 from flyaway.models.status import MigrationState, StageState
 from flyaway.starter.dev import write_random_file
 from tests.harness import (

@@ -20,7 +20,8 @@ from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredenti
 from flyaway.activities.fly.agent import cleanup_fly_source, prepare_fly_source
 from flyaway.activities.storage.fly_volume import FlyVolumeSource
 from flyaway.models.fly_agent import AgentCleanupRequest, AgentRequest
-from flyaway.models.plan import FlyVolumeLocation, WeightsStage
+from flyaway.models.locations import FlyVolumeLocation
+from flyaway.models.plan import WeightsStage
 from flyaway.models.status import MigrationState
 from flyaway.providers.fly import agent as fly_agent
 from flyaway.providers.fly.agent import AGENT_SECRET_PREFIX, VOLUME_ROLE, AgentNames, agent_environment

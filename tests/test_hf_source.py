@@ -12,7 +12,8 @@ from flyaway.activities.errors import AccessDenied, NotFound
 from flyaway.activities.storage.checksums import SourceDigest
 from flyaway.activities.storage.hf import HfSource
 from flyaway.models.copy import SourceChecksum
-from flyaway.models.plan import HfLocation, parse_plan
+from flyaway.models.locations import HfLocation
+from flyaway.models.plan import parse_plan
 from tests.fakes.hf_hub import TOKEN, FakeHub, git_blob_id
 
 FILES = {"config.json": b'{"hidden_size": 4096}', "README.md": b"# llama\n",

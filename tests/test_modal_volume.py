@@ -20,7 +20,8 @@ from flyaway.activities.storage.engine import CopyEngine
 from flyaway.activities.storage.local import LocalSource
 from flyaway.activities.storage.modal_volume import ModalVolumeDestination, open_modal_volume
 from flyaway.models.copy import ListingLine, ManifestEntry, SourceFile
-from flyaway.models.plan import LocalLocation, ModalVolumeLocation, parse_plan
+from flyaway.models.locations import LocalLocation, ModalVolumeLocation
+from flyaway.models.plan import parse_plan
 from tests.fakes import modal_volume as fake
 from tests.fixtures import make_tree
 

@@ -40,13 +40,8 @@ from flyaway.activities.storage.runpod import (
 )
 from flyaway.activities.storage.s3 import multipart_etag
 from flyaway.models.copy import ListingLine
-from flyaway.models.plan import (
-    GcsLocation,
-    LocalLocation,
-    RunPodVolumeLocation,
-    TigrisLocation,
-    parse_plan,
-)
+from flyaway.models.locations import GcsLocation, LocalLocation, RunPodVolumeLocation, TigrisLocation
+from flyaway.models.plan import parse_plan
 from flyaway.starter.cli import app
 from flyaway.starter.dev import free_port
 from tests.conftest import s3_client

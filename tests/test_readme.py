@@ -10,7 +10,8 @@ import pytest
 import yaml
 from pydantic import TypeAdapter
 
-from flyaway.models.plan import DestinationLocation, SourceLocation, parse_plan
+from flyaway.models.locations import DestinationLocation, SourceLocation
+from flyaway.models.plan import parse_plan
 from flyaway.models.secrets import SecretsStage
 
 ROOT = Path(__file__).resolve().parent.parent

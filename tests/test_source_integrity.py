@@ -31,7 +31,8 @@ from flyaway.activities.storage.hf import HfSource
 from flyaway.activities.storage.local import LocalDestination, LocalSource
 from flyaway.activities.storage.s3 import S3Destination, S3Source
 from flyaway.models.copy import ListingLine, ListingResult, ManifestEntry, SourceChecksum, SourceFile, UploadState
-from flyaway.models.plan import HfLocation, LocalLocation, S3Location, WeightsStage, parse_plan
+from flyaway.models.locations import HfLocation, LocalLocation, S3Location
+from flyaway.models.plan import WeightsStage, parse_plan
 from tests.conftest import s3_client
 from tests.fakes.hf_hub import FakeHub
 from tests.harness import GcsEmulator, S3FaultProxy, plain_client, put_multipart, s3_location, weights_plan
@@ -256,7 +257,7 @@ def listener() -> Iterator[Listener]:
 def test_a_planted_gcs_session_uri_is_never_sent_a_request(
         gcs_emulator: GcsEmulator, gcs_bucket: str, listener: Listener, monkeypatch: pytest.MonkeyPatch) -> None:
     from flyaway.activities.storage.gcs import GcsDestination, session_state_name
-    from flyaway.models.plan import GcsLocation
+    from flyaway.models.locations import GcsLocation
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.endpoint)
     dest = GcsDestination(GcsLocation(kind="gcs", bucket=gcs_bucket, prefix="m"))
@@ -414,7 +415,7 @@ def test_a_multipart_etag_that_is_not_an_md5_of_parts_is_told_from_corruption_by
 
 
 def test_a_fly_volume_is_read_twice_by_its_agent_and_each_read_checked_against_the_first(tmp_path: Path) -> None:
-    from flyaway.models.plan import FlyVolumeLocation
+    from flyaway.models.locations import FlyVolumeLocation
 
     mounted = FlyVolumeLocation.model_construct(mount_path=str(tmp_path / "src"))  # as the agent sees it
     assert mounted.mounted().read_twice

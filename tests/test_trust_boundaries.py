@@ -32,7 +32,8 @@ from flyaway.activities.errors import AccessDenied, SourceObjectMissing
 from flyaway.activities.secrets.base import digest_key
 from flyaway.activities.storage.local import LocalSource
 from flyaway.codec import KEYS_ENV, EncryptionCodec, generate_key
-from flyaway.models.plan import LocalLocation, parse_plan
+from flyaway.models.locations import LocalLocation
+from flyaway.models.plan import parse_plan
 from flyaway.models.secrets import RunpodDestination, secret_digest
 from flyaway.policy import PolicyRefused, WorkerPolicy, load_policy
 from flyaway.redaction import REDACTED, register_credential, register_secret, scrub

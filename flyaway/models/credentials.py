@@ -53,9 +53,8 @@ def present(*urls: Any) -> list[str]:
 
 
 def credential_users() -> list[type[CredentialUser]]:
-    """Every plan section class that reads credentials (imports the plan so all are defined)."""
-    import flyaway.models.plan  # noqa: F401
-
+    """Every plan section class that reads credentials, of those imported so far (a caller that needs
+    all of them imports :mod:`flyaway.models.plan` first, which imports every section)."""
     found: list[type[CredentialUser]] = []
     pending = list(CredentialUser.__subclasses__())
     while pending:

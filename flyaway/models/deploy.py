@@ -22,7 +22,7 @@ from flyaway.models.credentials import CredentialUser, present
 from flyaway.models.image import ImageReference
 
 if TYPE_CHECKING:
-    from flyaway.models.plan import DestinationLocation
+    from flyaway.models.locations import DestinationLocation
 
 Platform = Literal["cloud_run", "runpod", "modal"]
 PLATFORM_NAMES: dict[str, str] = {"cloud_run": "Cloud Run", "runpod": "RunPod", "modal": "Modal"}

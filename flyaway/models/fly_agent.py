@@ -12,7 +12,8 @@ from typing import Annotated
 from pydantic import Field
 
 from flyaway.models.base import Record
-from flyaway.models.plan import FlyVolumeLocation, WeightsStage
+from flyaway.models.locations import FlyVolumeLocation
+from flyaway.models.plan import WeightsStage
 from flyaway.models.secrets import FlyAppSource, SecretsStage
 
 AgentSource = Annotated[FlyVolumeLocation | FlyAppSource, Field(discriminator="kind")]

@@ -41,8 +41,9 @@ with workflow.unsafe.imports_passed_through():
         CopyWeightsResult,
         ListingResult,
     )
-    from flyaway.models.plan import FlyVolumeLocation, WeightsStage
     from flyaway.models.fly_agent import FlyAgent
+    from flyaway.models.locations import FlyVolumeLocation
+    from flyaway.models.plan import WeightsStage
     from flyaway.workflows.fly_source import AGENT_SCHEDULE_TO_START, agent_stage, run_on_agent
     from flyaway.workflows.stages import failure_message
 

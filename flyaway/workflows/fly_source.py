@@ -22,7 +22,8 @@ with workflow.unsafe.imports_passed_through():
     from flyaway.activities.errors import NON_RETRYABLE_ERROR_TYPES
     from flyaway.activities.fly.agent import cleanup_fly_source, prepare_fly_source, wait_for_agent
     from flyaway.models.fly_agent import AgentCleanupRequest, AgentRequest, FlyAgent
-    from flyaway.models.plan import FlyVolumeLocation, WeightsStage
+    from flyaway.models.locations import FlyVolumeLocation
+    from flyaway.models.plan import WeightsStage
     from flyaway.models.secrets import FlyAppSource, SecretsStage
 
 T = TypeVar("T")

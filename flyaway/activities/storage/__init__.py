@@ -12,7 +12,7 @@ from flyaway.activities.storage.fly_volume import FlyVolumeSource
 from flyaway.activities.storage.local import LocalDestination, LocalSource
 from flyaway.activities.storage.runpod import RunPodVolumeDestination
 from flyaway.activities.storage.s3 import S3Destination, S3Source
-from flyaway.models.plan import (
+from flyaway.models.locations import (
     DestinationLocation,
     FlyVolumeLocation,
     GcsLocation,

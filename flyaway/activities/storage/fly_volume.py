@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from flyaway.activities.errors import InvalidPlan
 from flyaway.activities.storage.base import Source
 from flyaway.models.copy import SourceFile
-from flyaway.models.plan import FlyVolumeLocation
+from flyaway.models.locations import FlyVolumeLocation
 from flyaway.providers.fly.agent import resolve_volume
 from flyaway.providers.fly.client import FlyClient
 

@@ -65,7 +65,7 @@ from flyaway.activities.storage.base import (
 from flyaway.activities.storage.checksums import combined_crc32c
 from flyaway.models.base import join_key
 from flyaway.models.copy import PartRecord
-from flyaway.models.plan import GcsLocation
+from flyaway.models.locations import GcsLocation
 
 T = TypeVar("T")
 

@@ -40,7 +40,7 @@ from flyaway.activities.errors import (
 from flyaway.activities.retry import CONNECT_TIMEOUT_SECONDS, call_with_retries, stall_seconds
 from flyaway.activities.storage.base import Source
 from flyaway.models.copy import SourceChecksum, SourceFile
-from flyaway.models.plan import HfLocation
+from flyaway.models.locations import HfLocation
 
 T = TypeVar("T")
 

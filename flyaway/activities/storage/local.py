@@ -36,7 +36,7 @@ from flyaway.activities.storage.base import (
 from flyaway.activities.storage.checksums import combined_crc32c, crc32c_of_file
 from flyaway.models.base import check_relative_key
 from flyaway.models.copy import PartRecord, SourceChecksum, SourceFile
-from flyaway.models.plan import LocalLocation
+from flyaway.models.locations import LocalLocation
 
 #: upload ids this destination makes (uuid4 hex): checked before one read back from state becomes a path
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}|put-[0-9a-f]{32}")

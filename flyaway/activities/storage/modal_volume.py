@@ -53,7 +53,7 @@ from flyaway.activities.storage.base import (
 from flyaway.activities.storage.local import LocalDestination
 from flyaway.models.base import join_key
 from flyaway.models.copy import PartRecord, SourceFile
-from flyaway.models.plan import LocalLocation, ModalVolumeLocation
+from flyaway.models.locations import LocalLocation, ModalVolumeLocation
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from flyaway.activities.storage.base import DestinationLimits
 from flyaway.activities.storage.s3 import S3Destination
-from flyaway.models.plan import RunPodVolumeLocation
+from flyaway.models.locations import RunPodVolumeLocation
 
 MiB = 1024 * 1024
 #: the largest request body RunPod's S3 API takes: a part of at most this, a PutObject under it

@@ -52,7 +52,7 @@ from flyaway.activities.storage.base import (
 )
 from flyaway.models.base import join_key
 from flyaway.models.copy import PartRecord, SourceChecksum, SourceFile
-from flyaway.models.plan import RunPodVolumeLocation, S3Location, TigrisLocation
+from flyaway.models.locations import RunPodVolumeLocation, S3Location, TigrisLocation
 
 T = TypeVar("T")
 #: plan locations served by the S3 API; each gives its connection settings with ``s3()``

@@ -49,7 +49,7 @@ from flyaway.activities.errors import FlyawayError, InvalidPlan, MissingCredenti
 from flyaway.codec import KEYS_ENV
 from flyaway.models.credentials import CredentialUser
 from flyaway.models.fly_agent import AgentCleanupReport, AgentRequest, FlyAgent
-from flyaway.models.plan import DestinationLocation, FlyVolumeLocation
+from flyaway.models.locations import DestinationLocation, FlyVolumeLocation
 from flyaway.models.secrets import FlyAppSource, SecretDestination
 from flyaway.policy import POLICY_ENVS, load_policy
 from flyaway.providers.fly.api import (
