@@ -362,9 +362,9 @@ class RunPodLimitsProxy(S3FaultProxy):
         url = urllib.parse.urlsplit(path)
         query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
         answer: tuple[int, str] | None = None
-        if command == "POST" and "delete" in query:
-            answer = (501, "NotImplemented")
-        elif command == "PUT" and "/" not in url.path.strip("/") and not query:
+        batch_delete = command == "POST" and "delete" in query
+        create_bucket = command == "PUT" and "/" not in url.path.strip("/") and not query
+        if batch_delete or create_bucket:
             answer = (501, "NotImplemented")
         elif command == "PUT" and (size > self.max_body or ("partNumber" not in query and size >= self.max_body)):
             answer = (400, "EntityTooLarge")

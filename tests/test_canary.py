@@ -7,6 +7,7 @@ is steered through the CLI. Intervals are short: there is no time-skipping serve
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import threading
@@ -349,7 +350,7 @@ def test_cloudflare_analytics_pause_a_new_origin_without_client_traffic_until_it
     queried = [q["variables"] for q in cloudflare.graphql_queries]
     assert all(q["zoneTag"] == "zone1" for q in queried)
     spans = [(q["start"], q["end"]) for q in queried[1:]]  # the first is the check before any weight change
-    assert all(later[0] == earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))  # back to back
+    assert all(later[0] == earlier[1] for earlier, later in itertools.pairwise(spans))  # back to back
     assert cli(temporal_server, "abort", "canary-cf-analytics", "--reason", "test over").exit_code == 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -52,7 +52,7 @@ async def decode(codec: EncryptionCodec | None, payload: Payload, type_hint: typ
 
 VALUES: list[tuple[Any, type]] = [
     (CopyProgress(volume="models", bytes_done=123, files=["a.bin", "b.bin"],
-                  finished_at=datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)), CopyProgress),
+                  finished_at=datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)), CopyProgress),
     ({"app": "whisper", "regions": ["ord", "iad"], "gpu": None}, dict),
     ("hello payload", str),
     (b"\x00\x01raw bytes\xff", bytes),
@@ -163,6 +163,6 @@ def test_bad_key_ring_is_a_clear_error_without_key_material(value: str, message:
 def test_generated_keys_parse_and_differ() -> None:
     first, second = generate_key(), generate_key("prod-2")
     ring_ = parse_key_ring(f"{second},{first}")
-    assert list(ring_)[0] == "prod-2"
+    assert next(iter(ring_)) == "prod-2"
     assert len(set(ring_.values())) == 2
     assert all(len(key) == 32 for key in ring_.values())

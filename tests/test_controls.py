@@ -17,8 +17,8 @@ from flyaway.models.status import MigrationState
 from flyaway.starter.cli import app
 from flyaway.starter.dev import free_port, write_random_file
 from tests.harness import (
-    STATE_DIR,
     REPO,
+    STATE_DIR,
     S3FaultProxy,
     TemporalDevServer,
     WorkerProcess,

@@ -232,7 +232,7 @@ def test_the_check_finds_refusals_and_bad_fly_tomls_before_anything_runs(
         tmp_path: Path) -> None:
     assert any("kill_signal" in item for item in check(cloud_run_stage(cloud_run, fly_toml=str(FLY_TOML))))
     cloud_run.denied.add("my-project")
-    with pytest.raises(ApplicationError, match="roles/run.admin") as raised:
+    with pytest.raises(ApplicationError, match=r"roles/run.admin") as raised:
         check(cloud_run_stage(cloud_run))
     assert raised.value.type == "AccessDenied"
     broken = tmp_path / "fly.toml"

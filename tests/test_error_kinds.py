@@ -251,7 +251,7 @@ def test_a_full_disk_is_waited_out_and_the_copy_ends_once_space_is_freed(
     result = run_async(migration_result(temporal_server, workflow_id, timeout=120))
     assert result.status.state == MigrationState.completed
     assert local_sha256(small_disk / "out" / "model.safetensors") == sha
-    assert not [path for path in (small_disk / "out" / STATE_DIR).rglob("partial/*")]
+    assert not list((small_disk / "out" / STATE_DIR).rglob("partial/*"))
 
 
 def local_sha256(path: Path) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
@@ -78,7 +78,7 @@ def test_authorization_scheme_follows_the_token_kind() -> None:
 
 def test_retry_after_accepts_seconds_and_http_dates() -> None:
     assert parse_retry_after("3") == 3.0
-    in_five = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=5), usegmt=True)
+    in_five = format_datetime(datetime.now(UTC) + timedelta(seconds=5), usegmt=True)
     assert 3.0 < (parse_retry_after(in_five) or 0) <= 5.0
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
@@ -94,9 +94,9 @@ def test_get_app(client: FlyClient) -> None:
 
 def test_unknown_app_is_not_found(fake: FakeFlyMachinesAPI, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLY_API_TOKEN", TOKEN)
-    with FlyClient("no-such-app", base_url=fake.base_url) as fly:
-        with pytest.raises(NotFound, match="Fly app 'no-such-app' not found"):
-            fly.list_machines()
+    with FlyClient("no-such-app", base_url=fake.base_url) as fly, \
+            pytest.raises(NotFound, match="Fly app 'no-such-app' not found"):
+        fly.list_machines()
 
 
 def test_list_machines_filters_by_region_and_metadata(client: FlyClient, fake: FakeFlyMachinesAPI) -> None:
@@ -191,7 +191,7 @@ def test_wait_timeout_names_the_state_reached(client: FlyClient, fake: FakeFlyMa
     fake.machine_start_delay = None
     machine = client.create_machine(agent_config(), region="ord", name="stuck-agent")
     started = time.monotonic()
-    with pytest.raises(MachineWaitTimeout, match="did not reach state 'started' within 1.5 s .*'created'"):
+    with pytest.raises(MachineWaitTimeout, match=r"did not reach state 'started' within 1.5 s .*'created'"):
         client.wait_machine(machine.id, "started", timeout=1.5)
     assert 1.4 <= time.monotonic() - started < 5
 
@@ -325,9 +325,9 @@ def test_5xx_until_the_retry_budget_runs_out(fake: FakeFlyMachinesAPI, monkeypat
     monkeypatch.setenv("FLY_API_TOKEN", TOKEN)
     fake.fail_next("GET", f"/apps/{APP}/volumes", 500, times=1000, message="flaps is sad")
     with structlog.testing.capture_logs() as logs, \
-            FlyClient(APP, base_url=fake.base_url, retry_seconds=1) as fly:
-        with pytest.raises(FlyApiUnavailable, match="HTTP 500: flaps is sad") as caught:
-            fly.list_volumes()
+            FlyClient(APP, base_url=fake.base_url, retry_seconds=1) as fly, \
+            pytest.raises(FlyApiUnavailable, match="HTTP 500: flaps is sad") as caught:
+        fly.list_volumes()
     assert caught.value.status == 500
     assert len(fake.requests_to("GET", f"/apps/{APP}/volumes")) >= 2
     assert logs and TOKEN not in repr(logs)
@@ -339,9 +339,8 @@ def test_denied_access_is_one_line_without_the_token(fake: FakeFlyMachinesAPI, m
     token = TOKEN if status == 403 else "fo1_wrong-token-5f4dcc3b5aa765d61d83"
     fake.denied_apps = {APP} if status == 403 else set()
     monkeypatch.setenv("FLY_API_TOKEN", token)
-    with FlyClient(APP, base_url=fake.base_url) as fly:
-        with pytest.raises(AccessDenied) as caught:
-            fly.list_machines()
+    with FlyClient(APP, base_url=fake.base_url) as fly, pytest.raises(AccessDenied) as caught:
+        fly.list_machines()
     message = str(caught.value)
     assert f"HTTP {status}" in message and "FLY_API_TOKEN" in message and APP in message
     assert "\n" not in message and token not in message

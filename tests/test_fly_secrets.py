@@ -17,9 +17,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from flyaway.activities.fly.agent import cleanup_fly_source, prepare_fly_source
+from flyaway.activities.secrets.base import digest_key
 from flyaway.codec import KEYS_ENV, EncryptionCodec, generate_key
 from flyaway.models.fly_agent import AgentCleanupRequest, AgentRequest
-from flyaway.activities.secrets.base import digest_key
 from flyaway.models.secrets import GcpSecretManagerDestination, SecretsReport, SecretsStage, secret_digest
 from flyaway.models.status import MigrationState, MigrationStatus, StageState
 from tests.fakes.fly_machines import FakeFlyMachinesAPI, FakeMachine
@@ -175,7 +175,7 @@ def test_fly_app_secrets_move_through_an_agent_machine_and_never_show(
 
     assert again.status.state == MigrationState.completed
     [report] = run_async(sync_reports(temporal_server, "migration-fly-secrets-again"))
-    assert {r.name: r.outcome for r in report.secrets} == {name: "unchanged" for name in values}
+    assert {r.name: r.outcome for r in report.secrets} == dict.fromkeys(values, "unchanged")
     assert gcp.version_count(PROJECT) == len(values), "a re-run adds no version"
     assert len(fly.agents()) == 2
     fly.assert_no_agent_left()

@@ -135,7 +135,7 @@ def test_fly_toml_settings_the_platform_refuses_are_an_invalid_plan(tmp_path: Pa
     stage = CloudRunDeploy.model_validate({"platform": "cloud_run", "project": "my-project", "region": "us-central1",
                                            "service": "llm", "fly_toml": str(fly_toml), "gpu": "nvidia-l4"})
     translation = translate(read_fly_toml(str(fly_toml)), "cloud_run")
-    with pytest.raises(InvalidPlan, match="set the field in the plan to override the fly.toml"):
+    with pytest.raises(InvalidPlan, match=r"set the field in the plan to override the fly.toml"):
         # the plan asks for a GPU explicitly; the fly.toml's 1 CPU / 2 GB is below its minimum
         apply_translation(stage, stage.model_fields_set, translation)
 

@@ -229,7 +229,7 @@ def test_check_names_what_is_wrong(fly_api: FlyApp) -> None:
     with pytest.raises(NotFound, match=r"has no volume 'models'; its volumes: weights \(vol_\w+, ord\)"):
         FlyVolumeSource(location(volume="models")).check()
     fly.fake.add_volume(APP, "weights", region="iad")
-    with pytest.raises(InvalidPlan, match="has 2 volumes named 'weights'.*name one by its id"):
+    with pytest.raises(InvalidPlan, match=r"has 2 volumes named 'weights'.*name one by its id"):
         FlyVolumeSource(location()).check()
     FlyVolumeSource(location(region="iad")).check()
     fly.fake.denied_apps.add(APP)
@@ -319,8 +319,8 @@ def test_agent_environment_comes_from_the_worker(tmp_path: Path) -> None:
                    "GOOGLE_APPLICATION_CREDENTIALS": "/etc/flyaway/GOOGLE_APPLICATION_CREDENTIALS.json"}
     assert [(f.guest_path, base64.b64decode(f.raw_value or "")) for f in files] == [
         ("/etc/flyaway/GOOGLE_APPLICATION_CREDENTIALS.json", b'{"type": "service_account"}')]
-    with pytest.raises(MissingCredentials, match="agent_temporal.api_key_env names TEMPORAL_CLOUD_KEY, which is not set"):
+    with pytest.raises(MissingCredentials, match=r"agent_temporal.api_key_env names TEMPORAL_CLOUD_KEY, which is not set"):
         agent_environment(source, to_gcs.destination, "ns.acct", {})
     s3 = stage_of(source)
-    with pytest.raises(MissingCredentials, match="weights.destination names AWS_ACCESS_KEY_ID"):
+    with pytest.raises(MissingCredentials, match=r"weights.destination names AWS_ACCESS_KEY_ID"):
         agent_environment(source, s3.destination, "ns.acct", {"TEMPORAL_CLOUD_KEY": "k", "HTTPS_PROXY": "p"})

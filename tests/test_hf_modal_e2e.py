@@ -38,7 +38,6 @@ from tests.harness import (
     start_migration,
     weights_plan,
 )
-
 from tests.providers import REPO, hf_location, modal_location, tree, worker_env
 
 MiB = 1024 * 1024
@@ -213,7 +212,7 @@ def test_bad_repos_tokens_and_volumes_fail_validate_and_the_workflow_before_any_
                 found.append(error.cause)
         return found
 
-    for (what, _, expected), cause in zip(cases, run_async(outcomes())):
+    for (what, _, expected), cause in zip(cases, run_async(outcomes()), strict=True):
         assert isinstance(cause, ApplicationError) and cause.type == "InvalidPlan", what
         assert expected in cause.message, (what, cause.message)
     assert not (tmp_path / "out").exists()

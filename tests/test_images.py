@@ -125,7 +125,7 @@ def start_registry(directory: Path, auth: dict[str, Any]) -> Registry:
         except httpx.TransportError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError(f"docker-registry did not start: {log_path.read_text()[-2000:]}")
+                raise RuntimeError(f"docker-registry did not start: {log_path.read_text()[-2000:]}") from None
             time.sleep(0.05)
 
 
@@ -334,7 +334,7 @@ def test_copy_rewrites_every_platform_and_a_rerun_pushes_nothing(basic_registry:
     assert result.destination_image == f"{token_registry.host}/team/gpu-app@{result.destination_digest}"
     index = json.loads(index_bytes)
     assert [entry["platform"] for entry in index["manifests"]] == list(PLATFORMS.values())
-    for entry, (platform, source_layers) in zip(index["manifests"], source.layers.items()):
+    for entry, (platform, source_layers) in zip(index["manifests"], source.layers.items(), strict=True):
         manifest_type, manifest_bytes = destination.manifest(entry["digest"])
         assert sha256(manifest_bytes) == entry["digest"] and manifest_type == entry["mediaType"] == DOCKER_MANIFEST
         manifest = json.loads(manifest_bytes)
@@ -539,7 +539,7 @@ def test_stage_validation_names_the_problem() -> None:
         ImageStage(destination="ghcr.io/org/app", set_env={"BAD-NAME": "1"})
     with pytest.raises(ValueError, match="exactly one of password_env"):
         RegistryCredentials(username="x")
-    with pytest.raises(ValueError, match="give source .* or fly_app"):
+    with pytest.raises(ValueError, match=r"give source .* or fly_app"):
         ImageStage(destination="ghcr.io/org/app")
     assert ImageStage(destination="ghcr.io/org/app", fly_app="gpu-app").drop_env == ["FLY_*", "PRIMARY_REGION"]
 
@@ -591,7 +591,7 @@ def test_the_fly_apps_image_is_its_newest_release_in_the_process_group(fly: Fake
     fly.add_machine("gpu-app", "flyaway-agent", config={"image": "ghcr.io/flyaway/agent:1"})  # no process group
     assert fly_image("gpu-app", "app") == "registry.fly.io/gpu-app:deployment-10"
     assert fly_image("gpu-app", "worker") == "registry.fly.io/gpu-app:deployment-11"
-    with pytest.raises(NotFound, match="no Machine in process group 'web'.*image.source"):
+    with pytest.raises(NotFound, match=r"no Machine in process group 'web'.*image.source"):
         fly_image("gpu-app", "web")
 
 

@@ -107,7 +107,7 @@ def test_every_source_to_every_destination(
                for pair, (plan, _) in pairs.items()}
         results = await asyncio.gather(*(migration_result(temporal_server, workflow_id, timeout=600)
                                          for workflow_id in ids.values()))
-        return dict(zip(ids, results))
+        return dict(zip(ids, results, strict=True))
 
     results = run_async(run_all())
     for pair, (_, read_back) in pairs.items():

@@ -129,7 +129,7 @@ def test_bad_input_is_refused_before_any_byte_moves(tmp_path: Path, modal_dir: P
         destination(tmp_path, volume="absent", create_if_missing=False).check()
 
     huge = SourceFile(key="huge.bin", size=2**40, version="1")
-    with pytest.raises(LimitExceeded, match="huge.bin: 1099511627776 bytes is over modal://weights/m's "
+    with pytest.raises(LimitExceeded, match=r"huge.bin: 1099511627776 bytes is over modal://weights/m's "
                                             "1099511627775-byte object limit"):
         destination(tmp_path, staging_budget="2TiB").check_file(huge)
     with pytest.raises(LimitExceeded, match="over the staging budget of 1073741824 bytes"):
@@ -150,7 +150,7 @@ def test_directory_fanout_counts_files_and_sub_folders() -> None:
     for key in ("a/1", "a/2", "b/x/1", "b/x/2", "b/y/1", "c"):
         fanout.add(key)
     assert fanout.entries == {"": 3, "a": 2, "b": 2, "b/x": 2, "b/y": 1}
-    with pytest.raises(LimitExceeded, match="folder '.' would hold over 3 entries at modal://v/"):
+    with pytest.raises(LimitExceeded, match=r"folder '.' would hold over 3 entries at modal://v/"):
         fanout.add("d/1")
     with pytest.raises(LimitExceeded, match="folder 'a' would hold over 3 entries"):
         for key in ("a/3", "a/sub/1"):

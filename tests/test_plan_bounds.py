@@ -144,7 +144,7 @@ def test_edge_values_through_temporal_end_the_workflow_as_invalid_plan(
             causes.append(failure.value.cause)
         return causes
 
-    for (what, _, _, expected), cause in zip(cases, run_async(start_all())):
+    for (what, _, _, expected), cause in zip(cases, run_async(start_all()), strict=True):
         assert isinstance(cause, ApplicationError), (what, cause)
         assert cause.type == "InvalidPlan" and cause.non_retryable, what
         assert expected in cause.message, (what, cause.message)

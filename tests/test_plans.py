@@ -164,7 +164,7 @@ def test_online_errors_fail_validate_and_fail_fast_through_temporal(
                 outcomes.append(error.cause)
         return outcomes
 
-    for (what, _, expected), cause in zip(cases, run_async(start_all())):
+    for (what, _, expected), cause in zip(cases, run_async(start_all()), strict=True):
         assert isinstance(cause, ApplicationError), what
         assert cause.non_retryable and cause.type == "InvalidPlan", what
         assert expected in cause.message, (what, cause.message)

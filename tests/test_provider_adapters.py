@@ -26,8 +26,7 @@ from flyaway.activities.errors import (
     MissingCredentials,
     NotFound,
 )
-from flyaway.activities.storage import open_destination, open_source
-from flyaway.activities.storage import s3 as s3_module
+from flyaway.activities.storage import open_destination, open_source, s3 as s3_module
 from flyaway.activities.storage.base import UploadGone
 from flyaway.activities.storage.checksums import crc32c_combine
 from flyaway.activities.storage.engine import CopyEngine, part_checksum
@@ -310,7 +309,7 @@ def test_missing_credentials_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path
     with pytest.raises(MissingCredentials, match="variable GOOGLE_APPLICATION_CREDENTIALS is not set"):
         GcsDestination(location)
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "key.json"))
-    with pytest.raises(MissingCredentials, match="key.json, which is not a file"):
+    with pytest.raises(MissingCredentials, match=r"key.json, which is not a file"):
         GcsDestination(location)
     (tmp_path / "key.json").write_text('{"type": "nonsense"}')
     with pytest.raises(MissingCredentials, match="is not a service account key or user credentials file"):

@@ -279,7 +279,7 @@ def test_report_of_a_teardown_names_what_is_left_on_fly(temporal_server: Tempora
             assert run_async(migration_result(temporal_server, workflow_id, 60)).status.state == "completed"
         finally:
             worker.stop()
-        snapshots = {volume.id: snapshot["id"] for snapshot in fly.apps["old-app"].snapshots[volume.id]}
+        snapshots = {volume.id: fly.apps["old-app"].snapshots[volume.id][-1]["id"]}
 
     report = write_report(temporal_server, "report-teardown", tmp_path / "teardown.html")
     teardown = next(stage for stage in report.stages if stage.name == "teardown")

@@ -5,7 +5,7 @@ or "no price known"."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +143,7 @@ def test_the_cost_section_shows_figures_and_no_price_known() -> None:
     scaling = ServiceScaling(gpu="ADA_80_PRO", min_instances=0, max_instances=2, idle_timeout_seconds=300)
     fly = FlyScaling(gpu="a100-pcie-40gb", gpus_per_machine=1, min_machines_running=0)
     report = MigrationReport(name="costs", workflow_id="migration-costs", run_status="running", state="running",
-                             generated_at=datetime.now(timezone.utc),
+                             generated_at=datetime.now(UTC),
                              cost=[prices.target_cost(table, "runpod", scaling), prices.fly_cost(table, fly, scaling)])
     page = render_html(report)
     target, fly_row = page.split('<tr class="cost-target">')[1], page.split('<tr class="cost-fly">')[1]

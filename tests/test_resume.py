@@ -15,8 +15,8 @@ from flyaway.models.status import MigrationState
 from flyaway.starter.cli import app
 from flyaway.starter.dev import write_random_file
 from tests.harness import (
-    S3FaultProxy,
     TEST_AWS_ENV,
+    S3FaultProxy,
     TemporalDevServer,
     WorkerProcess,
     eventually,

@@ -128,7 +128,7 @@ def test_the_router_verdict_joins_the_probes_the_worse_wins(cloudflare: FakeClou
                                     {"kind": "cloudflare", "account_id": "a", "pool_id": "p",
                                      "fly_origin_name": "f", "new_origin_name": "n"}])
 def test_router_analytics_need_a_cloudflare_load_balancer(router: dict[str, Any]) -> None:
-    with pytest.raises(ValidationError, match="analysis.router_analytics reads Cloudflare Load Balancing "
+    with pytest.raises(ValidationError, match=r"analysis.router_analytics reads Cloudflare Load Balancing "
                                               "analytics: it needs router kind cloudflare with zone_id"):
         CanaryStage.model_validate({"router": router, "old_endpoint": "https://app.fly.dev",
                                     "steps": [{"weight": 100}], "analysis": {"router_analytics": True}})

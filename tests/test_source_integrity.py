@@ -331,7 +331,7 @@ def test_a_second_migration_writing_the_same_keys_is_refused_naming_the_first(tm
     one, two = CopyStateNames("migration-one-weights"), CopyStateNames("migration-two-weights")
     listing = list_and_copy(first, one, "L1")
 
-    with pytest.raises(InvalidPlan, match="migration migration-one-weights is writing the same keys "
+    with pytest.raises(InvalidPlan, match=r"migration migration-one-weights is writing the same keys "
                                           "\\('shared.bin' and maybe more\\)"):
         _write_listing(second, "L2", two, lambda files: None)
     _write_listing(disjoint, "L3", CopyStateNames("migration-three-weights"), lambda files: None)  # fine

@@ -78,9 +78,9 @@ def test_the_dns_ttl_end_is_read_from_the_canary_result_as_a_model_or_as_plain_d
 
 
 def test_the_plan_must_say_how_traffic_moved_and_that_app_deletion_deletes_volumes() -> None:
-    with pytest.raises(ValueError, match="no canary stage.*no_traffic_stage_ok: true"):
+    with pytest.raises(ValueError, match=r"no canary stage.*no_traffic_stage_ok: true"):
         plan_with()
-    with pytest.raises(ValueError, match="plan.teardown: delete_app deletes the app's volumes and their snapshots"):
+    with pytest.raises(ValueError, match=r"plan.teardown: delete_app deletes the app's volumes and their snapshots"):
         plan_with(no_traffic_stage_ok=True, delete_app=True)
 
 
@@ -243,8 +243,8 @@ def test_a_worker_killed_while_machines_stop_then_the_retry_ends_in_the_same_sta
     app = fly.apps[APP]
     assert {m.state for m in app.machines.values()} == {"destroyed"}
     assert {v.state for v in app.volumes.values()} == {"destroyed"}
-    assert {volume_id: len(snapshots) for volume_id, snapshots in app.snapshots.items()} == {
-        volume_id: 1 for volume_id in app.volumes}, "one snapshot per volume, none taken twice"
+    assert {volume_id: len(snapshots) for volume_id, snapshots in app.snapshots.items()} == dict.fromkeys(
+        app.volumes, 1), "one snapshot per volume, none taken twice"
     assert list(app.ips) == [PRIVATE_IP]
 
 

@@ -349,7 +349,7 @@ def test_cloudflare_load_balancer_must_serve_the_pool(cloudflare: FakeCloudflare
     assert router.propagation_seconds() == 30  # grey-clouded: DNS answers live for the TTL
     with pytest.raises(InvalidPlan, match="does not use pool pool1"):
         CloudflareRouter(cloudflare_config(cloudflare, zone_id="zone1", load_balancer_id="lb2")).check()
-    with pytest.raises(NotFound, match="router.load_balancer_id"):
+    with pytest.raises(NotFound, match=r"router.load_balancer_id"):
         CloudflareRouter(cloudflare_config(cloudflare, zone_id="zone1", load_balancer_id="lb9")).check()
 
 

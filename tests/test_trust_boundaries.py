@@ -188,10 +188,10 @@ async def failure_through_the_codec_server(server: TemporalDevServer, workflow_i
     failure = next(event.workflow_execution_failed_event_attributes.failure for event in history.events
                    if event.HasField("workflow_execution_failed_event_attributes"))
     assert failure.message == "Encoded failure"
-    async with serve_codec(EncryptionCodec.from_env({KEYS_ENV: keys}), free_port(), []) as codec_url:  # type: ignore[arg-type]
-        async with httpx.AsyncClient() as http:
-            answer = await http.post(f"{codec_url}/decode", headers={"X-Namespace": "default"},
-                                     json=json_format.MessageToDict(Payloads(payloads=[failure.encoded_attributes])))
+    async with serve_codec(EncryptionCodec.from_env({KEYS_ENV: keys}), free_port(), []) as codec_url, \
+            httpx.AsyncClient() as http:
+        answer = await http.post(f"{codec_url}/decode", headers={"X-Namespace": "default"},
+                                 json=json_format.MessageToDict(Payloads(payloads=[failure.encoded_attributes])))
     answer.raise_for_status()
     [payload] = answer.json()["payloads"]
     return base64.b64decode(payload["data"]).decode()
@@ -241,7 +241,7 @@ def test_the_default_policy_refuses(sections: dict[str, Any], refusal: str, tmp_
 
 
 def test_an_unknown_kind_in_the_allowed_credentials_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="'runpodd=X' is not <kind>=<VARIABLE>; kinds: .*runpod"):
+    with pytest.raises(ValueError, match=r"'runpodd=X' is not <kind>=<VARIABLE>; kinds: .*runpod"):
         load_policy({"FLYAWAY_ALLOW_CREDENTIALS": "runpodd=X"})
 
 
@@ -293,13 +293,13 @@ def test_a_file_replaced_by_a_link_out_of_the_root_after_listing_is_never_read(t
     assert source.read(listed["inside-link"], 0, 7) == b"weights"
     (root / "sub" / "model.bin").unlink()
     (root / "sub" / "model.bin").symlink_to(outside)
-    with pytest.raises(AccessDenied, match="source file sub/model.bin: a link out of the source folder"):
+    with pytest.raises(AccessDenied, match=r"source file sub/model.bin: a link out of the source folder"):
         source.read(listed["sub/model.bin"], 0, 6)
     (root / "sub" / "model.bin").unlink()
     (root / "sub").rename(root / "real-sub")
     (root / "sub").symlink_to(tmp_path)  # a folder on the way swapped for a link
     (tmp_path / "model.bin").write_bytes(b"victim!")
-    with pytest.raises(AccessDenied, match="sub/model.bin"):
+    with pytest.raises(AccessDenied, match=r"sub/model.bin"):
         source.read(listed["sub/model.bin"], 0, 7)
 
 

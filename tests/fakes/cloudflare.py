@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import re
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from graphql import GraphQLResolveInfo, build_schema, graphql_sync
@@ -66,7 +66,7 @@ def envelope(result: Any = None, errors: list[dict[str, Any]] | None = None) -> 
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 class _Handler(JsonHandler):
@@ -112,7 +112,7 @@ class FakeCloudflare(LoopbackServer):
                         at: datetime | None = None) -> None:
         """``count`` requests the load balancer sent ``origin_name`` of ``pool_id`` at ``at`` (now)."""
         pool = self.pools.get(pool_id, {})
-        self.lb_requests.append({"zone": zone_id, "datetime": at or datetime.now(timezone.utc), "count": count,
+        self.lb_requests.append({"zone": zone_id, "datetime": at or datetime.now(UTC), "count": count,
                                  "lbName": balancer_name, "selectedPoolId": pool_id,
                                  "selectedPoolName": pool.get("name"), "selectedOriginName": origin_name})
 
@@ -160,7 +160,7 @@ class FakeCloudflare(LoopbackServer):
                    "extensions": {"timestamp": _now()}} for error in result.errors or []]
         return {"data": result.data if not errors else None, "errors": errors or None}
 
-    def _zones(self, info: GraphQLResolveInfo, filter: dict[str, Any]) -> list[dict[str, Any]]:  # noqa: A002
+    def _zones(self, info: GraphQLResolveInfo, filter: dict[str, Any]) -> list[dict[str, Any]]:
         tags = filter.get("zoneTag_in") or [filter.get("zoneTag")]
         known = {request["zone"] for request in self.lb_requests} | {zone for zone, _ in self.load_balancers}
         for index, tag in enumerate(tags):
@@ -170,8 +170,8 @@ class FakeCloudflare(LoopbackServer):
         return [{"zoneTag": tag, "loadBalancingRequestsAdaptiveGroups": self._lb_groups(tag)} for tag in tags]
 
     def _lb_groups(self, zone_id: str) -> Any:
-        def resolve(info: GraphQLResolveInfo, limit: int, filter: dict[str, Any] | None = None,  # noqa: A002
-                    orderBy: list[str] | None = None) -> list[dict[str, Any]]:  # noqa: N803 - the API's name
+        def resolve(info: GraphQLResolveInfo, limit: int, filter: dict[str, Any] | None = None,
+                    orderBy: list[str] | None = None) -> list[dict[str, Any]]:
             wanted = _selected_dimensions(info)
             groups: dict[tuple[Any, ...], int] = {}
             for request in self.lb_requests:
@@ -179,7 +179,7 @@ class FakeCloudflare(LoopbackServer):
                     key = tuple(request[name] for name in wanted)
                     groups[key] = groups.get(key, 0) + request["count"]
             return [{"count": count, "dimensions": {name: (value.isoformat() if isinstance(value, datetime)
-                                                            else value) for name, value in zip(wanted, key)}}
+                                                            else value) for name, value in zip(wanted, key, strict=True)}}
                     for key, count in groups.items()][:limit]
         return resolve
 

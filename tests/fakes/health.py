@@ -12,7 +12,7 @@ from tests.fakes.loopback import JsonHandler, LoopbackServer
 
 
 class _Handler(JsonHandler):
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+    def do_GET(self) -> None:
         status = self.owner.answer(self.path, dict(self.headers))
         self.send_json(status, {"status": "ok" if status == 200 else "starting"})
 

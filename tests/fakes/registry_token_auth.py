@@ -55,7 +55,7 @@ class TokenAuthServer:
 
     def __post_init__(self) -> None:
         self._key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.issuer)])
         self._cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
                       .public_key(self._key.public_key()).serial_number(x509.random_serial_number())
@@ -93,7 +93,7 @@ class TokenAuthServer:
             granted = [action for action in actions.split(",") if action in allowed]
             if kind == "repository" and granted:
                 access.append({"type": kind, "name": name, "actions": granted})
-        now = int(datetime.datetime.now(datetime.timezone.utc).timestamp())
+        now = int(datetime.datetime.now(datetime.UTC).timestamp())
         claims = {"iss": self.issuer, "sub": user or "", "aud": self.service, "exp": now + TOKEN_SECONDS,
                   "nbf": now - 10, "iat": now, "jti": uuid.uuid4().hex, "access": access}
         x5c = base64.b64encode(self._cert.public_bytes(serialization.Encoding.DER)).decode()
@@ -114,7 +114,7 @@ class TokenAuthServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 url = urlsplit(self.path)
                 if url.path != "/token":
                     return self._reply(404, {"error": "not found"})

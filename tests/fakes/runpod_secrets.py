@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import secrets as random_tokens
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -31,7 +31,7 @@ _TITLES = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Confli
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Problem(Exception):

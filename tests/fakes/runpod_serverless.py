@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import secrets as random_tokens
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -124,7 +124,7 @@ class FakeRunpodServerless(LoopbackServer):
     def _create(self, body: dict[str, Any]) -> dict[str, Any]:
         _check(body, self.volumes)
         endpoint_id = random_tokens.token_hex(7)
-        endpoint = {"id": endpoint_id, "createdAt": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        endpoint = {"id": endpoint_id, "createdAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                     "flashboot": "OFF", "registry": None, "timeout": 300000, "dataCenterIds": [],
                     "networkVolumes": [], **body}
         endpoint["requestUrls"] = ({"base": self.endpoint_base, "health": f"{self.endpoint_base}/ping"}

@@ -97,7 +97,7 @@ def test_five_sigkills_resend_only_the_parts_in_flight_and_no_small_file(
                    what="the new worker to take up the copy")
 
     for point in kill_points:
-        eventually(lambda: holding_proxy.landed_parts() >= point, 120, interval=0.02,
+        eventually(lambda: holding_proxy.landed_parts() >= point, 120, interval=0.02,  # noqa: B023 (polled now)
                    what=f"{point} parts to land")
         assert not holding_proxy.complete_held_at, "the upload completed before this kill; it proves nothing"
         killed_at.append(f"{holding_proxy.landed_parts()} parts landed")

@@ -13,8 +13,8 @@ import pytest
 
 from flyaway.models.status import MigrationState, StageState
 from flyaway.starter.dev import write_random_file
-from tests.faults import MiB, RecordingProxy, report
 from tests.fakes.gcp_secret_manager import FakeSecretManager
+from tests.faults import MiB, RecordingProxy, report
 from tests.harness import (
     TemporalDevServer,
     WorkerProcess,
@@ -67,7 +67,7 @@ def test_five_sigkills_cost_at_most_the_parts_in_flight(
     workflow_id = run_async(start_migration(temporal_server, plan, worker.task_queue))
     killed_at, recovery = [], []
     for point in kill_points:
-        eventually(lambda: recording_proxy.landed_parts() >= point, 90, interval=0.02,
+        eventually(lambda: recording_proxy.landed_parts() >= point, 90, interval=0.02,  # noqa: B023 (polled now)
                    what=f"{point} parts to land")
         worker.kill()
         kill_time, landed = time.monotonic(), recording_proxy.landed_parts()
@@ -75,7 +75,7 @@ def test_five_sigkills_cost_at_most_the_parts_in_flight(
         killed_at.append(landed)
         worker.start()
         restarted = time.monotonic()  # a whole request arriving from now on comes from the new worker
-        eventually(lambda: recording_proxy.received_at > restarted, 90, interval=0.05,
+        eventually(lambda: recording_proxy.received_at > restarted, 90, interval=0.05,  # noqa: B023 (polled now)
                    what="the new worker to take up the copy")
         recovery.append(round(recording_proxy.received_at - kill_time, 1))
     result = run_async(migration_result(temporal_server, workflow_id, timeout=120))
