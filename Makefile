@@ -15,8 +15,7 @@ test-quick:  ## the suite without the slow end-to-end tests
 
 lint:  ## ruff over the tree, mypy --strict over flyaway/ (both configured in pyproject.toml)
 	bash scripts/setup.sh test
-	.venv/bin/ruff check
-	.venv/bin/mypy
+	.venv/bin/ruff check; ruff=$$?; .venv/bin/mypy && exit $$ruff  # both report, either fails it
 
 bench:  ## copy benchmarks against rclone and cp; prints throughput ratios and peak RSS
 	bash scripts/setup.sh bench
