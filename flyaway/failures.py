@@ -1,16 +1,84 @@
-"""How failures are written into Temporal's history: flyaway's own clear errors carry no Python stack trace.
+"""The one failure path: how an exception leaving an activity becomes a Temporal failure, and how it is written.
 
-A non-retryable ``ApplicationError`` is flyaway's answer to something a person must fix (an invalid
-plan, denied access, corrupt data, an abort): its message says what and where, and the Python
-stack trace under it in the Temporal UI only hides that. Every other failure keeps its trace.
-The worker's log keeps the trace of every error.
+Every worker registers :class:`FailureInterceptor`, so no activity maps its own errors:
+
+- flyaway's own errors (:mod:`flyaway.errors`), and ``OSError``s no retry fixes, leave as
+  non-retryable ``ApplicationError``s typed by their class name;
+- any other exception (a client library's, a network error) leaves as a retryable
+  ``ApplicationError`` of its class name, so Temporal tries the activity again;
+- either way the message is scrubbed of every registered secret value and the original chain is
+  cut, since a cause's message or arguments could hold a value the scrubber does not know.
+
+Temporal's own exceptions (an ``ApplicationError`` an activity raised itself, a cancellation) pass
+through untouched.
+
+A non-retryable failure is flyaway's answer to something a person must fix (an invalid plan, denied
+access, corrupt data, an abort): its message says what and where, and the Python stack trace under
+it in the Temporal UI only hides that, so :class:`PlainFailureConverter` leaves it out. Every other
+failure keeps its trace.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import structlog
 from temporalio.api.failure.v1 import Failure
 from temporalio.converter import DefaultFailureConverter, PayloadConverter
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, TemporalError
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
+    Interceptor,
+)
+
+from flyaway.errors import FlyawayError, permanent_os_error
+from flyaway.redaction import scrub
+
+log = structlog.get_logger(__name__)
+
+
+def activity_failure(error: BaseException) -> BaseException:
+    """What ``error`` leaves an activity as: itself (Temporal's own, or not an ``Exception``), or a typed,
+    scrubbed ``ApplicationError``."""
+    if isinstance(error, TemporalError) or not isinstance(error, Exception):
+        return error
+    final: FlyawayError | None = error if isinstance(error, FlyawayError) else None
+    if isinstance(error, OSError):
+        final = permanent_os_error(error)
+    if final is not None:
+        log.error("activity failed for good", error=scrub(str(final)), error_type=type(final).__name__)
+        return ApplicationError(scrub(str(final)), type=type(final).__name__, non_retryable=True)
+    message = scrub(str(error))
+    log.warning("activity failed; Temporal will retry it", error=message, error_type=type(error).__name__)
+    return ApplicationError(message, type=type(error).__name__).with_traceback(error.__traceback__)
+
+
+@contextmanager
+def activity_failures() -> Iterator[None]:
+    """Let what the block raises leave as :func:`activity_failure` says (the original chain cut)."""
+    try:
+        yield
+    except BaseException as error:
+        failure = activity_failure(error)
+        if failure is error:
+            raise
+        raise failure from None
+
+
+class FailureInterceptor(Interceptor):
+    """Maps every exception that leaves an activity through :func:`activity_failure`."""
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _MapFailures(next)
+
+
+class _MapFailures(ActivityInboundInterceptor):
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        with activity_failures():
+            return await self.next.execute_activity(input)
 
 
 class PlainFailureConverter(DefaultFailureConverter):

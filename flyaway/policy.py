@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
-from flyaway.activities.errors import InvalidPlan
+from flyaway.errors import InvalidPlan
 from flyaway.models.credentials import CredentialUser, credential_users
 from flyaway.models.plan import STAGES, MigrationPlan
 from flyaway.models.secrets import DotenvSource, EnvSource

@@ -17,16 +17,16 @@ import pytest
 import yaml
 from pydantic import TypeAdapter
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import ActivityEnvironment
 
 from flyaway.activities.deploy.activities import check_deploy, deploy_service
 from flyaway.activities.deploy.modal import ModalDeployer, render_app
-from flyaway.activities.errors import InvalidPlan, MissingCredentials
+from flyaway.errors import InvalidPlan, MissingCredentials
 from flyaway.models.deploy import DeployRequest, DeployResult, DeployStage, ModalDeploy, WeightsVolume
 from flyaway.models.plan import parse_plan
 from tests.fakes.cloud_run import FakeCloudRun
 from tests.fakes.health import StartingService
 from tests.fakes.runpod_serverless import FakeRunpodServerless
+from tests.support.activities import WorkerActivityEnvironment
 
 IMAGE = "europe-west4-docker.pkg.dev/my-project/llm/llama@sha256:" + "ab" * 32
 FAST_HEALTH = {"interval": "0.05s", "deadline": "5s"}
@@ -39,7 +39,7 @@ def deploy(stage: dict[str, Any], *, image: str = IMAGE, secrets: dict[str, str]
     parsed = TypeAdapter(DeployStage).validate_python({"mount_weights": False, **stage})
     request = DeployRequest(stage=parsed, explicit=sorted(parsed.model_fields_set), image=image,
                             secrets=secrets or {}, weights=weights)
-    return asyncio.run(ActivityEnvironment().run(deploy_service, request))
+    return asyncio.run(WorkerActivityEnvironment().run(deploy_service, request))
 
 
 def failure(stage: dict[str, Any], **kwargs: Any) -> ApplicationError:
@@ -224,7 +224,7 @@ def test_a_queue_endpoint_of_the_same_name_is_not_taken_over(runpod: FakeRunpodS
 def check(stage: dict[str, Any], **kwargs: Any) -> list[str]:
     parsed = TypeAdapter(DeployStage).validate_python({"mount_weights": False, **stage})
     request = DeployRequest(stage=parsed, explicit=sorted(parsed.model_fields_set), image=IMAGE, **kwargs)
-    return asyncio.run(ActivityEnvironment().run(check_deploy, request))
+    return asyncio.run(WorkerActivityEnvironment().run(check_deploy, request))
 
 
 def test_the_check_finds_refusals_and_bad_fly_tomls_before_anything_runs(

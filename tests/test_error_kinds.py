@@ -17,13 +17,10 @@ from typing import Any
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import ActivityEnvironment
 
-from flyaway.activities.errors import DataCorruption, InvalidPlan
 from flyaway.activities.storage.activities import (
     CopyStateNames,
     copy_batch,
-    non_retryable_errors,
     verify_copy,
 )
 from flyaway.activities.storage.checksums import part_checksum
@@ -34,6 +31,8 @@ from flyaway.activities.storage.names import KeysTheDestinationRefuses
 from flyaway.activities.storage.runpod import RunPodVolumeDestination
 from flyaway.activities.storage.s3 import S3Destination
 from flyaway.activities.storage.stall import CopyStalled, cut_when_stalled, stalled_after
+from flyaway.errors import DataCorruption, InvalidPlan
+from flyaway.failures import activity_failure
 from flyaway.models.copy import BatchRequest, CopySettings, ListingResult
 from flyaway.models.locations import LocalLocation
 from flyaway.models.plan import WeightsStage
@@ -52,6 +51,7 @@ from tests.harness import (
     start_migration,
     weights_plan,
 )
+from tests.support.activities import WorkerActivityEnvironment
 
 LONG_NAME = "n" * 300
 MiB = 1024 * 1024
@@ -144,7 +144,7 @@ def local_stage(tmp_path: Path) -> WeightsStage:
 def test_state_that_does_not_decode_is_data_corruption_of_that_state(tmp_path: Path, garbage: bytes) -> None:
     stage = local_stage(tmp_path)
     dest = LocalDestination(stage.destination)  # type: ignore[arg-type]
-    env = ActivityEnvironment()
+    env = WorkerActivityEnvironment()
     state = CopyStateNames(env.info.workflow_id)
     dest.put_state(state.listing("l1"), garbage)
     dest.put_state(f"{state.shards('l1')}0000000000000000-0001-000000.jsonl", garbage)
@@ -164,25 +164,24 @@ def test_state_that_does_not_decode_is_data_corruption_of_that_state(tmp_path: P
                                             (errno.EEXIST, "InvalidPlan"), (errno.EISDIR, "InvalidPlan"),
                                             (errno.EROFS, "AccessDenied")])
 def test_file_system_errors_no_retry_fixes_end_the_activity_naming_the_path(code: int, kind: str) -> None:
-    @non_retryable_errors
-    async def write() -> None:
-        raise OSError(code, os.strerror(code), "/data/weights/model.bin")
-
-    with pytest.raises(ApplicationError) as failure:
-        run_async(write())
-    assert failure.value.type == kind and failure.value.non_retryable
-    assert failure.value.message.startswith(f"/data/weights/model.bin: {os.strerror(code)}; ")
+    failure = activity_failure(OSError(code, os.strerror(code), "/data/weights/model.bin"))
+    assert isinstance(failure, ApplicationError)
+    assert failure.type == kind and failure.non_retryable
+    assert failure.message.startswith(f"/data/weights/model.bin: {os.strerror(code)}; ")
 
 
 @pytest.mark.parametrize("code", [errno.EIO, errno.ENOSPC, errno.ECONNRESET, errno.ESTALE])
 def test_transient_os_errors_stay_retryable(code: int) -> None:
-    @non_retryable_errors
-    async def write() -> None:
-        raise OSError(code, os.strerror(code))
+    error = OSError(code, os.strerror(code))
+    failure = activity_failure(error)
+    assert isinstance(failure, ApplicationError)
+    assert failure.type == type(error).__name__ and not failure.non_retryable
+    assert failure.message == f"[Errno {code}] {os.strerror(code)}"
 
-    with pytest.raises(OSError) as failure:
-        run_async(write())
-    assert failure.value.errno == code
+
+def test_temporal_s_own_errors_and_cancellations_pass_through() -> None:
+    for error in (ApplicationError("raised as it is", type="Aborted", non_retryable=True), asyncio.CancelledError()):
+        assert activity_failure(error) is error
 
 
 def test_a_failed_put_leaves_no_partial_file(tmp_path: Path) -> None:

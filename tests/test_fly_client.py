@@ -14,7 +14,7 @@ import pytest
 import structlog
 import yaml
 
-from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
+from flyaway.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
 from flyaway.providers.fly.api import MachineConfig, MachineGuest, MachineMount
 from flyaway.providers.fly.client import (
     DEFAULT_BASE_URL,

@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import ActivityEnvironment
 
 from flyaway.activities.fly.agent import cleanup_fly_source, prepare_fly_source
 from flyaway.activities.secrets.base import digest_key
@@ -36,6 +35,7 @@ from tests.harness import (
     run_migration,
     start_migration,
 )
+from tests.support.activities import WorkerActivityEnvironment
 from tests.test_secrets_leak import assert_no_value, executions, history_texts, secret_values, temporal_show
 
 TOKEN = "fo1_fly-secrets-test-token"
@@ -259,8 +259,8 @@ def test_a_secrets_agent_has_no_volume_and_is_kept_apart_from_volume_agents(fly_
     volume_agent = fly_api.add_machine(APP, "flyaway-agent-volume", config={"image": "img", "metadata": {
         "flyaway_role": "volume-agent", "flyaway_migration": "migration-m", "flyaway_run": "other"}})
 
-    first = ActivityEnvironment().run(prepare_fly_source, agent_request("run-1"))
-    second = ActivityEnvironment().run(prepare_fly_source, agent_request("run-2"))
+    first = WorkerActivityEnvironment().run(prepare_fly_source, agent_request("run-1"))
+    second = WorkerActivityEnvironment().run(prepare_fly_source, agent_request("run-2"))
 
     assert second.secret_names == ["HF_TOKEN"] and second.fork_volume_id is None
     assert second.task_queue.startswith("flyaway-agent-") and second.task_queue != first.task_queue
@@ -269,7 +269,7 @@ def test_a_secrets_agent_has_no_volume_and_is_kept_apart_from_volume_agents(fly_
     assert machines[second.machine_id].boot_env["HF_TOKEN"] == "hf_value_1234", "Fly gave it the app's secrets"
     assert machines[first.machine_id].state == "destroyed", "a leftover of another run is removed"
     assert volume_agent.state == "started", "a volume agent of the same migration is not a leftover"
-    report = ActivityEnvironment().run(cleanup_fly_source, AgentCleanupRequest(
+    report = WorkerActivityEnvironment().run(cleanup_fly_source, AgentCleanupRequest(
         source=agent_request("any").source, migration_id="migration-m"))
     assert report.machines_destroyed == [second.machine_id] and volume_agent.state == "started"
     assert fly_api.requests_to("GET", f"/apps/{APP}/volumes") == [], "a secrets agent never looks at volumes"
@@ -279,6 +279,6 @@ def test_an_app_secret_named_like_the_agents_own_variable_is_refused_before_anyt
         fly_api: FakeFlyMachinesAPI) -> None:
     fly_api.add_secret(APP, "TEMPORAL_ADDRESS", "somewhere.else:7233")
     with pytest.raises(ApplicationError, match="Fly app 'gpu-app' has secrets named TEMPORAL_ADDRESS") as failure:
-        ActivityEnvironment().run(prepare_fly_source, agent_request("run-1"))
+        WorkerActivityEnvironment().run(prepare_fly_source, agent_request("run-1"))
     assert failure.value.type == "InvalidPlan" and failure.value.non_retryable
     assert fly_api.requests_to("POST", ".*") == []

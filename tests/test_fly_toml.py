@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from flyaway.activities.deploy.fly_toml import apply_translation, parse_fly_toml, read_fly_toml, translate
-from flyaway.activities.errors import InvalidPlan, NotFound
+from flyaway.errors import InvalidPlan, NotFound
 from flyaway.models.deploy import CloudRunDeploy, ModalDeploy, RunpodDeploy
 from flyaway.starter.cli import app
 

@@ -14,11 +14,10 @@ from typing import Any
 
 import pytest
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import ActivityEnvironment
 
-from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
 from flyaway.activities.fly.agent import cleanup_fly_source, prepare_fly_source
 from flyaway.activities.storage.fly_volume import FlyVolumeSource
+from flyaway.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
 from flyaway.models.fly_agent import AgentCleanupRequest, AgentRequest
 from flyaway.models.locations import FlyVolumeLocation
 from flyaway.models.plan import WeightsStage
@@ -45,6 +44,7 @@ from tests.harness import (
     start_migration,
     weights_plan,
 )
+from tests.support.activities import WorkerActivityEnvironment
 from tests.test_secrets_leak import payloads_in
 
 TOKEN = "fo1_fly-volume-test-token"
@@ -238,7 +238,7 @@ def test_check_names_what_is_wrong(fly_api: FlyApp) -> None:
 
 
 def prepare(source: FlyVolumeLocation, run_id: str = "run-1") -> Any:
-    return ActivityEnvironment().run(prepare_fly_source,
+    return WorkerActivityEnvironment().run(prepare_fly_source,
                                      AgentRequest(stage=stage_of(source), migration_id="migration-m", run_id=run_id))
 
 
@@ -283,10 +283,10 @@ def test_a_retry_reuses_its_run_a_later_run_removes_leftovers_and_cleanup_remove
                                                     second.fork_volume_id: "created"}
     assert second.task_queue == f"flyaway-agent-{second.fork_volume_id}"
 
-    kept = ActivityEnvironment().run(cleanup_fly_source, AgentCleanupRequest(
+    kept = WorkerActivityEnvironment().run(cleanup_fly_source, AgentCleanupRequest(
         source=location(keep_fork=True), migration_id="migration-m"))
     assert kept.machines_destroyed == [second.machine_id] and kept.forks_kept == [second.fork_volume_id]
-    report = ActivityEnvironment().run(cleanup_fly_source, AgentCleanupRequest(source=source,
+    report = WorkerActivityEnvironment().run(cleanup_fly_source, AgentCleanupRequest(source=source,
                                                                                migration_id="migration-m"))
     assert report.forks_deleted == [second.fork_volume_id] and report.machines_destroyed == []
     assert fly.web.state == "started", "only agents are touched"
@@ -298,7 +298,7 @@ def test_cleanup_never_touches_a_machine_without_the_agent_metadata(fly_api: Fly
     impostor = fly.fake.add_machine(APP, names.machine, config={"image": "x", "metadata": {"flyaway_run": "x"}})
     # an API that ignored the metadata filter would list every Machine
     fly.fake.list_machines = lambda app, query, body: Reply(200, [m.to_json() for m in app.machines.values()])
-    ActivityEnvironment().run(cleanup_fly_source, AgentCleanupRequest(source=location(), migration_id="migration-m"))
+    WorkerActivityEnvironment().run(cleanup_fly_source, AgentCleanupRequest(source=location(), migration_id="migration-m"))
     assert impostor.state == "started"
 
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from flyaway.activities.errors import AccessDenied, NotFound
 from flyaway.activities.storage.checksums import SourceDigest
 from flyaway.activities.storage.hf import HfSource
+from flyaway.errors import AccessDenied, NotFound
 from flyaway.models.copy import SourceChecksum
 from flyaway.models.locations import HfLocation
 from flyaway.models.plan import parse_plan

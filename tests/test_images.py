@@ -31,9 +31,7 @@ import pytest
 import yaml
 from structlog.testing import capture_logs
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import ActivityEnvironment
 
-from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
 from flyaway.activities.image.activities import check_image_stage, copy_image_stage, fly_image
 from flyaway.activities.image.registry import (
     DOCKER_MANIFEST,
@@ -47,6 +45,7 @@ from flyaway.activities.image.registry import (
     resolve_login,
     rewrite_config,
 )
+from flyaway.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
 from flyaway.models.image import (
     MIGRATED_FROM_LABEL,
     SOURCE_URL_LABEL,
@@ -61,6 +60,7 @@ from tests.fakes.health import StartingService
 from tests.fakes.registry_token_auth import TokenAuthServer, User
 from tests.fakes.runpod_serverless import FakeRunpodServerless
 from tests.harness import TemporalDevServer, WorkerProcess, run_migration, weights_plan
+from tests.support.activities import WorkerActivityEnvironment
 
 REGISTRY_BINARY = Path("/usr/bin/docker-registry")
 pytestmark = pytest.mark.skipif(not REGISTRY_BINARY.exists(), reason="needs Debian's docker-registry package")
@@ -601,7 +601,7 @@ def test_the_activity_fails_for_good_on_a_missing_image_and_copies_the_fly_apps_
     deployed_machine(fly, source.reference, "3")
     stage = ImageStage(fly_app="gpu-app", destination=f"{basic_registry.host}/team/activity-app:v1",
                        platform="linux/amd64", source_credentials=ALICE, destination_credentials=ALICE)
-    environment = ActivityEnvironment()
+    environment = WorkerActivityEnvironment()
     heartbeats: list[Any] = []
     environment.on_heartbeat = lambda *details: heartbeats.append(details[0])
     result = asyncio.run(environment.run(copy_image_stage, stage))
@@ -611,7 +611,7 @@ def test_the_activity_fails_for_good_on_a_missing_image_and_copies_the_fly_apps_
 
     missing = stage.model_copy(update={"source": f"{basic_registry.host}/fly/activity-app:deployment-404"})
     with pytest.raises(ApplicationError) as raised:
-        asyncio.run(ActivityEnvironment().run(copy_image_stage, missing))
+        asyncio.run(WorkerActivityEnvironment().run(copy_image_stage, missing))
     assert raised.value.type == "NotFound" and raised.value.non_retryable
     assert "activity-app:deployment-404" in raised.value.message
 
@@ -620,10 +620,10 @@ def test_the_check_resolves_the_fly_image_and_both_logins(fly: FakeFlyMachinesAP
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     deployed_machine(fly, "registry.fly.io/gpu-app:deployment-5", "5")
     stage = ImageStage(fly_app="gpu-app", destination="127.0.0.1:9/team/gpu-app:v1")
-    assert asyncio.run(ActivityEnvironment().run(check_image_stage, stage)) == "registry.fly.io/gpu-app:deployment-5"
+    assert asyncio.run(WorkerActivityEnvironment().run(check_image_stage, stage)) == "registry.fly.io/gpu-app:deployment-5"
     with pytest.raises(ApplicationError, match=r"\$TEST_PUSHER_PASSWORD") as raised:
         monkeypatch.delenv("TEST_PUSHER_PASSWORD")
-        asyncio.run(ActivityEnvironment().run(check_image_stage,
+        asyncio.run(WorkerActivityEnvironment().run(check_image_stage,
                                               stage.model_copy(update={"destination_credentials": PUSHER})))
     assert raised.value.type == "MissingCredentials"
 

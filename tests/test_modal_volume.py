@@ -13,12 +13,12 @@ import modal
 import pytest
 from modal.volume import _VolumeUploadContextManager2
 
-from flyaway.activities.errors import AccessDenied, DataCorruption, LimitExceeded, MissingCredentials, NotFound
 from flyaway.activities.storage.activities import DirectoryFanout
 from flyaway.activities.storage.base import STATE_DIR
 from flyaway.activities.storage.engine import CopyEngine
 from flyaway.activities.storage.local import LocalSource
 from flyaway.activities.storage.modal_volume import ModalVolumeDestination, open_modal_volume
+from flyaway.errors import AccessDenied, DataCorruption, LimitExceeded, MissingCredentials, NotFound
 from flyaway.models.copy import ListingLine, ManifestEntry, SourceFile
 from flyaway.models.locations import LocalLocation, ModalVolumeLocation
 from flyaway.models.plan import parse_plan

@@ -20,12 +20,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from typer.testing import CliRunner
 
-from flyaway.activities.errors import (
-    DataCorruption,
-    LimitExceeded,
-    MissingCredentials,
-    NotFound,
-)
 from flyaway.activities.storage import open_destination, open_source, s3 as s3_module
 from flyaway.activities.storage.base import UploadGone
 from flyaway.activities.storage.checksums import crc32c_combine
@@ -38,6 +32,12 @@ from flyaway.activities.storage.runpod import (
     RunPodVolumeDestination,
 )
 from flyaway.activities.storage.s3 import multipart_etag
+from flyaway.errors import (
+    DataCorruption,
+    LimitExceeded,
+    MissingCredentials,
+    NotFound,
+)
 from flyaway.models.copy import ListingLine
 from flyaway.models.locations import GcsLocation, LocalLocation, RunPodVolumeLocation, TigrisLocation
 from flyaway.models.plan import parse_plan

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from pydantic import TypeAdapter
-from temporalio.testing import ActivityEnvironment
 from typer.testing import CliRunner
 
 from flyaway.activities.deploy import health as health_module
@@ -24,6 +23,7 @@ from flyaway.starter.cli import app
 from tests.fakes.health import StartingService
 from tests.fakes.runpod_serverless import FakeRunpodServerless
 from tests.harness import TemporalDevServer, WorkerProcess, run_migration, weights_plan
+from tests.support.activities import WorkerActivityEnvironment
 
 FLY_TOML = Path(__file__).parent / "data" / "fly_toml" / "vllm_http_service.toml"
 IMAGE = "registry.example.com/llm/llama@sha256:" + "cd" * 32
@@ -53,7 +53,7 @@ def runpod(monkeypatch: pytest.MonkeyPatch) -> Any:
         yield fake, service
 
 
-def deploy(fake: FakeRunpodServerless, environment: ActivityEnvironment, **fields: Any) -> Any:
+def deploy(fake: FakeRunpodServerless, environment: WorkerActivityEnvironment, **fields: Any) -> Any:
     stage = TypeAdapter(DeployStage).validate_python({
         "platform": "runpod", "endpoint_name": "llama", "api_url": fake.api_url, "health": HEALTH,
         "mount_weights": False, "fly_toml": str(FLY_TOML), **fields})
@@ -65,7 +65,7 @@ def test_the_deploy_stage_times_its_cold_start_and_a_start_from_zero(
         runpod: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     fake, service = runpod
     monkeypatch.setattr(health_module, "SCALE_DOWN_MARGIN_SECONDS", 0.2)
-    environment = ActivityEnvironment()
+    environment = WorkerActivityEnvironment()
 
     def scale_to_zero(*details: Any) -> None:  # while the stage waits idle, the platform stops the worker
         if details and "scales to zero" in str(details[0]):
@@ -88,7 +88,7 @@ def test_the_deploy_stage_times_its_cold_start_and_a_start_from_zero(
 
 def test_a_service_kept_warm_is_timed_once(runpod: Any) -> None:
     fake, service = runpod
-    result = deploy(fake, ActivityEnvironment(), workers_min=1, health={**HEALTH, "measure_from_zero": True})
+    result = deploy(fake, WorkerActivityEnvironment(), workers_min=1, health={**HEALTH, "measure_from_zero": True})
     assert result.cold_start is not None and result.cold_start.from_zero_seconds is None
     assert len(service.requests) == 3
 

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from flyaway.activities.errors import AccessDenied, InvalidPlan
 from flyaway.activities.traffic.analysis import combine
 from flyaway.activities.traffic.analytics import analyse_window, read_lb_requests
 from flyaway.activities.traffic.cloudflare import CloudflareRouter
+from flyaway.errors import AccessDenied, InvalidPlan
 from flyaway.models.canary import (
     AnalysisResult,
     AnalyticsWindow,

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import ActivityEnvironment
 
 from flyaway.activities.secrets import activities as secrets_activities
 from flyaway.activities.secrets.activities import check_secrets, sync_secrets
@@ -21,13 +20,14 @@ from tests.fakes.fly_machines import FakeFlyMachinesAPI
 from tests.fakes.gcp_secret_manager import FakeSecretManager
 from tests.fakes.modal_control import FakeModal
 from tests.fakes.runpod_secrets import FakeRunpodSecrets
+from tests.support.activities import WorkerActivityEnvironment
 
 PROJECT = "flyaway-test"
 VALUES = {"HF_TOKEN": "hf_live_5f0c2d9e8a7b", "DATABASE_URL": "postgres://app:pa ss@db/app?x=1&y=2"}
 
 
 def run(activity: Any, stage: SecretsStage) -> SecretsReport:
-    return asyncio.run(ActivityEnvironment().run(activity, stage))
+    return asyncio.run(WorkerActivityEnvironment().run(activity, stage))
 
 
 def failure(activity: Any, stage: SecretsStage) -> ApplicationError:
@@ -329,7 +329,7 @@ def test_fly_app_check_sees_a_destination_without_rights(fly_app: FakeFlyMachine
 
 
 def sync_in(plan: SecretsStage, names: list[str] | None) -> SecretsReport:
-    return asyncio.run(ActivityEnvironment().run(sync_secrets, plan, names))
+    return asyncio.run(WorkerActivityEnvironment().run(sync_secrets, plan, names))
 
 
 def test_fly_app_values_are_read_only_inside_the_app(gcp: FakeSecretManager, monkeypatch: pytest.MonkeyPatch) -> None:

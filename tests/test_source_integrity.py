@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from boto3.s3.transfer import TransferConfig
 
-from flyaway.activities.errors import DataCorruption, InvalidPlan
 from flyaway.activities.storage.activities import (
     CopyStateNames,
     _abort_uploads,
@@ -30,6 +29,7 @@ from flyaway.activities.storage.engine import CopyEngine, upload_state_name
 from flyaway.activities.storage.hf import HfSource
 from flyaway.activities.storage.local import LocalDestination, LocalSource
 from flyaway.activities.storage.s3 import S3Destination, S3Source
+from flyaway.errors import DataCorruption, InvalidPlan
 from flyaway.models.copy import ListingLine, ListingResult, ManifestEntry, SourceChecksum, SourceFile, UploadState
 from flyaway.models.locations import HfLocation, LocalLocation, S3Location
 from flyaway.models.plan import WeightsStage, parse_plan

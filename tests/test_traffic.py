@@ -19,7 +19,6 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound, Unreachable
 from flyaway.activities.traffic import (
     CloudflareRouter,
     ManualRouter,
@@ -39,6 +38,7 @@ from flyaway.activities.traffic.metrics import (
     read_pages,
     snapshots_of,
 )
+from flyaway.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound, Unreachable
 from flyaway.models.canary import (
     AnalysisSettings,
     CanaryStage,

@@ -28,10 +28,10 @@ from temporalio.api.common.v1 import Payloads
 from temporalio.client import Client
 from typer.testing import CliRunner
 
-from flyaway.activities.errors import AccessDenied, SourceObjectMissing
 from flyaway.activities.secrets.base import digest_key
 from flyaway.activities.storage.local import LocalSource
 from flyaway.codec import KEYS_ENV, EncryptionCodec, generate_key
+from flyaway.errors import AccessDenied, SourceObjectMissing
 from flyaway.models.locations import LocalLocation
 from flyaway.models.plan import parse_plan
 from flyaway.models.secrets import RunpodDestination, secret_digest

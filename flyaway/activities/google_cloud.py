@@ -10,7 +10,7 @@ from google.api_core import exceptions as google_errors
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.auth.exceptions import DefaultCredentialsError, GoogleAuthError
 
-from flyaway.activities.errors import MissingCredentials
+from flyaway.errors import MissingCredentials
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 

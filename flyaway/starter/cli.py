@@ -22,8 +22,8 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from flyaway.activities.errors import FlyawayError
 from flyaway.connection import TASK_QUEUE, TemporalOptions, connect
+from flyaway.errors import FlyawayError
 from flyaway.log import configure_logging, only_critical_logs
 from flyaway.models.plan import MigrationPlan
 from flyaway.models.status import MigrationState, TuneRequest

@@ -17,8 +17,7 @@ from temporalio.worker import Worker
 from flyaway.activities.secrets.activities import sync_secrets
 from flyaway.activities.storage.activities import copy_batch, list_source, verify_copy
 from flyaway.connection import TemporalOptions, connect
-from flyaway.workers.main import HEARTBEAT_THROTTLE, run_until_signalled
-from flyaway.workers.policy import PolicyInterceptor, start_policy
+from flyaway.workers.main import HEARTBEAT_THROTTLE, run_until_signalled, worker_interceptors
 
 log = structlog.get_logger(__name__)
 
@@ -27,7 +26,7 @@ AGENT_ACTIVITIES = [list_source, copy_batch, verify_copy, sync_secrets]
 
 def build_agent_worker(client: Client, task_queue: str, max_activities: int = 4) -> Worker:
     return Worker(client, task_queue=task_queue, activities=AGENT_ACTIVITIES,
-                  interceptors=[PolicyInterceptor(start_policy())],
+                  interceptors=worker_interceptors(),
                   max_concurrent_activities=max_activities, max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
                   default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE)
 

@@ -12,7 +12,7 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.service import RPCError
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 
 from flyaway.activities.deploy.activities import DEPLOY_ACTIVITIES
 from flyaway.activities.fly.agent import FLY_AGENT_ACTIVITIES
@@ -22,6 +22,7 @@ from flyaway.activities.secrets.activities import SECRETS_ACTIVITIES
 from flyaway.activities.storage.activities import COPY_ACTIVITIES
 from flyaway.activities.traffic.activities import TRAFFIC_ACTIVITIES
 from flyaway.connection import TASK_QUEUE, TemporalOptions, connect
+from flyaway.failures import FailureInterceptor
 from flyaway.workers.policy import PolicyInterceptor, start_policy
 from flyaway.workflows.canary import CanaryWorkflow
 from flyaway.workflows.copy_weights import CopyWeightsWorkflow
@@ -56,9 +57,14 @@ async def ensure_search_attributes(client: Client) -> None:
                     "create` or migrations will fail to record their stage", names=sorted(wanted), error=str(error))
 
 
+def worker_interceptors() -> list[Interceptor]:
+    """Every worker's: exceptions leave activities through the one failure path (outermost, so it also maps the
+    policy's refusals), and this process's policy (``FLYAWAY_ALLOW_*``) is checked on every activity's input."""
+    return [FailureInterceptor(), PolicyInterceptor(start_policy())]
+
+
 def build_worker(client: Client, task_queue: str = TASK_QUEUE, max_activities: int = 20) -> Worker:
-    """The worker, with this process's policy (``FLYAWAY_ALLOW_*``) checked on every activity's input."""
-    return Worker(client, task_queue=task_queue, workflows=WORKFLOWS, interceptors=[PolicyInterceptor(start_policy())],
+    return Worker(client, task_queue=task_queue, workflows=WORKFLOWS, interceptors=worker_interceptors(),
                   activities=[*COPY_ACTIVITIES, *SECRETS_ACTIVITIES, *FLY_AGENT_ACTIVITIES, *FLY_TEARDOWN_ACTIVITIES,
                               *TRAFFIC_ACTIVITIES, *IMAGE_ACTIVITIES, *DEPLOY_ACTIVITIES],
                   activity_executor=ThreadPoolExecutor(max_activities),

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
 from flyaway.codec import KEYS_ENV, parse_key_ring
-from flyaway.policy import PolicyRefused, WorkerPolicy, load_policy
+from flyaway.policy import WorkerPolicy, load_policy
 from flyaway.redaction import register_credential
 
 
@@ -71,10 +71,7 @@ class _CheckInputs(ActivityInboundInterceptor):
         self.policy = policy
 
     def execute_activity(self, input: ExecuteActivityInput) -> Any:
-        try:
-            for arg in input.args:
-                if isinstance(arg, BaseModel):
-                    self.policy.check(arg)
-        except PolicyRefused as error:
-            raise error.to_application_error() from None
+        for arg in input.args:
+            if isinstance(arg, BaseModel):
+                self.policy.check(arg)
         return self.next.execute_activity(input)

@@ -46,7 +46,6 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from flyaway.activities.errors import NON_RETRYABLE_ERROR_TYPES
     from flyaway.activities.traffic.activities import (
         check_metrics,
         check_router,
@@ -54,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
         run_analysis,
         set_weight,
     )
+    from flyaway.errors import NON_RETRYABLE_ERROR_TYPES
     from flyaway.models.canary import (
         AnalysisResult,
         AnalysisSettings,

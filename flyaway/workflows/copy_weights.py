@@ -31,8 +31,8 @@ from temporalio.exceptions import ActivityError, CancelledError
 from temporalio.workflow import ActivityHandle
 
 with workflow.unsafe.imports_passed_through():
-    from flyaway.activities.errors import NON_RETRYABLE_ERROR_TYPES
     from flyaway.activities.storage.activities import copy_batch, list_source, verify_copy
+    from flyaway.errors import NON_RETRYABLE_ERROR_TYPES
     from flyaway.models.copy import (
         BatchRequest,
         BatchResult,

@@ -19,8 +19,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from flyaway.activities.errors import NON_RETRYABLE_ERROR_TYPES
     from flyaway.activities.fly.agent import cleanup_fly_source, prepare_fly_source, wait_for_agent
+    from flyaway.errors import NON_RETRYABLE_ERROR_TYPES
     from flyaway.models.fly_agent import AgentCleanupRequest, AgentRequest, FlyAgent
     from flyaway.models.locations import FlyVolumeLocation
     from flyaway.models.plan import WeightsStage

@@ -18,7 +18,6 @@ from temporalio import activity
 from flyaway.activities.deploy.base import Deployer
 from flyaway.activities.deploy.fly_toml import apply_translation, read_fly_toml, translate
 from flyaway.activities.deploy.health import measure_from_zero, wait_healthy
-from flyaway.activities.storage.activities import non_retryable_errors
 from flyaway.models.deploy import (
     CloudRunDeploy,
     ColdStart,
@@ -60,7 +59,6 @@ def open_deployer(stage: CloudRunDeploy | RunpodDeploy | ModalDeploy, request: D
 
 
 @activity.defn(name="flyaway.deploy.check")
-@non_retryable_errors
 async def check_deploy(request: DeployRequest) -> list[str]:
     """Everything short of deploying, before the migration starts: the fly.toml applies, the credentials
     are there and the platform lets them in. Returns the fly.toml's settings that have no equivalent."""
@@ -74,7 +72,6 @@ async def check_deploy(request: DeployRequest) -> list[str]:
 
 
 @activity.defn(name="flyaway.deploy.service")
-@non_retryable_errors
 async def deploy_service(request: DeployRequest) -> DeployResult:
     """Create or update the service on its platform and wait until it is healthy, timing how long that took
     (and, when the plan asks, a start from zero)."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from flyaway.activities.deploy.health import HealthProbe
-from flyaway.activities.errors import InvalidPlan
+from flyaway.errors import InvalidPlan
 from flyaway.models.deploy import CloudRunDeploy, DeployOutcome, ModalDeploy, RunpodDeploy, WeightsVolume
 
 

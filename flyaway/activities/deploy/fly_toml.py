@@ -22,7 +22,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from flyaway.activities.errors import InvalidPlan, NotFound
+from flyaway.errors import InvalidPlan, NotFound
 from flyaway.models.deploy import (
     RUNPOD_VOLUME_PATH,
     CloudRunDeploy,

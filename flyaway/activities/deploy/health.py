@@ -15,7 +15,7 @@ import httpx
 import structlog
 from temporalio import activity
 
-from flyaway.activities.errors import Unreachable
+from flyaway.errors import Unreachable
 from flyaway.models.deploy import SCALE_DOWN_MARGIN_SECONDS, HealthCheck
 from flyaway.redaction import scrub
 

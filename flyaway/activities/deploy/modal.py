@@ -22,7 +22,7 @@ from modal import exception as modal_errors
 
 from flyaway.activities.deploy.base import Applied, plain_env
 from flyaway.activities.deploy.health import HealthProbe, heartbeat
-from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
+from flyaway.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
 from flyaway.models.deploy import DeployOutcome, ModalDeploy, WeightsVolume
 from flyaway.redaction import scrub
 

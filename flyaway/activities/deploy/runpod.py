@@ -22,8 +22,8 @@ import structlog
 
 from flyaway.activities.deploy.base import Applied, plain_env
 from flyaway.activities.deploy.health import HealthProbe
-from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
 from flyaway.activities.retry import async_retrying
+from flyaway.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
 from flyaway.models.deploy import RUNPOD_VOLUME_PATH, DeployOutcome, RunpodDeploy, WeightsVolume
 from flyaway.redaction import register_secret, scrub
 

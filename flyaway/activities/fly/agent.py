@@ -10,15 +10,13 @@ from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
-from flyaway.activities.errors import TimedOut
-from flyaway.activities.fly import activity_client, final_errors
-from flyaway.activities.storage.activities import non_retryable_errors
+from flyaway.activities.fly import activity_client
+from flyaway.errors import TimedOut
 from flyaway.models.fly_agent import AgentCleanupReport, AgentCleanupRequest, AgentRequest, FlyAgent
 from flyaway.providers.fly.agent import cleanup_agents, prepare_agent
 
 
 @activity.defn(name="flyaway.fly.prepare_source")
-@final_errors
 def prepare_fly_source(request: AgentRequest) -> FlyAgent:
     """Start the agent Machine (on a fork of the volume, for a volume); reuses what a retry finds of its run.
 
@@ -29,7 +27,6 @@ def prepare_fly_source(request: AgentRequest) -> FlyAgent:
 
 
 @activity.defn(name="flyaway.fly.wait_for_agent")
-@non_retryable_errors
 async def wait_for_agent(agent: FlyAgent, timeout_seconds: float) -> None:
     """Return once the agent's worker polls its task queue: the Machine started *and* reached Temporal."""
     client = activity.client()
@@ -47,7 +44,6 @@ async def wait_for_agent(agent: FlyAgent, timeout_seconds: float) -> None:
 
 
 @activity.defn(name="flyaway.fly.cleanup_source")
-@final_errors
 def cleanup_fly_source(request: AgentCleanupRequest) -> AgentCleanupReport:
     """Destroy every agent Machine of the migration for the source and delete their forks (unless ``keep_fork``)."""
     with activity_client(request.source.app) as client:

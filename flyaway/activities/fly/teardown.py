@@ -23,8 +23,8 @@ from contextlib import contextmanager
 import structlog
 from temporalio import activity
 
-from flyaway.activities.errors import InvalidPlan, NotFound, TimedOut
-from flyaway.activities.fly import activity_client, final_errors
+from flyaway.activities.fly import activity_client
+from flyaway.errors import InvalidPlan, NotFound, TimedOut
 from flyaway.models.teardown import MachineSummary, TeardownInventory, TeardownStage, VolumeSummary
 from flyaway.providers.fly.api import Machine
 from flyaway.providers.fly.client import FlyClient, MachineWaitTimeout
@@ -73,7 +73,6 @@ def _live_machines(client: FlyClient) -> list[Machine]:
 
 
 @activity.defn(name="flyaway.fly.teardown.check")
-@final_errors
 def check_teardown(stage: TeardownStage) -> TeardownInventory:
     """The token reaches the app and may read it: the plan's check, before anything runs."""
     with activity_client(stage.app) as client:
@@ -82,14 +81,12 @@ def check_teardown(stage: TeardownStage) -> TeardownInventory:
 
 
 @activity.defn(name="flyaway.fly.teardown.inventory")
-@final_errors
 def teardown_inventory(stage: TeardownStage) -> TeardownInventory:
     with app_client(stage) as client:
         return TeardownInventory(app=stage.app, exists=False) if client is None else read_inventory(client)
 
 
 @activity.defn(name="flyaway.fly.teardown.stop")
-@final_errors
 def stop_machines(stage: TeardownStage) -> int:
     """Cordon every Machine, stop those running, wait until all are stopped; returns how many are stopped."""
     with app_client(stage) as client:
@@ -117,7 +114,6 @@ def _snapshot_ids(client: FlyClient, volume_id: str, *, done_only: bool) -> set[
 
 
 @activity.defn(name="flyaway.fly.teardown.snapshot")
-@final_errors
 def snapshot_volumes(stage: TeardownStage) -> dict[str, str]:
     """Snapshot every volume and wait until each new snapshot is listed as done; volume id -> snapshot id.
 
@@ -153,7 +149,6 @@ def snapshot_volumes(stage: TeardownStage) -> dict[str, str]:
 
 
 @activity.defn(name="flyaway.fly.teardown.destroy")
-@final_errors
 def destroy_machines(stage: TeardownStage) -> int:
     """Destroy the stopped Machines; one that runs again (someone started it) is refused, not forced."""
     with app_client(stage) as client:
@@ -170,7 +165,6 @@ def destroy_machines(stage: TeardownStage) -> int:
 
 
 @activity.defn(name="flyaway.fly.teardown.release_ips")
-@final_errors
 def release_ips(stage: TeardownStage) -> int:
     with app_client(stage) as client:
         if client is None:
@@ -182,7 +176,6 @@ def release_ips(stage: TeardownStage) -> int:
 
 
 @activity.defn(name="flyaway.fly.teardown.delete_volumes")
-@final_errors
 def delete_volumes(stage: TeardownStage, snapshots: dict[str, str]) -> int:
     """Delete the volumes once Fly lists each one's snapshot from the snapshot step as done (else delete none)."""
     with app_client(stage) as client:
@@ -200,7 +193,6 @@ def delete_volumes(stage: TeardownStage, snapshots: dict[str, str]) -> int:
 
 
 @activity.defn(name="flyaway.fly.teardown.delete_app")
-@final_errors
 def delete_app(stage: TeardownStage) -> bool:
     with activity_client(stage.app) as client:
         client.delete_app()

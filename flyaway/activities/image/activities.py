@@ -12,9 +12,8 @@ import structlog
 from pydantic import ValidationError
 from temporalio import activity
 
-from flyaway.activities.errors import InvalidPlan
 from flyaway.activities.image.registry import copy_image, resolve_login
-from flyaway.activities.storage.activities import non_retryable_errors
+from flyaway.errors import InvalidPlan
 from flyaway.models.image import ImageCopyResult, ImageStage
 from flyaway.providers.fly.client import FlyClient, release_image
 
@@ -41,7 +40,6 @@ async def with_source(stage: ImageStage) -> ImageStage:
 
 
 @activity.defn(name="flyaway.image.check")
-@non_retryable_errors
 async def check_image_stage(stage: ImageStage) -> str:
     """Before the migration starts: which image (the Fly app answers), and both registry logins at hand."""
     stage = await with_source(stage)
@@ -53,7 +51,6 @@ async def check_image_stage(stage: ImageStage) -> str:
 
 
 @activity.defn(name="flyaway.image.copy")
-@non_retryable_errors
 async def copy_image_stage(stage: ImageStage) -> ImageCopyResult:
     """Copy the plan's image (or the Fly app's) to the destination with the rewritten config."""
     stage = await with_source(stage)

@@ -27,7 +27,8 @@ from typing import Any
 import httpx
 import structlog
 
-from flyaway.activities.errors import (
+from flyaway.activities.retry import async_retrying
+from flyaway.errors import (
     AccessDenied,
     DataCorruption,
     InvalidPlan,
@@ -35,7 +36,6 @@ from flyaway.activities.errors import (
     MissingCredentials,
     NotFound,
 )
-from flyaway.activities.retry import async_retrying
 from flyaway.models.image import (
     MIGRATED_FROM_LABEL,
     SOURCE_URL_LABEL,

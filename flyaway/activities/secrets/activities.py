@@ -12,21 +12,16 @@ only place the values exist; ``check`` then runs outside, without values.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Collection
 from contextlib import closing
-from typing import ParamSpec, TypeVar
 
 import structlog
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
-from flyaway.activities.errors import FlyawayError, InvalidPlan
-from flyaway.providers.fly.agent import agent_environment, check_secret_names
 from flyaway.activities.secrets.base import SecretStore, digest_key
 from flyaway.activities.secrets.sources import fly_secret_names, read_source
-from flyaway.activities.storage.activities import non_retryable_errors
+from flyaway.errors import InvalidPlan
 from flyaway.models.secrets import (
     FlyAppSource,
     GcpSecretManagerDestination,
@@ -38,30 +33,9 @@ from flyaway.models.secrets import (
     SecretsStage,
     secret_digest,
 )
-from flyaway.redaction import scrub
+from flyaway.providers.fly.agent import agent_environment, check_secret_names
 
-P = ParamSpec("P")
-R = TypeVar("R")
 log = structlog.get_logger(__name__)
-
-
-def scrubbed_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Any exception that is not flyaway's own (a client library's, a network error) leaves as a
-    retryable ``ApplicationError`` with a scrubbed message and without its original chain, whose
-    messages and arguments could hold a value."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await fn(*args, **kwargs)
-        except FlyawayError:
-            raise
-        except Exception as error:
-            message = scrub(f"{type(error).__name__}: {error}")
-            log.warning("secrets activity failed; Temporal will retry it", error=message)
-            raise ApplicationError(message, type=type(error).__name__) from None
-
-    return wrapper
 
 
 def open_store(destination: SecretDestination) -> SecretStore:
@@ -157,8 +131,6 @@ def _check_fly_app(stage: SecretsStage, source: FlyAppSource, namespace: str) ->
 
 
 @activity.defn(name="flyaway.secrets.check")
-@non_retryable_errors
-@scrubbed_errors
 async def check_secrets(stage: SecretsStage) -> SecretsReport:
     """Everything ``sync`` does short of writing: the report tells what a sync would do (for a Fly app,
     whose values only its agent reads, everything that needs no value)."""
@@ -168,8 +140,6 @@ async def check_secrets(stage: SecretsStage) -> SecretsReport:
 
 
 @activity.defn(name="flyaway.secrets.sync")
-@non_retryable_errors
-@scrubbed_errors
 async def sync_secrets(stage: SecretsStage, names_at_source: list[str] | None = None) -> SecretsReport:
     """Read the values at the source and write those that differ to the destination; ``names_at_source``
     are the secret names of a ``fly_app`` source (this then runs on its agent)."""

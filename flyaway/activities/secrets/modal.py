@@ -19,8 +19,8 @@ from typing import TypeVar
 import modal
 from modal import exception as modal_errors
 
-from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
 from flyaway.activities.secrets.base import StoredSecret, digest_key
+from flyaway.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
 from flyaway.models.secrets import ModalDestination, secret_digest
 
 T = TypeVar("T")

@@ -17,9 +17,9 @@ from typing import Any
 
 import httpx
 
-from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials
 from flyaway.activities.retry import call_with_retries
 from flyaway.activities.secrets.base import StoredSecret, digest_key
+from flyaway.errors import AccessDenied, InvalidPlan, MissingCredentials
 from flyaway.models.secrets import RunpodDestination, secret_digest
 from flyaway.redaction import scrub
 

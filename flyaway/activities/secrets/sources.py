@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from flyaway.activities.errors import InvalidPlan, NotFound
+from flyaway.errors import InvalidPlan, NotFound
 from flyaway.models.secrets import DotenvSource, EnvSource, FlyAppSource, SecretSource
 from flyaway.providers.fly.agent import app_secret_names
 from flyaway.providers.fly.client import FlyClient

@@ -20,34 +20,31 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import functools
 import hashlib
 import io
 import json
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Iterator
 
 import structlog
 from pydantic import Field
 from temporalio import activity
 
-from flyaway.activities.errors import (
-    DataCorruption,
-    FlyawayError,
-    InvalidPlan,
-    LimitExceeded,
-    decoding_state,
-    permanent_os_error,
-)
 from flyaway.activities.storage import open_destination, open_source
 from flyaway.activities.storage.base import STATE_DIR, Destination, is_state_key
 from flyaway.activities.storage.engine import CopyEngine
 from flyaway.activities.storage.names import KeysTheDestinationRefuses
 from flyaway.activities.storage.progress import CopyReporter
 from flyaway.activities.storage.stall import cut_when_stalled
+from flyaway.errors import (
+    DataCorruption,
+    FlyawayError,
+    InvalidPlan,
+    LimitExceeded,
+    decoding_state,
+)
 from flyaway.models.base import Record, check_relative_key
 from flyaway.models.copy import (
     BatchRequest,
@@ -59,10 +56,7 @@ from flyaway.models.copy import (
     VerifyResult,
 )
 from flyaway.models.plan import WeightsStage
-from flyaway.redaction import scrub
 
-P = ParamSpec("P")
-R = TypeVar("R")
 log = structlog.get_logger(__name__)
 
 MANIFEST = "manifest.jsonl"
@@ -71,27 +65,6 @@ LISTING_WINDOW = 4 * 1024 * 1024
 #: landed files are recorded at the destination at least this often
 FLUSH_SECONDS = 5.0
 FLUSH_ENTRIES = 500
-
-
-def non_retryable_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Turn flyaway's own errors, and ``OSError``s no retry fixes, into non-retryable ``ApplicationError``s
-    with scrubbed messages; everything else stays retryable."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await fn(*args, **kwargs)
-        except FlyawayError as error:
-            failure: FlyawayError = error
-        except OSError as error:
-            permanent = permanent_os_error(error)
-            if permanent is None:
-                raise  # EIO, ENOSPC, a reset connection: Temporal tries again
-            failure = permanent
-        log.error("activity failed for good", error=str(failure), error_type=type(failure).__name__)
-        raise type(failure)(scrub(str(failure))).to_application_error() from None
-
-    return wrapper
 
 
 class Claim(Record):
@@ -241,7 +214,6 @@ def _stage_label(stage: WeightsStage) -> str:
 
 
 @activity.defn(name="flyaway.weights.check")
-@non_retryable_errors
 async def check_weights(stage: WeightsStage) -> str:
     """Credentials, endpoints, buckets and permissions of both sides, before any byte moves."""
 
@@ -301,7 +273,6 @@ def _write_listing(stage: WeightsStage, listing_id: str, state: CopyStateNames,
 
 
 @activity.defn(name="flyaway.weights.list")
-@non_retryable_errors
 async def list_source(stage: WeightsStage, listing_id: str) -> ListingResult:
     """List the source into the migration's ``runs/<listing_id>/listing.jsonl`` at the destination and claim its keys."""
     loop = asyncio.get_running_loop()
@@ -369,7 +340,6 @@ class _ManifestWriter:
 
 
 @activity.defn(name="flyaway.weights.copy_batch")
-@non_retryable_errors
 async def copy_batch(request: BatchRequest) -> BatchResult:
     """Copy one batch of the listing; a retried attempt skips files and parts that already landed."""
     stage = request.stage
@@ -484,7 +454,6 @@ def _verify(stage: WeightsStage, listing: ListingResult, state: CopyStateNames) 
 
 
 @activity.defn(name="flyaway.weights.verify")
-@non_retryable_errors
 async def verify_copy(stage: WeightsStage, listing: ListingResult) -> VerifyResult:
     """Check every listed file against the destination and write the migration's verified manifest."""
     result = await asyncio.to_thread(_verify, stage, listing, current_migration())
@@ -515,7 +484,6 @@ def _abort_uploads(stage: WeightsStage, state: CopyStateNames) -> int:
 
 
 @activity.defn(name="flyaway.weights.abort_uploads")
-@non_retryable_errors
 async def abort_uploads(stage: WeightsStage) -> int:
     """Drop the migration's unfinished multipart uploads and its claim (an operator aborted it); returns how
     many. It runs in the migration's workflow, whose weight copy keeps its state under its own id."""

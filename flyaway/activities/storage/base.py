@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from flyaway.activities.errors import LimitExceeded
+from flyaway.errors import LimitExceeded
 from flyaway.models.copy import PartRecord, SourceChecksum, SourceFile
 
 #: where flyaway keeps its own state at a destination (listings, manifests, upload checkpoints). A source

@@ -43,7 +43,6 @@ from typing import Any, TypeVar
 import structlog
 from pydantic import Field
 
-from flyaway.activities.errors import DataCorruption, LimitExceeded, decoding_state
 from flyaway.activities.storage.base import (
     STATE_DIR,
     Destination,
@@ -53,6 +52,7 @@ from flyaway.activities.storage.base import (
     UploadGone,
 )
 from flyaway.activities.storage.checksums import SourceDigest, part_checksum
+from flyaway.errors import DataCorruption, LimitExceeded, decoding_state
 from flyaway.models.copy import (
     CompletingUpload,
     CopyCounters,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from flyaway.activities.errors import InvalidPlan
 from flyaway.activities.storage.base import Source
+from flyaway.errors import InvalidPlan
 from flyaway.models.copy import SourceFile
 from flyaway.models.locations import FlyVolumeLocation
 from flyaway.providers.fly.agent import resolve_volume

@@ -39,14 +39,6 @@ from google.auth.transport.requests import AuthorizedSession
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
-from flyaway.activities.errors import (
-    AccessDenied,
-    DataCorruption,
-    MissingCredentials,
-    NotFound,
-    Unreachable,
-    decoding_state,
-)
 from flyaway.activities.retry import (
     CONNECT_TIMEOUT_SECONDS,
     REQUEST_RETRY_SECONDS,
@@ -63,6 +55,14 @@ from flyaway.activities.storage.base import (
     is_state_key,
 )
 from flyaway.activities.storage.checksums import combined_crc32c
+from flyaway.errors import (
+    AccessDenied,
+    DataCorruption,
+    MissingCredentials,
+    NotFound,
+    Unreachable,
+    decoding_state,
+)
 from flyaway.models.base import join_key
 from flyaway.models.copy import PartRecord
 from flyaway.models.locations import GcsLocation

@@ -31,14 +31,14 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-from flyaway.activities.errors import (
+from flyaway.activities.retry import CONNECT_TIMEOUT_SECONDS, call_with_retries, stall_seconds
+from flyaway.activities.storage.base import Source
+from flyaway.errors import (
     AccessDenied,
     NotFound,
     SourceObjectMissing,
     Unreachable,
 )
-from flyaway.activities.retry import CONNECT_TIMEOUT_SECONDS, call_with_retries, stall_seconds
-from flyaway.activities.storage.base import Source
 from flyaway.models.copy import SourceChecksum, SourceFile
 from flyaway.models.locations import HfLocation
 

@@ -17,12 +17,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from flyaway.activities.errors import (
-    AccessDenied,
-    DataCorruption,
-    NotFound,
-    SourceObjectMissing,
-)
 from flyaway.activities.storage.base import (
     STATE_DIR,
     Destination,
@@ -34,6 +28,12 @@ from flyaway.activities.storage.base import (
     UploadGone,
 )
 from flyaway.activities.storage.checksums import combined_crc32c, crc32c_of_file
+from flyaway.errors import (
+    AccessDenied,
+    DataCorruption,
+    NotFound,
+    SourceObjectMissing,
+)
 from flyaway.models.base import check_relative_key
 from flyaway.models.copy import PartRecord, SourceChecksum, SourceFile
 from flyaway.models.locations import LocalLocation

@@ -34,7 +34,16 @@ import modal
 import modal.exception
 from modal.types import FileEntry, FileEntryType
 
-from flyaway.activities.errors import (
+from flyaway.activities.retry import call_with_retries
+from flyaway.activities.storage.base import (
+    STATE_DIR,
+    Destination,
+    DestinationLimits,
+    DestObject,
+    UploadGone,
+)
+from flyaway.activities.storage.local import LocalDestination
+from flyaway.errors import (
     AccessDenied,
     DataCorruption,
     LimitExceeded,
@@ -42,15 +51,6 @@ from flyaway.activities.errors import (
     NotFound,
     Unreachable,
 )
-from flyaway.activities.retry import call_with_retries
-from flyaway.activities.storage.base import (
-    STATE_DIR,
-    DestinationLimits,
-    DestObject,
-    Destination,
-    UploadGone,
-)
-from flyaway.activities.storage.local import LocalDestination
 from flyaway.models.base import join_key
 from flyaway.models.copy import PartRecord, SourceFile
 from flyaway.models.locations import LocalLocation, ModalVolumeLocation

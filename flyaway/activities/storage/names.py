@@ -3,8 +3,8 @@ with one line naming the keys and what to do, instead of failing the same write 
 
 from __future__ import annotations
 
-from flyaway.activities.errors import InvalidPlan
 from flyaway.activities.storage.base import DestinationLimits
+from flyaway.errors import InvalidPlan
 
 #: keys named per problem in the message; the rest are counted
 SHOWN_KEYS = 3

@@ -19,21 +19,13 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import (
     ClientError,
-    ConnectionError as BotoConnectionError,
     HTTPClientError,
     NoCredentialsError,
 )
-
-from flyaway.activities.errors import (
-    AccessDenied,
-    DataCorruption,
-    InvalidPlan,
-    LimitExceeded,
-    MissingCredentials,
-    NotFound,
-    SourceObjectMissing,
-    Unreachable,
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
 )
+
 from flyaway.activities.retry import (
     CONNECT_TIMEOUT_SECONDS,
     REQUEST_RETRY_SECONDS,
@@ -42,13 +34,23 @@ from flyaway.activities.retry import (
 )
 from flyaway.activities.storage.base import (
     STATE_DIR,
-    DestObject,
     Destination,
+    DestObject,
     LandedObject,
     Source,
     SourceChanged,
     UploadGone,
     is_state_key,
+)
+from flyaway.errors import (
+    AccessDenied,
+    DataCorruption,
+    InvalidPlan,
+    LimitExceeded,
+    MissingCredentials,
+    NotFound,
+    SourceObjectMissing,
+    Unreachable,
 )
 from flyaway.models.base import join_key
 from flyaway.models.copy import PartRecord, SourceChecksum, SourceFile

@@ -18,7 +18,6 @@ from typing import TypeVar
 import structlog
 from temporalio import activity
 
-from flyaway.activities.storage.activities import non_retryable_errors
 from flyaway.activities.traffic import analyse, probe_both, router_for
 from flyaway.activities.traffic.analysis import combine
 from flyaway.activities.traffic.analytics import analyse_window, read_lb_requests
@@ -56,14 +55,12 @@ async def _heartbeating(work: Awaitable[T]) -> T:
 
 
 @activity.defn(name="flyaway.traffic.check")
-@non_retryable_errors
 async def check_router(stage: CanaryStage) -> WeightState:
     """The records or pool exist and the credentials may change them; changes nothing, returns the split."""
     return await _heartbeating(asyncio.to_thread(lambda: router_for(stage).check()))
 
 
 @activity.defn(name="flyaway.traffic.set_weight")
-@non_retryable_errors
 async def set_weight(stage: CanaryStage, new_percent: int) -> WeightChange:
     """Give the new side ``new_percent``: idempotent, read back (the manual router only describes it)."""
 
@@ -79,7 +76,6 @@ async def set_weight(stage: CanaryStage, new_percent: int) -> WeightChange:
 
 
 @activity.defn(name="flyaway.traffic.check_metrics")
-@non_retryable_errors
 async def check_metrics(stage: CanaryStage) -> None:
     """Both metrics pages answer and hold the plan's counter and histogram, and the router's analytics answer
     for its zone; changes nothing. (The check's own clock is fine here: its answer is not kept.)"""
@@ -93,14 +89,12 @@ async def check_metrics(stage: CanaryStage) -> None:
 
 
 @activity.defn(name="flyaway.traffic.read_metrics")
-@non_retryable_errors
 async def read_metrics(stage: CanaryStage) -> MetricsSnapshots:
     """Both metrics pages now, the start of a step's first interval; a page that cannot be read is None."""
     return snapshots_of(await _heartbeating(read_pages(stage)))
 
 
 @activity.defn(name="flyaway.traffic.analyse")
-@non_retryable_errors
 async def run_analysis(stage: CanaryStage, baseline: MetricsSnapshots | None = None,
                        window: AnalyticsWindow | None = None) -> AnalysisResult:
     """Probe both endpoints, read their metrics pages and the router's analytics for ``window``, and judge the

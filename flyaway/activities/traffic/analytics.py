@@ -20,9 +20,9 @@ from typing import Any
 
 import httpx
 
-from flyaway.activities.errors import FlyawayError
 from flyaway.activities.traffic.analysis import judge
 from flyaway.activities.traffic.cloudflare import CloudflareRouter
+from flyaway.errors import FlyawayError
 from flyaway.models.canary import (
     AnalyticsWindow,
     CloudflareRouterConfig,

@@ -14,14 +14,14 @@ from typing import Any
 import httpx
 import structlog
 
-from flyaway.activities.errors import (
+from flyaway.activities.retry import call_with_retries
+from flyaway.errors import (
     AccessDenied,
     FlyawayError,
     InvalidPlan,
     MissingCredentials,
     NotFound,
 )
-from flyaway.activities.retry import call_with_retries
 from flyaway.models.canary import CloudflareRouterConfig, WeightState
 from flyaway.redaction import register_secret
 

@@ -26,9 +26,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from flyaway.activities.errors import AccessDenied, FlyawayError, InvalidPlan, NotFound, Unreachable
 from flyaway.activities.traffic.analysis import judge, stats_of
 from flyaway.activities.traffic.probes import request_headers
+from flyaway.errors import AccessDenied, FlyawayError, InvalidPlan, NotFound, Unreachable
 from flyaway.models.canary import (
     CanaryStage,
     MetricsSnapshot,

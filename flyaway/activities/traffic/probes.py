@@ -13,7 +13,7 @@ import time
 
 import httpx
 
-from flyaway.activities.errors import MissingCredentials
+from flyaway.errors import MissingCredentials
 from flyaway.models.canary import AnalysisSettings, Probe, ProbeSample, RequestHeaders
 from flyaway.redaction import register_secret, scrub
 

@@ -45,8 +45,8 @@ from pathlib import Path
 
 import structlog
 
-from flyaway.activities.errors import FlyawayError, InvalidPlan, MissingCredentials, NotFound, TimedOut
 from flyaway.codec import KEYS_ENV
+from flyaway.errors import FlyawayError, InvalidPlan, MissingCredentials, NotFound, TimedOut
 from flyaway.models.credentials import CredentialUser
 from flyaway.models.fly_agent import AgentCleanupReport, AgentRequest, FlyAgent
 from flyaway.models.locations import DestinationLocation, FlyVolumeLocation

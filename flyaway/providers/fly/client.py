@@ -31,8 +31,8 @@ import structlog
 from pydantic import TypeAdapter
 from tenacity import RetryCallState
 
-from flyaway.activities.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
 from flyaway.activities.retry import REQUEST_RETRY_SECONDS, retrying
+from flyaway.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
 from flyaway.providers.fly.api import (
     App,
     IPAssignment,

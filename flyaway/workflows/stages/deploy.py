@@ -15,7 +15,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from flyaway.activities.deploy.activities import deploy_service
-    from flyaway.activities.errors import NON_RETRYABLE_ERROR_TYPES
+    from flyaway.errors import NON_RETRYABLE_ERROR_TYPES
     from flyaway.models.deploy import DeployRequest, DeployResult, WeightsVolume
     from flyaway.models.image import ImageCopyResult
     from flyaway.models.plan import MigrationPlan

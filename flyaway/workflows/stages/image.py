@@ -8,8 +8,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from flyaway.activities.errors import NON_RETRYABLE_ERROR_TYPES
     from flyaway.activities.image.activities import copy_image_stage
+    from flyaway.errors import NON_RETRYABLE_ERROR_TYPES
     from flyaway.models.image import ImageCopyResult
     from flyaway.workflows.stages import StageContext, stage_runner
 

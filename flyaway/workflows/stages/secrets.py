@@ -12,8 +12,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from flyaway.activities.errors import NON_RETRYABLE_ERROR_TYPES
     from flyaway.activities.secrets.activities import sync_secrets
+    from flyaway.errors import NON_RETRYABLE_ERROR_TYPES
     from flyaway.models.fly_agent import FlyAgent
     from flyaway.models.secrets import FlyAppSource, SecretsReport, SecretsStage
     from flyaway.workflows.fly_source import AGENT_SCHEDULE_TO_START, run_on_agent

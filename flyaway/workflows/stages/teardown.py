@@ -17,7 +17,6 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from flyaway.activities.errors import NON_RETRYABLE_ERROR_TYPES
     from flyaway.activities.fly.teardown import (
         SNAPSHOT_TIMEOUT_SECONDS,
         delete_app,
@@ -28,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
         stop_machines,
         teardown_inventory,
     )
+    from flyaway.errors import NON_RETRYABLE_ERROR_TYPES
     from flyaway.models.plan import MigrationPlan
     from flyaway.models.teardown import TeardownReport, TeardownStage
     from flyaway.workflows.stages import StageContext, StageRefused, stage_runner

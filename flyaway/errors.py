@@ -1,9 +1,9 @@
-"""Error types that tell Temporal whether retrying can help.
+"""flyaway's error vocabulary: the kinds of failure that retrying will not fix.
 
-Activities raise these (or plain exceptions for transient trouble). Every class here maps
-to a non-retryable ``ApplicationError`` whose ``type`` is the class name, so a workflow can
-tell bad input from an outage, and the message is one line that names the field or the
-resource and what to do.
+Providers and activities raise these (or plain exceptions for transient trouble). The worker's
+failure path (:mod:`flyaway.failures`) turns each into a non-retryable ``ApplicationError`` whose
+``type`` is the class name, so a workflow can tell bad input from an outage, and the message is
+one line that names the field or the resource and what to do. Nothing here imports Temporal.
 """
 
 from __future__ import annotations
@@ -12,14 +12,9 @@ import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from temporalio.exceptions import ApplicationError
-
 
 class FlyawayError(Exception):
     """A failure that retrying will not fix: the operator has to act."""
-
-    def to_application_error(self) -> ApplicationError:
-        return ApplicationError(str(self), type=type(self).__name__, non_retryable=True)
 
 
 class InvalidPlan(FlyawayError):
