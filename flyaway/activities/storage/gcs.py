@@ -36,8 +36,7 @@ import requests
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.auth.transport.requests import AuthorizedSession
-from google.oauth2 import credentials as user_credentials
-from google.oauth2 import service_account
+from google.oauth2 import credentials as user_credentials, service_account
 
 from flyaway.activities.retry import (
     CONNECT_TIMEOUT_SECONDS,

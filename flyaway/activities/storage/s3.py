@@ -19,11 +19,9 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import (
     ClientError,
+    ConnectionError as BotoConnectionError,
     HTTPClientError,
     NoCredentialsError,
-)
-from botocore.exceptions import (
-    ConnectionError as BotoConnectionError,
 )
 
 from flyaway.activities.retry import (

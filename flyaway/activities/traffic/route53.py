@@ -17,8 +17,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from flyaway.activities.retry import call_with_retries
-from flyaway.activities.storage.s3 import error_code, http_status
-from flyaway.activities.storage.s3 import is_transient as is_transient_aws_error
+from flyaway.activities.storage.s3 import error_code, http_status, is_transient as is_transient_aws_error
 from flyaway.errors import AccessDenied, FlyawayError, InvalidPlan, MissingCredentials, NotFound
 from flyaway.models.canary import Route53RouterConfig, WeightState
 from flyaway.redaction import register_secret
