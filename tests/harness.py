@@ -34,6 +34,7 @@ from flyaway.activities.storage.runpod import RUNPOD_MAX_BODY
 from flyaway.connection import TemporalOptions, connect
 from flyaway.models.status import MigrationResult, MigrationStatus
 from flyaway.starter.dev import free_port, start_moto, start_temporal, stop_process, wait_for_port
+from flyaway.starter.display import snapshot
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
@@ -443,6 +444,11 @@ async def migration_result(server: TemporalDevServer, workflow_id: str, timeout:
 async def migration_status(server: TemporalDevServer, workflow_id: str) -> MigrationStatus:
     client = await server.client()
     return await client.get_workflow_handle(workflow_id).query("status", result_type=MigrationStatus)
+
+
+async def shown_status(server: TemporalDevServer, workflow_id: str) -> MigrationStatus:
+    """The status ``flyaway status`` shows: the query, with what the activities in flight add (their retries)."""
+    return (await snapshot(await server.client(), workflow_id)).status
 
 
 async def _failure_of(server: TemporalDevServer, workflow_id: str, timeout: float) -> ApplicationError:

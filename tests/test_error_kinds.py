@@ -48,6 +48,7 @@ from tests.harness import (
     migration_status,
     run_async,
     s3_location,
+    shown_status,
     start_migration,
     weights_plan,
 )
@@ -240,7 +241,7 @@ def test_a_full_disk_is_waited_out_and_the_copy_ends_once_space_is_freed(
     plan = weights_plan("full-disk", {"kind": "local", "path": str(tmp_path / "w")},
                         {"kind": "local", "path": str(small_disk / "out")}, part_size="1MiB", concurrency=2)
     workflow_id = run_async(start_migration(temporal_server, plan, worker.task_queue))
-    retrying = eventually(lambda: (s := run_async(migration_status(temporal_server, workflow_id))).stage_status(
+    retrying = eventually(lambda: (s := run_async(shown_status(temporal_server, workflow_id))).stage_status(
         "weights").attempt >= 2 and s, 60, what="the copy retrying on a full disk")
     error = retrying.stage_status("weights").error
     assert retrying.stage_status("weights").state == StageState.retrying

@@ -26,6 +26,7 @@ from tests.harness import (
     migration_status,
     run_async,
     s3_location,
+    shown_status,
     start_migration,
     weights_plan,
 )
@@ -163,7 +164,7 @@ def test_status_shows_retrying_with_the_error_until_the_stage_succeeds(
                             bandwidth_limit=None)
         workflow_id = run_async(start_migration(temporal_server, plan, worker.task_queue))
         retrying = eventually(
-            lambda: (s := run_async(migration_status(temporal_server, workflow_id))).stage_status(
+            lambda: (s := run_async(shown_status(temporal_server, workflow_id))).stage_status(
                 "weights").attempt >= 2 and s, 60, what="the weights stage retrying its second attempt")
         weights = retrying.stage_status("weights")
         assert weights.state == StageState.retrying and retrying.state == MigrationState.running

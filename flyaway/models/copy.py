@@ -163,8 +163,6 @@ class CopyProgress(Record):
     bytes_uploaded: int = 0
     rate_bytes_per_second: float = 0.0
     uploads: dict[str, str] = Field(default_factory=dict, description="key -> upload id of files in flight")
-    attempt: int = 1
-    error: str | None = Field(None, description="why this attempt failed (it is retried)")
 
 
 class VerifyResult(Record):

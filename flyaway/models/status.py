@@ -38,8 +38,11 @@ class StageStatus(Record):
     name: str
     state: StageState = StageState.pending
     detail: str = ""
-    error: str | None = Field(None, description="the last error; kept while the stage retries, cleared when it succeeds")
-    attempt: int = Field(0, description="attempt of the activity that failed last, while the stage retries")
+    error: str | None = Field(None, description="why the stage waits for the operator, or (shown by `flyaway "
+                                                "status`) why its activity's last attempt failed while it retries; "
+                                                "cleared when the stage succeeds")
+    attempt: int = Field(0, description="the attempt under way of the activity being retried (shown by `flyaway "
+                                        "status`, which reads it from the pending activity); 0 otherwise")
 
 
 class MigrationStatus(Record):

@@ -1,10 +1,17 @@
 """Live progress of a migration in the terminal (rich): stages, files, bytes, rate, ETA.
 
-The ``status`` query gives what the workflow knows; the heartbeats of the activities in flight
-(read with ``describe()``, which adds nothing to history) add what they have done since, so a
-single huge file still shows progress when the query lags. A heartbeat is whatever its activity
-sent: a copy's progress, a count of files listed, a line of text. What the display understands
-it shows, anything else it skips; it never fails on it.
+The ``status`` query gives what the workflow knows; the activities in flight, of the migration
+and of the child running its stage (read with ``describe()``, which adds nothing to history),
+add what they have done since, so a single huge file still shows progress when the query lags.
+A heartbeat is whatever its activity sent: a copy's progress, a count of files listed, a line of
+text. What the display understands it shows, anything else it skips; it never fails on it.
+
+They also say when the stage is being retried: an activity past its first attempt carries the
+failure of the one before (Temporal keeps it with the pending activity, and the UI shows it
+there too). The stage then shows ``retrying`` with that error, redacted, and the attempt under
+way; once the activity succeeds it is no longer pending, and the error goes with it. Doing this
+here rather than in the workflow costs no history event per failed attempt, however long an
+outage lasts, and keeps every stage's retries, the copy's included, on one path.
 """
 
 from __future__ import annotations
@@ -26,11 +33,13 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowQueryFailedError,
 )
+from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from flyaway.models.status import MigrationState, MigrationStatus
+from flyaway.models.status import MigrationState, MigrationStatus, StageState
 from flyaway.redaction import scrub
+from flyaway.workflows.stages import failure_message
 
 _STATE_STYLE = {"completed": "green", "running": "cyan", "skipped": "dim", "waiting_for_operator": "bold red",
                 "aborted": "red", "pending": "white", "retrying": "yellow"}
@@ -74,6 +83,8 @@ class ActivityProgress:
     files_done: int = 0
     rate: float = 0.0
     note: str | None = None
+    #: why the attempt before this one failed (redacted), while the activity is being retried
+    last_failure: str | None = None
 
 
 def _int(value: Any) -> int:
@@ -95,14 +106,40 @@ def activity_progress(activity: str, attempt: int, details: list[Any]) -> Activi
     return progress
 
 
-async def _decode_pending(client: Client, pending: PendingActivityInfo) -> ActivityProgress:
+async def decode_pending(converter: DataConverter, pending: PendingActivityInfo) -> ActivityProgress:
+    """What the display understands of an activity in flight, its heartbeat and its last failure decoded."""
     details: list[Any] = []
     if pending.heartbeat_details.payloads:
         try:
-            details = await client.data_converter.decode(pending.heartbeat_details.payloads)
+            details = await converter.decode(pending.heartbeat_details.payloads)
         except Exception:  # noqa: BLE001 (a heartbeat this CLI cannot read is skipped, never fatal)
             details = []
-    return activity_progress(pending.activity_type.name, pending.attempt, details)
+    progress = activity_progress(pending.activity_type.name, pending.attempt, details)
+    if pending.attempt > 1 and pending.HasField("last_failure"):
+        progress.last_failure = await _failure_text(converter, pending)
+    return progress
+
+
+async def _failure_text(converter: DataConverter, pending: PendingActivityInfo) -> str:
+    """The last failure of a retried activity, decoded (the codec may have encrypted it) and redacted."""
+    try:
+        error = await converter.decode_failure(pending.last_failure)
+    except Exception:  # noqa: BLE001 (a failure this CLI cannot decode still says the stage retries)
+        return f"{pending.activity_type.name} failed (the error could not be decoded here)"
+    return scrub(failure_message(error))
+
+
+def show_retries(status: MigrationStatus, activities: list[ActivityProgress]) -> None:
+    """Mark the stage in flight ``retrying`` when one of its activities is past a failed attempt (see above)."""
+    retried = [activity for activity in activities if activity.last_failure is not None]
+    if not retried or status.state == MigrationState.waiting_for_operator:
+        return
+    latest = max(retried, key=lambda activity: activity.attempt)
+    where = status.stage or "validate"
+    status.last_error = f"{where}: {latest.last_failure} (attempt {latest.attempt}, retrying)"
+    stage = next((stage for stage in status.stages if stage.name == status.stage), None)
+    if stage is not None:
+        stage.state, stage.error, stage.attempt = StageState.retrying, latest.last_failure, latest.attempt
 
 
 @dataclass
@@ -157,7 +194,8 @@ async def _pending_activities(client: Client, workflow_id: str) -> list[Activity
         description = await client.get_workflow_handle(workflow_id).describe()
     except RPCError:
         return []
-    return [await _decode_pending(client, pending) for pending in description.raw_description.pending_activities]
+    return [await decode_pending(client.data_converter, pending)
+            for pending in description.raw_description.pending_activities]
 
 
 async def _finished_batches(client: Client, copy_workflow_id: str) -> tuple[int, int] | None:
@@ -198,13 +236,14 @@ async def snapshot(client: Client, workflow_id: str) -> Snapshot:
     status = await _query_status(handle, workflow_id, description.status)
     snap = Snapshot(status=status, run_status=description.status)
     if not ended:
-        snap.activities = [await _decode_pending(client, pending)
+        snap.activities = [await decode_pending(client.data_converter, pending)
                            for pending in description.raw_description.pending_activities]
         if status.stage and status.stage != "validate":
             child = f"{workflow_id}-{status.stage}"
             snap.activities += await _pending_activities(client, child)
             if status.stage == "weights":
                 snap.finished_batches = await _finished_batches(client, child)
+        show_retries(status, snap.activities)
     elif description.status != WorkflowExecutionStatus.COMPLETED:
         snap.failure, snap.failure_type = await _failure(handle)
     return snap
@@ -246,7 +285,10 @@ def render(snap: Snapshot) -> Group:
     title.stylize(state_style, len(f"migration-{status.name} "))
     stages = Table(box=None, show_header=False, padding=(0, 2))
     for stage in status.stages:
-        line = Text(stage.error, style="red") if stage.error else Text(stage.detail or "")
+        if stage.state == StageState.retrying:
+            line = Text(f"attempt {stage.attempt}: {stage.error}", style="yellow")
+        else:
+            line = Text(stage.error, style="red") if stage.error else Text(stage.detail or "")
         stages.add_row(stage.name, Text(stage.state.value, style=_STATE_STYLE.get(stage.state.value, "yellow")), line)
     parts: list[Any] = [title, stages]
     if status.bytes_total:
@@ -267,7 +309,9 @@ def one_line(snap: Snapshot) -> str:
     """The snapshot as one plain line, for output that is not a terminal (logs, pipes)."""
     parts = [header(snap)]
     stage = next((s for s in snap.status.stages if s.name == snap.status.stage), None)
-    if snap.status.bytes_total and snap.status.stage == "weights" and not (stage and stage.error):
+    if stage is not None and stage.state == StageState.retrying:
+        parts.append(f"{stage.name} retrying, attempt {stage.attempt}: {stage.error}")
+    elif snap.status.bytes_total and snap.status.stage == "weights" and not (stage and stage.error):
         parts.append(progress_line(snap))
     elif stage is not None and (stage.error or stage.detail):
         parts.append(stage.error or stage.detail)

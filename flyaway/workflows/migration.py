@@ -39,8 +39,8 @@ with workflow.unsafe.imports_passed_through():
         MigrationResult,
         MigrationState,
         MigrationStatus,
-        StageState,
         StageResults,
+        StageState,
         StageStatus,
         TuneRequest,
     )
@@ -197,14 +197,14 @@ class MigrationWorkflow:
                     self._copy_weights(plan) if name == "weights" else STAGE_RUNNERS[name](self))
             except (ActivityError, ChildWorkflowError, StageRefused) as error:
                 message = failure_message(error)
-                stage.state, stage.error, stage.attempt = StageState.waiting_for_operator, message, 0
+                stage.state, stage.error = StageState.waiting_for_operator, message
                 self._status.last_error = f"{name}: {message}"
                 self._set_state(MigrationState.waiting_for_operator, stage=name)
                 workflow.logger.warning("stage %s waits for the operator: %s", name, message)
                 await self._unless_aborted(workflow.wait_condition(lambda: self._retry_requested))
                 self._retry_requested = False
                 continue
-            stage.state, stage.error, stage.attempt = StageState.completed, None, 0
+            stage.state, stage.error = StageState.completed, None
             if self._status.last_error and self._status.last_error.startswith(f"{name}: "):
                 self._status.last_error = None
             self._show()
@@ -248,8 +248,7 @@ class MigrationWorkflow:
             if stage_plan is not None:
                 await remove_agents(stage_plan, workflow.info().workflow_id, best_effort=True)
         for stage in self._status.stages:
-            if stage.state in (StageState.pending, StageState.running, StageState.retrying,
-                               StageState.waiting_for_operator):
+            if stage.state in (StageState.pending, StageState.running, StageState.waiting_for_operator):
                 stage.state = StageState.aborted
         self._set_state(MigrationState.aborted, stage=self._status.stage)
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -303,23 +302,18 @@ class MigrationWorkflow:
     def copy_stuck(self, message: str) -> None:
         """The copy failed for good and waits (as its own workflow) for the operator's ``retry`` or ``abort``."""
         stage = self._status.stage_status("weights")
-        stage.state, stage.error, stage.attempt = StageState.waiting_for_operator, message, 0
+        stage.state, stage.error = StageState.waiting_for_operator, message
         self._status.last_error = f"weights: {message}"
         self._set_state(MigrationState.waiting_for_operator, stage="weights")
         workflow.logger.warning("stage weights waits for the operator: %s", message)
 
     @workflow.signal(name=LIVE_PROGRESS_SIGNAL)
     def copy_live_progress(self, progress: CopyProgress) -> None:
-        """What the copy activity of the batch in flight has done so far; one of an earlier batch is stale."""
+        """What the copy activity of the batch in flight has done so far; one of an earlier batch is stale.
+        (Its retries are not reported here: ``flyaway status`` reads them from the pending activity.)"""
         if progress.offset != self._batch_offset or self._status.stage != "weights":
             return
-        status, stage = self._status, self._status.stage_status("weights")
-        status.rate_bytes_per_second = progress.rate_bytes_per_second
-        if progress.error is not None:
-            stage.state, stage.error, stage.attempt = StageState.retrying, progress.error, progress.attempt
-            status.last_error = f"weights: {progress.error} (attempt {progress.attempt}, retrying)"
-        elif stage.state == StageState.retrying and progress.attempt > stage.attempt:
-            stage.state = StageState.running
+        self._status.rate_bytes_per_second = progress.rate_bytes_per_second
         self._show_copy_progress(self._copy_files_done + progress.files_done,
                                  self._copy_bytes_done + progress.bytes_done)
 
@@ -328,8 +322,7 @@ class MigrationWorkflow:
         status.files_done, status.bytes_done = min(files_done, status.files_total), min(bytes_done, status.bytes_total)
         remaining = status.bytes_total - status.bytes_done
         status.eta_seconds = remaining / status.rate_bytes_per_second if status.rate_bytes_per_second > 0 else None
-        if status.stage_status("weights").state != StageState.retrying:
-            status.stage_status("weights").detail = f"{status.files_done}/{status.files_total} files"
+        status.stage_status("weights").detail = f"{status.files_done}/{status.files_total} files"
         self._show()
 
     @workflow.signal(name=CANARY_PROGRESS_SIGNAL)

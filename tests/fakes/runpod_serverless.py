@@ -34,6 +34,10 @@ _PATCHABLE = {"name", "image", "args", "env", "ports", "disk", "registry", "gpu"
               "networkVolumes", "dataCenterIds", "templateId", "timeout", "cpu"}
 
 
+class GatewayPage(str):
+    """An HTML page answered with 200 in place of the API's JSON, as a gateway that lost the answer sends."""
+
+
 class Problem(Exception):
     def __init__(self, status: int, detail: str, errors: list[str] | None = None) -> None:
         super().__init__(detail)
@@ -49,6 +53,14 @@ class _Handler(JsonHandler):
         except Problem as problem:
             status, body = problem.status, {"title": _TITLES[problem.status], "status": problem.status,
                                             "detail": problem.detail, "errors": problem.errors}
+        if isinstance(body, GatewayPage):
+            data = body.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         self.send_json(status, body)
 
     do_GET = do_POST = do_PATCH = _route
@@ -90,6 +102,8 @@ class FakeRunpodServerless(LoopbackServer):
         self.endpoint_base = endpoint_base
         self.denied = False
         self.fail_next = 0
+        #: numbers of the requests (0 is the first this fake gets) done but answered with a ``GatewayPage``
+        self.garbled: set[int] = set()
         #: network volume id -> datacenter
         self.volumes: dict[str, str] = {}
         self.endpoints: dict[str, dict[str, Any]] = {}
@@ -103,22 +117,28 @@ class FakeRunpodServerless(LoopbackServer):
     def handle(self, method: str, path: str, authorization: str, body: Any) -> tuple[int, Any]:
         with self._lock:
             self.requests.append((method, path))
-            if self.fail_next > 0:
-                self.fail_next -= 1
-                raise Problem(503, "Service temporarily unavailable.")
-            if authorization != f"Bearer {self.api_key}":
-                raise Problem(401, "Missing or invalid API key.")
-            if self.denied:
-                raise Problem(403, "This API key may not manage serverless endpoints.")
-            if path == "/v2/serverless" and method == "GET":
-                return 200, {"endpoints": list(self.endpoints.values())}
-            if path == "/v2/serverless" and method == "POST":
-                return 201, self._create(body or {})
-            if (match := _ONE.match(path)) and method in ("GET", "PATCH"):
-                endpoint = self.endpoints.get(match.group(1))
-                if endpoint is None:
-                    raise Problem(404, f"Endpoint {match.group(1)} not found.")
-                return 200, self._update(endpoint, body or {}) if method == "PATCH" else endpoint
+            if len(self.requests) - 1 in self.garbled:
+                status, _ = self._answer(method, path, authorization, body)
+                return status, GatewayPage("<html><body>upstream answer lost</body></html>")
+            return self._answer(method, path, authorization, body)
+
+    def _answer(self, method: str, path: str, authorization: str, body: Any) -> tuple[int, Any]:
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            raise Problem(503, "Service temporarily unavailable.")
+        if authorization != f"Bearer {self.api_key}":
+            raise Problem(401, "Missing or invalid API key.")
+        if self.denied:
+            raise Problem(403, "This API key may not manage serverless endpoints.")
+        if path == "/v2/serverless" and method == "GET":
+            return 200, {"endpoints": list(self.endpoints.values())}
+        if path == "/v2/serverless" and method == "POST":
+            return 201, self._create(body or {})
+        if (match := _ONE.match(path)) and method in ("GET", "PATCH"):
+            endpoint = self.endpoints.get(match.group(1))
+            if endpoint is None:
+                raise Problem(404, f"Endpoint {match.group(1)} not found.")
+            return 200, self._update(endpoint, body or {}) if method == "PATCH" else endpoint
         raise Problem(404, f"No route for {method} {path}.")
 
     def _create(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -360,11 +360,6 @@ async def copy_batch(request: BatchRequest) -> BatchResult:
     heartbeat = asyncio.create_task(reporter.run())
     try:
         await cut_when_stalled(engine, engine.copy_all(lines, writer.add))
-    except FlyawayError:
-        raise
-    except Exception as error:  # retried by Temporal: say why in the migration's status meanwhile
-        await reporter.report_failure(error)
-        raise
     finally:
         heartbeat.cancel()
         await engine.stop()

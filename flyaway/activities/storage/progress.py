@@ -7,8 +7,8 @@
   next part, without restarting the batch.
 - It signals its migration the bytes and files landed so far, on change, at most every ``REPORT_SECONDS``
   and only after ``report_step`` more bytes landed (the copy workflow sets the step to a share of the
-  listing), so the migration's history stays bounded however long a batch runs; and, once, the error of
-  an attempt that failed and will be retried.
+  listing), so the migration's history stays bounded however long a batch runs. An attempt that fails is
+  not reported: ``flyaway status`` reads the failure from the pending activity.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from temporalio.service import RPCError
 
 from flyaway.activities.storage.engine import CopyEngine
 from flyaway.models.copy import BatchRequest, CopyProgress, CopySettings
-from flyaway.redaction import scrub
 
 log = structlog.get_logger(__name__)
 
@@ -54,13 +53,12 @@ class CopyReporter:
         self.reported_at = float("-inf")
         self.reported_bytes = 0
 
-    def progress(self, error: str | None = None) -> CopyProgress:
+    def progress(self) -> CopyProgress:
         c = self.engine.counters
         elapsed = max(time.monotonic() - self.started, 1e-6)
         return CopyProgress(offset=self.request.offset, files_done=c.files_copied + c.files_skipped,
                             bytes_done=c.bytes_done, bytes_uploaded=c.bytes_uploaded,
-                            rate_bytes_per_second=c.bytes_uploaded / elapsed, uploads=dict(c.uploads),
-                            attempt=self.info.attempt, error=error)
+                            rate_bytes_per_second=c.bytes_uploaded / elapsed, uploads=dict(c.uploads))
 
     async def run(self) -> None:
         while True:
@@ -70,11 +68,6 @@ class CopyReporter:
             if self._report_due(progress):
                 await self._report(progress.model_copy(update={"uploads": {}}))
             await asyncio.sleep(HEARTBEAT_SECONDS)
-
-    async def report_failure(self, error: Exception) -> None:
-        """Tell the migration why this attempt failed, so its status says ``retrying`` and why."""
-        await self._report(self.progress(f"{type(error).__name__}: {scrub(str(error))}").model_copy(
-            update={"uploads": {}}))
 
     def _report_due(self, progress: CopyProgress) -> bool:
         moved = progress.bytes_done - self.reported_bytes
