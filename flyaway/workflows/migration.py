@@ -247,9 +247,9 @@ class MigrationWorkflow:
         for stage_plan in (plan.weights, plan.secrets):
             if stage_plan is not None:
                 await remove_agents(stage_plan, workflow.info().workflow_id, best_effort=True)
-        for stage in self._status.stages:
-            if stage.state in (StageState.pending, StageState.running, StageState.waiting_for_operator):
-                stage.state = StageState.aborted
+        for unfinished in self._status.stages:
+            if unfinished.state in (StageState.pending, StageState.running, StageState.waiting_for_operator):
+                unfinished.state = StageState.aborted
         self._set_state(MigrationState.aborted, stage=self._status.stage)
         await workflow.wait_condition(workflow.all_handlers_finished)
         if self._cancelled:

@@ -36,8 +36,10 @@ class StageRefused(ApplicationError):
 
 
 class StageContext(Protocol):
-    plan: MigrationPlan
     results: dict[str, Any]
+
+    @property
+    def plan(self) -> MigrationPlan: ...
 
     def stage_status(self, name: str) -> StageStatus: ...
 
