@@ -16,6 +16,12 @@ A non-retryable failure is flyaway's answer to something a person must fix (an i
 access, corrupt data, an abort): its message says what and where, and the Python stack trace under
 it in the Temporal UI only hides that, so :class:`PlainFailureConverter` leaves it out. Every other
 failure keeps its trace.
+
+Temporal keeps the failure of a retried activity's last attempt with the pending activity, where
+``flyaway status`` and the UI read it while the stage retries, only up to 4 KiB
+(``limit.mutableStateActivityFailureSize.error``), and puts "Failure exceeds size limit." in place of
+a larger one; a botocore error's trace alone is about 5 KiB. So each level of a failure keeps the
+start of its message and the end of its stack trace (the frames that raised), within the sizes below.
 """
 
 from __future__ import annotations
@@ -86,3 +92,29 @@ class PlainFailureConverter(DefaultFailureConverter):
         if isinstance(exception, ApplicationError) and exception.non_retryable:
             exception.__traceback__ = None
         super().to_failure(exception, payload_converter, failure)
+        _fit(failure, payload_converter)
+
+
+MESSAGE_CHARS = 2_000
+STACK_TRACE_CHARS = 1_200
+
+
+def _shorter(message: str, stack_trace: str) -> tuple[str, str]:
+    if len(message) > MESSAGE_CHARS:
+        message = message[:MESSAGE_CHARS - 1] + "…"
+    if len(stack_trace) > STACK_TRACE_CHARS:
+        stack_trace = "…" + stack_trace[1 - STACK_TRACE_CHARS:]
+    return message, stack_trace
+
+
+def _fit(failure: Failure, payload_converter: PayloadConverter) -> None:
+    """Cut this level of ``failure`` to the sizes above (its causes were cut as they were converted), also
+    where the codec will encrypt its message and stack trace (``encoded_attributes``, still plain JSON here)."""
+    if not failure.HasField("encoded_attributes"):
+        failure.message, failure.stack_trace = _shorter(failure.message, failure.stack_trace)
+        return
+    attributes: Any = payload_converter.from_payloads([failure.encoded_attributes])[0]
+    if isinstance(attributes, dict):
+        message, stack_trace = _shorter(str(attributes.get("message", "")), str(attributes.get("stack_trace", "")))
+        failure.encoded_attributes.CopyFrom(
+            payload_converter.to_payloads([{"message": message, "stack_trace": stack_trace}])[0])

@@ -150,3 +150,26 @@ def test_a_migration_waiting_for_the_operator_keeps_its_own_error() -> None:
     show_retries(status, [retried])
     assert status.stage_status("deploy").state == StageState.waiting_for_operator
     assert status.last_error == "deploy: InvalidPlan: bad image"
+
+
+def _raise_deep(depth: int) -> None:
+    if depth:
+        _raise_deep(depth - 1)
+    raise RuntimeError("refused by the test proxy: " + "x" * 5000)
+
+
+@pytest.mark.parametrize("codec", [False, True])
+def test_a_long_failure_fits_where_temporal_keeps_a_retried_activity_s_last_failure(codec: bool) -> None:
+    """Over 4 KiB, the server would keep "Failure exceeds size limit." instead (a botocore trace is about 5 KiB)."""
+    converter = CONVERTER if codec else data_converter(None)
+    failure = Failure()
+    try:
+        _raise_deep(80)
+    except RuntimeError as error:
+        asyncio.run(converter.encode_failure(error, failure))
+    assert failure.ByteSize() < 4 * 1024
+    decoded = asyncio.run(converter.decode_failure(failure))
+    assert isinstance(decoded, ApplicationError) and decoded.type == "RuntimeError"
+    assert decoded.message.startswith("refused by the test proxy: xxx")
+    assert decoded.failure is not None and decoded.failure.stack_trace.rstrip().endswith(
+        'raise RuntimeError("refused by the test proxy: " + "x" * 5000)')
