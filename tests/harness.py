@@ -261,17 +261,23 @@ class S3FaultProxy:
                     return
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=600)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                if len(body := proxy.rewrite_request(self.command, self.path, headers, body)) != length:
+                    headers = {k: v for k, v in headers.items() if k.lower() != "content-length"}
+                    headers["Content-Length"] = str(len(body))
                 upstream.request(self.command, self.path, body=body or None, headers=headers)
                 response = upstream.getresponse()
-                data = proxy.maybe_flip(self.command, self.path, response.read())
+                answer = dict(response.getheaders())
+                data = proxy.rewrite_response(self.command, self.path, headers, response.status, answer,
+                                              proxy.maybe_flip(self.command, self.path, response.read()))
                 time.sleep(proxy.hold(self.command, self.path, response.status))
                 self.send_response(response.status)
-                for key, value in response.getheaders():
+                for key, value in answer.items():
                     if key.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(key, value)
                 # a HEAD answer has no body but tells the object's length (of a part, with partNumber)
-                length = response.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
-                self.send_header("Content-Length", length)
+                answered = (next((v for k, v in answer.items() if k.lower() == "content-length"), "0")
+                            if self.command == "HEAD" else str(len(data)))
+                self.send_header("Content-Length", answered)
                 self.end_headers()
                 upstream.close()
                 if fault == "stall":  # a GET: half the body, then nothing
@@ -322,6 +328,15 @@ class S3FaultProxy:
     def hold(self, command: str, path: str, status: int) -> float:
         """Seconds to sit on the upstream's answer (of HTTP ``status``) before passing it on."""
         return 0.0
+
+    def rewrite_request(self, command: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
+        """The request body to forward; ``headers`` may be changed in place. As sent, by default."""
+        return body
+
+    def rewrite_response(self, command: str, path: str, request_headers: dict[str, str], status: int,
+                         headers: dict[str, str], data: bytes) -> bytes:
+        """The answer's body to pass on; ``headers`` may be changed in place. As the upstream gave it, by default."""
+        return data
 
     def maybe_flip(self, command: str, path: str, data: bytes) -> bytes:
         """The answer's body, with one byte flipped if it is the ``flip_every``-th object-data GET."""

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,17 +25,27 @@ from flyaway.activities.storage.activities import (
     _verify,
     _write_listing,
 )
+from flyaway.activities.storage import open_destination, open_source
 from flyaway.activities.storage.base import STATE_DIR, Destination, Source
 from flyaway.activities.storage.engine import CopyEngine, upload_state_name
 from flyaway.activities.storage.hf import HfSource
 from flyaway.activities.storage.local import LocalDestination, LocalSource
 from flyaway.activities.storage.s3 import S3Destination, S3Source
 from flyaway.errors import DataCorruption, InvalidPlan
-from flyaway.models.copy import ListingLine, ListingResult, ManifestEntry, SourceChecksum, SourceFile, UploadState
+from flyaway.models.copy import (
+    ListingLine,
+    ListingResult,
+    ManifestEntry,
+    PartRecord,
+    SourceChecksum,
+    SourceFile,
+    UploadState,
+)
 from flyaway.models.locations import HfLocation, LocalLocation, S3Location
 from flyaway.models.plan import WeightsStage, parse_plan
 from tests.conftest import s3_client
 from tests.fakes.hf_hub import FakeHub
+from tests.faults import SseKmsProxy
 from tests.harness import GcsEmulator, S3FaultProxy, plain_client, put_multipart, s3_location, weights_plan
 
 MiB = 1024 * 1024
@@ -172,25 +183,29 @@ def test_hub_bytes_are_checked_and_reads_stay_on_the_listed_commit(
 
 # ---- resume --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["s3", "local"])
+@pytest.mark.parametrize("kind", ["s3", "s3-kms", "local"])
 def test_files_that_landed_before_a_kill_are_recorded_without_sending_them_again(
-        kind: str, s3_proxy: S3FaultProxy, bucket: str, tmp_path: Path) -> None:
-    """Killed after the multipart object was completed and the small file put, before either was recorded."""
+        kind: str, s3: Any, kms_proxy: SseKmsProxy, bucket: str, tmp_path: Path) -> None:
+    """Killed after the multipart object was completed and the small file put, before either was recorded;
+    under SSE-KMS both are told by their CRC32, their ETags being no MD5s."""
+    if kind == "s3-kms":
+        kms_bucket(s3, bucket)
+    kms_proxy.kms = kind == "s3-kms"
     (tmp_path / "src").mkdir()
     contents = {"config.json": os.urandom(10_000), "model.bin": os.urandom(9 * MiB)}
     for key, data in contents.items():
         (tmp_path / "src" / key).write_bytes(data)
     source = LocalSource(local(tmp_path / "src"))
-    dest: Destination = (S3Destination(s3_plan_location(s3_proxy.endpoint, bucket, "m")) if kind == "s3"
-                         else LocalDestination(local(tmp_path / "out")))
+    dest: Destination = (LocalDestination(local(tmp_path / "out")) if kind == "local"
+                         else S3Destination(s3_plan_location(kms_proxy.endpoint, bucket, "m")))
     with pytest.raises(Killed):
         copy(source, dest, kill_before_recording="model.bin", concurrency=1)
-    sent = s3_proxy.uploaded
+    sent = kms_proxy.uploaded
     assert dest.get_state(upload_state_name("migrations/t/", "model.bin")) is not None  # kept until recorded
 
     entries = copy(source, dest, check_landed=True)
 
-    assert s3_proxy.uploaded == sent  # not one byte more
+    assert kms_proxy.uploaded == sent  # not one byte more
     assert sorted(entry.key for entry in entries) == sorted(contents)
     assert {entry.key: entry.sha256 for entry in entries} == {
         key: hashlib.sha256(data).hexdigest() for key, data in contents.items()}
@@ -285,9 +300,8 @@ def stage_of(source: dict[str, Any], destination: dict[str, Any], **weights: Any
 def list_and_copy(stage: WeightsStage, state: CopyStateNames, listing_id: str) -> ListingResult:
     """List into the migration's state, copy every line, record the entries as one batch's shard."""
     listing = _write_listing(stage, listing_id, state, lambda files: None)
-    dest = LocalDestination(stage.destination)  # type: ignore[arg-type]
-    source = LocalSource(stage.source)  # type: ignore[arg-type]
-    entries = copy(source, dest, state_prefix=state.prefix)
+    dest = open_destination(stage.destination)
+    entries = copy(open_source(stage.source), dest, part_size=5 * MiB, state_prefix=state.prefix)
     body = b"".join(entry.model_dump_json().encode() + b"\n" for entry in entries)
     dest.put_state(f"{state.shards(listing_id)}{0:016d}-0001-000000.jsonl", body)
     return listing
@@ -357,15 +371,29 @@ def test_a_users_own_flyaway_folder_is_copied_and_a_key_in_flyaways_state_is_ref
 
 # ---- SSE-KMS -------------------------------------------------------------------------------------
 
-def test_a_bucket_with_default_kms_encryption_takes_small_and_multipart_files(
-        s3: Any, bucket: str, s3_proxy: S3FaultProxy, tmp_path: Path) -> None:
+def kms_bucket(s3: Any, bucket: str) -> None:
     s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
         "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms"}}]})
+
+
+@pytest.fixture
+def kms_proxy(moto_server: Any) -> Iterator[SseKmsProxy]:
+    """moto behind a proxy that answers as AWS does under SSE-KMS (ETags that are no MD5s, part checksums listed)."""
+    proxy = SseKmsProxy(moto_server.port)
+    proxy.kms = True
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+def test_a_bucket_with_default_kms_encryption_takes_small_and_multipart_files(
+        s3: Any, bucket: str, kms_proxy: SseKmsProxy, tmp_path: Path) -> None:
+    kms_bucket(s3, bucket)
     (tmp_path / "src").mkdir()
     contents = {"config.json": os.urandom(4000), "model.bin": os.urandom(7 * MiB)}
     for key, data in contents.items():
         (tmp_path / "src" / key).write_bytes(data)
-    dest = S3Destination(s3_plan_location(s3_proxy.endpoint, bucket, "m"))
+    dest = S3Destination(s3_plan_location(kms_proxy.endpoint, bucket, "m"))
     entries = copy(LocalSource(local(tmp_path / "src")), dest, part_size=5 * MiB)
 
     assert sorted(entry.key for entry in entries) == sorted(contents)
@@ -373,10 +401,43 @@ def test_a_bucket_with_default_kms_encryption_takes_small_and_multipart_files(
         got = s3.get_object(Bucket=bucket, Key=f"m/{key}")
         assert got["ServerSideEncryption"] == "aws:kms"
         assert got["Body"].read() == data
-    source = S3Source(s3_plan_location(s3_proxy.endpoint, bucket, "m"))
+    source = S3Source(s3_plan_location(kms_proxy.endpoint, bucket, "m"))
     back = copy(source, LocalDestination(local(tmp_path / "back")), part_size=5 * MiB)
     assert tree(tmp_path / "back") == contents
     assert sorted(entry.key for entry in back) == sorted(contents)
+
+
+@pytest.fixture
+def lock_bucket(s3: Any) -> Iterator[str]:
+    """A bucket created with Object Lock and a default retention: a PUT without Content-MD5 or an
+    x-amz-checksum is refused there."""
+    name = f"lock-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    s3.put_object_lock_configuration(Bucket=name, ObjectLockConfiguration={
+        "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}}})
+    yield name
+    versions = s3.list_object_versions(Bucket=name)
+    for version in versions.get("Versions", []) + versions.get("DeleteMarkers", []):
+        s3.delete_object(Bucket=name, Key=version["Key"], VersionId=version["VersionId"],
+                         BypassGovernanceRetention=True)
+    s3.delete_bucket(Bucket=name)
+
+
+def test_a_bucket_with_object_lock_takes_a_copy_and_its_verify(
+        s3: Any, lock_bucket: str, moto_server: Any, tmp_path: Path) -> None:
+    source = make_source(tmp_path / "src", ["config.json"])
+    (tmp_path / "src" / "model.bin").write_bytes(os.urandom(7 * MiB))
+    destination = s3_location(moto_server.endpoint, lock_bucket, "m")
+    S3Destination(S3Location.model_validate(destination)).check()
+    stage = stage_of(source, destination)
+    state = CopyStateNames("migration-t-weights")
+    listing = list_and_copy(stage, state, "L1")
+
+    verified = _verify(stage, listing, state)
+    assert (verified.files_verified, verified.bytes_verified) == (2, 1000 + 7 * MiB)
+    assert s3.head_object(Bucket=lock_bucket, Key="m/config.json")["ObjectLockMode"] == "GOVERNANCE"
+    assert s3.get_object(Bucket=lock_bucket, Key="m/model.bin")["Body"].read() == (
+        tmp_path / "src" / "model.bin").read_bytes()
 
 
 class PublishingLocalSource(LocalSource):
@@ -428,24 +489,84 @@ def test_a_fly_volume_is_read_twice_by_its_agent_and_each_read_checked_against_t
     assert LocalSource(local(tmp_path / "src")).published_checksum(source.stat("model.bin")) is None
 
 
-def test_under_kms_small_files_carry_their_sha256_so_a_killed_attempt_is_not_sent_again(
-        s3: Any, bucket: str, s3_proxy: S3FaultProxy, tmp_path: Path) -> None:
-    """Under SSE-KMS an ETag tells nothing: once a response shows the encryption, puts carry
-    x-amz-checksum-sha256, and a retried attempt finds those files by it."""
-    s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
-        "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms"}}]})
+def test_under_kms_small_files_carry_their_crc32_so_a_killed_attempt_is_not_sent_again(
+        s3: Any, bucket: str, kms_proxy: SseKmsProxy, tmp_path: Path) -> None:
+    """Under SSE-KMS an ETag tells nothing: every put carries x-amz-checksum-crc32, which S3 keeps, and a
+    retried attempt finds the files an earlier one landed by it."""
+    kms_bucket(s3, bucket)
     (tmp_path / "src").mkdir()
     contents = {f"{i:02d}.json": os.urandom(5000) for i in range(4)}
     for key, data in contents.items():
         (tmp_path / "src" / key).write_bytes(data)
     source = LocalSource(local(tmp_path / "src"))
-    dest = S3Destination(s3_plan_location(s3_proxy.endpoint, bucket, "m"))
+    dest = S3Destination(s3_plan_location(kms_proxy.endpoint, bucket, "m"))
     with pytest.raises(Killed):
         copy(source, dest, kill_before_recording="03.json")
-    sent = dict(s3_proxy.puts)
+    sent = dict(kms_proxy.puts)
     head = s3.head_object(Bucket=bucket, Key="m/03.json", ChecksumMode="ENABLED")
-    assert head["ServerSideEncryption"] == "aws:kms" and head["ChecksumSHA256"]
+    assert head["ServerSideEncryption"] == "aws:kms" and head["ChecksumCRC32"]
 
-    copy(source, S3Destination(s3_plan_location(s3_proxy.endpoint, bucket, "m")), check_landed=True)
-    resent = {path for path, count in s3_proxy.puts.items() if count > sent.get(path, 0)}
-    assert resent == {f"/{bucket}/m/00.json"}  # the one put before the encryption showed
+    entries = copy(source, S3Destination(s3_plan_location(kms_proxy.endpoint, bucket, "m")), check_landed=True)
+    assert kms_proxy.puts == sent  # not one sent again
+    assert sorted(entry.key for entry in entries) == sorted(contents)
+
+
+class KilledAfterParts(S3Destination):
+    """Dies, as a killed worker would, when it is about to send part ``parts + 1``."""
+
+    def __init__(self, location: S3Location, parts: int) -> None:
+        super().__init__(location)
+        self.parts = parts
+
+    def upload_part(self, key: str, upload_id: str, number: int, offset: int, data: bytes,
+                    checksum: str) -> PartRecord:
+        if number > self.parts:
+            raise Killed(key)
+        return super().upload_part(key, upload_id, number, offset, data, checksum)
+
+
+@pytest.mark.parametrize("listed_checksums", [True, False])
+def test_under_kms_parts_that_landed_before_a_kill_are_not_sent_again(
+        listed_checksums: bool, s3: Any, bucket: str, kms_proxy: SseKmsProxy, tmp_path: Path) -> None:
+    """Part ETags are not MD5s under SSE-KMS: landed parts are told by the CRC32 ListParts gives for each, or,
+    where a store lists none, taken on their size and the object checked by its composite CRC32."""
+    kms_bucket(s3, bucket)
+    kms_proxy.list_part_checksums = listed_checksums
+    (tmp_path / "src").mkdir()
+    data = os.urandom(16 * MiB)
+    (tmp_path / "src" / "model.bin").write_bytes(data)
+    source = LocalSource(local(tmp_path / "src"))
+    location = s3_plan_location(kms_proxy.endpoint, bucket, "m")
+    with pytest.raises(Killed):
+        copy(source, KilledAfterParts(location, parts=2), part_size=5 * MiB, concurrency=1)
+    sent = kms_proxy.uploaded
+    assert sent == 10 * MiB
+
+    [entry] = copy(source, S3Destination(location), part_size=5 * MiB)
+    assert kms_proxy.uploaded - sent == 6 * MiB  # parts 3 and 4 only
+    got = s3.get_object(Bucket=bucket, Key="m/model.bin")
+    assert got["ServerSideEncryption"] == "aws:kms" and got["Body"].read() == data
+    assert entry.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_under_kms_a_landed_part_with_other_bytes_is_sent_again(
+        s3: Any, bucket: str, kms_proxy: SseKmsProxy, tmp_path: Path) -> None:
+    """A landed part whose listed CRC32 is not the one of the bytes read now is sent again, and the
+    object holds the bytes read now."""
+    kms_bucket(s3, bucket)
+    (tmp_path / "src").mkdir()
+    data = bytearray(os.urandom(12 * MiB))
+    (tmp_path / "src" / "model.bin").write_bytes(data)
+    source = LocalSource(local(tmp_path / "src"))
+    location = s3_plan_location(kms_proxy.endpoint, bucket, "m")
+    with pytest.raises(Killed):
+        copy(source, KilledAfterParts(location, parts=2), part_size=5 * MiB, concurrency=1)
+    listed = (tmp_path / "src" / "model.bin").stat()
+    data[MiB] ^= 0xFF  # part 1 as landed is no longer what a read gives; the file keeps its version (mtime)
+    (tmp_path / "src" / "model.bin").write_bytes(data)
+    os.utime(tmp_path / "src" / "model.bin", ns=(listed.st_atime_ns, listed.st_mtime_ns))
+    sent = kms_proxy.uploaded
+
+    copy(source, S3Destination(location), part_size=5 * MiB)
+    assert kms_proxy.uploaded - sent == 7 * MiB  # part 1 again and part 3
+    assert s3.get_object(Bucket=bucket, Key="m/model.bin")["Body"].read() == bytes(data)

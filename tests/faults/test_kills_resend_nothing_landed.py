@@ -1,6 +1,8 @@
 """The worker SIGKILLed 5 times during a copy of one large file and 50 small ones to S3, the last kill
 between CompleteMultipartUpload and the copy recording the file: what landed is never sent again. Bytes
-re-sent stay within the parts in flight at each kill, and no small file lands twice."""
+re-sent stay within the parts in flight at each kill, and no small file lands twice. Once to a plain bucket,
+once to one with SSE-KMS default encryption, answered as AWS answers there (no ETag is an MD5): landed parts,
+small files and the completed object are then told by their CRC32."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import pytest
 
 from flyaway.models.status import MigrationState
 from flyaway.starter.dev import write_random_file
-from tests.faults import MiB, RecordingProxy, report
+from tests.faults import MiB, SseKmsProxy, report
 from tests.harness import (
     MotoServer,
     TemporalDevServer,
@@ -39,7 +41,7 @@ SMALL_FILES = 50
 COMPLETE_HOLD_SECONDS = 20.0
 
 
-class CompleteHoldingProxy(RecordingProxy):
+class CompleteHoldingProxy(SseKmsProxy):
     """Counts object PUTs that landed, by path, and holds the first CompleteMultipartUpload's answer after
     the upstream made the object, so a kill falls between the object existing and the copy knowing it."""
 
@@ -77,11 +79,16 @@ def source_folder(folder: Path) -> tuple[str, int]:
     return sha, SIZE + sum(sizes)
 
 
+@pytest.mark.parametrize("encryption", ["none", "sse-kms"])
 def test_five_sigkills_resend_only_the_parts_in_flight_and_no_small_file(
-        temporal_server: TemporalDevServer, worker: WorkerProcess, holding_proxy: CompleteHoldingProxy, s3: Any,
-        bucket: str, tmp_path: Path) -> None:
+        encryption: str, temporal_server: TemporalDevServer, worker: WorkerProcess,
+        holding_proxy: CompleteHoldingProxy, s3: Any, bucket: str, tmp_path: Path) -> None:
+    if encryption == "sse-kms":
+        s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms"}}]})
+        holding_proxy.kms = True
     sha, total = source_folder(tmp_path / "w")
-    plan = weights_plan("kills-landed", {"kind": "local", "path": str(tmp_path / "w")},
+    plan = weights_plan(f"kills-landed-{encryption}", {"kind": "local", "path": str(tmp_path / "w")},
                         s3_location(holding_proxy.endpoint, bucket, "m"), part_size="8MiB", concurrency=CONCURRENCY,
                         bandwidth_limit="32MiB")
     parts = SIZE // PART
@@ -112,7 +119,9 @@ def test_five_sigkills_resend_only_the_parts_in_flight_and_no_small_file(
     small = {path: count for path, count in holding_proxy.landed_puts.items() if "/small/" in path}
     resent = holding_proxy.uploaded - total
     bound = KILLS * CONCURRENCY * PART
-    report("kills_resend_nothing_landed", kills=KILLS, killed_at=killed_at, resent_bytes=resent,
+    if encryption == "sse-kms":
+        assert s3.head_object(Bucket=bucket, Key="m/model.safetensors")["ServerSideEncryption"] == "aws:kms"
+    report(f"kills_resend_nothing_landed_{encryption}", kills=KILLS, killed_at=killed_at, resent_bytes=resent,
            resent_bound_bytes=bound, small_files=len(small), small_files_landed_twice=sum(c > 1 for c in small.values()))
     assert len(small) == SMALL_FILES and set(small.values()) == {1}
     assert 0 <= resent <= bound

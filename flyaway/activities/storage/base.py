@@ -69,9 +69,8 @@ class LandedObject:
     """An object at the destination with the checksum of its bytes, in the destination's part algorithm."""
 
     size: int
-    checksum: str  # "" where the destination cannot tell it (an S3 ETag under SSE-KMS)
+    checksum: str
     version: str
-    sha256: str | None = None  # where the destination keeps the sha256 of the bytes (S3's x-amz-checksum-sha256)
 
 
 class Source(ABC):

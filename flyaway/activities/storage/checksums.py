@@ -1,4 +1,4 @@
-"""Checksums of source bytes: a part's MD5 or crc32c that destinations check, the crc32c of a
+"""Checksums of source bytes: a part's MD5, CRC32 or CRC32C that destinations check, the crc32c of a
 whole object combined from its parts' without reading the bytes again, and the streaming check
 of the bytes read against the checksum the source publishes."""
 
@@ -21,6 +21,8 @@ def part_checksum(algorithm: str, data: bytes) -> str:
         return hashlib.md5(data).hexdigest()
     if algorithm == "crc32c":
         return f"{google_crc32c.value(data):08x}"
+    if algorithm == "crc32":
+        return f"{zlib.crc32(data):08x}"
     raise ValueError(f"unknown part checksum {algorithm}")
 
 

@@ -378,7 +378,7 @@ class CopyEngine:
 
         async with self._slots:
             data, checksum, sha256 = await self._run(read_and_check)
-            version = await self._landed_version(file, checksum, sha256)
+            version = await self._landed_version(file, checksum)
             if version is None:
                 await self.bandwidth.take(len(data))
                 try:
@@ -388,12 +388,12 @@ class CopyEngine:
             self.counters.bytes_done += len(data)
         return self._entry(file, sha256, version, 1, published.label() if published else "none")
 
-    async def _landed_version(self, file: SourceFile, checksum: str, sha256: str) -> str | None:
+    async def _landed_version(self, file: SourceFile, checksum: str) -> str | None:
         """The version of the file at the destination if an earlier attempt landed exactly these bytes."""
         if not self.check_landed:
             return None
         landed = await self._run(self.dest.landed, file.key)
-        if landed is None or landed.size != file.size or (landed.checksum != checksum and landed.sha256 != sha256):
+        if landed is None or landed.size != file.size or landed.checksum != checksum:
             return None
         log.info("file landed in an earlier attempt; recorded without sending it again", key=file.key)
         return landed.version
@@ -507,7 +507,7 @@ class CopyEngine:
             hashed.set_result(None)
             done = landed.get(number)
             if done is not None and done.checksum in (checksum, "") and done.size == length:
-                records[number - 1] = PartRecord(number=number, size=length, checksum=checksum)
+                records[number - 1] = done.model_copy(update={"checksum": checksum})
                 self.counters.parts_reused += 1
                 self.counters.bytes_reused += length
             else:

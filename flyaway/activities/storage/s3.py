@@ -12,7 +12,8 @@ import functools
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import boto3
@@ -231,6 +232,24 @@ def _strip_etag(etag: str) -> str:
     return etag.strip('"')
 
 
+def _b64(hex_digest: str) -> str:
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
+
+
+def _hex(b64_digest: str) -> str:
+    return base64.b64decode(b64_digest).hex()
+
+
+def _content_md5(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def composite_crc32(parts: Sequence[PartRecord]) -> str:
+    """The CRC32 S3 gives an object made of ``parts`` (hex CRC32s): the CRC32 of their CRC32s, in part order."""
+    joined = b"".join(bytes.fromhex(part.checksum) for part in sorted(parts, key=lambda part: part.number))
+    return f"{zlib.crc32(joined):08x}"
+
+
 class S3Source(_S3Side, Source):
     def check(self) -> None:
         self.check_bucket()
@@ -318,75 +337,96 @@ class S3Source(_S3Side, Source):
 
 
 class S3Destination(_S3Side, Destination):
-    """Bytes are checked on arrival by ``Content-MD5``, and by their ETag where it is an MD5. Under SSE-KMS or
-    SSE-C it is not: once a response shows that, small objects also carry ``x-amz-checksum-sha256`` (the
-    sha256 the engine has anyway), which S3 checks and keeps, so a later attempt can tell a landed object."""
+    """Every PUT carries ``Content-MD5`` and, where the store takes additional checksums, ``x-amz-checksum-crc32``
+    as well: S3 checks both on arrival, and a bucket with Object Lock refuses a PUT that has neither.
 
-    part_checksum = "md5"
+    The part checksum the engine compares is then the CRC32, because S3 keeps it whatever the encryption: per
+    part (ListParts), per object and as the composite of a multipart object (HEAD with ``ChecksumMode``). An
+    ETag is the MD5 of the bytes only without SSE-KMS or SSE-C, so it is compared only where it is one. A
+    store without additional checksums (RunPod) compares MD5s and ETags, as S3 did before them.
+
+    CRC32 rather than CRC32C: it is what the AWS SDKs send by default, so the S3-compatible stores that take any
+    additional checksum take it, and moto computes it without an optional package."""
+
     #: whether the store takes additional checksums (RunPod's S3 API is not known to)
     additional_checksums = True
 
     def __init__(self, location: S3Compatible, concurrency: int = 10) -> None:
         super().__init__(location, concurrency)
-        self._etags_opaque = False
+        self.part_checksum = "crc32" if self.additional_checksums else "md5"
+        #: parts of an upload that an earlier attempt landed and ListParts gave no checksum for: taken on their
+        #: size, so ``complete`` must see the object's checksum
+        self._unconfirmed: dict[str, set[int]] = {}
 
     def check(self) -> None:
         self.check_bucket()
         probe = join_key(self.prefix, f"{STATE_DIR}/probe")
-        self.call(f"writing s3://{self.bucket}/{probe}",
-                  lambda: self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"flyaway"))
+        self.call(f"writing s3://{self.bucket}/{probe}", lambda: self.client.put_object(
+            Bucket=self.bucket, Key=probe, Body=b"flyaway", ContentMD5=_content_md5(b"flyaway")))
         self.call(f"deleting s3://{self.bucket}/{probe}",
                   lambda: self.client.delete_object(Bucket=self.bucket, Key=probe))
 
     def stat(self, key: str) -> DestObject | None:
+        head = self._head(key)
+        return None if head is None else DestObject(key=key, size=head["ContentLength"],
+                                                     version=_strip_etag(head["ETag"]))
+
+    def _head(self, key: str) -> dict[str, Any] | None:
+        """HEAD of the object, with its additional checksum where the store keeps them; None if absent."""
+        mode = {"ChecksumMode": "ENABLED"} if self.additional_checksums else {}
         try:
-            head = self.call(f"s3://{self.bucket}/{self.key_of(key)}",
-                             lambda: self.client.head_object(Bucket=self.bucket, Key=self.key_of(key)))
+            head: dict[str, Any] = self.call(f"s3://{self.bucket}/{self.key_of(key)}", lambda: self.client.head_object(
+                Bucket=self.bucket, Key=self.key_of(key), **mode))
+            return head
         except ClientError as error:
             if http_status(error) == 404:
                 return None
             raise
-        return DestObject(key=key, size=head["ContentLength"], version=_strip_etag(head["ETag"]))
 
     def list(self) -> Iterator[DestObject]:
         for rel, item in self.list_relative(skip_state=True):
             yield DestObject(key=rel, size=item["Size"], version=_strip_etag(item["ETag"]))
 
     def landed(self, key: str) -> LandedObject | None:
-        mode = {"ChecksumMode": "ENABLED"} if self.additional_checksums else {}
-        try:
-            head = self.call(f"s3://{self.bucket}/{self.key_of(key)}", lambda: self.client.head_object(
-                Bucket=self.bucket, Key=self.key_of(key), **mode))
-        except ClientError as error:
-            if http_status(error) == 404:
-                return None
-            raise
+        head = self._head(key)
+        if head is None:
+            return None
         etag = _strip_etag(head["ETag"])
-        stored = str(head.get("ChecksumSHA256") or "")
-        sha256 = base64.b64decode(stored).hex() if stored and "-" not in stored else None
-        md5 = etag if "-" not in etag and etag_is_md5(head) else ""
-        if not md5 and sha256 is None:
-            return None  # nothing tells the bytes
-        return LandedObject(size=head["ContentLength"], checksum=md5, version=etag, sha256=sha256)
+        if self.additional_checksums:
+            stored = str(head.get("ChecksumCRC32") or "")
+            checksum = _hex(stored) if stored and "-" not in stored else ""
+        else:
+            checksum = etag if "-" not in etag and etag_is_md5(head) else ""
+        return LandedObject(size=head["ContentLength"], checksum=checksum, version=etag) if checksum else None
 
-    def put(self, key: str, data: bytes, checksum: str, sha256: str) -> str:
-        """S3 checks the bytes against ``Content-MD5`` on arrival (BadDigest otherwise); the ETag is compared
-        too where it is an MD5 (not under SSE-KMS or SSE-C)."""
-        what = f"s3://{self.bucket}/{self.key_of(key)}"
-        extra = ({"ChecksumAlgorithm": "SHA256", "ChecksumSHA256": base64.b64encode(bytes.fromhex(sha256)).decode()}
-                 if self._etags_opaque else {})
-        response = self.call(what, lambda: self.client.put_object(
-            Bucket=self.bucket, Key=self.key_of(key), Body=data,
-            ContentMD5=base64.b64encode(bytes.fromhex(checksum)).decode(), **extra))
+    def _integrity(self, data: bytes, checksum: str) -> tuple[str, dict[str, str]]:
+        """The MD5 of ``data`` (hex) and the request fields that let S3 check the bytes on arrival."""
+        if not self.additional_checksums:
+            return checksum, {"ContentMD5": _b64(checksum)}
+        md5 = hashlib.md5(data).hexdigest()
+        return md5, {"ContentMD5": _b64(md5), "ChecksumAlgorithm": "CRC32", "ChecksumCRC32": _b64(checksum)}
+
+    def _check_arrival(self, what: str, response: dict[str, Any], md5: str, checksum: str) -> str:
+        """The ETag of an answer to a PUT; ``DataCorruption`` if it, or the checksum S3 computed, tells other bytes."""
         etag = _strip_etag(response["ETag"])
-        if etag != checksum and etag_is_md5(response):
-            raise DataCorruption(f"{what}: stored ETag {etag} is not the MD5 {checksum} of the source bytes")
-        self._etags_opaque = self.additional_checksums and not etag_is_md5(response)
+        if etag != md5 and etag_is_md5(response):
+            raise DataCorruption(f"{what}: stored ETag {etag} is not the MD5 {md5} of the source bytes")
+        stored = response.get("ChecksumCRC32")
+        if self.additional_checksums and stored and _hex(str(stored)) != checksum:
+            raise DataCorruption(f"{what}: stored CRC32 {_hex(str(stored))} is not {checksum}, of the source bytes")
         return etag
 
+    def put(self, key: str, data: bytes, checksum: str, sha256: str) -> str:
+        what = f"s3://{self.bucket}/{self.key_of(key)}"
+        md5, fields = self._integrity(data, checksum)
+        response = self.call(what, lambda: self.client.put_object(
+            Bucket=self.bucket, Key=self.key_of(key), Body=data, **fields))
+        return self._check_arrival(what, response, md5, checksum)
+
     def begin_upload(self, key: str, size: int) -> str:
+        algorithm = {"ChecksumAlgorithm": "CRC32"} if self.additional_checksums else {}
         response = self.call(f"s3://{self.bucket}/{self.key_of(key)}", lambda: self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=self.key_of(key)))
+            Bucket=self.bucket, Key=self.key_of(key), **algorithm))
         return str(response["UploadId"])
 
     def list_parts(self, key: str, upload_id: str) -> dict[int, PartRecord]:
@@ -401,51 +441,77 @@ class S3Destination(_S3Side, Destination):
                     raise UploadGone(upload_id) from None
                 raise
             for part in response.get("Parts", []):
-                parts[part["PartNumber"]] = PartRecord(number=part["PartNumber"], size=part["Size"],
-                                                       checksum=_strip_etag(part["ETag"]))
+                parts[part["PartNumber"]] = self._landed_part(part)
             if not response.get("IsTruncated"):
+                self._unconfirmed[upload_id] = {number for number, part in parts.items() if not part.checksum}
                 return parts
             marker = response["NextPartNumberMarker"]
+
+    def _landed_part(self, part: dict[str, Any]) -> PartRecord:
+        etag = _strip_etag(part["ETag"])
+        if not self.additional_checksums:
+            return PartRecord(number=part["PartNumber"], size=part["Size"], checksum=etag)
+        stored = part.get("ChecksumCRC32")  # a store that keeps no part checksums: "" (taken on its size)
+        return PartRecord(number=part["PartNumber"], size=part["Size"], checksum=_hex(str(stored)) if stored else "",
+                          receipt=etag)
 
     def upload_part(self, key: str, upload_id: str, number: int, offset: int, data: bytes,
                     checksum: str) -> PartRecord:
         what = f"s3://{self.bucket}/{self.key_of(key)} part {number}"
+        md5, fields = self._integrity(data, checksum)
         try:
             response = self.call(what, lambda: self.client.upload_part(
                 Bucket=self.bucket, Key=self.key_of(key), UploadId=upload_id, PartNumber=number, Body=data,
-                ContentMD5=base64.b64encode(bytes.fromhex(checksum)).decode()))
+                **fields))
         except ClientError as error:
             if error_code(error) == "NoSuchUpload":
                 raise UploadGone(upload_id) from None
             raise
-        etag = _strip_etag(response["ETag"])
-        if etag != checksum and etag_is_md5(response):
-            raise DataCorruption(f"{what}: stored ETag {etag} is not the MD5 {checksum} of the source bytes")
-        # under SSE-KMS/SSE-C the part's ETag is not its MD5; Content-MD5 was checked on arrival
+        etag = self._check_arrival(what, response, md5, checksum)
+        # under SSE-KMS/SSE-C the part's ETag is not its MD5, and CompleteMultipartUpload names parts by ETag
         return PartRecord(number=number, size=len(data), checksum=checksum, receipt="" if etag == checksum else etag)
 
     def complete(self, key: str, upload_id: str, parts: list[PartRecord], sha256: str) -> str:
         what = f"s3://{self.bucket}/{self.key_of(key)}"
-        expected = multipart_etag([part.checksum for part in parts])
-        body = {"Parts": [{"PartNumber": p.number, "ETag": f'"{p.receipt or p.checksum}"'} for p in parts]}
+        body = {"Parts": [{"PartNumber": p.number, "ETag": f'"{p.receipt or p.checksum}"',
+                           **({"ChecksumCRC32": _b64(p.checksum)} if self.additional_checksums else {})}
+                          for p in parts]}
         patient = make_client(self.plan_location, read_timeout=COMPLETE_READ_TIMEOUT_SECONDS)
         try:
             response = self.call(what, lambda: patient.complete_multipart_upload(
                 Bucket=self.bucket, Key=self.key_of(key), UploadId=upload_id, MultipartUpload=body),
                 max_seconds=COMPLETE_RETRY_TIMEOUTS * COMPLETE_READ_TIMEOUT_SECONDS)
-            etag = _strip_etag(response["ETag"])
         except ClientError as error:
             if error_code(error) != "NoSuchUpload":
                 raise
-            # completed by an earlier try (its answer timed out) or attempt (killed before recording it):
-            # the object is there with the ETag these parts make
-            done = self.stat(key)
-            if done is None or done.version != expected:
+            # completed by an earlier try (its answer timed out) or attempt (killed before recording it): the
+            # object is there, made of exactly these parts
+            head = self._head(key)
+            if head is None or head["ContentLength"] != sum(p.size for p in parts) or not self._made_of(head, parts):
                 raise UploadGone(upload_id) from None
-            return done.version
-        if etag != expected and etag_is_md5(response):
-            raise DataCorruption(f"{what}: multipart ETag {etag} is not {expected}, computed from the source bytes")
-        return etag
+            return _strip_etag(head["ETag"])
+        unconfirmed = self._unconfirmed.pop(upload_id, set())
+        if self.additional_checksums and not response.get("ChecksumCRC32"):
+            response = {**response, **(self._head(key) or {})}  # stores that leave it out of this answer (moto)
+        made_of = self._made_of(response, parts)
+        if made_of is False:
+            raise DataCorruption(f"{what}: the object's {'CRC32' if self.additional_checksums else 'ETag'} is "
+                                 f"not the one its parts, as read from the source, make")
+        if made_of is None and unconfirmed:
+            raise DataCorruption(f"{what}: parts {sorted(unconfirmed)} landed by an earlier attempt cannot be "
+                                 f"checked at this store")
+        return _strip_etag(response["ETag"])
+
+    def _made_of(self, response: dict[str, Any], parts: Sequence[PartRecord]) -> bool | None:
+        """Whether the object an answer describes is made of ``parts``, by its composite CRC32 or its multipart
+        ETag; None when it tells neither (no additional checksum, an ETag that is not an MD5)."""
+        if self.additional_checksums:
+            stored = str(response.get("ChecksumCRC32") or "")
+            # the composite's part count ("-N") is left out by some stores (moto)
+            return _hex(stored.partition("-")[0]) == composite_crc32(parts) if stored else None
+        if not etag_is_md5(response):
+            return None
+        return _strip_etag(str(response["ETag"])) == multipart_etag([part.checksum for part in parts])
 
     def abort(self, key: str, upload_id: str) -> None:
         try:
@@ -460,7 +526,7 @@ class S3Destination(_S3Side, Destination):
 
     def put_state(self, name: str, data: bytes) -> None:
         self.call(f"s3://{self.bucket}/{self._state_key(name)}", lambda: self.client.put_object(
-            Bucket=self.bucket, Key=self._state_key(name), Body=data))
+            Bucket=self.bucket, Key=self._state_key(name), Body=data, ContentMD5=_content_md5(data)))
 
     def get_state(self, name: str, offset: int = 0, length: int | None = None) -> bytes | None:
         key = self._state_key(name)
