@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 from boto3.s3.transfer import TransferConfig
 
+from flyaway.activities.storage import open_destination, open_source
 from flyaway.activities.storage.activities import (
     CopyStateNames,
     _abort_uploads,
     _verify,
     _write_listing,
 )
-from flyaway.activities.storage import open_destination, open_source
 from flyaway.activities.storage.base import STATE_DIR, Destination, Source
 from flyaway.activities.storage.engine import CopyEngine, upload_state_name
 from flyaway.activities.storage.hf import HfSource

@@ -37,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import structlog
@@ -366,7 +366,7 @@ class CopyEngine:
     @staticmethod
     def _entry(file: SourceFile, sha256: str, dest_version: str, parts: int, source_checksum: str) -> ManifestEntry:
         return ManifestEntry(key=file.key, size=file.size, sha256=sha256, source_version=file.version,
-                             dest_version=dest_version, parts=parts, copied_at=datetime.now(timezone.utc),
+                             dest_version=dest_version, parts=parts, copied_at=datetime.now(UTC),
                              source_checksum=source_checksum)
 
     async def _copy_small(self, file: SourceFile, published: SourceChecksum | None) -> ManifestEntry:

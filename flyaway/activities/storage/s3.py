@@ -8,6 +8,7 @@ are mapped to flyaway's non-retryable types with the bucket or key they concern.
 from __future__ import annotations
 
 import base64
+import builtins
 import functools
 import hashlib
 import os
@@ -328,7 +329,7 @@ class S3Source(_S3Side, Source):
         def get() -> bytes:
             response = self.client.get_object(Bucket=self.bucket, Key=self.key_of(file.key), IfMatch=f'"{file.version}"',
                                               Range=f"bytes={offset}-{offset + length - 1}")
-            data = response["Body"].read()
+            data: bytes = response["Body"].read()
             if len(data) != length:
                 raise HTTPClientError(error=f"short read of {what}: {len(data)} of {length} bytes")
             return data
@@ -432,10 +433,15 @@ class S3Destination(_S3Side, Destination):
     def list_parts(self, key: str, upload_id: str) -> dict[int, PartRecord]:
         parts: dict[int, PartRecord] = {}
         marker = 0
+
+        def page(after: int) -> dict[str, Any]:
+            listed: dict[str, Any] = self.client.list_parts(Bucket=self.bucket, Key=self.key_of(key),
+                                                            UploadId=upload_id, PartNumberMarker=after)
+            return listed
+
         while True:
             try:
-                response = self.call(f"s3://{self.bucket}/{self.key_of(key)}", lambda: self.client.list_parts(
-                    Bucket=self.bucket, Key=self.key_of(key), UploadId=upload_id, PartNumberMarker=marker))
+                response = self.call(f"s3://{self.bucket}/{self.key_of(key)}", functools.partial(page, marker))
             except ClientError as error:
                 if error_code(error) == "NoSuchUpload" or http_status(error) == 404:
                     raise UploadGone(upload_id) from None
@@ -471,7 +477,7 @@ class S3Destination(_S3Side, Destination):
         # under SSE-KMS/SSE-C the part's ETag is not its MD5, and CompleteMultipartUpload names parts by ETag
         return PartRecord(number=number, size=len(data), checksum=checksum, receipt="" if etag == checksum else etag)
 
-    def complete(self, key: str, upload_id: str, parts: list[PartRecord], sha256: str) -> str:
+    def complete(self, key: str, upload_id: str, parts: builtins.list[PartRecord], sha256: str) -> str:
         what = f"s3://{self.bucket}/{self.key_of(key)}"
         body = {"Parts": [{"PartNumber": p.number, "ETag": f'"{p.receipt or p.checksum}"',
                            **({"ChecksumCRC32": _b64(p.checksum)} if self.additional_checksums else {})}
@@ -534,7 +540,8 @@ class S3Destination(_S3Side, Destination):
 
         def get() -> bytes:
             extra = {"Range": f"bytes={offset}-{end}"} if offset or length is not None else {}
-            return self.client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"].read()
+            body: bytes = self.client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"].read()
+            return body
 
         try:
             return self.call(f"s3://{self.bucket}/{key}", get)
@@ -545,7 +552,7 @@ class S3Destination(_S3Side, Destination):
                 return b""  # the offset is at or past the end
             raise
 
-    def list_state(self, prefix: str) -> list[str]:
+    def list_state(self, prefix: str) -> builtins.list[str]:
         base = self._state_key("")
         base = base if base.endswith("/") else base + "/"
         return sorted(item["Key"][len(base):] for item in self.list_keys(base + prefix))
