@@ -25,9 +25,9 @@ from google.cloud import run_v2
 from flyaway.activities.deploy.base import Applied, plain_env
 from flyaway.activities.deploy.health import HealthProbe, poll_until
 from flyaway.activities.google_cloud import is_transient, load_credentials
-from flyaway.activities.retry import call_with_retries
 from flyaway.errors import AccessDenied, InvalidPlan, NotFound
 from flyaway.models.deploy import CloudRunDeploy, DeployOutcome, WeightsVolume
+from flyaway.providers.http import call_with_retries
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)

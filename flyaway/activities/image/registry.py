@@ -27,7 +27,6 @@ from typing import Any
 import httpx
 import structlog
 
-from flyaway.activities.retry import async_retrying
 from flyaway.errors import (
     AccessDenied,
     DataCorruption,
@@ -44,6 +43,7 @@ from flyaway.models.image import (
     ImageStage,
     RegistryCredentials,
 )
+from flyaway.providers.http import async_retrying, is_transient
 from flyaway.redaction import register_secret
 
 log = structlog.get_logger(__name__)
@@ -66,13 +66,6 @@ DEFAULT_CONCURRENCY = 4
 MAX_DOCUMENT_BYTES = 16 * MiB
 _GOOGLE_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 _CHALLENGE_PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^\s,]+))')
-
-
-def is_transient(error: BaseException) -> bool:
-    """Network trouble, throttling and 5xx are worth retrying; everything else is not."""
-    if isinstance(error, httpx.HTTPStatusError):
-        return error.response.status_code == 429 or error.response.status_code >= 500
-    return isinstance(error, httpx.TransportError)
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:

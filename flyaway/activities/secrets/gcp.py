@@ -16,10 +16,10 @@ from google.api_core.client_options import ClientOptions
 from google.cloud import secretmanager
 
 from flyaway.activities.google_cloud import is_transient, load_credentials
-from flyaway.activities.retry import call_with_retries
 from flyaway.activities.secrets.base import StoredSecret, digest_key
 from flyaway.errors import AccessDenied, InvalidPlan, NotFound
 from flyaway.models.secrets import GcpSecretManagerDestination, secret_digest
+from flyaway.providers.http import call_with_retries
 
 T = TypeVar("T")
 class GcpSecretStore:

@@ -38,12 +38,6 @@ from google.auth.credentials import AnonymousCredentials, Credentials
 from google.auth.transport.requests import AuthorizedSession
 from google.oauth2 import credentials as user_credentials, service_account
 
-from flyaway.activities.retry import (
-    CONNECT_TIMEOUT_SECONDS,
-    REQUEST_RETRY_SECONDS,
-    call_with_retries,
-    stall_seconds,
-)
 from flyaway.activities.storage.base import (
     STATE_DIR,
     Destination,
@@ -65,6 +59,12 @@ from flyaway.errors import (
 from flyaway.models.base import join_key
 from flyaway.models.copy import PartRecord
 from flyaway.models.locations import GcsLocation
+from flyaway.providers.http import (
+    CONNECT_TIMEOUT_SECONDS,
+    REQUEST_RETRY_SECONDS,
+    call_with_retries,
+    stall_seconds,
+)
 
 T = TypeVar("T")
 

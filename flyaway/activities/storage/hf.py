@@ -31,7 +31,6 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-from flyaway.activities.retry import CONNECT_TIMEOUT_SECONDS, call_with_retries, stall_seconds
 from flyaway.activities.storage.base import Source
 from flyaway.errors import (
     AccessDenied,
@@ -41,6 +40,7 @@ from flyaway.errors import (
 )
 from flyaway.models.copy import SourceChecksum, SourceFile
 from flyaway.models.locations import HfLocation
+from flyaway.providers.http import CONNECT_TIMEOUT_SECONDS, call_with_retries, stall_seconds
 
 T = TypeVar("T")
 

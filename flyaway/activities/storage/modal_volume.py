@@ -34,7 +34,6 @@ import modal
 import modal.exception
 from modal.types import FileEntry, FileEntryType
 
-from flyaway.activities.retry import call_with_retries
 from flyaway.activities.storage.base import (
     STATE_DIR,
     Destination,
@@ -54,6 +53,7 @@ from flyaway.errors import (
 from flyaway.models.base import join_key
 from flyaway.models.copy import PartRecord, SourceFile
 from flyaway.models.locations import LocalLocation, ModalVolumeLocation
+from flyaway.providers.http import call_with_retries
 
 T = TypeVar("T")
 

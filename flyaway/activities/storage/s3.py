@@ -26,12 +26,6 @@ from botocore.exceptions import (
     NoCredentialsError,
 )
 
-from flyaway.activities.retry import (
-    CONNECT_TIMEOUT_SECONDS,
-    REQUEST_RETRY_SECONDS,
-    call_with_retries,
-    stall_seconds,
-)
 from flyaway.activities.storage.base import (
     STATE_DIR,
     Destination,
@@ -55,6 +49,12 @@ from flyaway.errors import (
 from flyaway.models.base import join_key
 from flyaway.models.copy import PartRecord, SourceChecksum, SourceFile
 from flyaway.models.locations import RunPodVolumeLocation, S3Location, TigrisLocation
+from flyaway.providers.http import (
+    CONNECT_TIMEOUT_SECONDS,
+    REQUEST_RETRY_SECONDS,
+    call_with_retries,
+    stall_seconds,
+)
 
 T = TypeVar("T")
 #: plan locations served by the S3 API; each gives its connection settings with ``s3()``

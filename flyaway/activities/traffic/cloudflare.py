@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import structlog
 
-from flyaway.activities.retry import call_with_retries
 from flyaway.errors import (
     AccessDenied,
     FlyawayError,
@@ -23,6 +22,7 @@ from flyaway.errors import (
     NotFound,
 )
 from flyaway.models.canary import CloudflareRouterConfig, WeightState
+from flyaway.providers.http import call_with_retries, is_transient, transient_status
 from flyaway.redaction import register_secret
 
 log = structlog.get_logger(__name__)
@@ -33,13 +33,6 @@ _ORIGIN_FIELDS = ("name", "address", "enabled", "weight", "header", "virtual_net
 _AUTH_ERROR_CODES = {9106, 9109, 10000}
 _BAD_IDENTIFIER_CODES = {7000, 7003}
 _REQUEST_TIMEOUT_SECONDS = 30.0
-
-
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, httpx.TransportError):
-        return True
-    return isinstance(exc, httpx.HTTPStatusError) and (
-        exc.response.status_code == 429 or exc.response.status_code >= 500)
 
 
 def _share(origin: dict[str, Any]) -> float:
@@ -64,11 +57,11 @@ class CloudflareRouter:
             with httpx.Client(base_url=self._config.api_base_url, headers=self._headers,
                               timeout=_REQUEST_TIMEOUT_SECONDS) as client:
                 response = client.request(method, path, json=body)
-            if response.status_code == 429 or response.status_code >= 500:
+            if transient_status(response.status_code):
                 response.raise_for_status()
             return response
 
-        response = call_with_retries(send, _is_transient)
+        response = call_with_retries(send, is_transient)
         try:
             parsed = response.json()
         except ValueError:

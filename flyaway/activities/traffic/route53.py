@@ -16,10 +16,10 @@ import structlog
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from flyaway.activities.retry import call_with_retries
 from flyaway.activities.storage.s3 import error_code, http_status, is_transient as is_transient_aws_error
 from flyaway.errors import AccessDenied, FlyawayError, InvalidPlan, MissingCredentials, NotFound
 from flyaway.models.canary import Route53RouterConfig, WeightState
+from flyaway.providers.http import call_with_retries
 from flyaway.redaction import register_secret
 
 log = structlog.get_logger(__name__)

@@ -31,7 +31,6 @@ import structlog
 from pydantic import TypeAdapter
 from tenacity import RetryCallState
 
-from flyaway.activities.retry import REQUEST_RETRY_SECONDS, retrying
 from flyaway.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
 from flyaway.providers.fly.api import (
     App,
@@ -43,6 +42,7 @@ from flyaway.providers.fly.api import (
     VolumeSnapshot,
     WaitState,
 )
+from flyaway.providers.http import REQUEST_RETRY_SECONDS, retrying
 from flyaway.redaction import scrub
 
 T = TypeVar("T")

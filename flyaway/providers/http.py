@@ -1,7 +1,10 @@
-"""Per-request retries with tenacity: transient trouble is retried with jittered backoff.
+"""What every provider's requests share: which failures are transient, retries of one request with
+tenacity, and the reading of an error body.
 
 Temporal retries a whole activity; this retries one request inside it, so a single reset
-connection or 503 costs one request rather than the activity's work so far.
+connection or 503 costs one request rather than the activity's work so far. One rule says what is
+worth another request (:func:`transient_status`): no answer at all, 408, 429 and 5xx but 501. A
+provider whose SDK raises its own exceptions maps them to a status and asks the same rule.
 """
 
 from __future__ import annotations
@@ -10,15 +13,18 @@ import os
 from collections.abc import Callable
 from typing import TypeVar
 
+import httpx
 import structlog
 from tenacity import (
+    AsyncRetrying,
     RetryCallState,
     Retrying,
-    AsyncRetrying,
     retry_if_exception,
     stop_after_delay,
     wait_random_exponential,
 )
+
+from flyaway.redaction import scrub
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -27,6 +33,41 @@ log = structlog.get_logger(__name__)
 REQUEST_RETRY_SECONDS = 60.0
 #: seconds to open a connection; a healthy endpoint answers a SYN in milliseconds
 CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+def transient_status(status: int | None) -> bool:
+    """An answer worth another request: none at all (``None``), 408, 429, or a 5xx other than 501 (Not
+    Implemented stays so)."""
+    return status is None or status in (408, 429) or (status >= 500 and status != 501)
+
+
+class ProviderUnavailable(Exception):
+    """A provider answered with a transient status (429, 5xx): worth another request."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def is_transient(error: BaseException) -> bool:
+    """For httpx clients: network trouble (timeouts included), and answers :func:`transient_status` accepts."""
+    if isinstance(error, ProviderUnavailable):
+        return True
+    if isinstance(error, httpx.HTTPStatusError):
+        return transient_status(error.response.status_code)
+    return isinstance(error, httpx.TransportError)
+
+
+def problem(response: httpx.Response, limit: int = 500) -> str:
+    """An error body on one scrubbed line: an RFC 9457 problem's detail (else title) and field errors, or the
+    body's text."""
+    try:
+        body = response.json()
+        parts = [body.get("detail") or body.get("title"), *(body.get("errors") or [])]
+        text = "; ".join(str(part) for part in parts if part) or str(body)
+    except (ValueError, AttributeError):
+        text = response.text
+    return scrub(" ".join(text.split()) or response.reason_phrase)[:limit]
 
 
 def stall_seconds() -> float:
