@@ -19,16 +19,10 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from flyaway.activities.traffic import (
-    CloudflareRouter,
-    ManualRouter,
-    Route53Router,
-    analyse,
-    probe_both,
-    probe_endpoint,
-    router_for,
-)
+from flyaway.activities.traffic import analyse, probe_both, probe_endpoint, router_for
 from flyaway.activities.traffic.analysis import combine
+from flyaway.activities.traffic.cloudflare import CloudflareRouter
+from flyaway.activities.traffic.manual import ManualRouter
 from flyaway.activities.traffic.metrics import (
     check_pages,
     histogram_quantile,
@@ -38,6 +32,7 @@ from flyaway.activities.traffic.metrics import (
     read_pages,
     snapshots_of,
 )
+from flyaway.activities.traffic.route53 import Route53Router
 from flyaway.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound, Unreachable
 from flyaway.models.canary import (
     AnalysisSettings,

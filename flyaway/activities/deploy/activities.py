@@ -15,7 +15,7 @@ import time
 import structlog
 from temporalio import activity
 
-from flyaway.activities.deploy.base import Deployer
+from flyaway.activities.deploy.base import DEPLOYERS, Deployer
 from flyaway.activities.deploy.fly_toml import apply_translation, read_fly_toml, translate
 from flyaway.activities.deploy.health import measure_from_zero, wait_healthy
 from flyaway.models.deploy import (
@@ -47,15 +47,7 @@ def effective_stage(request: DeployRequest) -> tuple[CloudRunDeploy | RunpodDepl
 
 def open_deployer(stage: CloudRunDeploy | RunpodDeploy | ModalDeploy, request: DeployRequest) -> Deployer:
     """The platform's deployer; each imports its SDK (google-cloud-run, modal) only when a plan uses it."""
-    arguments = (request.image, request.secrets, request.weights)
-    if isinstance(stage, CloudRunDeploy):
-        from flyaway.activities.deploy.cloud_run import CloudRunDeployer
-        return CloudRunDeployer(stage, *arguments)
-    if isinstance(stage, RunpodDeploy):
-        from flyaway.activities.deploy.runpod import RunpodDeployer
-        return RunpodDeployer(stage, *arguments)
-    from flyaway.activities.deploy.modal import ModalDeployer
-    return ModalDeployer(stage, *arguments)
+    return DEPLOYERS[stage.platform](stage, request.image, request.secrets, request.weights)
 
 
 @activity.defn(name="flyaway.deploy.check")

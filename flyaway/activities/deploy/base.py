@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from flyaway.activities.deploy.health import HealthProbe
+from flyaway.activities.registry import Registry
 from flyaway.errors import InvalidPlan
 from flyaway.models.deploy import CloudRunDeploy, DeployOutcome, ModalDeploy, RunpodDeploy, WeightsVolume
 
@@ -31,6 +33,11 @@ class Deployer(Protocol):
         """Create the service or bring it to the plan's settings."""
 
     async def aclose(self) -> None: ...
+
+
+#: a deployer by the deploy section's ``platform``, made from (section, image, secrets' references, weights)
+DEPLOYERS: Registry[Callable[[Any, str, dict[str, str], WeightsVolume | None], Deployer]] = Registry(
+    "deployer", "flyaway.activities.deploy", ("cloud_run", "runpod", "modal"))
 
 
 def plain_env(stage: CloudRunDeploy | RunpodDeploy | ModalDeploy, secrets: dict[str, str],

@@ -22,7 +22,7 @@ from google.api_core.client_options import ClientOptions
 from google.api_core.operation import Operation
 from google.cloud import run_v2
 
-from flyaway.activities.deploy.base import Applied, plain_env
+from flyaway.activities.deploy.base import DEPLOYERS, Applied, plain_env
 from flyaway.activities.deploy.health import HealthProbe, poll_until
 from flyaway.activities.google_cloud import is_transient, load_credentials
 from flyaway.errors import AccessDenied, InvalidPlan, NotFound
@@ -53,6 +53,7 @@ def spec_digest(service: run_v2.Service) -> str:
     return hashlib.sha256(run_v2.Service.to_json(service, sort_keys=True, indent=None).encode()).hexdigest()[:16]
 
 
+@DEPLOYERS.register("cloud_run")
 class CloudRunDeployer:
     def __init__(self, stage: CloudRunDeploy, image: str, secrets: dict[str, str],
                  weights: WeightsVolume | None) -> None:

@@ -20,7 +20,7 @@ import modal
 import structlog
 from modal import exception as modal_errors
 
-from flyaway.activities.deploy.base import Applied, plain_env
+from flyaway.activities.deploy.base import DEPLOYERS, Applied, plain_env
 from flyaway.activities.deploy.health import HealthProbe, heartbeat
 from flyaway.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
 from flyaway.models.deploy import DeployOutcome, ModalDeploy, WeightsVolume
@@ -92,6 +92,7 @@ def render_app(stage: ModalDeploy, image: str, secrets: dict[str, str], weights:
     ])
 
 
+@DEPLOYERS.register("modal")
 class ModalDeployer:
     def __init__(self, stage: ModalDeploy, image: str, secrets: dict[str, str],
                  weights: WeightsVolume | None) -> None:

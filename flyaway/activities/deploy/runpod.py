@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from flyaway.activities.deploy.base import Applied, plain_env
+from flyaway.activities.deploy.base import DEPLOYERS, Applied, plain_env
 from flyaway.activities.deploy.health import HealthProbe
 from flyaway.errors import InvalidPlan
 from flyaway.models.deploy import RUNPOD_VOLUME_PATH, DeployOutcome, RunpodDeploy, WeightsVolume
@@ -28,6 +28,7 @@ log = structlog.get_logger(__name__)
 LOAD_BALANCER = "LOAD_BALANCER"
 
 
+@DEPLOYERS.register("runpod")
 class RunpodDeployer:
     def __init__(self, stage: RunpodDeploy, image: str, secrets: dict[str, str],
                  weights: WeightsVolume | None) -> None:

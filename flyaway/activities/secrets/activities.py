@@ -19,13 +19,11 @@ from contextlib import closing
 import structlog
 from temporalio import activity
 
-from flyaway.activities.secrets.base import SecretStore, digest_key
+from flyaway.activities.secrets.base import STORES, SecretStore, digest_key
 from flyaway.activities.secrets.sources import fly_secret_names, read_source
 from flyaway.errors import InvalidPlan
 from flyaway.models.secrets import (
     FlyAppSource,
-    GcpSecretManagerDestination,
-    ModalDestination,
     SecretDestination,
     SecretOutcome,
     SecretResult,
@@ -40,14 +38,7 @@ log = structlog.get_logger(__name__)
 
 def open_store(destination: SecretDestination) -> SecretStore:
     """The client of the destination's secret store (each imports its SDK only when used)."""
-    if isinstance(destination, GcpSecretManagerDestination):
-        from flyaway.activities.secrets.gcp import GcpSecretStore
-        return GcpSecretStore(destination)
-    if isinstance(destination, ModalDestination):
-        from flyaway.activities.secrets.modal import ModalSecretStore
-        return ModalSecretStore(destination)
-    from flyaway.activities.secrets.runpod import RunpodSecretStore
-    return RunpodSecretStore(destination)
+    return STORES[destination.kind](destination)
 
 
 def select_names(stage: SecretsStage, found: Collection[str]) -> tuple[list[str], list[str]]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from flyaway.activities.registry import Registry
 from flyaway.models.secrets import SecretDestination
 
 
@@ -45,3 +47,8 @@ class SecretStore(Protocol):
         """Create or update ``values`` (only those that differ); returns each one's new reference."""
 
     def close(self) -> None: ...
+
+
+#: a secret store's client by the kind of the secrets stage's destination
+STORES: Registry[Callable[[Any], SecretStore]] = Registry("secret store", "flyaway.activities.secrets",
+                                                          ("runpod", "gcp", "modal"))

@@ -16,12 +16,13 @@ from google.api_core.client_options import ClientOptions
 from google.cloud import secretmanager
 
 from flyaway.activities.google_cloud import is_transient, load_credentials
-from flyaway.activities.secrets.base import StoredSecret, digest_key
+from flyaway.activities.secrets.base import STORES, StoredSecret, digest_key
 from flyaway.errors import AccessDenied, InvalidPlan, NotFound
 from flyaway.models.secrets import GcpSecretManagerDestination, secret_digest
 from flyaway.providers.http import call_with_retries
 
 T = TypeVar("T")
+@STORES.register("gcp_secret_manager")
 class GcpSecretStore:
     def __init__(self, destination: GcpSecretManagerDestination) -> None:
         self.destination = destination

@@ -19,7 +19,7 @@ from typing import TypeVar
 import modal
 from modal import exception as modal_errors
 
-from flyaway.activities.secrets.base import StoredSecret, digest_key
+from flyaway.activities.secrets.base import STORES, StoredSecret, digest_key
 from flyaway.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
 from flyaway.models.secrets import ModalDestination, secret_digest
 
@@ -28,6 +28,7 @@ T = TypeVar("T")
 DIGESTS_DICT = "flyaway-secret-digests"
 
 
+@STORES.register("modal")
 class ModalSecretStore:
     def __init__(self, destination: ModalDestination) -> None:
         self.destination = destination

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flyaway.activities.secrets.base import StoredSecret, digest_key
+from flyaway.activities.secrets.base import STORES, StoredSecret, digest_key
 from flyaway.models.secrets import RunpodDestination, secret_digest
 from flyaway.providers.runpod import RunpodApi
 
@@ -27,6 +27,7 @@ def description(digest: str) -> str:
     return f"flyaway {digest}"
 
 
+@STORES.register("runpod")
 class RunpodSecretStore:
     def __init__(self, destination: RunpodDestination) -> None:
         self.destination = destination

@@ -10,7 +10,9 @@ import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, Self
 
+from flyaway.activities.registry import Registry
 from flyaway.errors import LimitExceeded
 from flyaway.models.copy import PartRecord, SourceChecksum, SourceFile
 
@@ -77,6 +79,16 @@ class Source(ABC):
     """Where the weights are now."""
 
     @abstractmethod
+    def __init__(self, location: Any) -> None:
+        """An adapter is made from its plan location (see :meth:`open`); each keeps what it needs of it."""
+
+    @classmethod
+    def open(cls, location: Any, concurrency: int) -> Self:
+        """The adapter of a plan location of a kind it registered; an adapter that keeps a connection pool
+        overrides this to size it to the copy's ``concurrency``."""
+        return cls(location)
+
+    @abstractmethod
     def describe(self) -> str:
         """A short human name, e.g. ``s3://bucket/prefix``."""
 
@@ -109,6 +121,16 @@ class Source(ABC):
 
 class Destination(ABC):
     """Where the weights go. Object writes become visible only when complete."""
+
+    @abstractmethod
+    def __init__(self, location: Any) -> None:
+        """An adapter is made from its plan location (see :meth:`open`); each keeps what it needs of it."""
+
+    @classmethod
+    def open(cls, location: Any, concurrency: int) -> Self:
+        """The adapter of a plan location of a kind it registered; an adapter that keeps a connection pool
+        overrides this to size it to the copy's ``concurrency``."""
+        return cls(location)
 
     limits: DestinationLimits = DestinationLimits()
     #: the checksum of a part's bytes the destination checks on arrival and reports for landed parts
@@ -184,3 +206,11 @@ class Destination(ABC):
 
     @abstractmethod
     def delete_state(self, name: str) -> None: ...
+
+
+_PACKAGE = "flyaway.activities.storage"
+#: source adapters by the plan's kind; each module registers its own
+SOURCES: Registry[type[Source]] = Registry("source", _PACKAGE, ("local", "s3", "fly_volume", "hf"))
+#: destination adapters by the plan's kind; each module registers its own
+DESTINATIONS: Registry[type[Destination]] = Registry("destination", _PACKAGE,
+                                                     ("local", "s3", "runpod", "gcs", "modal_volume"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from flyaway.activities.storage.base import Source
+from flyaway.activities.storage.base import SOURCES, Source
 from flyaway.errors import InvalidPlan
 from flyaway.models.copy import SourceFile
 from flyaway.models.locations import FlyVolumeLocation
@@ -18,6 +18,7 @@ from flyaway.providers.fly.agent import resolve_volume
 from flyaway.providers.fly.client import FlyClient
 
 
+@SOURCES.register("fly_volume")
 class FlyVolumeSource(Source):
     def __init__(self, location: FlyVolumeLocation) -> None:
         self.location = location

@@ -28,7 +28,7 @@ import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import google.auth.exceptions
 import google.cloud.storage as storage  # mypy: google.cloud is a namespace package; storage is untyped
@@ -39,6 +39,7 @@ from google.auth.transport.requests import AuthorizedSession
 from google.oauth2 import credentials as user_credentials, service_account
 
 from flyaway.activities.storage.base import (
+    DESTINATIONS,
     STATE_DIR,
     Destination,
     DestinationLimits,
@@ -157,12 +158,17 @@ def storage_host() -> str:
     return "https://storage.googleapis.com"
 
 
+@DESTINATIONS.register("gcs")
 class GcsDestination(Destination):
     #: object names may not hold CR or LF: cloud.google.com/storage/docs/objects#naming
     limits = DestinationLimits(max_parts=2**31, min_part_size=GCS_CHUNK, max_part_size=5 * 1024**3,
                                max_single_put=5 * 1024**3, max_object_size=5 * 1024**4, part_multiple=GCS_CHUNK,
                                sequential_parts=True, forbidden_characters="\r\n")
     part_checksum = "crc32c"
+
+    @classmethod
+    def open(cls, location: GcsLocation, concurrency: int) -> Self:
+        return cls(location, concurrency)
 
     def __init__(self, location: GcsLocation, concurrency: int = 8) -> None:
         self.location = location

@@ -31,7 +31,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-from flyaway.activities.storage.base import Source
+from flyaway.activities.storage.base import SOURCES, Source
 from flyaway.errors import (
     AccessDenied,
     NotFound,
@@ -57,6 +57,7 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, (*_NETWORK_ERRORS, ShortRead))
 
 
+@SOURCES.register("hf")
 class HfSource(Source):
     def __init__(self, location: HfLocation) -> None:
         self.location = location

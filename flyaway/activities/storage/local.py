@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from flyaway.activities.storage.base import (
+    DESTINATIONS,
+    SOURCES,
     STATE_DIR,
     Destination,
     DestinationLimits,
@@ -86,6 +88,7 @@ _FILE_TYPES = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: 
                stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder"}
 
 
+@SOURCES.register("local")
 class LocalSource(_LocalRoot, Source):
     """Reads stay inside the root: a file is opened relative to the root's descriptor, one component at
     a time, following no link (``O_NOFOLLOW``); a link inside the root is read as the file it names."""
@@ -180,6 +183,7 @@ class LocalSource(_LocalRoot, Source):
             os.close(fd)
 
 
+@DESTINATIONS.register("local")
 class LocalDestination(_LocalRoot, Destination):
     limits = DestinationLimits(min_part_size=1, max_part_size=2**40, max_single_put=2**40, max_object_size=2**60,
                                keys_are_paths=True, max_name_bytes=255, max_key_bytes=None)

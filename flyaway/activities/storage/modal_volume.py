@@ -35,6 +35,7 @@ import modal.exception
 from modal.types import FileEntry, FileEntryType
 
 from flyaway.activities.storage.base import (
+    DESTINATIONS,
     STATE_DIR,
     Destination,
     DestinationLimits,
@@ -101,6 +102,7 @@ def _version(entry: FileEntry) -> str:
     return f"{entry.size}:{entry.mtime}"
 
 
+@DESTINATIONS.register("modal_volume")
 class ModalVolumeDestination(Destination):
     limits = DestinationLimits(min_part_size=1, max_part_size=2**40, max_single_put=2**40,
                                max_object_size=MAX_FILE_SIZE, max_entries_per_directory=MAX_ENTRIES_PER_DIRECTORY,

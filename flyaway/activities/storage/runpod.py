@@ -10,7 +10,7 @@ Content-MD5 and ETag, the object by its multipart ETag.
 
 from __future__ import annotations
 
-from flyaway.activities.storage.base import DestinationLimits
+from flyaway.activities.storage.base import DESTINATIONS, DestinationLimits
 from flyaway.activities.storage.s3 import S3Destination
 from flyaway.models.locations import RunPodVolumeLocation
 
@@ -25,6 +25,7 @@ RUNPOD_LIMITS = DestinationLimits(max_part_size=RUNPOD_MAX_BODY, max_single_put=
                                   keys_are_paths=True, max_name_bytes=255)
 
 
+@DESTINATIONS.register("runpod_volume")
 class RunPodVolumeDestination(S3Destination):
     limits = RUNPOD_LIMITS
     additional_checksums = False

@@ -15,7 +15,7 @@ import os
 import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -27,6 +27,8 @@ from botocore.exceptions import (
 )
 
 from flyaway.activities.storage.base import (
+    DESTINATIONS,
+    SOURCES,
     STATE_DIR,
     Destination,
     DestObject,
@@ -156,6 +158,10 @@ class _S3Side:
         self.prefix = self.location.prefix
         self.client = make_client(location, concurrency)
 
+    @classmethod
+    def open(cls, location: S3Compatible, concurrency: int) -> Self:
+        return cls(location, concurrency)
+
     def describe(self) -> str:
         return self.plan_location.describe()
 
@@ -251,6 +257,7 @@ def composite_crc32(parts: Sequence[PartRecord]) -> str:
     return f"{zlib.crc32(joined):08x}"
 
 
+@SOURCES.register("s3", "tigris")
 class S3Source(_S3Side, Source):
     def check(self) -> None:
         self.check_bucket()
@@ -337,6 +344,7 @@ class S3Source(_S3Side, Source):
         return self._call_on_listed(file, get)
 
 
+@DESTINATIONS.register("s3")
 class S3Destination(_S3Side, Destination):
     """Every PUT carries ``Content-MD5`` and, where the store takes additional checksums, ``x-amz-checksum-crc32``
     as well: S3 checks both on arrival, and a bucket with Object Lock refuses a PUT that has neither.

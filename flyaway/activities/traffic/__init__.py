@@ -1,25 +1,19 @@
 """Traffic routers behind one interface, plus the probes and the analysis of a canary.
 
 Routers are synchronous (boto3, httpx.Client): run them in a thread-pool activity. Every
-router is built from the plan alone and holds no state between activity calls.
+router is built from the plan alone and holds no state between activity calls; each module
+registers its router's factory for its plan kind in :data:`ROUTERS`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
+from flyaway.activities.registry import Registry
 from flyaway.activities.traffic.analysis import analyse
-from flyaway.activities.traffic.cloudflare import CloudflareRouter
-from flyaway.activities.traffic.manual import ManualRouter
 from flyaway.activities.traffic.probes import probe_both, probe_endpoint
-from flyaway.activities.traffic.route53 import Route53Router
-from flyaway.models.canary import (
-    CanaryStage,
-    CloudflareRouterConfig,
-    ManualRouterConfig,
-    Route53RouterConfig,
-    WeightState,
-)
+from flyaway.models.canary import CanaryStage, WeightState
 
 
 class Router(Protocol):
@@ -45,17 +39,14 @@ class Router(Protocol):
         """How long clients may keep using the previous split (a DNS TTL), 0 when immediate."""
 
 
+#: a router's factory by the kind of the canary's ``router`` section
+ROUTERS: Registry[Callable[[CanaryStage], Router]] = Registry(
+    "router", "flyaway.activities.traffic", ("manual", "route53", "cloudflare"))
+
+
 def router_for(stage: CanaryStage) -> Router:
     """The router the plan's canary stage names."""
-    config = stage.router
-    if isinstance(config, Route53RouterConfig):
-        return Route53Router(config)
-    if isinstance(config, CloudflareRouterConfig):
-        return CloudflareRouter(config)
-    if isinstance(config, ManualRouterConfig):
-        return ManualRouter(config, stage.old_endpoint, stage.new_endpoint or "(the deploy stage's endpoint)")
-    raise TypeError(f"unknown router kind: {type(config).__name__}")
+    return ROUTERS[stage.router.kind](stage)
 
 
-__all__ = ["CloudflareRouter", "ManualRouter", "Route53Router", "Router", "analyse", "probe_both", "probe_endpoint",
-           "router_for"]
+__all__ = ["ROUTERS", "Router", "analyse", "probe_both", "probe_endpoint", "router_for"]

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import structlog
 
+from flyaway.activities.traffic import ROUTERS
 from flyaway.errors import (
     AccessDenied,
     FlyawayError,
@@ -21,7 +22,7 @@ from flyaway.errors import (
     MissingCredentials,
     NotFound,
 )
-from flyaway.models.canary import CloudflareRouterConfig, WeightState
+from flyaway.models.canary import CanaryStage, CloudflareRouterConfig, WeightState
 from flyaway.providers.http import call_with_retries, is_transient, transient_status
 from flyaway.redaction import register_secret
 
@@ -193,3 +194,9 @@ class CloudflareRouter:
         if balancer is None or balancer.get("proxied", True):
             return 0
         return int(balancer.get("ttl") or 30)
+
+
+@ROUTERS.register("cloudflare")
+def cloudflare_router(stage: CanaryStage) -> CloudflareRouter:
+    assert isinstance(stage.router, CloudflareRouterConfig)
+    return CloudflareRouter(stage.router)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import structlog
 
-from flyaway.models.canary import ManualRouterConfig, WeightState
+from flyaway.activities.traffic import ROUTERS
+from flyaway.models.canary import CanaryStage, ManualRouterConfig, WeightState
 
 log = structlog.get_logger(__name__)
 
@@ -45,3 +46,9 @@ class ManualRouter:
     def propagation_seconds(self) -> int:
         """Unknown to flyaway; the operator waits out their own caches before approving."""
         return 0
+
+
+@ROUTERS.register("manual")
+def manual_router(stage: CanaryStage) -> ManualRouter:
+    assert isinstance(stage.router, ManualRouterConfig)
+    return ManualRouter(stage.router, stage.old_endpoint, stage.new_endpoint or "(the deploy stage's endpoint)")

@@ -17,8 +17,9 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from flyaway.activities.storage.s3 import error_code, http_status, is_transient as is_transient_aws_error
+from flyaway.activities.traffic import ROUTERS
 from flyaway.errors import AccessDenied, FlyawayError, InvalidPlan, MissingCredentials, NotFound
-from flyaway.models.canary import Route53RouterConfig, WeightState
+from flyaway.models.canary import CanaryStage, Route53RouterConfig, WeightState
 from flyaway.providers.http import call_with_retries
 from flyaway.redaction import register_secret
 
@@ -187,3 +188,9 @@ class Route53Router:
     def propagation_seconds(self) -> int:
         """How long resolvers may keep serving the previous answer: the records' TTL."""
         return max(rrset.get("TTL", _ALIAS_TTL_SECONDS) for rrset in self._pair())
+
+
+@ROUTERS.register("route53")
+def route53_router(stage: CanaryStage) -> Route53Router:
+    assert isinstance(stage.router, Route53RouterConfig)
+    return Route53Router(stage.router)
