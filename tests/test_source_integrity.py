@@ -30,6 +30,7 @@ from flyaway.activities.storage.base import STATE_DIR, Destination, Source
 from flyaway.activities.storage.engine import CopyEngine, upload_state_name
 from flyaway.activities.storage.hf import HfSource
 from flyaway.activities.storage.local import LocalDestination, LocalSource
+from flyaway.activities.storage.modal_volume import ModalVolumeDestination
 from flyaway.activities.storage.s3 import S3Destination, S3Source
 from flyaway.errors import DataCorruption, InvalidPlan
 from flyaway.models.copy import (
@@ -41,9 +42,10 @@ from flyaway.models.copy import (
     SourceFile,
     UploadState,
 )
-from flyaway.models.locations import HfLocation, LocalLocation, S3Location
+from flyaway.models.locations import HfLocation, LocalLocation, ModalVolumeLocation, S3Location
 from flyaway.models.plan import WeightsStage, parse_plan
 from tests.conftest import s3_client
+from tests.fakes import modal_volume as fake_modal
 from tests.fakes.hf_hub import FakeHub
 from tests.faults import SseKmsProxy
 from tests.harness import GcsEmulator, S3FaultProxy, plain_client, put_multipart, s3_location, weights_plan
@@ -210,6 +212,33 @@ def test_files_that_landed_before_a_kill_are_recorded_without_sending_them_again
     assert {entry.key: entry.sha256 for entry in entries} == {
         key: hashlib.sha256(data).hexdigest() for key, data in contents.items()}
     assert dest.get_state(upload_state_name("migrations/t/", "model.bin")) is None  # dropped once recorded
+
+
+def test_files_committed_to_a_modal_volume_before_a_kill_are_found_there_and_not_sent_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The staged large file was committed and its staged copy removed, the small file put, neither recorded:
+    a retried attempt finds both on the volume by their size and crc32c, read back, and commits nothing."""
+    for name, value in {fake_modal.ROOT_ENV: str(tmp_path / "modal"), "FLYAWAY_MODAL_VOLUME_FACTORY": fake_modal.FACTORY,
+                        "MODAL_TOKEN_ID": fake_modal.TOKEN_ID, "MODAL_TOKEN_SECRET": fake_modal.TOKEN_SECRET}.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "src").mkdir()
+    contents = {"config.json": os.urandom(10_000), "model.bin": os.urandom(9 * MiB)}
+    for key, data in contents.items():
+        (tmp_path / "src" / key).write_bytes(data)
+    source = LocalSource(local(tmp_path / "src"))
+    dest = ModalVolumeDestination(ModalVolumeLocation(kind="modal_volume", volume="weights", create_if_missing=True,
+                                                      prefix="m", staging_dir=str(tmp_path / "staging")))
+    with pytest.raises(Killed):
+        copy(source, dest, kill_before_recording="model.bin", concurrency=1)
+    committed = fake_modal.read_uploads(tmp_path / "modal", "weights")
+    assert {path for path, _ in committed} >= {"m/config.json", "m/model.bin"}
+
+    entries = copy(source, dest, check_landed=True)
+    again = fake_modal.read_uploads(tmp_path / "modal", "weights")[len(committed):]
+    assert [path for path, _ in again if f"/{STATE_DIR}/" not in path] == []  # no file committed again
+    assert {entry.key: entry.sha256 for entry in entries} == {
+        key: hashlib.sha256(data).hexdigest() for key, data in contents.items()}
+    assert dest.get_state(upload_state_name("migrations/t/", "model.bin")) is None
 
 
 def test_an_upload_id_read_back_from_state_never_becomes_a_path(tmp_path: Path) -> None:

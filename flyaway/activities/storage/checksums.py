@@ -83,7 +83,9 @@ def combined_crc32c(parts: list[PartRecord]) -> int:
     return crc
 
 
-class _Hasher(Protocol):
+class Hasher(Protocol):
+    """What hashlib's hashes, zlib's crc32 (``_Crc32``) and google_crc32c's ``Checksum`` have in common."""
+
     def update(self, data: bytes | memoryview, /) -> Any: ...
 
     def digest(self) -> bytes: ...
@@ -102,7 +104,7 @@ class _Crc32:
         return self.value.to_bytes(4, "big")
 
 
-def _hasher(algorithm: str) -> _Hasher:
+def _hasher(algorithm: str) -> Hasher:
     if algorithm == "crc32c":
         return google_crc32c.Checksum()
     if algorithm == "crc32":
@@ -123,7 +125,7 @@ class SourceDigest:
         self._whole = _hasher(published.algorithm)
         if published.algorithm == "git-sha1":
             self._whole.update(b"blob %d\0" % size)
-        self._part: _Hasher | None = _hasher(published.algorithm) if published.part_size else None
+        self._part: Hasher | None = _hasher(published.algorithm) if published.part_size else None
         self._part_fed = 0
 
     def update(self, data: bytes) -> None:

@@ -18,6 +18,8 @@ no Modal server runs there.
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import hashlib
 import importlib
 import io
@@ -30,6 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
+import google_crc32c
 import modal
 import modal.exception
 from modal.types import FileEntry, FileEntryType
@@ -40,8 +43,10 @@ from flyaway.activities.storage.base import (
     Destination,
     DestinationLimits,
     DestObject,
+    LandedObject,
     UploadGone,
 )
+from flyaway.activities.storage.checksums import Hasher, combined_crc32c
 from flyaway.activities.storage.local import LocalDestination
 from flyaway.errors import (
     AccessDenied,
@@ -189,12 +194,13 @@ class ModalVolumeDestination(Destination):
         except FileNotFoundError:
             return None
 
-    def _sha256(self, path: str) -> str:
-        def digest() -> str:
-            hasher = hashlib.sha256()
+    def _digest(self, path: str, hasher: Hasher) -> bytes:
+        """The digest of the file's bytes as the volume serves them, read back whole."""
+
+        def digest() -> bytes:
             for chunk in self.volume.read_file(path):
                 hasher.update(chunk)
-            return hasher.hexdigest()
+            return hasher.digest()
 
         return self._call(f"reading {path}", digest)
 
@@ -208,10 +214,8 @@ class ModalVolumeDestination(Destination):
         self._call(f"uploading {path}", upload)
 
     def _remove(self, path: str) -> None:
-        try:
+        with contextlib.suppress(modal.exception.NotFoundError, FileNotFoundError):
             self._call(f"removing {path}", lambda: self.volume.remove_file(path))
-        except (modal.exception.NotFoundError, FileNotFoundError):
-            pass
 
     def _verified(self, key: str, size: int, sha256: str, head: bytes) -> str:
         """Read the uploaded file back as the plan says; returns its version. A bad file is removed."""
@@ -221,7 +225,7 @@ class ModalVolumeDestination(Destination):
         if landed is None or landed.size != size:
             problem = f"{'missing' if landed is None else f'{landed.size} bytes'} after upload, expected {size}"
         elif self.location.verify == "full":
-            if (actual := self._sha256(path)) != sha256:
+            if (actual := self._digest(path, hashlib.sha256()).hex()) != sha256:
                 problem = f"read back, its bytes hash to {actual}, the source bytes to {sha256}"
         elif self._read(path, 0, len(head)) != head:
             problem = f"read back, its first {len(head)} bytes differ from the source bytes"
@@ -270,6 +274,26 @@ class ModalVolumeDestination(Destination):
             if rel != STATE_DIR and not rel.startswith(f"{STATE_DIR}/"):
                 yield DestObject(key=rel, size=entry.size, version=_version(entry))
 
+    def landed(self, key: str) -> LandedObject | None:
+        """The file on the volume with the crc32c of its bytes, read back: Modal tells no checksum of a file."""
+        found = self.stat(key)
+        if found is None:
+            return None
+        try:
+            checksum = self._digest(self._path(key), google_crc32c.Checksum())
+        except FileNotFoundError:
+            return None
+        return LandedObject(size=found.size, checksum=checksum.hex(), version=found.version)
+
+    def _on_volume(self, key: str, parts: builtins.list[PartRecord]) -> str | None:
+        """The version of the file at ``key`` if the volume holds exactly the bytes of ``parts`` (a commit of an
+        attempt killed before it recorded the file), else None; read back only when the size fits."""
+        found = self.stat(key)
+        if found is None or found.size != sum(part.size for part in parts):
+            return None
+        landed = self.landed(key)
+        return landed.version if landed is not None and int(landed.checksum, 16) == combined_crc32c(parts) else None
+
     def put(self, key: str, data: bytes, checksum: str, sha256: str) -> str:
         self._upload(self._path(key), io.BytesIO(data))
         return self._verified(key, len(data), sha256, data[:SAMPLE_BYTES])
@@ -311,11 +335,20 @@ class ModalVolumeDestination(Destination):
                     checksum: str) -> PartRecord:
         return self.staging.upload_part(key, upload_id, number, offset, data, checksum)
 
-    def complete(self, key: str, upload_id: str, parts: list[PartRecord], sha256: str) -> str:
+    def complete(self, key: str, upload_id: str, parts: builtins.list[PartRecord], sha256: str) -> str:
+        """Upload the staged file and read it back. Called again after a kill, it finds the file an earlier attempt
+        committed (its staged copy gone, or still there) by its size and crc32c instead of uploading it again."""
         try:
-            self.staging.complete(key, upload_id, parts, sha256)  # checks the staged bytes' sha256
+            try:
+                self.staging.complete(key, upload_id, parts, sha256)  # checks the staged bytes' crc32c
+            except UploadGone:
+                if (version := self._on_volume(key, parts)) is None:
+                    raise
+                return version
             staged = self.staging.path_of(key)
             try:
+                if (version := self._on_volume(key, parts)) is not None:
+                    return version
                 self._upload(self._path(key), staged)
                 with staged.open("rb") as handle:
                     head = handle.read(SAMPLE_BYTES)
@@ -342,7 +375,7 @@ class ModalVolumeDestination(Destination):
     def get_state(self, name: str, offset: int = 0, length: int | None = None) -> bytes | None:
         return self._read(self._state_path(name), offset, length)
 
-    def list_state(self, prefix: str) -> list[str]:
+    def list_state(self, prefix: str) -> builtins.list[str]:
         base = self._state_path("").strip("/")
         names = (entry.path.lstrip("/")[len(base):].lstrip("/") for entry in self._entries("/" + base))
         return sorted(name for name in names if name.startswith(prefix))
