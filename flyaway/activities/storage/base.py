@@ -75,8 +75,8 @@ class LandedObject:
     version: str
 
 
-class Source(ABC):
-    """Where the weights are now."""
+class Adapter(ABC):
+    """A source or a destination, made from its plan location."""
 
     @abstractmethod
     def __init__(self, location: Any) -> None:
@@ -87,6 +87,10 @@ class Source(ABC):
         """The adapter of a plan location of a kind it registered; an adapter that keeps a connection pool
         overrides this to size it to the copy's ``concurrency``."""
         return cls(location)
+
+
+class Source(Adapter):
+    """Where the weights are now."""
 
     @abstractmethod
     def describe(self) -> str:
@@ -119,18 +123,8 @@ class Source(ABC):
         return None
 
 
-class Destination(ABC):
+class Destination(Adapter):
     """Where the weights go. Object writes become visible only when complete."""
-
-    @abstractmethod
-    def __init__(self, location: Any) -> None:
-        """An adapter is made from its plan location (see :meth:`open`); each keeps what it needs of it."""
-
-    @classmethod
-    def open(cls, location: Any, concurrency: int) -> Self:
-        """The adapter of a plan location of a kind it registered; an adapter that keeps a connection pool
-        overrides this to size it to the copy's ``concurrency``."""
-        return cls(location)
 
     limits: DestinationLimits = DestinationLimits()
     #: the checksum of a part's bytes the destination checks on arrival and reports for landed parts
