@@ -10,7 +10,6 @@ from typing import Any, get_args
 import pytest
 
 from flyaway.activities.deploy.base import DEPLOYERS
-from flyaway.activities.registry import Registry
 from flyaway.activities.secrets.base import STORES
 from flyaway.activities.storage.base import DESTINATIONS, SOURCES
 from flyaway.activities.traffic import ROUTERS
@@ -18,6 +17,7 @@ from flyaway.models.canary import RouterConfig
 from flyaway.models.deploy import DeployStage
 from flyaway.models.locations import DestinationLocation, SourceLocation
 from flyaway.models.secrets import SecretDestination
+from flyaway.registry import Registry
 
 
 def kinds(union: Any, tag: str) -> list[str]:

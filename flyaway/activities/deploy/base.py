@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from flyaway.activities.deploy.health import HealthProbe
-from flyaway.activities.registry import Registry
 from flyaway.errors import InvalidPlan
 from flyaway.models.deploy import CloudRunDeploy, DeployOutcome, ModalDeploy, RunpodDeploy, WeightsVolume
+from flyaway.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from flyaway.activities.registry import Registry
 from flyaway.models.secrets import SecretDestination
+from flyaway.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,10 @@ def digest_key(destination: SecretDestination) -> bytes:
     the agent it starts hold them; the history, the report and the store's markers never do. A rotated
     credential changes every digest, which costs one rewrite of each value."""
     material = hashlib.sha256(b"flyaway secret digests\0" + destination.describe().encode())
+    key_files = destination.credential_files()
     for name in destination.credential_envs():
         value = os.environ.get(name, "")
-        if os.path.isabs(value) and os.path.isfile(value):  # a key file: its content is the credential
+        if name in key_files and os.path.isfile(value):  # the key file's content is the credential
             value = Path(value).read_text(errors="replace")
         material.update(b"\0" + value.encode())
     return material.digest()

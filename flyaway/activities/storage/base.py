@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Self
 
-from flyaway.activities.registry import Registry
 from flyaway.errors import LimitExceeded
 from flyaway.models.copy import PartRecord, SourceChecksum, SourceFile
+from flyaway.registry import Registry
 
 #: where flyaway keeps its own state at a destination (listings, manifests, upload checkpoints). A source
 #: key below it is refused at listing (exclude it), so no source content can land in flyaway's state; a

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from flyaway.activities.registry import Registry
 from flyaway.activities.traffic.analysis import analyse
 from flyaway.activities.traffic.probes import probe_both, probe_endpoint
 from flyaway.models.canary import CanaryStage, WeightState
+from flyaway.registry import Registry
 
 
 class Router(Protocol):
