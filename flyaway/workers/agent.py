@@ -10,6 +10,9 @@ and the names the plan uses).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import structlog
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -21,7 +24,7 @@ from flyaway.workers.main import HEARTBEAT_THROTTLE, run_until_signalled, worker
 
 log = structlog.get_logger(__name__)
 
-AGENT_ACTIVITIES = [list_source, copy_batch, verify_copy, sync_secrets]
+AGENT_ACTIVITIES: list[Callable[..., Any]] = [list_source, copy_batch, verify_copy, sync_secrets]
 
 
 def build_agent_worker(client: Client, task_queue: str, max_activities: int = 4) -> Worker:

@@ -20,7 +20,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from flyaway.errors import InvalidPlan, NotFound
 from flyaway.models.deploy import (
@@ -32,6 +32,8 @@ from flyaway.models.deploy import (
     Translation,
 )
 from flyaway.models.image import DEFAULT_DROP_ENV
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -102,10 +104,9 @@ class FlyService:
 
 # --- reading ------------------------------------------------------------------------------------
 
-def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise InvalidPlan(f"fly.toml: {where} should be a {names}, not {value!r}")
+def _expect(value: Any, kind: type[T], where: str) -> T:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise InvalidPlan(f"fly.toml: {where} should be a {kind.__name__}, not {value!r}")
     return value
 
 
@@ -131,7 +132,7 @@ def _auto_stop(value: Any, where: str) -> str:
         return "stop" if value else "off"
     if value not in ("off", "stop", "suspend"):
         raise InvalidPlan(f"fly.toml: {where} = {value!r} is not true, false, 'off', 'stop' or 'suspend'")
-    return value
+    return str(value)
 
 
 def parse_fly_toml(text: str) -> FlyService:
@@ -405,7 +406,8 @@ def _modal(service: FlyService, unsupported: list[str]) -> dict[str, Any]:
 
 
 _TRANSLATORS = {"cloud_run": _cloud_run, "runpod": _runpod, "modal": _modal}
-_MODELS = {"cloud_run": CloudRunDeploy, "runpod": RunpodDeploy, "modal": ModalDeploy}
+_MODELS: dict[Platform, type[CloudRunDeploy | RunpodDeploy | ModalDeploy]] = {
+    "cloud_run": CloudRunDeploy, "runpod": RunpodDeploy, "modal": ModalDeploy}
 
 
 def translate(service: FlyService, platform: Platform) -> Translation:

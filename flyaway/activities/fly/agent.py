@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from typing import Any
 
 from temporalio import activity
 from temporalio.api.enums.v1 import TaskQueueType
@@ -50,4 +52,4 @@ def cleanup_fly_source(request: AgentCleanupRequest) -> AgentCleanupReport:
         return cleanup_agents(client, request.source, request.migration_id, activity.heartbeat)
 
 
-FLY_AGENT_ACTIVITIES = [prepare_fly_source, wait_for_agent, cleanup_fly_source]
+FLY_AGENT_ACTIVITIES: list[Callable[..., Any]] = [prepare_fly_source, wait_for_agent, cleanup_fly_source]

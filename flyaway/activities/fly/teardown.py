@@ -17,8 +17,9 @@ is gone and the plan deletes it, every step has nothing to do.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import structlog
 from temporalio import activity
@@ -199,5 +200,6 @@ def delete_app(stage: TeardownStage) -> bool:
         return True
 
 
-FLY_TEARDOWN_ACTIVITIES = [check_teardown, teardown_inventory, stop_machines, snapshot_volumes, destroy_machines,
-                           release_ips, delete_volumes, delete_app]
+FLY_TEARDOWN_ACTIVITIES: list[Callable[..., Any]] = [
+    check_teardown, teardown_inventory, stop_machines, snapshot_volumes, destroy_machines, release_ips, delete_volumes,
+    delete_app]

@@ -91,7 +91,7 @@ class ModalSecretStore:
         self._recorded.update({name: secret_digest(value, self._digest_key) for name, value in values.items()})
         self._call("record the digests", lambda: self._digests(create=True).put(self.destination.secret_name,
                                                                                 self._recorded))
-        return {name: self.destination.secret_name for name in values}
+        return dict.fromkeys(values, self.destination.secret_name)
 
     def close(self) -> None:
         self._client.close()

@@ -27,6 +27,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import structlog
 from pydantic import Field
@@ -40,7 +41,6 @@ from flyaway.activities.storage.progress import CopyReporter
 from flyaway.activities.storage.stall import cut_when_stalled
 from flyaway.errors import (
     DataCorruption,
-    FlyawayError,
     InvalidPlan,
     LimitExceeded,
     decoding_state,
@@ -486,4 +486,4 @@ async def abort_uploads(stage: WeightsStage) -> int:
     return await asyncio.to_thread(_abort_uploads, stage, state)
 
 
-COPY_ACTIVITIES = [check_weights, list_source, copy_batch, verify_copy, abort_uploads]
+COPY_ACTIVITIES: list[Callable[..., Any]] = [check_weights, list_source, copy_batch, verify_copy, abort_uploads]

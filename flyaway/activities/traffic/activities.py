@@ -11,9 +11,9 @@ pages' totals enter the workflow history, never the raw samples or pages.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from temporalio import activity
@@ -127,4 +127,4 @@ async def run_analysis(stage: CanaryStage, baseline: MetricsSnapshots | None = N
     return result
 
 
-TRAFFIC_ACTIVITIES = [check_router, set_weight, run_analysis, check_metrics, read_metrics]
+TRAFFIC_ACTIVITIES: list[Callable[..., Any]] = [check_router, set_weight, run_analysis, check_metrics, read_metrics]

@@ -83,8 +83,9 @@ class CloudflareRouter:
         """
         response, body = self._send("POST", "/graphql", {"query": query, "variables": variables})
         errors = body.get("errors") or []
-        if response.is_success and not errors and isinstance(body.get("data"), dict):
-            return body["data"]
+        data = body.get("data")
+        if response.is_success and not errors and isinstance(data, dict):
+            return data
         detail = "; ".join(str(error.get("message")) for error in errors) or f"HTTP {response.status_code}"
         if response.status_code in (401, 403) or "does not have access" in detail:
             raise AccessDenied(f"Cloudflare analytics refused {what} with the token in ${self._config.token_env} "
@@ -104,8 +105,9 @@ class CloudflareRouter:
 
     def _pool(self) -> dict[str, Any]:
         cfg = self._config
-        return self._request("GET", self._pool_path,
-                             f"pool {cfg.pool_id} (router.pool_id) in account {cfg.account_id} (router.account_id)")
+        pool: dict[str, Any] = self._request(
+            "GET", self._pool_path, f"pool {cfg.pool_id} (router.pool_id) in account {cfg.account_id} (router.account_id)")
+        return pool
 
     def _origins(self, pool: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The Fly and the new origin of the pool, or a NotFound naming the plan field."""
@@ -137,9 +139,10 @@ class CloudflareRouter:
         cfg = self._config
         if cfg.load_balancer_id is None:
             return None
-        return self._request("GET", f"/zones/{cfg.zone_id}/load_balancers/{cfg.load_balancer_id}",
-                             f"load balancer {cfg.load_balancer_id} (router.load_balancer_id) "
-                             f"in zone {cfg.zone_id} (router.zone_id)")
+        balancer: dict[str, Any] = self._request(
+            "GET", f"/zones/{cfg.zone_id}/load_balancers/{cfg.load_balancer_id}",
+            f"load balancer {cfg.load_balancer_id} (router.load_balancer_id) in zone {cfg.zone_id} (router.zone_id)")
+        return balancer
 
     def _check_load_balancer(self) -> None:
         balancer = self._load_balancer()

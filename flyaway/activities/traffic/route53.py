@@ -58,6 +58,18 @@ def route53_name(record_name: str) -> str:
     return name if name.endswith(".") else name + "."
 
 
+def _credential(env: str | None) -> str | None:
+    """The value of the router's credential variable ``env`` (None when the plan names none)."""
+    if env is None:
+        return None
+    value = os.environ.get(env)
+    if not value:
+        raise MissingCredentials(f"router: environment variable {env} is not set on the worker; "
+                                 "export it, or name another variable in the router's *_env fields")
+    register_secret(value)
+    return value
+
+
 class Route53Router:
     """Weights are the percentages themselves: new=p, fly=100-p (Route53 takes 0..255)."""
 
@@ -68,19 +80,9 @@ class Route53Router:
 
     def _make_client(self) -> Any:
         cfg = self._config
-        names = {"aws_access_key_id": cfg.access_key_id_env, "aws_secret_access_key": cfg.secret_access_key_env,
-                 "aws_session_token": cfg.session_token_env}
-        keys: dict[str, str] = {}
-        for arg, env in names.items():
-            if env is None:
-                continue
-            value = os.environ.get(env)
-            if not value:
-                raise MissingCredentials(f"router: environment variable {env} is not set on the worker; "
-                                         "export it, or name another variable in the router's *_env fields")
-            register_secret(value)
-            keys[arg] = value
-        session = boto3.session.Session(**keys)
+        session = boto3.session.Session(aws_access_key_id=_credential(cfg.access_key_id_env),
+                                        aws_secret_access_key=_credential(cfg.secret_access_key_env),
+                                        aws_session_token=_credential(cfg.session_token_env))
         # every request goes through tenacity (see _call), as for S3
         return session.client("route53", region_name="us-east-1", endpoint_url=cfg.endpoint_url,
                                config=Config(retries={"max_attempts": 1, "mode": "standard"}))
@@ -101,7 +103,7 @@ class Route53Router:
         what = f"hosted zone {cfg.hosted_zone_id} (router.hosted_zone_id)"
         while True:
             page = self._call(what, lambda: self._client.list_resource_record_sets(
-                HostedZoneId=cfg.hosted_zone_id, **start))
+                HostedZoneId=cfg.hosted_zone_id, **start))  # noqa: B023 (called at once)
             for rrset in page["ResourceRecordSets"]:
                 if rrset["Name"] != self._name or rrset["Type"] != cfg.record_type:
                     return found
@@ -187,7 +189,7 @@ class Route53Router:
 
     def propagation_seconds(self) -> int:
         """How long resolvers may keep serving the previous answer: the records' TTL."""
-        return max(rrset.get("TTL", _ALIAS_TTL_SECONDS) for rrset in self._pair())
+        return max(int(rrset.get("TTL", _ALIAS_TTL_SECONDS)) for rrset in self._pair())
 
 
 @ROUTERS.register("route53")
