@@ -24,10 +24,9 @@ from google.cloud import run_v2
 
 from flyaway.activities.deploy.base import DEPLOYERS, Applied, plain_env
 from flyaway.activities.deploy.health import HealthProbe, poll_until
-from flyaway.activities.google_cloud import is_transient, load_credentials
-from flyaway.errors import AccessDenied, InvalidPlan, NotFound
+from flyaway.errors import InvalidPlan
 from flyaway.models.deploy import CloudRunDeploy, DeployOutcome, WeightsVolume
-from flyaway.providers.http import call_with_retries
+from flyaway.providers import google
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -36,6 +35,7 @@ SPEC_LABEL = "flyaway-spec"
 MANAGED_LABELS = {"managed-by": "flyaway"}
 CONTAINER_NAME = "server"
 WEIGHTS_VOLUME = "weights"
+CLOUD_RUN_ROLES = "roles/run.admin and roles/iam.serviceAccountUser"
 #: Cloud Run's longest probe period
 MAX_PROBE_PERIOD_SECONDS = 240
 
@@ -58,8 +58,8 @@ class CloudRunDeployer:
     def __init__(self, stage: CloudRunDeploy, image: str, secrets: dict[str, str],
                  weights: WeightsVolume | None) -> None:
         self.stage, self.image, self.secrets, self.weights = stage, image, secrets, weights
-        credentials = load_credentials(stage.credentials_env, anonymous=stage.api_endpoint is not None,
-                                       what=f"Cloud Run in project {stage.project}")
+        credentials, _ = google.load_credentials(stage.credentials_env, f"Cloud Run in project {stage.project}",
+                                                 anonymous=stage.api_endpoint is not None)
         options = ClientOptions(api_endpoint=stage.api_endpoint) if stage.api_endpoint else None
         self._client = run_v2.ServicesClient(credentials=credentials, transport="rest", client_options=options)
 
@@ -176,19 +176,9 @@ class CloudRunDeployer:
 
     def _call(self, what: str, fn: Callable[[], T], expected: tuple[type[Exception], ...] = ()) -> T:
         """One API call, retried while transient; refusals become flyaway's errors."""
-        where = f"Cloud Run service {self.stage.service_name}"
-        try:
-            return call_with_retries(fn, is_transient)
-        except expected:
-            raise
-        except google_errors.NotFound as error:
-            raise NotFound(f"{where}: could not {what}: {error.message} (does the project exist, with the Cloud "
-                           f"Run API enabled?)") from None
-        except (google_errors.Unauthorized, google_errors.Forbidden) as error:
-            raise AccessDenied(f"{where}: not allowed to {what}: {error.message}; the worker's Google identity "
-                               f"needs roles/run.admin and roles/iam.serviceAccountUser") from None
-        except (google_errors.BadRequest, google_errors.Conflict) as error:
-            raise InvalidPlan(f"{where}: Cloud Run rejected the request to {what}: {error.message}") from None
+        return google.call(fn, f"Cloud Run service {self.stage.service_name}: {what}", roles=CLOUD_RUN_ROLES,
+                           not_found="not found (does the project exist, with the Cloud Run API enabled?)",
+                           expected=expected)
 
     async def aclose(self) -> None:
         self._client.transport.close()

@@ -64,7 +64,6 @@ DEFAULT_CHUNK_SIZE = 16 * MiB
 DEFAULT_CONCURRENCY = 4
 #: manifests and configs are read whole; anything larger is not an image document
 MAX_DOCUMENT_BYTES = 16 * MiB
-_GOOGLE_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 _CHALLENGE_PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^\s,]+))')
 
 
@@ -134,23 +133,6 @@ def _token_from(response: httpx.Response) -> str:
     return token
 
 
-def _google_access_token() -> str:
-    """An access token from Google application default credentials (google-auth is optional)."""
-    try:
-        import google.auth
-        import google.auth.exceptions
-        import google.auth.transport.requests
-    except ImportError as exc:
-        raise MissingCredentials("Artifact Registry login needs the google-auth package on the worker") from exc
-    try:
-        credentials, _ = google.auth.default(scopes=[_GOOGLE_SCOPE])
-        credentials.refresh(google.auth.transport.requests.Request())
-    except google.auth.exceptions.DefaultCredentialsError as exc:
-        raise MissingCredentials("no Google application default credentials on the worker: "
-                                 "set GOOGLE_APPLICATION_CREDENTIALS or run on a Google service account") from exc
-    return credentials.token
-
-
 def resolve_login(credentials: RegistryCredentials | None, registry: str) -> tuple[str, str] | None:
     """(user, password) from the worker's environment; ``None`` means anonymous."""
     if credentials is None:
@@ -159,7 +141,8 @@ def resolve_login(credentials: RegistryCredentials | None, registry: str) -> tup
     if username is None:
         username = os.environ.get(credentials.username_env or "")
     if credentials.google_access_token:
-        password = _google_access_token()
+        from flyaway.providers import google  # the Google SDK only when a plan logs in with it
+        password = google.access_token(f"the login to {registry}")
     else:
         password = os.environ.get(credentials.password_env or "")
     if username and password:

@@ -36,7 +36,6 @@ import requests
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.auth.transport.requests import AuthorizedSession
-from google.oauth2 import credentials as user_credentials, service_account
 
 from flyaway.activities.storage.base import (
     DESTINATIONS,
@@ -52,7 +51,6 @@ from flyaway.activities.storage.checksums import combined_crc32c
 from flyaway.errors import (
     AccessDenied,
     DataCorruption,
-    MissingCredentials,
     NotFound,
     Unreachable,
     decoding_state,
@@ -60,11 +58,13 @@ from flyaway.errors import (
 from flyaway.models.base import join_key
 from flyaway.models.copy import PartRecord
 from flyaway.models.locations import GcsLocation
+from flyaway.providers.google import is_transient as google_is_transient, load_credentials
 from flyaway.providers.http import (
     CONNECT_TIMEOUT_SECONDS,
     REQUEST_RETRY_SECONDS,
     call_with_retries,
     stall_seconds,
+    transient_status,
 )
 
 T = TypeVar("T")
@@ -85,14 +85,10 @@ class SessionRequestFailed(Exception):
 
 
 def is_transient(error: BaseException) -> bool:
-    """No answer, 408, 429 and 5xx but 501 are worth another try."""
+    """A session request without an answer or with a transient status, else Google's rule."""
     if isinstance(error, SessionRequestFailed):
-        status = error.status
-    elif isinstance(error, gexc.GoogleAPICallError):
-        status = error.code
-    else:
-        return isinstance(error, (requests.ConnectionError, requests.Timeout, google.auth.exceptions.TransportError))
-    return status is None or status in (408, 429) or (status >= 500 and status != 501)
+        return transient_status(error.status)
+    return google_is_transient(error)
 
 
 def crc32c_b64(value: int) -> str:
@@ -104,26 +100,9 @@ def gcs_credentials(location: GcsLocation) -> tuple[Credentials, str | None]:
     """Anonymous against an emulator (``STORAGE_EMULATOR_HOST``), else the key file the plan's variable names."""
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         return AnonymousCredentials(), location.project
-    path = os.environ.get(location.credentials_env)
-    if not path:
-        raise MissingCredentials(f"{location.describe()}: environment variable {location.credentials_env} is not set "
-                                 f"on the worker; set it to the path of a service account key file")
-    if not os.path.isfile(path):
-        raise MissingCredentials(f"{location.describe()}: {location.credentials_env} names {path}, which is not a "
-                                 f"file on the worker")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            info = json.load(handle)
-        if info.get("type") == "service_account":
-            credentials: Credentials = service_account.Credentials.from_service_account_info(info, scopes=[SCOPE])
-            return credentials, location.project or info.get("project_id")
-        if info.get("type") == "authorized_user":
-            credentials = user_credentials.Credentials.from_authorized_user_info(info, scopes=[SCOPE])
-            return credentials, location.project or info.get("quota_project_id")
-    except (OSError, ValueError, KeyError):
-        pass
-    raise MissingCredentials(f"{location.describe()}: {path} (from {location.credentials_env}) is not a service "
-                             f"account key or user credentials file")
+    credentials, project = load_credentials(location.credentials_env, location.describe(), ambient=False,
+                                            scopes=[SCOPE])
+    return credentials, location.project or project
 
 
 @dataclass
