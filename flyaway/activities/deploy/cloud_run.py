@@ -169,7 +169,8 @@ class CloudRunDeployer:
 
         await poll_until(rolled_out, self.stage.health, f"Cloud Run rollout of {self.stage.service_name}")
         try:
-            return operation.result()
+            service: run_v2.Service = operation.result()
+            return service
         except google_errors.GoogleAPICallError as error:
             raise InvalidPlan(f"Cloud Run could not roll out {self.stage.service_name}: {error.message}; check "
                               f"the image, cmd, port and the startup probe on {self.stage.health.path}") from None

@@ -22,7 +22,7 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import httpx
 import structlog
@@ -119,7 +119,7 @@ class RegistryAuth(httpx.Auth):
         if challenge.get("service"):
             params.insert(0, ("service", challenge["service"]))
         headers = {"Authorization": _basic_authorization(self._login)} if self._login else {}
-        return httpx.Request("GET", challenge["realm"], params=params, headers=headers)
+        return httpx.Request("GET", challenge["realm"], params=tuple(params), headers=headers)
 
 
 def _token_from(response: httpx.Response) -> str:
@@ -128,7 +128,7 @@ def _token_from(response: httpx.Response) -> str:
         token = body.get("token") or body.get("access_token")
     except (ValueError, AttributeError):
         token = None
-    if not token:
+    if not token or not isinstance(token, str):
         raise AccessDenied(f"the token service at {response.url.copy_with(query=None)} answered without a token")
     return token
 
@@ -140,6 +140,7 @@ def resolve_login(credentials: RegistryCredentials | None, registry: str) -> tup
     username = credentials.username
     if username is None:
         username = os.environ.get(credentials.username_env or "")
+    password: str | None
     if credentials.google_access_token:
         from flyaway.providers import google  # the Google SDK only when a plan logs in with it
         password = google.access_token(f"the login to {registry}")
@@ -180,7 +181,8 @@ def platform_matches(wanted: str, platform: dict[str, Any]) -> bool:
 
 def _is_platform_image(entry: dict[str, Any]) -> bool:
     """An index entry for a runnable platform, not an attestation (buildx lists those as unknown/unknown)."""
-    return (entry.get("platform") or {}).get("os", "unknown") != "unknown"
+    os_name: str = (entry.get("platform") or {}).get("os", "unknown")
+    return os_name != "unknown"
 
 
 def canonical_json(document: dict[str, Any]) -> bytes:
@@ -240,7 +242,8 @@ class Document:
 
     @property
     def body(self) -> dict[str, Any]:
-        return json.loads(self.content)
+        body: dict[str, Any] = json.loads(self.content)
+        return body
 
     def descriptor(self) -> dict[str, Any]:
         return {"mediaType": self.media_type, "digest": self.digest, "size": len(self.content)}
@@ -368,6 +371,12 @@ class RepositoryClient:
                 await response.aread()
             yield self._check(response, "pull", self._named("blob", digest))
 
+    @overload
+    async def start_upload(self) -> str: ...
+
+    @overload
+    async def start_upload(self, mount: tuple[str, str] | None) -> str | None: ...
+
     async def start_upload(self, mount: tuple[str, str] | None = None) -> str | None:
         """Open an upload session and return its location; with ``mount=(digest, repository)``
         the registry may link the blob from that repository instead, and ``None`` says it did."""
@@ -466,7 +475,7 @@ class _ImageCopier:
         if wanted != "all":
             return platforms, platforms[0].manifest
         new_index = dict(index, manifests=[dict(entry, **platform.manifest.descriptor())
-                                           for entry, platform in zip(entries, platforms)])
+                                           for entry, platform in zip(entries, platforms, strict=True)])
         return platforms, Document(top.media_type, canonical_json(new_index))
 
     async def _rewrite_manifest(self, manifest: Document, migrated_from: str, name: str | None = None) -> _Platform:
@@ -493,7 +502,7 @@ class _ImageCopier:
                 for digest, config in configs.items():
                     group.create_task(self._push_config(digest, config))
         except ExceptionGroup as failures:
-            raise failures.exceptions[0]  # one error, typed, for the caller
+            raise failures.exceptions[0] from None  # one error, typed, for the caller
 
     async def _copy_layer(self, descriptor: dict[str, Any]) -> None:
         digest = descriptor["digest"]
@@ -561,7 +570,8 @@ async def _open_repository(stage: ImageStage, reference: ImageReference, *, is_s
                            scopes: list[str]) -> RepositoryClient:
     credentials = stage.credentials_for(reference, is_source=is_source)
     login = await asyncio.to_thread(resolve_login, credentials, reference.registry)
-    return RepositoryClient(reference, login=login, login_hint=credentials.describe() if login else "anonymous",
+    hint = credentials.describe() if credentials is not None and login else "anonymous"
+    return RepositoryClient(reference, login=login, login_hint=hint,
                             plain_http=stage.uses_plain_http(reference), scopes=scopes)
 
 

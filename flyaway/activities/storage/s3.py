@@ -15,7 +15,7 @@ import os
 import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -111,8 +111,9 @@ def make_client(plan_location: S3Compatible, concurrency: int = 10, read_timeout
 
 
 @functools.lru_cache(maxsize=16)
-def _shared_client(endpoint: str | None, region: str, addressing_style: str, pool_size: int, read_timeout: float,
-                   access_key_id: str, secret_access_key: str, session_token: str | None) -> Any:
+def _shared_client(endpoint: str | None, region: str, addressing_style: Literal["auto", "path", "virtual"],
+                   pool_size: int, read_timeout: float, access_key_id: str, secret_access_key: str,
+                   session_token: str | None) -> Any:
     session = boto3.session.Session(aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
                                     aws_session_token=session_token, region_name=region)
     config = Config(
