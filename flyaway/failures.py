@@ -26,7 +26,8 @@ start of its message and the end of its stack trace (the frames that raised), wi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import inspect
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,6 +35,7 @@ import structlog
 from temporalio.api.failure.v1 import Failure
 from temporalio.converter import DefaultFailureConverter, PayloadConverter
 from temporalio.exceptions import ApplicationError, TemporalError
+from temporalio.testing import ActivityEnvironment
 from temporalio.worker import (
     ActivityInboundInterceptor,
     ExecuteActivityInput,
@@ -85,6 +87,21 @@ class _MapFailures(ActivityInboundInterceptor):
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         with activity_failures():
             return await self.next.execute_activity(input)
+
+
+class WorkerActivityEnvironment(ActivityEnvironment):
+    """An ``ActivityEnvironment`` (activities run in this process, as the CLI's plan check and the tests run
+    them) whose activities fail the way :class:`FailureInterceptor` makes them fail on a worker."""
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        with activity_failures():
+            result = super().run(fn, *args, **kwargs)
+        return _mapped(result) if inspect.isawaitable(result) else result
+
+
+async def _mapped(result: Awaitable[Any]) -> Any:
+    with activity_failures():
+        return await result
 
 
 class PlainFailureConverter(DefaultFailureConverter):

@@ -21,12 +21,12 @@ from temporalio.exceptions import ApplicationError
 from flyaway.activities.deploy.activities import check_deploy, deploy_service
 from flyaway.activities.deploy.modal import ModalDeployer, render_app
 from flyaway.errors import InvalidPlan, MissingCredentials
+from flyaway.failures import WorkerActivityEnvironment
 from flyaway.models.deploy import DeployRequest, DeployResult, DeployStage, ModalDeploy, WeightsVolume
 from flyaway.models.plan import parse_plan
 from tests.fakes.cloud_run import FakeCloudRun
 from tests.fakes.health import StartingService
 from tests.fakes.runpod_serverless import FakeRunpodServerless
-from tests.support.activities import WorkerActivityEnvironment
 
 IMAGE = "europe-west4-docker.pkg.dev/my-project/llm/llama@sha256:" + "ab" * 32
 FAST_HEALTH = {"interval": "0.05s", "deadline": "5s"}

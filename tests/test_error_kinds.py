@@ -32,7 +32,7 @@ from flyaway.activities.storage.runpod import RunPodVolumeDestination
 from flyaway.activities.storage.s3 import S3Destination
 from flyaway.activities.storage.stall import CopyStalled, cut_when_stalled, stalled_after
 from flyaway.errors import DataCorruption, InvalidPlan
-from flyaway.failures import activity_failure
+from flyaway.failures import WorkerActivityEnvironment, activity_failure
 from flyaway.models.copy import BatchRequest, CopySettings, ListingResult
 from flyaway.models.locations import LocalLocation
 from flyaway.models.plan import WeightsStage
@@ -52,7 +52,6 @@ from tests.harness import (
     start_migration,
     weights_plan,
 )
-from tests.support.activities import WorkerActivityEnvironment
 
 LONG_NAME = "n" * 300
 MiB = 1024 * 1024

@@ -18,6 +18,7 @@ from temporalio.exceptions import ApplicationError
 from flyaway.activities.fly.agent import cleanup_fly_source, prepare_fly_source
 from flyaway.activities.secrets.base import digest_key
 from flyaway.codec import KEYS_ENV, EncryptionCodec, generate_key
+from flyaway.failures import WorkerActivityEnvironment
 from flyaway.models.fly_agent import AgentCleanupRequest, AgentRequest
 from flyaway.models.secrets import GcpSecretManagerDestination, SecretsReport, SecretsStage, secret_digest
 from flyaway.models.status import MigrationState, MigrationStatus, StageState
@@ -35,7 +36,6 @@ from tests.harness import (
     run_migration,
     start_migration,
 )
-from tests.support.activities import WorkerActivityEnvironment
 from tests.test_secrets_leak import assert_no_value, executions, history_texts, secret_values, temporal_show
 
 TOKEN = "fo1_fly-secrets-test-token"

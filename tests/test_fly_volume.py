@@ -18,6 +18,7 @@ from temporalio.exceptions import ApplicationError
 from flyaway.activities.fly.agent import cleanup_fly_source, prepare_fly_source
 from flyaway.activities.storage.fly_volume import FlyVolumeSource
 from flyaway.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
+from flyaway.failures import WorkerActivityEnvironment
 from flyaway.models.fly_agent import AgentCleanupRequest, AgentRequest
 from flyaway.models.locations import FlyVolumeLocation
 from flyaway.models.plan import WeightsStage
@@ -44,7 +45,6 @@ from tests.harness import (
     start_migration,
     weights_plan,
 )
-from tests.support.activities import WorkerActivityEnvironment
 from tests.test_secrets_leak import payloads_in
 
 TOKEN = "fo1_fly-volume-test-token"

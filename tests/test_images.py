@@ -46,6 +46,7 @@ from flyaway.activities.image.registry import (
     rewrite_config,
 )
 from flyaway.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
+from flyaway.failures import WorkerActivityEnvironment
 from flyaway.models.image import (
     MIGRATED_FROM_LABEL,
     SOURCE_URL_LABEL,
@@ -60,7 +61,6 @@ from tests.fakes.health import StartingService
 from tests.fakes.registry_token_auth import TokenAuthServer, User
 from tests.fakes.runpod_serverless import FakeRunpodServerless
 from tests.harness import TemporalDevServer, WorkerProcess, run_migration, weights_plan
-from tests.support.activities import WorkerActivityEnvironment
 
 REGISTRY_BINARY = Path("/usr/bin/docker-registry")
 pytestmark = pytest.mark.skipif(not REGISTRY_BINARY.exists(), reason="needs Debian's docker-registry package")

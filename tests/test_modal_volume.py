@@ -17,11 +17,12 @@ from flyaway.activities.storage.activities import DirectoryFanout
 from flyaway.activities.storage.base import STATE_DIR
 from flyaway.activities.storage.engine import CopyEngine
 from flyaway.activities.storage.local import LocalSource
-from flyaway.activities.storage.modal_volume import ModalVolumeDestination, open_modal_volume
+from flyaway.activities.storage.modal_volume import ModalVolumeDestination
 from flyaway.errors import AccessDenied, DataCorruption, LimitExceeded, MissingCredentials, NotFound
 from flyaway.models.copy import ListingLine, ManifestEntry, SourceFile
 from flyaway.models.locations import LocalLocation, ModalVolumeLocation
 from flyaway.models.plan import parse_plan
+from flyaway.providers.modal import open_modal_volume
 from tests.fakes import modal_volume as fake
 from tests.fixtures import make_tree
 

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from flyaway.activities.deploy import health as health_module
 from flyaway.activities.deploy.activities import deploy_service
+from flyaway.failures import WorkerActivityEnvironment
 from flyaway.models.deploy import DeployRequest, DeployStage, FlyScaling, ServiceScaling
 from flyaway.report import prices
 from flyaway.report.model import MigrationReport
@@ -23,7 +24,6 @@ from flyaway.starter.cli import app
 from tests.fakes.health import StartingService
 from tests.fakes.runpod_serverless import FakeRunpodServerless
 from tests.harness import TemporalDevServer, WorkerProcess, run_migration, weights_plan
-from tests.support.activities import WorkerActivityEnvironment
 
 FLY_TOML = Path(__file__).parent / "data" / "fly_toml" / "vllm_http_service.toml"
 IMAGE = "registry.example.com/llm/llama@sha256:" + "cd" * 32

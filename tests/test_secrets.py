@@ -14,13 +14,13 @@ from temporalio.exceptions import ApplicationError
 from flyaway.activities.secrets import activities as secrets_activities
 from flyaway.activities.secrets.activities import check_secrets, sync_secrets
 from flyaway.activities.secrets.base import digest_key
+from flyaway.failures import WorkerActivityEnvironment
 from flyaway.models.plan import parse_plan
 from flyaway.models.secrets import SecretOutcome, SecretsReport, SecretsStage, secret_digest
 from tests.fakes.fly_machines import FakeFlyMachinesAPI
 from tests.fakes.gcp_secret_manager import FakeSecretManager
 from tests.fakes.modal_control import FakeModal
 from tests.fakes.runpod_secrets import FakeRunpodSecrets
-from tests.support.activities import WorkerActivityEnvironment
 
 PROJECT = "flyaway-test"
 VALUES = {"HF_TOKEN": "hf_live_5f0c2d9e8a7b", "DATABASE_URL": "postgres://app:pa ss@db/app?x=1&y=2"}

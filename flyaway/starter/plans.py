@@ -112,17 +112,20 @@ async def check_in_this_shell(plan: MigrationPlan) -> None:
     import inspect
 
     from temporalio.exceptions import ApplicationError
-    from temporalio.testing import ActivityEnvironment
 
+    from flyaway.failures import WorkerActivityEnvironment
     from flyaway.redaction import scrub
     from flyaway.workflows.plan_check import plan_checks
 
     for stage, check, argument in plan_checks(plan):
         try:
-            outcome = ActivityEnvironment().run(check, argument)
+            outcome = WorkerActivityEnvironment().run(check, argument)
             if inspect.isawaitable(outcome):
                 await outcome
         except ApplicationError as error:
+            if not error.non_retryable:  # an outage or an error of flyaway's, not an answer about the plan
+                raise PlanCheckError(f"{stage}: could not be checked in this shell: {error.message or error.type}"
+                                     ) from None
             raise PlanCheckError(f"{stage}: {as_checked_here(error.message)} (checked in this shell, not on the "
                                  f"worker)") from None
         except Exception as error:  # noqa: BLE001 (whatever stopped the check, the user reads one line)

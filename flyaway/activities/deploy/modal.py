@@ -5,38 +5,29 @@ server with the plan's command (Modal runs neither the image's ENTRYPOINT nor it
 image pulled from its registry, with the GPU, the weights volume, the secrets stage's Modal
 secret and the scaling the plan asks for. ``modal deploy`` runs as a subprocess of the worker
 (the SDK's own CLI, with the plan's token variables); the web URL is then read back through the
-SDK. Deploying unchanged code again is how Modal updates an app, so a re-run is harmless.
+SDK (both in :mod:`flyaway.providers.modal`). Deploying unchanged code again is how Modal updates
+an app, so a re-run is harmless.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 import tempfile
 from pathlib import Path
 
-import modal
 import structlog
-from modal import exception as modal_errors
 
 from flyaway.activities.deploy.base import DEPLOYERS, Applied, plain_env
 from flyaway.activities.deploy.health import HealthProbe, heartbeat
-from flyaway.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
+from flyaway.errors import InvalidPlan
 from flyaway.models.deploy import DeployOutcome, ModalDeploy, WeightsVolume
-from flyaway.redaction import scrub
+from flyaway.providers.modal import ModalToken, deploy_app, web_url
 
 log = structlog.get_logger(__name__)
 
 FUNCTION_NAME = "serve"
 MODULE_NAME = "flyaway_modal_app.py"
-_AUTH_FAILURE = ("UNAUTHENTICATED", "Token missing", "Token ID is malformed", "AuthError", "PERMISSION_DENIED")
 #: how often a running ``modal deploy`` is reported to Temporal
 HEARTBEAT_SECONDS = 20.0
-
-
-class ModalDeployFailed(RuntimeError):
-    """``modal deploy`` exited with an error that is not about credentials (retried a few times)."""
 
 
 def _call(name: str, *args: str, **kwargs: object) -> str:
@@ -97,19 +88,17 @@ class ModalDeployer:
     def __init__(self, stage: ModalDeploy, image: str, secrets: dict[str, str],
                  weights: WeightsVolume | None) -> None:
         self.stage, self.image, self.secrets, self.weights = stage, image, secrets, weights
-        self._token = (os.environ.get(stage.token_id_env, "").strip(),
-                       os.environ.get(stage.token_secret_env, "").strip())
-        if not all(self._token):
-            raise MissingCredentials(f"{stage.token_id_env} and {stage.token_secret_env} must be set in the worker's "
-                                     f"environment (create a token with `modal token new`)")
+        self._token = ModalToken(stage.token_id_env, stage.token_secret_env, f"Modal app {stage.app_name}")
 
     async def apply(self) -> Applied:
         source = render_app(self.stage, self.image, self.secrets, self.weights)
         with tempfile.TemporaryDirectory(prefix="flyaway-modal-") as folder:
             module = Path(folder) / MODULE_NAME
             module.write_text(source)
-            await self._deploy(module)
-        url = (await self._web_url()).rstrip("/")
+            await deploy_app(self._token, module, self.stage.app_name, self.stage.environment,
+                             self.stage.health.deadline.total_seconds(),
+                             lambda: heartbeat(f"modal deploy {self.stage.app_name}"), HEARTBEAT_SECONDS)
+        url = (await web_url(self._token, self.stage.app_name, FUNCTION_NAME, self.stage.environment)).rstrip("/")
         log.info("Modal app deployed", app=self.stage.app_name, url=url)
         return Applied(service=self.stage.app_name, endpoint_url=url, outcome=DeployOutcome.deployed,
                        probe=HealthProbe(url + self.stage.health.path))
@@ -120,42 +109,3 @@ class ModalDeployer:
 
     async def aclose(self) -> None:
         """Nothing stays open between calls (the SDK client lives for one lookup)."""
-
-    async def _deploy(self, module: Path) -> None:
-        stage = self.stage
-        command = [sys.executable, "-m", "modal", "deploy", str(module), "--name", stage.app_name]
-        if stage.environment:
-            command += ["--env", stage.environment]
-        env = {**os.environ, "MODAL_TOKEN_ID": self._token[0], "MODAL_TOKEN_SECRET": self._token[1]}
-        process = await asyncio.create_subprocess_exec(*command, env=env, stdout=asyncio.subprocess.PIPE,
-                                                       stderr=asyncio.subprocess.STDOUT)
-        finished = asyncio.ensure_future(process.communicate())
-        deadline = asyncio.get_running_loop().time() + stage.health.deadline.total_seconds()
-        while not finished.done():
-            await asyncio.wait({finished}, timeout=HEARTBEAT_SECONDS)
-            heartbeat(f"modal deploy {stage.app_name}")
-            if not finished.done() and asyncio.get_running_loop().time() > deadline:
-                process.kill()
-                await finished
-                raise ModalDeployFailed(f"`modal deploy` of {stage.app_name} took over {stage.health.deadline}")
-        output = scrub(finished.result()[0].decode(errors="replace"))
-        if process.returncode:
-            tail = "\n".join(output.strip().splitlines()[-15:])
-            if any(marker in output for marker in _AUTH_FAILURE):
-                raise AccessDenied(f"Modal refused `modal deploy` of {stage.app_name}: {tail}; check "
-                                   f"{stage.token_id_env} and {stage.token_secret_env}")
-            raise ModalDeployFailed(f"`modal deploy` of {stage.app_name} failed: {tail}")
-
-    async def _web_url(self) -> str:
-        stage = self.stage
-        try:
-            client = await modal.Client.from_credentials.aio(*self._token)
-            function = modal.Function.from_name(stage.app_name, FUNCTION_NAME, environment_name=stage.environment,
-                                                client=client)
-            url = await function.get_web_url.aio()
-        except modal_errors.NotFoundError as error:
-            message = f"Modal app {stage.app_name} has no function {FUNCTION_NAME} after deploying: {error}"
-            raise NotFound(message) from None
-        if not url:
-            raise InvalidPlan(f"Modal app {stage.app_name}'s function {FUNCTION_NAME} has no web URL")
-        return url

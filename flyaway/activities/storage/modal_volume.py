@@ -10,10 +10,8 @@ sha256, uploads the file, reads it back (whole, or its size and first 8 MiB, as 
 says) and removes the staged copy. Small files go up straight from memory. flyaway's own state
 (listings, manifests, upload checkpoints) lives in the volume under ``STATE_DIR``.
 
-The SDK is reached through one seam: :func:`volume_opener` returns the function that opens a
-volume. It is the SDK's ``Volume.from_name`` unless ``FLYAWAY_MODAL_VOLUME_FACTORY`` names
-another (``module:function``), which only tests set, to a fake with the same methods, since
-no Modal server runs there.
+The SDK is reached through one seam, :func:`flyaway.providers.modal.volume_opener` (a fake's in the
+tests, since no Modal server runs there).
 """
 
 from __future__ import annotations
@@ -21,21 +19,16 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
-import importlib
 import io
-import os
 import shutil
 import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Protocol, TypeVar
+from typing import IO, Any, TypeVar
 
 import google_crc32c
-import modal
-import modal.exception
-from modal.types import FileEntry, FileEntryType
 
 from flyaway.activities.storage.base import (
     DESTINATIONS,
@@ -52,14 +45,21 @@ from flyaway.errors import (
     AccessDenied,
     DataCorruption,
     LimitExceeded,
-    MissingCredentials,
     NotFound,
     Unreachable,
 )
 from flyaway.models.base import join_key
 from flyaway.models.copy import PartRecord, SourceFile
 from flyaway.models.locations import LocalLocation, ModalVolumeLocation
-from flyaway.providers.http import call_with_retries
+from flyaway.providers.modal import (
+    FileEntry,
+    FileEntryType,
+    ModalToken,
+    NotFoundError,
+    VolumeOpener,
+    is_transient,
+    volume_opener,
+)
 
 T = TypeVar("T")
 
@@ -69,39 +69,6 @@ MAX_ENTRIES_PER_DIRECTORY = 32_768
 #: what ``verify: sample`` reads back: one of the volume's 8 MiB blocks
 SAMPLE_BYTES = 8 * 1024 * 1024
 VOLUME_FACTORY_ENV = "FLYAWAY_MODAL_VOLUME_FACTORY"
-
-_TRANSIENT = (modal.exception.ConnectionError, modal.exception.InternalError, modal.exception.InternalFailure,
-              modal.exception.ServiceError, modal.exception.ResourceExhaustedError, modal.exception.TimeoutError,
-              ConnectionError, TimeoutError)
-
-
-class VolumeOpener(Protocol):
-    def __call__(self, name: str, *, environment_name: str | None, create_if_missing: bool, token_id: str,
-                 token_secret: str) -> Any: ...
-
-
-def open_modal_volume(name: str, *, environment_name: str | None, create_if_missing: bool, token_id: str,
-                      token_secret: str) -> modal.Volume:
-    """The volume through the SDK, with the plan's token rather than the worker's ``~/.modal.toml``."""
-    client = modal.Client.from_credentials(token_id, token_secret)
-    volume = modal.Volume.from_name(name, environment_name=environment_name, create_if_missing=create_if_missing,
-                                    client=client)
-    return volume.hydrate()
-
-
-def volume_opener() -> VolumeOpener:
-    """``open_modal_volume``, or the ``module:function`` named by ``FLYAWAY_MODAL_VOLUME_FACTORY`` (tests only)."""
-    spec = os.environ.get(VOLUME_FACTORY_ENV)
-    if not spec:
-        return open_modal_volume
-    module, _, name = spec.partition(":")
-    opener: VolumeOpener = getattr(importlib.import_module(module), name)
-    return opener
-
-
-def is_transient(error: BaseException) -> bool:
-    return isinstance(error, _TRANSIENT)
-
 
 def _version(entry: FileEntry) -> str:
     return f"{entry.size}:{entry.mtime}"
@@ -116,11 +83,7 @@ class ModalVolumeDestination(Destination):
 
     def __init__(self, location: ModalVolumeLocation, open_volume: VolumeOpener | None = None) -> None:
         self.location = location
-        missing = [name for name in (location.token_id_env, location.token_secret_env) if not os.environ.get(name)]
-        if missing:
-            raise MissingCredentials(
-                f"{location.describe()}: environment variable {missing[0]} is not set on the worker; export a "
-                f"Modal token (modal token new), or name other variables in token_id_env/token_secret_env")
+        self._token = ModalToken(location.token_id_env, location.token_secret_env, location.describe())
         self._open_volume = open_volume or volume_opener()
         self._volume: Any = None
         self._volume_lock = threading.Lock()
@@ -140,14 +103,9 @@ class ModalVolumeDestination(Destination):
     # ---- the SDK -------------------------------------------------------------------------------
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """One SDK call, retried while the trouble is transient; refused credentials become AccessDenied."""
-        try:
-            return call_with_retries(fn, is_transient)
-        except modal.exception.AuthError:
-            raise AccessDenied(f"{self.describe()}: Modal refused the token in {self.location.token_id_env}/"
-                               f"{self.location.token_secret_env}") from None
-        except modal.exception.PermissionDeniedError:
-            raise AccessDenied(f"{what}: permission denied by Modal") from None
+        """One SDK call, retried while transient; refusals become flyaway's errors, a missing file or volume
+        is left to the caller."""
+        return self._token.call(fn, what, expected=(NotFoundError,))
 
     @property
     def volume(self) -> Any:
@@ -157,8 +115,8 @@ class ModalVolumeDestination(Destination):
                 try:
                     self._volume = self._call(f"opening {self.describe()}", lambda: self._open_volume(
                         loc.volume, environment_name=loc.environment, create_if_missing=loc.create_if_missing,
-                        token_id=os.environ[loc.token_id_env], token_secret=os.environ[loc.token_secret_env]))
-                except modal.exception.NotFoundError:
+                        token_id=self._token.id, token_secret=self._token.secret))
+                except NotFoundError:
                     raise NotFound(f"Modal volume '{loc.volume}' does not exist in environment "
                                    f"'{loc.environment or 'default'}'; create it or set create_if_missing: "
                                    f"true") from None
@@ -173,7 +131,7 @@ class ModalVolumeDestination(Destination):
             for entry in self.volume.iterdir(folder, recursive=True):
                 if entry.type == FileEntryType.FILE:
                     yield entry
-        except modal.exception.NotFoundError:
+        except NotFoundError:
             return
 
     def _read(self, path: str, offset: int = 0, length: int | None = None) -> bytes | None:
@@ -214,7 +172,7 @@ class ModalVolumeDestination(Destination):
         self._call(f"uploading {path}", upload)
 
     def _remove(self, path: str) -> None:
-        with contextlib.suppress(modal.exception.NotFoundError, FileNotFoundError):
+        with contextlib.suppress(NotFoundError, FileNotFoundError):
             self._call(f"removing {path}", lambda: self.volume.remove_file(path))
 
     def _verified(self, key: str, size: int, sha256: str, head: bytes) -> str:
@@ -244,7 +202,9 @@ class ModalVolumeDestination(Destination):
             self.put_state(probe, b"flyaway")
             readable = self.get_state(probe) == b"flyaway"
             self.delete_state(probe)
-        except _TRANSIENT as error:
+        except Exception as error:
+            if not is_transient(error):
+                raise
             raise Unreachable(f"{self.describe()}: Modal does not answer ({type(error).__name__})") from None
         if not readable:
             raise AccessDenied(f"{self.describe()}: a file written under {STATE_DIR}/ could not be read back")
@@ -260,7 +220,7 @@ class ModalVolumeDestination(Destination):
         path = self._path(key)
         try:
             entries = self._call(f"stat {path}", lambda: self.volume.listdir(path))
-        except modal.exception.NotFoundError:
+        except NotFoundError:
             return None
         for entry in entries:
             if entry.type == FileEntryType.FILE and entry.path.lstrip("/") == path.lstrip("/"):
