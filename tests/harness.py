@@ -419,11 +419,16 @@ def plain_client(endpoint: str) -> Any:
                         config=Config(request_checksum_calculation="when_required"))
 
 
-def put_multipart(client: Any, bucket: str, key: str, parts: list[bytes]) -> None:
-    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
-    done = [{"PartNumber": number, "ETag": client.upload_part(Bucket=bucket, Key=key, UploadId=upload,
-                                                              PartNumber=number, Body=body)["ETag"]}
-            for number, body in enumerate(parts, start=1)]
+def put_multipart(client: Any, bucket: str, key: str, parts: list[bytes], checksum: str | None = None) -> None:
+    """A multipart object; with ``checksum`` (e.g. "CRC32", what the AWS SDKs send by default) a COMPOSITE
+    additional checksum, each part keeping its own."""
+    algorithm = {"ChecksumAlgorithm": checksum} if checksum else {}
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key, **algorithm)["UploadId"]
+    done = []
+    for number, body in enumerate(parts, start=1):
+        answer = client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, Body=body, **algorithm)
+        done.append({"PartNumber": number, "ETag": answer["ETag"],
+                     **{name: value for name, value in answer.items() if name.startswith("Checksum")}})
     client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": done})
 
 

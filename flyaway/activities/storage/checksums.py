@@ -1,19 +1,23 @@
 """Checksums of source bytes: a part's MD5, CRC32 or CRC32C that destinations check, the crc32c of a
-whole object combined from its parts' without reading the bytes again, and the streaming check
-of the bytes read against the checksum the source publishes."""
+whole object combined from its parts' without reading the bytes again, the streaming check
+of the bytes read against the checksum the source publishes, and the check of each part of a
+multipart source object against its own checksum."""
 
 from __future__ import annotations
 
 import hashlib
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import google_crc32c
+import structlog
 
 from flyaway.models.copy import PartRecord, SourceChecksum
 
 _CRC32C_POLY = 0x82F63B78
+log = structlog.get_logger(__name__)
 
 
 def part_checksum(algorithm: str, data: bytes) -> str:
@@ -158,3 +162,55 @@ class SourceDigest:
         if actual != self.published.value:
             return f"bytes read have {self.published.algorithm} {actual}, the source publishes {self.published.label()}"
         return None
+
+
+class PartChecks:
+    """The checksum of each part of a multipart source object (every part ``part_size`` bytes but the last),
+    fetched as it is first needed by ``checksum_of(part number)`` (None where the source has none for it).
+
+    Every whole part a read holds is checked on its own, and a part that reads wrong is read again on its
+    own: a byte flipped on the way costs that part, not the file."""
+
+    def __init__(self, algorithm: str, part_size: int, size: int, checksum_of: Callable[[int], str | None]) -> None:
+        self.algorithm = algorithm
+        self.part_size = part_size
+        self.size = size
+        self._checksum_of = checksum_of
+        self._known: dict[int, str | None] = {}
+
+    def checksum(self, number: int) -> str | None:
+        if number not in self._known:  # two threads may both ask: the answer is the same
+            self._known[number] = self._checksum_of(number)
+        return self._known[number]
+
+    def bad_parts(self, offset: int, data: bytes) -> list[tuple[int, int, int]]:
+        """(part number, start, end) of the whole parts in ``data``, read from ``offset``, that do not have their
+        checksum."""
+        bad = []
+        number = -(-offset // self.part_size) + 1  # the first part that starts inside the read
+        while (start := (number - 1) * self.part_size) < min(self.size, offset + len(data)):
+            end = min(start + self.part_size, self.size)
+            if end > offset + len(data):
+                break
+            hasher = _hasher(self.algorithm)
+            hasher.update(data[start - offset:end - offset])
+            expected = self.checksum(number)
+            if expected is not None and hasher.digest().hex() != expected:
+                bad.append((number, start, end))
+            number += 1
+        return bad
+
+    def repaired(self, key: str, offset: int, data: bytes, read: Callable[[int, int], bytes], tries: int = 2) -> bytes:
+        """``data`` with each whole part that reads wrong read again by ``read(offset, length)``, up to ``tries``
+        times; what still reads wrong is left for the check of the whole file, which reads it all again."""
+        for _ in range(tries):
+            bad = self.bad_parts(offset, data)
+            if not bad:
+                break
+            log.warning("a source part read wrong; reading that part again", key=key,
+                        parts=[number for number, _, _ in bad])
+            patched = bytearray(data)
+            for _, start, end in bad:
+                patched[start - offset:end - offset] = read(start, end - start)
+            data = bytes(patched)
+        return data

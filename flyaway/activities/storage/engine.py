@@ -264,9 +264,11 @@ class CopyEngine:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    def effective_part_size(self, size: int) -> int:
+    def effective_part_size(self, size: int, source_part: int | None = None) -> int:
         """The plan's part size, grown in whole MiB so the file fits the destination's part count, cut down
-        to the destination's largest part (in whole MiB), rounded up to the multiple the destination needs."""
+        to the destination's largest part (in whole MiB), rounded up to the multiple the destination needs;
+        then, where the source's own parts (``source_part``) are no larger and the destination allows, cut to
+        a whole number of them, so every read holds whole source parts, each checked on its own."""
         limits = self.dest.limits
         needed = math.ceil(math.ceil(size / limits.max_parts) / MiB) * MiB
         largest = limits.max_part_size // MiB * MiB
@@ -274,7 +276,10 @@ class CopyEngine:
             raise LimitExceeded(f"{size} bytes need parts of {needed} bytes, over the destination's "
                                 f"{limits.max_part_size}-byte limit")
         part = min(max(self.part_size, limits.min_part_size, needed), largest)
-        return math.ceil(part / limits.part_multiple) * limits.part_multiple
+        part = math.ceil(part / limits.part_multiple) * limits.part_multiple
+        whole = part // source_part * source_part if source_part else 0
+        fits = (whole >= max(limits.min_part_size, needed) and whole % limits.part_multiple == 0)
+        return whole if fits else part
 
     async def copy_all(self, lines: Iterable[ListingLine],
                        on_entry: Callable[[ManifestEntry], Awaitable[None]]) -> None:
@@ -350,7 +355,7 @@ class CopyEngine:
             raise DataCorruption(f"{file.key}: the source file kept changing during {MAX_FILE_ATTEMPTS} copies; "
                                  f"stop writing to it and retry")
         if isinstance(last, SourceReadCorrupt):
-            raise DataCorruption(f"{self.source.describe()}/{file.key}: {last} (read {MAX_FILE_ATTEMPTS} times); "
+            raise DataCorruption(f"{file.key}: {last} (read {MAX_FILE_ATTEMPTS} times from {self.source.describe()}); "
                                  f"nothing of it was made visible at the destination")
         raise DataCorruption(f"{file.key}: {last} (after {MAX_FILE_ATTEMPTS} copies)")
 
@@ -482,7 +487,7 @@ class CopyEngine:
         raise AssertionError("unreachable")
 
     async def _copy_multipart(self, file: SourceFile, published: SourceChecksum | None) -> ManifestEntry:
-        part_size = self.effective_part_size(file.size)
+        part_size = self.effective_part_size(file.size, published.part_size if published else None)
         count = math.ceil(file.size / part_size)
         earlier = await self._load_upload(file.key)
         if earlier is not None and (earlier.source_version, earlier.size, earlier.part_size) == (

@@ -38,6 +38,7 @@ from flyaway.activities.storage.base import (
     UploadGone,
     is_state_key,
 )
+from flyaway.activities.storage.checksums import PartChecks
 from flyaway.errors import (
     AccessDenied,
     DataCorruption,
@@ -260,6 +261,11 @@ def composite_crc32(parts: Sequence[PartRecord]) -> str:
 
 @SOURCES.register("s3", "tigris")
 class S3Source(_S3Side, Source):
+    def __init__(self, location: S3Compatible, concurrency: int = 10) -> None:
+        super().__init__(location, concurrency)
+        #: (key, version) -> the part checks of a multipart object, found at its first read
+        self._checks: dict[tuple[str, str], PartChecks | None] = {}
+
     def check(self) -> None:
         self.check_bucket()
         self.call(f"listing s3://{self.bucket}/{self.prefix}",
@@ -330,6 +336,39 @@ class S3Source(_S3Side, Source):
         return SourceFile(key=key, size=head["ContentLength"], version=_strip_etag(head["ETag"]))
 
     def read(self, file: SourceFile, offset: int, length: int) -> bytes:
+        """The bytes, with each whole part of a multipart object among them checked against the part's own
+        checksum where the store tells it, and read again on its own while it reads wrong."""
+        data = self._get(file, offset, length)
+        checks = self._part_checks(file) if "-" in file.version and length else None
+        return checks.repaired(file.key, offset, data, lambda start, size: self._get(file, start, size)) if checks else data
+
+    def _part_checks(self, file: SourceFile) -> PartChecks | None:
+        known = (file.key, file.version)
+        if known not in self._checks:  # two threads may both look: the answer is the same
+            self._checks[known] = self._find_part_checks(file)
+        return self._checks[known]
+
+    def _find_part_checks(self, file: SourceFile) -> PartChecks | None:
+        """Each part's own checksum, by ``PartNumber``: its additional checksum (AWS and moto give one for an
+        object with a COMPOSITE checksum) or, where a store answers with the part's own ETag, that MD5. AWS
+        gives a part of an object with only an MD5 ETag no checksum of its own: None then."""
+        first = self._head(file, PartNumber=1)
+        parts, part_size = int(file.version.rpartition("-")[2]), int(first["ContentLength"])
+        if part_size <= 0 or not (parts - 1) * part_size < file.size <= parts * part_size:
+            return None  # parts of several sizes
+        field, algorithm = next(((field, algorithm) for field, algorithm in _ADDITIONAL_CHECKSUMS if first.get(field)),
+                                ("ETag", "md5"))
+        etag = _strip_etag(str(first["ETag"]))
+        if field == "ETag" and (etag == file.version or "-" in etag or not etag_is_md5(first)):
+            return None
+
+        def checksum_of(number: int) -> str | None:
+            value = str((first if number == 1 else self._head(file, PartNumber=number)).get(field) or "")
+            return _strip_etag(value) if field == "ETag" else (_hex(value) if value else None)
+
+        return PartChecks(algorithm, part_size, file.size, checksum_of)
+
+    def _get(self, file: SourceFile, offset: int, length: int) -> bytes:
         what = f"s3://{self.bucket}/{self.key_of(file.key)}"
         if length == 0:
             return b""
