@@ -1,5 +1,6 @@
 """Google Cloud: credentials from the worker's environment, which errors are transient, what Google's
-refusals mean, and the Secret Manager client. Every Google client of flyaway gets its credentials here.
+refusals mean, and the Secret Manager and Cloud Run (Admin API v2) clients. Every Google client of
+flyaway gets its credentials here.
 
 The client libraries run over their REST transport, which also takes an ``http://`` endpoint (an
 emulator, or the fakes in the tests).
@@ -8,7 +9,9 @@ emulator, or the fakes in the tests).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,11 +24,13 @@ import google_crc32c
 import requests
 from google.api_core import exceptions as google_errors
 from google.api_core.client_options import ClientOptions
+from google.api_core.operation import Operation as Operation  # a rollout, as Cloud Run gives it
 from google.auth.credentials import AnonymousCredentials, Credentials
-from google.cloud import secretmanager
+from google.cloud import run_v2, secretmanager
 from google.oauth2 import credentials as user_credentials, service_account
 
 from flyaway.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
+from flyaway.models.deploy import CloudRunDeploy
 from flyaway.providers.http import REQUEST_RETRY_SECONDS, call_with_retries, transient_status
 
 T = TypeVar("T")
@@ -188,3 +193,138 @@ class SecretManager:
 
     def close(self) -> None:
         self._client.transport.close()  # type: ignore[no-untyped-call]
+
+
+# ---- Cloud Run (Admin API v2) ------------------------------------------------------------------
+
+CLOUD_RUN_ROLES = "roles/run.admin and roles/iam.serviceAccountUser"
+#: the label carrying a digest of the spec flyaway wrote
+SPEC_LABEL = "flyaway-spec"
+MANAGED_LABELS = {"managed-by": "flyaway"}
+CONTAINER_NAME = "server"
+WEIGHTS_VOLUME = "weights"
+#: Cloud Run's longest probe period
+MAX_PROBE_PERIOD_SECONDS = 240
+#: a Cloud Run service, as the Admin API gives it
+Service = run_v2.Service
+
+
+def secret_source(reference: str) -> run_v2.EnvVarSource:
+    """``projects/P/secrets/S/versions/N`` (what the secrets stage reports) -> a secret key reference."""
+    secret, marker, version = reference.rpartition("/versions/")
+    if not marker or not secret.startswith("projects/") or not version:
+        raise InvalidPlan(f"'{reference}' is not a Secret Manager version (projects/P/secrets/S/versions/N)")
+    return run_v2.EnvVarSource(secret_key_ref=run_v2.SecretKeySelector(secret=secret, version=version))
+
+
+def spec_digest(service: run_v2.Service) -> str:
+    """Short digest of a service spec, fit for a label value."""
+    return hashlib.sha256(run_v2.Service.to_json(service, sort_keys=True, indent=None).encode()).hexdigest()[:16]
+
+
+def cloud_run_service(stage: CloudRunDeploy, image: str, env: dict[str, str], secrets: dict[str, str],
+                      weights_bucket: str | None) -> run_v2.Service:
+    """The service as the plan wants it (without its name, which only updates carry): the plain ``env``, the
+    ``secrets`` as references to Secret Manager versions, ``weights_bucket`` mounted read-only."""
+    variables = [run_v2.EnvVar(name=name, value=value) for name, value in sorted(env.items())]
+    variables += [run_v2.EnvVar(name=name, value_source=secret_source(reference))
+                  for name, reference in sorted(secrets.items())]
+    limits = {"cpu": stage.cpu, "memory": stage.memory}
+    if stage.gpu:
+        limits["nvidia.com/gpu"] = "1"
+    volumes, mounts = [], []
+    if weights_bucket is not None:
+        volumes = [run_v2.Volume(name=WEIGHTS_VOLUME, gcs=run_v2.GCSVolumeSource(bucket=weights_bucket, read_only=True))]
+        mounts = [run_v2.VolumeMount(name=WEIGHTS_VOLUME, mount_path=stage.weights_mount_path)]
+    container = run_v2.Container(
+        name=CONTAINER_NAME, image=image, args=stage.cmd or [], env=variables, volume_mounts=mounts,
+        ports=[run_v2.ContainerPort(name="http1", container_port=stage.port)],
+        # GPU instances need CPU always allocated
+        resources=run_v2.ResourceRequirements(limits=limits, cpu_idle=not stage.gpu, startup_cpu_boost=True),
+        startup_probe=_startup_probe(stage))
+    template = run_v2.RevisionTemplate(
+        containers=[container], volumes=volumes,
+        scaling=run_v2.RevisionScaling(min_instance_count=stage.min_instances, max_instance_count=stage.max_instances),
+        execution_environment=run_v2.ExecutionEnvironment.EXECUTION_ENVIRONMENT_GEN2,
+        max_instance_request_concurrency=stage.concurrency or 0,
+        service_account=stage.service_account or "")
+    if stage.gpu:
+        template.node_selector = run_v2.NodeSelector(accelerator=stage.gpu)
+        template.gpu_zonal_redundancy_disabled = not stage.gpu_zonal_redundancy
+    service = run_v2.Service(template=template, invoker_iam_disabled=stage.public,
+                             ingress=run_v2.IngressTraffic.INGRESS_TRAFFIC_ALL, labels=MANAGED_LABELS)
+    service.labels[SPEC_LABEL] = spec_digest(service)
+    return service
+
+
+def _startup_probe(stage: CloudRunDeploy) -> run_v2.Probe:
+    """The health path, probed every ``health.interval`` until ``health.deadline``."""
+    health = stage.health
+    period = min(MAX_PROBE_PERIOD_SECONDS, max(1, round(health.interval.total_seconds())))
+    return run_v2.Probe(http_get=run_v2.HTTPGetAction(path=health.path, port=stage.port),
+                        period_seconds=period, timeout_seconds=min(period, 10),
+                        failure_threshold=max(1, math.ceil(health.deadline.total_seconds() / period)))
+
+
+def is_current(existing: run_v2.Service, desired: run_v2.Service) -> bool:
+    """Same spec digest, and its latest revision is the one serving (an earlier rollout finished)."""
+    return (existing.labels.get(SPEC_LABEL) == desired.labels[SPEC_LABEL] and not existing.reconciling
+            and bool(existing.latest_ready_revision)
+            and existing.latest_ready_revision == existing.latest_created_revision)
+
+
+class CloudRun:
+    """One Cloud Run service (``stage.service_name``); ``api_endpoint`` (a fake) is talked to anonymously."""
+
+    def __init__(self, stage: CloudRunDeploy) -> None:
+        self.stage = stage
+        credentials, _ = load_credentials(stage.credentials_env, f"Cloud Run in project {stage.project}",
+                                          anonymous=stage.api_endpoint is not None)
+        options = ClientOptions(api_endpoint=stage.api_endpoint) if stage.api_endpoint else None
+        self._client = run_v2.ServicesClient(credentials=credentials, transport="rest", client_options=options)
+
+    def _call(self, what: str, fn: Callable[[], T], expected: tuple[type[Exception], ...] = ()) -> T:
+        return call(fn, f"Cloud Run service {self.stage.service_name}: {what}", roles=CLOUD_RUN_ROLES,
+                    not_found="not found (does the project exist, with the Cloud Run API enabled?)", expected=expected)
+
+    def get(self) -> run_v2.Service | None:
+        """The service, None when it does not exist."""
+        try:
+            return self._call("read the service", lambda: self._client.get_service(name=self.stage.service_name),
+                              expected=(google_errors.NotFound,))
+        except google_errors.NotFound:
+            return None
+
+    def write(self, desired: run_v2.Service, exists: bool) -> Operation:
+        """Create or replace the service; the rollout's long-running operation."""
+        stage = self.stage
+
+        def update() -> Operation:
+            return self._client.update_service(service=run_v2.Service(desired, name=stage.service_name))
+
+        if exists:
+            return self._call("update the service", update)
+        parent = stage.service_name.rpartition("/services/")[0]
+        try:
+            return self._call("create the service",
+                              lambda: self._client.create_service(parent=parent, service=desired,
+                                                                  service_id=stage.service),
+                              expected=(google_errors.Conflict,))
+        except google_errors.Conflict:  # an earlier attempt created it after all
+            return self._call("update the service", update)
+
+    def rolled_out(self, operation: Operation) -> bool:
+        done: bool = self._call("follow the rollout", operation.done)
+        return done
+
+    def outcome(self, operation: Operation) -> run_v2.Service:
+        """The service a finished rollout left; a failed rollout is the plan's to fix."""
+        try:
+            service: run_v2.Service = operation.result()
+        except google_errors.GoogleAPICallError as error:
+            raise InvalidPlan(f"Cloud Run could not roll out {self.stage.service_name}: {error.message}; check "
+                              f"the image, cmd, port and the startup probe on {self.stage.health.path}") from None
+        return service
+
+    def close(self) -> None:
+        self._client.transport.close()
