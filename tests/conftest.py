@@ -8,23 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
-from tests.harness import (
-    TEST_AWS_ENV,
-    TEST_POLICY_ENV,
-    TEST_RUNPOD_ENV,
-    GcsEmulator,
-    MotoServer,
-    RunPodLimitsProxy,
-    S3FaultProxy,
-    TemporalDevServer,
-    WorkerProcess,
-)
+from tests.support.env import TEST_AWS_ENV, TEST_POLICY_ENV, TEST_RUNPOD_ENV
+from tests.support.proxies import RunPodLimitsProxy, S3FaultProxy
+from tests.support.s3 import s3_client
+from tests.support.servers import GcsEmulator, MotoServer, TemporalDevServer, WorkerProcess
 
 #: fixtures of the fake hub and the fake Modal SDK, for every test module that copies through them
-pytest_plugins = ["tests.providers"]
+pytest_plugins = ["tests.support.providers"]
 
 for _name, _value in {**TEST_AWS_ENV, **TEST_POLICY_ENV}.items():
     os.environ.setdefault(_name, _value)
@@ -44,12 +36,6 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer
     server.start()
     yield server
     server.stop()
-
-
-def s3_client(endpoint: str) -> Any:
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                        aws_access_key_id=TEST_AWS_ENV["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=TEST_AWS_ENV["AWS_SECRET_ACCESS_KEY"])
 
 
 @pytest.fixture

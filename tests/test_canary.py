@@ -31,18 +31,10 @@ from flyaway.workflows.stages.canary import deployed_endpoint
 from tests.fakes.cloudflare import FakeCloudflare
 from tests.fakes.endpoint import FakeEndpoint, client_traffic
 from tests.fakes.fly_machines import FakeFlyMachinesAPI
-from tests.harness import (
-    TEST_AWS_ENV,
-    MotoServer,
-    TemporalDevServer,
-    WorkerProcess,
-    eventually,
-    migration_result,
-    migration_status,
-    run_async,
-    start_migration,
-    weights_plan,
-)
+from tests.support.env import TEST_AWS_ENV
+from tests.support.migrations import eventually, migration_result, migration_status, run_async, start_migration
+from tests.support.plans import weights_plan
+from tests.support.servers import MotoServer, TemporalDevServer, WorkerProcess
 
 INTERVAL = 1.0
 RECORD = "api.example.com."
@@ -116,7 +108,7 @@ def canary_plan(name: str, tmp_path: Path, router: dict[str, Any], endpoints: tu
     (source / "config.json").write_text('{"model": "tiny"}')
     plan = weights_plan(name, {"kind": "local", "path": str(source)}, {"kind": "local", "path": str(tmp_path / "dst")})
     old, new = endpoints
-    plan["canary"] = {"router": router, "old_endpoint": old.url, "new_endpoint": new.url, "steps": steps,
+    plan["canary"] = {"router": router, "old_endpoint": old.endpoint, "new_endpoint": new.endpoint, "steps": steps,
                       "analysis": {"interval_seconds": INTERVAL, "requests_per_probe": 20, "concurrency": 10,
                                    "probes": [{"path": "/v1/completions", "method": "POST", "timeout_seconds": 2,
                                                "body": {"model": "tiny", "prompt": "hi", "max_tokens": 1}}],
@@ -200,7 +192,7 @@ def test_route53_failure_rolls_back_within_an_interval_and_retry_finishes(
     assert canary is not None and canary.state == CanaryState.COMPLETED
     assert [(r.weight, r.outcome) for r in canary.history] == [(w, StepOutcome.PASSED) for w in (10, 50, 100)]
     assert all(r.successful >= 1 and r.failed == 0 for r in canary.history)
-    assert canary.message is not None and f"clients should use {new.url}" in canary.message
+    assert canary.message is not None and f"clients should use {new.endpoint}" in canary.message
     assert "keep using api.example.com" in canary.message and "60 s (the DNS TTL)" in canary.message
 
 
@@ -381,7 +373,7 @@ def test_manual_router_says_the_exact_change_and_waits_for_approve(
     for weight in (50, 100):
         canary = canary_when(temporal_server, workflow_id, f"the change to {weight}%",
                              lambda c, w=weight: c.approval is not None and f"Send {w}%" in c.approval)
-        assert f"to the new endpoint {new.url} and {100 - weight}% to the Fly endpoint {old.url}" in canary.approval
+        assert f"to the new endpoint {new.endpoint} and {100 - weight}% to the Fly endpoint {old.endpoint}" in canary.approval
         assert f"weight new {weight}, weight fly {100 - weight}" in canary.approval
         detail = status_of(temporal_server, workflow_id).stage_status("canary").detail
         assert f"Send {weight}% of traffic" in detail

@@ -19,15 +19,10 @@ from flyaway.starter.cli import app
 from flyaway.starter.dev import write_random_file
 from flyaway.starter.display import ActivityProgress, Snapshot, activity_progress, one_line, render
 from tests.fakes.endpoint import FakeEndpoint
-from tests.harness import (
-    TEST_AWS_ENV,
-    MotoServer,
-    TemporalDevServer,
-    WorkerProcess,
-    run_async,
-    start_migration,
-    weights_plan,
-)
+from tests.support.env import TEST_AWS_ENV
+from tests.support.migrations import run_async, start_migration
+from tests.support.plans import weights_plan
+from tests.support.servers import MotoServer, TemporalDevServer, WorkerProcess
 
 MiB = 1024 * 1024
 runner = CliRunner()
@@ -123,7 +118,7 @@ def test_start_wait_follows_the_copy_and_the_canary_to_the_end(temporal_server: 
         plan["canary"] = {
             "router": {"kind": "route53", "hosted_zone_id": zone, "record_name": "api.example.com",
                        "fly_set_identifier": "fly", "new_set_identifier": "new", "endpoint_url": moto_server.endpoint},
-            "old_endpoint": old.url, "new_endpoint": new.url,
+            "old_endpoint": old.endpoint, "new_endpoint": new.endpoint,
             "steps": [{"weight": 50, "pause_seconds": 4}, {"weight": 100}],
             "analysis": {"interval_seconds": 1, "requests_per_probe": 20, "concurrency": 10,
                          "probes": [{"path": "/v1/completions", "method": "POST", "timeout_seconds": 2,

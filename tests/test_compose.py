@@ -21,14 +21,11 @@ from google.protobuf import json_format
 from flyaway.codec import ENCODING, KEYS_ENV, generate_key
 from flyaway.models.status import MigrationState
 from flyaway.starter.dev import free_port, stop_process, venv_binary, wait_for_port
-from tests.fixtures import make_tree
-from tests.harness import (
-    REPO,
-    TemporalDevServer,
-    run_async,
-    run_migration,
-    weights_plan,
-)
+from tests.support.env import REPO
+from tests.support.migrations import run_async, run_migration
+from tests.support.plans import weights_plan
+from tests.support.servers import TemporalDevServer
+from tests.support.trees import make_tree
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"

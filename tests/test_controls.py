@@ -13,23 +13,15 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError
 from typer.testing import CliRunner
 
+from flyaway.activities.storage.base import STATE_DIR
 from flyaway.models.status import MigrationState
 from flyaway.starter.cli import app
 from flyaway.starter.dev import free_port, write_random_file
-from tests.harness import (
-    REPO,
-    STATE_DIR,
-    S3FaultProxy,
-    TemporalDevServer,
-    WorkerProcess,
-    eventually,
-    migration_result,
-    migration_status,
-    run_async,
-    s3_location,
-    start_migration,
-    weights_plan,
-)
+from tests.support.env import REPO
+from tests.support.migrations import eventually, migration_result, migration_status, run_async, start_migration
+from tests.support.plans import s3_location, weights_plan
+from tests.support.proxies import S3FaultProxy
+from tests.support.servers import TemporalDevServer, WorkerProcess
 
 MiB = 1024 * 1024
 runner = CliRunner()

@@ -7,17 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from flyaway.activities.storage.base import STATE_DIR
 from flyaway.models.status import MigrationState, StageState
-from tests.fixtures import make_tree
-from tests.harness import (
-    STATE_DIR,
-    TemporalDevServer,
-    WorkerProcess,
-    manifest_key,
-    run_migration,
-    s3_location,
-    weights_plan,
-)
+from tests.support.migrations import run_migration
+from tests.support.plans import manifest_key, s3_location, weights_plan
+from tests.support.servers import TemporalDevServer, WorkerProcess
+from tests.support.trees import make_tree
 
 
 def read_manifest(s3: Any, bucket: str, prefix: str, plan_name: str) -> dict[str, dict[str, Any]]:

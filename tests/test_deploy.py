@@ -57,13 +57,13 @@ def service() -> Iterator[StartingService]:
 
 @pytest.fixture
 def cloud_run(service: StartingService) -> Iterator[FakeCloudRun]:
-    with FakeCloudRun(service_uri=service.url) as fake:
+    with FakeCloudRun(service_uri=service.endpoint) as fake:
         yield fake
 
 
 @pytest.fixture
 def runpod(service: StartingService, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeRunpodServerless]:
-    with FakeRunpodServerless(endpoint_base=service.url) as fake:
+    with FakeRunpodServerless(endpoint_base=service.endpoint) as fake:
         fake.volumes["vol4x9q2m"] = "EUR-IS-1"
         monkeypatch.setenv("RUNPOD_API_KEY", fake.api_key)
         yield fake
@@ -71,7 +71,7 @@ def runpod(service: StartingService, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
 def cloud_run_stage(fake: FakeCloudRun, **fields: Any) -> dict[str, Any]:
     return {"platform": "cloud_run", "project": "my-project", "region": "europe-west4", "service": "llama",
-            "api_endpoint": fake.url, "health": FAST_HEALTH, **fields}
+            "api_endpoint": fake.endpoint, "health": FAST_HEALTH, **fields}
 
 
 def runpod_stage(fake: FakeRunpodServerless, **fields: Any) -> dict[str, Any]:
@@ -89,9 +89,9 @@ def test_cloud_run_creates_the_gpu_service_waits_for_health_then_leaves_it_uncha
     cloud_run.rollout_polls = 2
     result = deploy(stage, secrets=GCP_SECRETS, weights=weights)
 
-    assert (result.outcome, result.endpoint_url) == ("created", service.url)
+    assert (result.outcome, result.endpoint_url) == ("created", service.endpoint)
     assert result.service == "projects/my-project/locations/europe-west4/services/llama"
-    assert result.health_url == f"{service.url}/health"
+    assert result.health_url == f"{service.endpoint}/health"
     assert [path for path, _ in service.requests] == ["/health"] * 3, "503, 503, then 200"
     spec = cloud_run.writes[0]
     template, container = spec["template"], spec["template"]["containers"][0]
@@ -158,7 +158,7 @@ def test_a_service_that_never_gets_healthy_fails_at_the_deadline(cloud_run: Fake
     service.ready_after = -1
     error = failure(cloud_run_stage(cloud_run, health={"interval": "0.1s", "deadline": "1s"}))
     assert error.type == "Unreachable"
-    assert f"GET {service.url}/health answering 200 did not happen within 0:00:01" in error.message
+    assert f"GET {service.endpoint}/health answering 200 did not happen within 0:00:01" in error.message
     assert "HTTP 503" in error.message and 5 <= len(service.requests) <= 15
 
 
@@ -172,8 +172,8 @@ def test_runpod_creates_a_load_balancing_endpoint_then_patches_only_what_changed
                          workers_min=1, workers_max=4, idle_timeout="10m", cmd=["--model", "/runpod-volume/llama"])
     result = deploy(stage, secrets=secrets, weights=weights)
 
-    assert (result.outcome, result.endpoint_url, result.health_url) == ("created", service.url,
-                                                                        f"{service.url}/health")
+    assert (result.outcome, result.endpoint_url, result.health_url) == ("created", service.endpoint,
+                                                                        f"{service.endpoint}/health")
     (endpoint,) = runpod.endpoints.values()
     assert result.service == endpoint["id"]
     assert (endpoint["type"], endpoint["image"], endpoint["args"]) == ("LOAD_BALANCER", IMAGE,

@@ -9,8 +9,10 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from flyaway.starter.cli import app
-from tests.fixtures import make_tree
-from tests.harness import TemporalDevServer, WorkerProcess, run_migration, weights_plan
+from tests.support.migrations import run_migration
+from tests.support.plans import weights_plan
+from tests.support.servers import TemporalDevServer, WorkerProcess
+from tests.support.trees import make_tree
 
 
 def test_dry_run_explains_every_file_and_changes_nothing(temporal_server: TemporalDevServer, worker: WorkerProcess,

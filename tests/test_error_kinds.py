@@ -23,6 +23,7 @@ from flyaway.activities.storage.activities import (
     copy_batch,
     verify_copy,
 )
+from flyaway.activities.storage.base import STATE_DIR
 from flyaway.activities.storage.checksums import part_checksum
 from flyaway.activities.storage.engine import CopyEngine
 from flyaway.activities.storage.gcs import GcsDestination
@@ -38,20 +39,16 @@ from flyaway.models.locations import LocalLocation
 from flyaway.models.plan import WeightsStage
 from flyaway.models.status import MigrationState, StageState
 from flyaway.starter.dev import write_random_file
-from tests.harness import (
-    STATE_DIR,
-    MotoServer,
-    TemporalDevServer,
-    WorkerProcess,
+from tests.support.migrations import (
     eventually,
     migration_result,
     migration_status,
     run_async,
-    s3_location,
     shown_status,
     start_migration,
-    weights_plan,
 )
+from tests.support.plans import s3_location, weights_plan
+from tests.support.servers import MotoServer, TemporalDevServer, WorkerProcess
 
 LONG_NAME = "n" * 300
 MiB = 1024 * 1024

@@ -24,10 +24,9 @@ from flyaway.models.secrets import GcpSecretManagerDestination, SecretsReport, S
 from flyaway.models.status import MigrationState, MigrationStatus, StageState
 from tests.fakes.fly_machines import FakeFlyMachinesAPI, FakeMachine
 from tests.fakes.gcp_secret_manager import FakeSecretManager
-from tests.fly_hosts import LocalFlyHosts
-from tests.harness import (
-    TemporalDevServer,
-    WorkerProcess,
+from tests.support.fly_hosts import LocalFlyHosts
+from tests.support.leaks import assert_no_value, executions, history_texts, secret_values, temporal_show
+from tests.support.migrations import (
     abort_migration,
     eventually,
     migration_failure,
@@ -36,7 +35,7 @@ from tests.harness import (
     run_migration,
     start_migration,
 )
-from tests.test_secrets_leak import assert_no_value, executions, history_texts, secret_values, temporal_show
+from tests.support.servers import TemporalDevServer, WorkerProcess
 
 TOKEN = "fo1_fly-secrets-test-token"
 APP = "gpu-app"
@@ -123,7 +122,7 @@ def secrets_plan(name: str, tmp_path: Path, server: TemporalDevServer, gcp: Fake
             "secrets": {"source": {"kind": "fly_app", "app": APP, "agent_image": f"registry.fly.io/{APP}:flyaway-agent",
                                    "agent_temporal": {"address": server.address, "tls": False, "api_key_env": KEY_ENV},
                                    "agent_start_timeout": "60s"},
-                        "destination": {"kind": "gcp_secret_manager", "project": PROJECT, "endpoint": gcp.url,
+                        "destination": {"kind": "gcp_secret_manager", "project": PROJECT, "endpoint": gcp.endpoint,
                                         "prefix": "fly-"},
                         **secrets}}
 
@@ -158,7 +157,7 @@ def test_fly_app_secrets_move_through_an_agent_machine_and_never_show(
     [report] = run_async(sync_reports(temporal_server, "migration-fly-secrets"))
     assert {r.name: (r.outcome, r.digest) for r in report.secrets} == {
         name: ("created", secret_digest(value, digest_key(GcpSecretManagerDestination(
-            kind="gcp_secret_manager", project=PROJECT, endpoint=gcp.url, prefix="fly-"))))
+            kind="gcp_secret_manager", project=PROJECT, endpoint=gcp.endpoint, prefix="fly-"))))
         for name, value in values.items()}
     [agent] = fly.agents()
     assert agent.config["init"]["cmd"][:2] == ["agent", "--task-queue"] and agent.mounted_volume_ids == []

@@ -26,26 +26,21 @@ from flyaway.models.status import MigrationState
 from flyaway.providers.fly import agent as fly_agent
 from flyaway.providers.fly.agent import AGENT_SECRET_PREFIX, VOLUME_ROLE, AgentNames, agent_environment
 from tests.fakes.fly_machines import FakeFlyMachinesAPI, FakeMachine, FakeVolume, Reply
-from tests.fixtures import make_tree
-from tests.fly_hosts import LocalFlyHosts
-from tests.harness import (
-    TEST_AWS_ENV,
-    GcsEmulator,
-    MotoServer,
-    TemporalDevServer,
-    WorkerProcess,
+from tests.support.env import TEST_AWS_ENV
+from tests.support.fly_hosts import LocalFlyHosts
+from tests.support.leaks import payloads_in
+from tests.support.migrations import (
     abort_migration,
     eventually,
-    manifest_key,
     migration_failure,
     migration_status,
     run_async,
     run_migration,
-    s3_location,
     start_migration,
-    weights_plan,
 )
-from tests.test_secrets_leak import payloads_in
+from tests.support.plans import manifest_key, s3_location, weights_plan
+from tests.support.servers import GcsEmulator, MotoServer, TemporalDevServer, WorkerProcess
+from tests.support.trees import make_tree
 
 TOKEN = "fo1_fly-volume-test-token"
 APP = "gpu-app"

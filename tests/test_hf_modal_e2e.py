@@ -16,6 +16,7 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from typer.testing import CliRunner
 
+from flyaway.activities.storage.base import STATE_DIR
 from flyaway.activities.storage.checksums import sha256_of_file
 from flyaway.models.status import MigrationState, MigrationStatus
 from flyaway.starter.cli import app
@@ -23,22 +24,18 @@ from flyaway.starter.dev import write_random_file
 from flyaway.starter.plans import as_checked_here
 from tests.fakes import modal_volume as fake_modal
 from tests.fakes.hf_hub import FakeHub
-from tests.fixtures import make_tree
-from tests.harness import (
-    STATE_DIR,
-    TemporalDevServer,
-    WorkerProcess,
+from tests.support.migrations import (
     eventually,
-    manifest_key,
     migration_result,
     migration_status,
     run_async,
     run_migration,
-    s3_location,
     start_migration,
-    weights_plan,
 )
-from tests.providers import REPO, hf_location, modal_location, tree, worker_env
+from tests.support.plans import manifest_key, s3_location, weights_plan
+from tests.support.providers import REPO, hf_location, modal_location, tree, worker_env
+from tests.support.servers import TemporalDevServer, WorkerProcess
+from tests.support.trees import make_tree
 
 MiB = 1024 * 1024
 

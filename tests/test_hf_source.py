@@ -23,7 +23,7 @@ FILES = {"config.json": b'{"hidden_size": 4096}', "README.md": b"# llama\n",
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
     with FakeHub() as fake:
-        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
         monkeypatch.delenv("HF_TOKEN", raising=False)
         yield fake
 

@@ -60,7 +60,9 @@ from tests.fakes.fly_machines import FakeFlyMachinesAPI
 from tests.fakes.health import StartingService
 from tests.fakes.registry_token_auth import TokenAuthServer, User
 from tests.fakes.runpod_serverless import FakeRunpodServerless
-from tests.harness import TemporalDevServer, WorkerProcess, run_migration, weights_plan
+from tests.support.migrations import run_migration
+from tests.support.plans import weights_plan
+from tests.support.servers import TemporalDevServer, WorkerProcess
 
 REGISTRY_BINARY = Path("/usr/bin/docker-registry")
 pytestmark = pytest.mark.skipif(not REGISTRY_BINARY.exists(), reason="needs Debian's docker-registry package")
@@ -635,7 +637,7 @@ def test_a_migration_copies_the_fly_apps_image_and_deploys_the_copy(
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "config.json").write_text("{}")
     with FakeFlyMachinesAPI("fly-e2e-token") as fly, StartingService(ready_after=1) as service, \
-            FakeRunpodServerless(endpoint_base=service.url) as runpod:
+            FakeRunpodServerless(endpoint_base=service.endpoint) as runpod:
         fly.add_app("gpu-app")
         deployed_machine(fly, source.reference, "7")
         env = {"FLY_API_TOKEN": "fly-e2e-token", "FLY_API_BASE_URL": fly.base_url, "RUNPOD_API_KEY": runpod.api_key,
@@ -663,5 +665,5 @@ def test_a_migration_copies_the_fly_apps_image_and_deploys_the_copy(
         assert endpoint["args"] == "--model /runpod-volume/llama"
         stages = {stage.name: stage for stage in result.status.stages}
         assert stages["image"].state == StageState.completed and "2 platform(s)" in stages["image"].detail
-        assert stages["deploy"].detail == f"RunPod {endpoint['id']} created at {service.url}"
+        assert stages["deploy"].detail == f"RunPod {endpoint['id']} created at {service.endpoint}"
         assert service.requests, "the deploy waited for the health check"

@@ -10,20 +10,11 @@ from typing import Any
 
 from flyaway.models.status import MigrationState
 from flyaway.starter.dev import write_random_file
-from tests.harness import (
-    S3FaultProxy,
-    TemporalDevServer,
-    WorkerProcess,
-    eventually,
-    migration_result,
-    migration_status,
-    plain_client,
-    put_multipart,
-    run_async,
-    s3_location,
-    start_migration,
-    weights_plan,
-)
+from tests.support.migrations import eventually, migration_result, migration_status, run_async, start_migration
+from tests.support.plans import s3_location, weights_plan
+from tests.support.proxies import S3FaultProxy
+from tests.support.s3 import plain_client, put_multipart
+from tests.support.servers import TemporalDevServer, WorkerProcess
 
 MiB = 1024 * 1024
 

@@ -17,19 +17,17 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from flyaway.models.plan import WeightsStage
 from flyaway.models.status import ControlResult, MigrationState, StageState
 from flyaway.starter.dev import temporal_dev_command, wait_for_port, write_random_file
-from tests.harness import (
-    S3FaultProxy,
-    TemporalDevServer,
-    WorkerProcess,
+from tests.support.migrations import (
     eventually,
     migration_result,
     migration_status,
     run_async,
-    s3_location,
     shown_status,
     start_migration,
-    weights_plan,
 )
+from tests.support.plans import s3_location, weights_plan
+from tests.support.proxies import S3FaultProxy
+from tests.support.servers import TemporalDevServer, WorkerProcess
 
 MiB = 1024 * 1024
 

@@ -16,23 +16,16 @@ from typing import Any
 
 import pytest
 
+from flyaway.activities.storage.base import STATE_DIR
 from flyaway.models.status import MigrationState
 from tests.fakes.hf_hub import FakeHub
-from tests.fixtures import make_tree
-from tests.harness import (
-    STATE_DIR,
-    TEST_RUNPOD_ENV,
-    GcsEmulator,
-    RunPodLimitsProxy,
-    TemporalDevServer,
-    WorkerProcess,
-    migration_result,
-    run_async,
-    s3_location,
-    start_migration,
-    weights_plan,
-)
-from tests.providers import hf_location, modal_location, tree, worker_env
+from tests.support.env import TEST_RUNPOD_ENV
+from tests.support.migrations import migration_result, run_async, start_migration
+from tests.support.plans import s3_location, weights_plan
+from tests.support.providers import hf_location, modal_location, tree, worker_env
+from tests.support.proxies import RunPodLimitsProxy
+from tests.support.servers import GcsEmulator, TemporalDevServer, WorkerProcess
+from tests.support.trees import make_tree
 
 SOURCES = ("tigris", "s3", "hf", "local")
 DESTINATIONS = ("gcs", "runpod_volume", "modal_volume", "s3", "local")

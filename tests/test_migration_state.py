@@ -9,17 +9,9 @@ import os
 from pathlib import Path
 
 from flyaway.models.status import MigrationState
-from tests.harness import (
-    TemporalDevServer,
-    WorkerProcess,
-    eventually,
-    manifest_key,
-    migration_result,
-    migration_status,
-    run_async,
-    start_migration,
-    weights_plan,
-)
+from tests.support.migrations import eventually, migration_result, migration_status, run_async, start_migration
+from tests.support.plans import manifest_key, weights_plan
+from tests.support.servers import TemporalDevServer, WorkerProcess
 
 MiB = 1024 * 1024
 

@@ -24,7 +24,7 @@ from flyaway.models.locations import LocalLocation, ModalVolumeLocation
 from flyaway.models.plan import parse_plan
 from flyaway.providers.modal import open_modal_volume
 from tests.fakes import modal_volume as fake
-from tests.fixtures import make_tree
+from tests.support.trees import make_tree
 
 MiB = 1024 * 1024
 

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from flyaway.models.plan import parse_plan
 from flyaway.starter.cli import app
-from tests.harness import TemporalDevServer, WorkerProcess, migration_result, run_async, start_migration
+from tests.support.migrations import migration_result, run_async, start_migration
+from tests.support.servers import TemporalDevServer, WorkerProcess
 
 runner = CliRunner()
 

@@ -15,15 +15,10 @@ from typer.testing import CliRunner
 
 from flyaway.starter.cli import app
 from flyaway.starter.dev import free_port
-from tests.harness import (
-    S3FaultProxy,
-    TemporalDevServer,
-    WorkerProcess,
-    migration_result,
-    run_async,
-    s3_location,
-    start_migration,
-)
+from tests.support.migrations import migration_result, run_async, start_migration
+from tests.support.plans import s3_location
+from tests.support.proxies import S3FaultProxy
+from tests.support.servers import TemporalDevServer, WorkerProcess
 
 runner = CliRunner()
 

@@ -43,8 +43,10 @@ from flyaway.models.locations import GcsLocation, LocalLocation, RunPodVolumeLoc
 from flyaway.models.plan import parse_plan
 from flyaway.starter.cli import app
 from flyaway.starter.dev import free_port
-from tests.conftest import s3_client
-from tests.harness import TEST_RUNPOD_ENV, GcsEmulator, RunPodLimitsProxy
+from tests.support.env import TEST_RUNPOD_ENV
+from tests.support.proxies import RunPodLimitsProxy
+from tests.support.s3 import s3_client
+from tests.support.servers import GcsEmulator
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

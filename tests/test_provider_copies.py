@@ -8,33 +8,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from flyaway.activities.storage.base import STATE_DIR
 from flyaway.models.status import MigrationState
-from tests.fixtures import make_tree
-from tests.harness import (
-    STATE_DIR,
-    RunPodLimitsProxy,
-    TemporalDevServer,
-    WorkerProcess,
-    manifest_key,
-    run_migration,
-    weights_plan,
-)
+from tests.support.migrations import run_migration
+from tests.support.plans import gcs_location, manifest_key, runpod_location, tigris_location, weights_plan
+from tests.support.proxies import RunPodLimitsProxy
+from tests.support.servers import TemporalDevServer, WorkerProcess
+from tests.support.trees import make_tree
 
 PREFIX = "models/llama"
-
-
-def tigris_location(endpoint: str, bucket: str, prefix: str) -> dict[str, Any]:
-    return {"kind": "tigris", "bucket": bucket, "prefix": prefix, "endpoint_url": endpoint,
-            "addressing_style": "path"}
-
-
-def runpod_location(endpoint: str, volume: str, prefix: str) -> dict[str, Any]:
-    return {"kind": "runpod_volume", "volume_id": volume, "datacenter": "EUR-IS-1", "prefix": prefix,
-            "endpoint_url": endpoint}
-
-
-def gcs_location(bucket: str, prefix: str) -> dict[str, Any]:
-    return {"kind": "gcs", "bucket": bucket, "prefix": prefix}
 
 
 def sizes_and_hashes(contents: dict[str, bytes]) -> dict[str, tuple[int, str]]:

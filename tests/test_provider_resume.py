@@ -12,20 +12,11 @@ import pytest
 
 from flyaway.models.status import MigrationState
 from flyaway.starter.dev import write_random_file
-from tests.harness import (
-    TEST_AWS_ENV,
-    GcsEmulator,
-    RunPodLimitsProxy,
-    S3FaultProxy,
-    TemporalDevServer,
-    WorkerProcess,
-    eventually,
-    migration_result,
-    run_async,
-    start_migration,
-    weights_plan,
-)
-from tests.test_provider_copies import gcs_location, runpod_location
+from tests.support.env import TEST_AWS_ENV
+from tests.support.migrations import eventually, migration_result, run_async, start_migration
+from tests.support.plans import gcs_location, runpod_location, weights_plan
+from tests.support.proxies import RunPodLimitsProxy, S3FaultProxy
+from tests.support.servers import GcsEmulator, TemporalDevServer, WorkerProcess
 
 MiB = 1024 * 1024
 PART = 16 * MiB

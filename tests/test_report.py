@@ -22,25 +22,20 @@ from flyaway.starter.dev import write_random_file
 from flyaway.starter.display import snapshot
 from tests.fakes.endpoint import FakeEndpoint
 from tests.fakes.fly_machines import FakeFlyMachinesAPI
-from tests.fixtures import make_tree
-from tests.harness import (
-    REPO,
-    TEST_AWS_ENV,
-    MotoServer,
-    S3FaultProxy,
-    TemporalDevServer,
-    WorkerProcess,
+from tests.support.env import REPO, TEST_AWS_ENV
+from tests.support.migrations import (
     abort_migration,
     eventually,
-    manifest_key,
     migration_result,
     migration_status,
     run_async,
     run_migration,
-    s3_location,
     start_migration,
-    weights_plan,
 )
+from tests.support.plans import manifest_key, s3_location, weights_plan
+from tests.support.proxies import S3FaultProxy
+from tests.support.servers import MotoServer, TemporalDevServer, WorkerProcess
+from tests.support.trees import make_tree
 
 MiB = 1024 * 1024
 runner = CliRunner()
@@ -183,7 +178,7 @@ def canary_section(moto: MotoServer, old: FakeEndpoint, new: FakeEndpoint,
     """A Route53 canary on moto with one-second analyses of 20 probe requests per side."""
     return {"router": {"kind": "route53", "hosted_zone_id": route53_zone(moto), "record_name": "api.example.com",
                        "fly_set_identifier": "fly", "new_set_identifier": "new", "endpoint_url": moto.endpoint},
-            "old_endpoint": old.url, "new_endpoint": new.url, "steps": steps,
+            "old_endpoint": old.endpoint, "new_endpoint": new.endpoint, "steps": steps,
             "analysis": {"interval_seconds": 1, "requests_per_probe": 20, "concurrency": 10,
                          "probes": [{"path": "/v1/completions", "method": "POST", "timeout_seconds": 2,
                                      "body": {"model": "tiny", "prompt": "hi", "max_tokens": 1}}],

@@ -23,7 +23,9 @@ from flyaway.report.render import render_html
 from flyaway.starter.cli import app
 from tests.fakes.health import StartingService
 from tests.fakes.runpod_serverless import FakeRunpodServerless
-from tests.harness import TemporalDevServer, WorkerProcess, run_migration, weights_plan
+from tests.support.migrations import run_migration
+from tests.support.plans import weights_plan
+from tests.support.servers import TemporalDevServer, WorkerProcess
 
 FLY_TOML = Path(__file__).parent / "data" / "fly_toml" / "vllm_http_service.toml"
 IMAGE = "registry.example.com/llm/llama@sha256:" + "cd" * 32
@@ -48,7 +50,7 @@ source = "RunPod's price page"
 
 @pytest.fixture
 def runpod(monkeypatch: pytest.MonkeyPatch) -> Any:
-    with StartingService(ready_after=2) as service, FakeRunpodServerless(endpoint_base=service.url) as fake:
+    with StartingService(ready_after=2) as service, FakeRunpodServerless(endpoint_base=service.endpoint) as fake:
         monkeypatch.setenv("RUNPOD_API_KEY", fake.api_key)
         yield fake, service
 
@@ -182,7 +184,7 @@ def test_the_report_of_a_migration_with_a_deploy_stage_shows_its_cold_start_and_
     deploy_stage = next(stage for stage in plain.stages if stage.name == "deploy")
     assert (deploy_stage.state, deploy_stage.runs, deploy_stage.activity_attempts) == ("completed", 1, 1)
     side = plain.new_side
-    assert side is not None and (side.platform, side.endpoint_url) == ("runpod", service.url)
+    assert side is not None and (side.platform, side.endpoint_url) == ("runpod", service.endpoint)
     assert side.cold_start_seconds is not None and side.cold_start_seconds >= 2 * 0.05, "two 503s first"
     assert side.from_zero_seconds is None and "measure_from_zero" in (side.from_zero_note or "")
     target, fly = plain.cost

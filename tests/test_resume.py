@@ -14,20 +14,12 @@ from flyaway.activities.storage.checksums import sha256_of_file
 from flyaway.models.status import MigrationState
 from flyaway.starter.cli import app
 from flyaway.starter.dev import write_random_file
-from tests.harness import (
-    TEST_AWS_ENV,
-    S3FaultProxy,
-    TemporalDevServer,
-    WorkerProcess,
-    eventually,
-    migration_result,
-    migration_status,
-    run_async,
-    s3_location,
-    s3_sha256,
-    start_migration,
-    weights_plan,
-)
+from tests.support.env import TEST_AWS_ENV
+from tests.support.migrations import eventually, migration_result, migration_status, run_async, start_migration
+from tests.support.plans import s3_location, weights_plan
+from tests.support.proxies import S3FaultProxy
+from tests.support.s3 import s3_sha256
+from tests.support.servers import TemporalDevServer, WorkerProcess
 
 MiB = 1024 * 1024
 PART = 16 * MiB

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from flyaway.models.status import MigrationState
-from tests.harness import TemporalDevServer, WorkerProcess, manifest_key, run_async, run_migration, weights_plan
+from tests.support.migrations import run_async, run_migration
+from tests.support.plans import manifest_key, weights_plan
+from tests.support.servers import TemporalDevServer, WorkerProcess
 
 FILES = 100_000
 pytestmark = pytest.mark.slow

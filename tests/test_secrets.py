@@ -71,7 +71,7 @@ def modal_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeModal]:
 
 
 def gcp_destination(fake: FakeSecretManager, **fields: Any) -> dict[str, Any]:
-    return {"kind": "gcp_secret_manager", "project": PROJECT, "endpoint": fake.url, **fields}
+    return {"kind": "gcp_secret_manager", "project": PROJECT, "endpoint": fake.endpoint, **fields}
 
 
 # -- each destination through its fake ------------------------------------------------------------

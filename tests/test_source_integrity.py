@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import http.server
 import io
 import json
 import os
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,11 +42,12 @@ from flyaway.models.copy import (
 )
 from flyaway.models.locations import HfLocation, LocalLocation, ModalVolumeLocation, S3Location
 from flyaway.models.plan import WeightsStage, parse_plan
-from tests.conftest import s3_client
 from tests.fakes import modal_volume as fake_modal
 from tests.fakes.hf_hub import FakeHub
-from tests.faults import SseKmsProxy
-from tests.harness import GcsEmulator, S3FaultProxy, plain_client, put_multipart, s3_location, weights_plan
+from tests.support.plans import s3_location, weights_plan
+from tests.support.proxies import S3FaultProxy, SseKmsProxy
+from tests.support.s3 import plain_client, put_multipart, s3_client
+from tests.support.servers import GcsEmulator, HttpServer, QuietHandler
 
 MiB = 1024 * 1024
 
@@ -202,7 +201,7 @@ def test_hub_bytes_are_checked_and_reads_stay_on_the_listed_commit(
         hub: FakeHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The branch moves after the listing; a flipped read makes the engine try the file again, and that
     attempt still reads the listed commit."""
-    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
     old = {"model.safetensors": os.urandom(3 * MiB), "config.json": b'{"layers": 2}'}
     hub.add_repo("acme/moving", old)
     source = HfSource(HfLocation(kind="hf", repo_id="acme/moving"))
@@ -302,39 +301,31 @@ def test_an_upload_id_read_back_from_state_never_becomes_a_path(tmp_path: Path) 
     assert dest.list_state("migrations/t/uploads/") == []
 
 
-class Listener:
+class _RecordingHandler(QuietHandler):
+    owner: Listener
+
+    def _record(self) -> None:
+        self.owner.requests.append((self.command, dict(self.headers)))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_PUT = do_POST = do_DELETE = _record
+
+
+class Listener(HttpServer):
     """A loopback listener standing in for an attacker's host: it records every request it gets."""
+
+    handler = _RecordingHandler
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, str]]] = []
-        listener = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _record(self) -> None:
-                listener.requests.append((self.command, dict(self.headers)))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            do_GET = do_PUT = do_POST = do_DELETE = _record
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
 def listener() -> Iterator[Listener]:
-    server = Listener()
-    yield server
-    server.close()
+    with Listener() as server:
+        yield server
 
 
 def test_a_planted_gcs_session_uri_is_never_sent_a_request(
@@ -347,7 +338,7 @@ def test_a_planted_gcs_session_uri_is_never_sent_a_request(
     token = dest.begin_upload("real.bin", 10)  # the emulator's own session URI passes the check
     dest.abort("real.bin", token)
     planted = "0123456789abcdef0123456789abcdef"
-    for uri in (f"{listener.url}/upload/storage/v1/b/{gcs_bucket}/o?uploadType=resumable",
+    for uri in (f"{listener.endpoint}/upload/storage/v1/b/{gcs_bucket}/o?uploadType=resumable",
                 f"{gcs_emulator.endpoint}/upload/storage/v1/b/other-bucket/o?uploadType=resumable"):
         dest.put_state(session_state_name(planted), json.dumps({"uri": uri, "size": 10, "part_size": None}).encode())
         with pytest.raises(DataCorruption, match="not an upload URL of bucket"):

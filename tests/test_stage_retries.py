@@ -30,15 +30,9 @@ from flyaway.starter.cli import app
 from flyaway.starter.display import decode_pending, show_retries
 from tests.fakes.health import StartingService
 from tests.fakes.runpod_serverless import FakeRunpodServerless
-from tests.harness import (
-    TemporalDevServer,
-    WorkerProcess,
-    eventually,
-    migration_result,
-    run_async,
-    start_migration,
-    weights_plan,
-)
+from tests.support.migrations import eventually, migration_result, run_async, start_migration
+from tests.support.plans import weights_plan
+from tests.support.servers import TemporalDevServer, WorkerProcess
 
 IMAGE = "registry.example.com/llm/llama@sha256:" + "ab" * 32
 GARBLED_ERROR = "JSONDecodeError: Expecting value: line 1 column 1 (char 0)"
@@ -48,7 +42,7 @@ runner = CliRunner()
 @pytest.fixture
 def runpod() -> Iterator[FakeRunpodServerless]:
     with StartingService() as service:
-        fake = FakeRunpodServerless(endpoint_base=service.url)
+        fake = FakeRunpodServerless(endpoint_base=service.endpoint)
         with fake:
             yield fake
 

@@ -20,17 +20,10 @@ from flyaway.models.status import ControlResult, MigrationState, StageState
 from flyaway.starter.cli import app as cli_app
 from flyaway.workflows.stages.teardown import dns_ttl_end, teardown_refusal
 from tests.fakes.fly_machines import FakeFlyMachinesAPI, RecordedRequest
-from tests.fixtures import make_tree
-from tests.harness import (
-    TemporalDevServer,
-    WorkerProcess,
-    eventually,
-    migration_result,
-    migration_status,
-    run_async,
-    start_migration,
-    weights_plan,
-)
+from tests.support.migrations import eventually, migration_result, migration_status, run_async, start_migration
+from tests.support.plans import weights_plan
+from tests.support.servers import TemporalDevServer, WorkerProcess
+from tests.support.trees import make_tree
 
 TOKEN = "fo1_teardown-test-token"
 APP = "old-app"

@@ -53,7 +53,7 @@ from flyaway.models.canary import (
 from flyaway.starter.dev import free_port, start_moto, stop_process
 from tests.fakes.cloudflare import FakeCloudflare
 from tests.fakes.endpoint import FakeEndpoint, client_traffic
-from tests.harness import eventually
+from tests.support.migrations import eventually
 
 STEPS = (5, 25, 50, 100)
 RECORD = "api.example.com."
@@ -395,7 +395,7 @@ def settings(**overrides: Any) -> AnalysisSettings:
 
 
 def run_analysis(old: FakeEndpoint, new: FakeEndpoint, analysis: AnalysisSettings) -> Any:
-    old_samples, new_samples = asyncio.run(probe_both(old.url, new.url, analysis))
+    old_samples, new_samples = asyncio.run(probe_both(old.endpoint, new.endpoint, analysis))
     return analyse(old_samples, new_samples, analysis.thresholds)
 
 
@@ -444,9 +444,9 @@ def test_unreachable_or_timing_out_new_side_fails(endpoints: tuple[FakeEndpoint,
     refused = asyncio.run(probe_endpoint(f"http://127.0.0.1:{free_port()}", probe, 20, 4))
     assert all(s.status is None and not s.ok and "ConnectError" in (s.error or "") for s in refused)
     new.mode, new.slow_seconds = "slow", 0.3
-    timed_out = asyncio.run(probe_endpoint(new.url, Probe(path="/health", timeout_seconds=0.05), 20, 10))
+    timed_out = asyncio.run(probe_endpoint(new.endpoint, Probe(path="/health", timeout_seconds=0.05), 20, 10))
     assert all("Timeout" in (s.error or "") for s in timed_out)
-    old_samples = asyncio.run(probe_endpoint(old.url, probe, 20, 4))
+    old_samples = asyncio.run(probe_endpoint(old.endpoint, probe, 20, 4))
     assert analyse(old_samples, refused, Thresholds()).verdict == Verdict.FAILED
 
 
@@ -457,9 +457,9 @@ def test_probe_tokens_come_from_the_environment(endpoints: tuple[FakeEndpoint, F
                   headers_from_env={"X-Tenant": "PROBE_TENANT"})
     monkeypatch.setenv("PROBE_TENANT", "acme")
     with pytest.raises(MissingCredentials, match=r"\$PROBE_TOKEN"):
-        asyncio.run(probe_endpoint(old.url, probe, 1, 1))
+        asyncio.run(probe_endpoint(old.endpoint, probe, 1, 1))
     monkeypatch.setenv("PROBE_TOKEN", "tok-5e3a-secret")
-    samples = asyncio.run(probe_endpoint(old.url, probe, 1, 1))
+    samples = asyncio.run(probe_endpoint(old.endpoint, probe, 1, 1))
     assert samples[0].ok
     assert old.last_headers["Authorization"] == "Bearer tok-5e3a-secret"
     assert (old.last_headers["X-Probe"], old.last_headers["X-Tenant"]) == ("flyaway", "acme")
@@ -610,7 +610,7 @@ def test_a_generic_instrumented_page_with_label_selection() -> None:
 
 def metrics_stage(endpoints: tuple[FakeEndpoint, FakeEndpoint], **metrics: Any) -> CanaryStage:
     """A stage judged by the two endpoints' metrics pages alone."""
-    return CanaryStage.model_validate(stage(old_endpoint=endpoints[0].url, new_endpoint=endpoints[1].url,
+    return CanaryStage.model_validate(stage(old_endpoint=endpoints[0].endpoint, new_endpoint=endpoints[1].endpoint,
                                             analysis={"probes": [], "metrics": metrics}))
 
 
@@ -647,7 +647,7 @@ def test_metrics_pages_are_checked_before_the_canary_naming_the_field(
     asyncio.run(check_pages(metrics_stage(endpoints)))
     with pytest.raises(InvalidPlan, match=r"canary\.analysis\.metrics: the page is not in the Prometheus text "
                                           r"format .*\(http://.*/v1/models\)"):  # the fake answers JSON there
-        asyncio.run(check_pages(metrics_stage(endpoints, new={"url": f"{new.url}/v1/models"})))
+        asyncio.run(check_pages(metrics_stage(endpoints, new={"url": f"{new.endpoint}/v1/models"})))
     with pytest.raises(Unreachable, match=r"canary\.analysis\.metrics\.old: .* did not answer"):
         asyncio.run(check_pages(metrics_stage(endpoints, old={"url": f"http://127.0.0.1:{free_port()}/metrics"})))
     with pytest.raises(InvalidPlan, match=r"metrics\.latency_histogram: 'vllm:e2e_latency' is not on the page"):

@@ -40,9 +40,10 @@ from flyaway.redaction import REDACTED, register_credential, register_secret, sc
 from flyaway.starter.cli import app
 from flyaway.starter.dev import free_port, serve_codec
 from flyaway.workers.policy import start_policy
-from tests.harness import REPO, TemporalDevServer, WorkerProcess, migration_failure, run_async
+from tests.support.env import TEMPORAL_CLI
+from tests.support.migrations import migration_failure, run_async
+from tests.support.servers import TemporalDevServer, WorkerProcess
 
-TEMPORAL_CLI = str(REPO / ".venv" / "bin" / "temporal")
 ATTACKER_HOST = "127.0.0.2"
 
 

@@ -20,19 +20,18 @@ import pytest
 from flyaway.codec import ENCODING, KEYS_ENV, generate_key
 from flyaway.models.status import MigrationState
 from flyaway.starter.dev import free_port, stop_process, venv_binary, wait_for_port
-from tests.fixtures import make_tree
-from tests.harness import (
-    REPO,
-    TemporalDevServer,
-    WorkerProcess,
+from tests.support.env import REPO
+from tests.support.migrations import (
     abort_migration,
     eventually,
     migration_result,
     migration_status,
     run_async,
     start_migration,
-    weights_plan,
 )
+from tests.support.plans import weights_plan
+from tests.support.servers import TemporalDevServer, WorkerProcess
+from tests.support.trees import make_tree
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = "/usr/bin/chromium"

@@ -28,7 +28,7 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.fakes.loopback import JsonHandler, LoopbackServer
+from tests.support.servers import HttpServer, JsonHandler
 
 SERVICE_TYPE = "type.googleapis.com/google.cloud.run.v2.Service"
 _SERVICE = re.compile(r"^/v2/projects/([^/]+)/locations/([^/]+)/services/([^/:]+)$")
@@ -99,7 +99,7 @@ class _Handler(JsonHandler):
     do_GET = do_POST = do_PATCH = _route
 
 
-class FakeCloudRun(LoopbackServer):
+class FakeCloudRun(HttpServer):
     handler = _Handler
 
     def __init__(self, service_uri: str = "https://service.example.a.run.app") -> None:

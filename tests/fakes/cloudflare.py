@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from graphql import GraphQLResolveInfo, build_schema, graphql_sync
 
-from tests.fakes.loopback import JsonHandler, LoopbackServer
+from tests.support.servers import HttpServer, JsonHandler
 
 PREFIX = "/client/v4"
 _POOL = re.compile(rf"^{PREFIX}/accounts/([^/]+)/load_balancers/pools/([^/]+)$")
@@ -78,7 +78,7 @@ class _Handler(JsonHandler):
     do_GET = do_PATCH = do_PUT = do_POST = do_DELETE = _route
 
 
-class FakeCloudflare(LoopbackServer):
+class FakeCloudflare(HttpServer):
     handler = _Handler
 
     def __init__(self, account_id: str = "0123456789abcdef0123456789abcdef") -> None:
@@ -95,7 +95,7 @@ class FakeCloudflare(LoopbackServer):
 
     @property
     def api_base_url(self) -> str:
-        return self.url + PREFIX
+        return self.endpoint + PREFIX
 
     def add_pool(self, pool_id: str, origins: list[dict[str, Any]]) -> None:
         self.pools[pool_id] = {"id": pool_id, "name": f"pool-{pool_id[:6]}", "enabled": True, "minimum_origins": 1,

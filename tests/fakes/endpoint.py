@@ -22,7 +22,7 @@ from typing import Literal
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from tests.fakes.loopback import JsonHandler, LoopbackServer
+from tests.support.servers import HttpServer, JsonHandler
 
 Mode = Literal["healthy", "failing", "slow"]
 MODEL = "tiny"
@@ -79,7 +79,7 @@ class VllmMetrics:
         return generate_latest(self.registry)
 
 
-class FakeEndpoint(LoopbackServer):
+class FakeEndpoint(HttpServer):
     handler = _Handler
 
     def __init__(self, mode: Mode = "healthy", slow_seconds: float = 0.3, fail_every: int = 5) -> None:
@@ -114,7 +114,7 @@ def client_traffic(*endpoints: FakeEndpoint, pause_seconds: float = 0.01) -> Ite
     stop = threading.Event()
 
     def send(endpoint: FakeEndpoint) -> None:
-        with httpx.Client(base_url=endpoint.url, timeout=5) as client:
+        with httpx.Client(base_url=endpoint.endpoint, timeout=5) as client:
             while not stop.is_set():
                 client.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 1})
                 stop.wait(pause_seconds)

@@ -33,9 +33,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from tests.support.servers import HttpServer, QuietHandler
 
 MAX_WAIT_SECONDS = 60
 _DESTROYABLE_STATES = {"stopped", "suspended", "failed", "created"}
@@ -168,8 +169,80 @@ class _Fault:
     after: bool  # carry the request out first, then fail the answer
 
 
-class FakeFlyMachinesAPI:
+class _FlyHandler(QuietHandler):
+    owner: FakeFlyMachinesAPI
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        self._handle()
+
+    def _handle(self) -> None:
+        fake = self.owner
+        url = urlsplit(self.path)
+        path = unquote(url.path).removeprefix("/v1")
+        query = parse_qs(url.query)
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if not url.path.startswith("/v1/"):
+            return self._answer(Reply(404, {"error": "404 page not found"}))
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            return self._answer(Reply(400, {"error": "request body is not JSON"}))
+        record = RecordedRequest(self.command, path, query, body, time.monotonic())
+        fake.requests.append(record)
+        fault = fake._take_fault(self.command, path)
+        reply: Reply | None = None
+        if not fault or fault.after:
+            reply = self._dispatch(path, query, body)
+            if reply.then:
+                reply.then()
+        if fault:
+            reply = Reply(fault.status, fault.body, headers=fault.headers) if fault.status else None
+        if reply is None:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        record.status, record.response = reply.status, reply.payload
+        self._answer(reply)
+
+    def _dispatch(self, path: str, query: Query, body: Any) -> Reply:
+        fake = self.owner
+        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+        if scheme not in ("Bearer", "FlyV1") or token != fake.token:
+            return Reply(401, {"error": "You must be authenticated to view this."})
+        for method, pattern, endpoint in _ROUTES:
+            match = pattern.fullmatch(path)
+            if method == self.command and match:
+                ids = [match["id"]] if "id" in match.groupdict() else []
+                try:
+                    handle: Callable[..., Reply] = getattr(fake, endpoint)
+                    with fake._changed:
+                        return handle(fake._app(match["app"]), *ids, query, body)
+                except FakeApiError as exc:
+                    return Reply(exc.status, {"error": str(exc)})
+        return Reply(404, {"error": f"no route for {self.command} {path}"})
+
+    def _answer(self, reply: Reply) -> None:
+        data = b"" if reply.payload is None or reply.status == 204 else json.dumps(reply.payload).encode()
+        self.send_response(reply.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Fly-Request-Id", random_tokens.token_hex(8))
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class FakeFlyMachinesAPI(HttpServer):
     """Start with ``with FakeFlyMachinesAPI(token) as fake:``; point clients at ``fake.base_url``."""
+
+    handler = _FlyHandler
 
     def __init__(self, token: str = "fake-fly-token") -> None:
         self.token = token
@@ -187,32 +260,17 @@ class FakeFlyMachinesAPI:
         self._changed = threading.Condition()
         self._faults: list[_Fault] = []
         self._timers: list[threading.Timer] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-fly", daemon=True)
 
     # -- lifecycle ------------------------------------------------------------------------
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}/v1"
-
-    def start(self) -> FakeFlyMachinesAPI:
-        self._thread.start()
-        return self
+        return f"{self.endpoint}/v1"
 
     def stop(self) -> None:
         for timer in self._timers:
             timer.cancel()
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> FakeFlyMachinesAPI:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
+        super().stop()
 
     # -- scripting ------------------------------------------------------------------------
 
@@ -544,77 +602,3 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("DELETE", "/ip_assignments/(?P<id>[^/]+)", "delete_ip"),
     ]
 ]
-
-
-def _handler_for(fake: FakeFlyMachinesAPI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
-            pass
-
-        def do_GET(self) -> None:
-            self._handle()
-
-        def do_POST(self) -> None:
-            self._handle()
-
-        def do_DELETE(self) -> None:
-            self._handle()
-
-        def _handle(self) -> None:
-            url = urlsplit(self.path)
-            path = unquote(url.path).removeprefix("/v1")
-            query = parse_qs(url.query)
-            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if not url.path.startswith("/v1/"):
-                return self._answer(Reply(404, {"error": "404 page not found"}))
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                return self._answer(Reply(400, {"error": "request body is not JSON"}))
-            record = RecordedRequest(self.command, path, query, body, time.monotonic())
-            fake.requests.append(record)
-            fault = fake._take_fault(self.command, path)
-            reply: Reply | None = None
-            if not fault or fault.after:
-                reply = self._dispatch(path, query, body)
-                if reply.then:
-                    reply.then()
-            if fault:
-                reply = Reply(fault.status, fault.body, headers=fault.headers) if fault.status else None
-            if reply is None:
-                self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
-                return
-            record.status, record.response = reply.status, reply.payload
-            self._answer(reply)
-
-        def _dispatch(self, path: str, query: Query, body: Any) -> Reply:
-            scheme, _, token = self.headers.get("Authorization", "").partition(" ")
-            if scheme not in ("Bearer", "FlyV1") or token != fake.token:
-                return Reply(401, {"error": "You must be authenticated to view this."})
-            for method, pattern, endpoint in _ROUTES:
-                match = pattern.fullmatch(path)
-                if method == self.command and match:
-                    ids = [match["id"]] if "id" in match.groupdict() else []
-                    try:
-                        handle: Callable[..., Reply] = getattr(fake, endpoint)
-                        with fake._changed:
-                            return handle(fake._app(match["app"]), *ids, query, body)
-                    except FakeApiError as exc:
-                        return Reply(exc.status, {"error": str(exc)})
-            return Reply(404, {"error": f"no route for {self.command} {path}"})
-
-        def _answer(self, reply: Reply) -> None:
-            data = b"" if reply.payload is None or reply.status == 204 else json.dumps(reply.payload).encode()
-            self.send_response(reply.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Fly-Request-Id", random_tokens.token_hex(8))
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-    return Handler

@@ -11,7 +11,7 @@ base64, int64 as strings) and Google's error body ``{"error": {"code", "message"
 
 Secret ids must match ``[A-Za-z0-9_-]{1,255}`` (400 INVALID_ARGUMENT). Projects in ``denied``
 answer 403 PERMISSION_DENIED to everything; ``read_only`` ones refuse writes the same way.
-Point the client at :attr:`url` (``client_options.api_endpoint``) with anonymous credentials.
+Point the client at :attr:`endpoint` (``client_options.api_endpoint``) with anonymous credentials.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import google_crc32c
 
-from tests.fakes.loopback import JsonHandler, LoopbackServer
+from tests.support.servers import HttpServer, JsonHandler
 
 _SECRET_ID = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _SECRETS = re.compile(r"^/v1/projects/([^/]+)/secrets$")
@@ -79,7 +79,7 @@ class _Handler(JsonHandler):
     do_GET = do_POST = _route
 
 
-class FakeSecretManager(LoopbackServer):
+class FakeSecretManager(HttpServer):
     handler = _Handler
 
     def __init__(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-from tests.fakes.loopback import JsonHandler, LoopbackServer
+from tests.support.servers import HttpServer, JsonHandler
 
 
 class _Handler(JsonHandler):
@@ -17,7 +17,7 @@ class _Handler(JsonHandler):
         self.send_json(status, {"status": "ok" if status == 200 else "starting"})
 
 
-class StartingService(LoopbackServer):
+class StartingService(HttpServer):
     handler = _Handler
 
     def __init__(self, path: str = "/health", ready_after: int = 0) -> None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.fakes.loopback import JsonHandler, LoopbackServer
+from tests.support.servers import HttpServer, JsonHandler
 
 TOKEN = "hf_fake_reader"
 PAGE_SIZE = 1000
@@ -89,7 +89,7 @@ class HubError(Exception):
         self.status, self.code = status, code
 
 
-class FakeHub(LoopbackServer):
+class FakeHub(HttpServer):
     """Repos in memory; ``lfs_above`` bytes or more make a file an LFS file."""
 
     def __init__(self, lfs_above: int = 1024) -> None:

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import base64
 import datetime
-import json
-import threading
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -25,6 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from tests.support.servers import HttpServer, JsonHandler
 
 TOKEN_SECONDS = 300
 
@@ -41,9 +40,34 @@ class TokenRequest:
     scopes: list[str]
 
 
+class _TokenHandler(JsonHandler):
+    owner: TokenAuthServer
+
+    def do_GET(self) -> None:
+        server = self.owner
+        url = urlsplit(self.path)
+        if url.path != "/token":
+            return self.send_json(404, {"error": "not found"})
+        if server.fail_next > 0:
+            server.fail_next -= 1
+            return self.send_json(503, {"error": "try again"})
+        query = parse_qs(url.query)
+        if query.get("service", [""])[0] != server.service:
+            return self.send_json(400, {"error": "unknown service"})
+        accepted, user = server._login(self.headers.get("Authorization"))
+        if not accepted:
+            return self.send_json(401, {"error": "bad login"})
+        scopes = query.get("scope", [])
+        server.requests.append(TokenRequest(user=user, scopes=scopes))
+        token = server.token(user, scopes)
+        self.send_json(200, {"token": token, "access_token": token, "expires_in": TOKEN_SECONDS})
+
+
 @dataclass
-class TokenAuthServer:
+class TokenAuthServer(HttpServer):
     """Signs registry tokens; start() serves them on a free loopback port."""
+
+    handler = _TokenHandler
 
     cert_path: Path
     users: dict[str, User]
@@ -63,26 +87,15 @@ class TokenAuthServer:
                       .not_valid_after(now + datetime.timedelta(days=1))
                       .sign(self._key, hashes.SHA256()))
         self.cert_path.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
-        self._server: ThreadingHTTPServer | None = None
 
     @property
     def realm(self) -> str:
-        assert self._server is not None, "start() first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}/token"
+        return f"{self.endpoint}/token"
 
     def registry_auth_config(self) -> dict:
         """The ``auth:`` section of the registry's config.yml."""
         return {"token": {"realm": self.realm, "service": self.service, "issuer": self.issuer,
                           "rootcertbundle": str(self.cert_path)}}
-
-    def start(self) -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
 
     def token(self, user: str | None, scopes: list[str]) -> str:
         """A signed token granting ``user`` what it may do of ``scopes``."""
@@ -109,41 +122,6 @@ class TokenAuthServer:
         user, _, password = base64.b64decode(encoded).decode().partition(":")
         known = self.users.get(user)
         return (known is not None and known.password == password), user
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                url = urlsplit(self.path)
-                if url.path != "/token":
-                    return self._reply(404, {"error": "not found"})
-                if server.fail_next > 0:
-                    server.fail_next -= 1
-                    return self._reply(503, {"error": "try again"})
-                query = parse_qs(url.query)
-                if query.get("service", [""])[0] != server.service:
-                    return self._reply(400, {"error": "unknown service"})
-                accepted, user = server._login(self.headers.get("Authorization"))
-                if not accepted:
-                    return self._reply(401, {"error": "bad login"})
-                scopes = query.get("scope", [])
-                server.requests.append(TokenRequest(user=user, scopes=scopes))
-                token = server.token(user, scopes)
-                self._reply(200, {"token": token, "access_token": token, "expires_in": TOKEN_SECONDS})
-
-            def _reply(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        return Handler
 
 
 def _split_scope(scope: str) -> tuple[str, str, str]:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.fakes.loopback import JsonHandler, LoopbackServer
+from tests.support.servers import HttpServer, JsonHandler
 
 _NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.\-/]{0,190}$")
 _ONE = re.compile(r"^/v2/account/secrets/([^/]+)$")
@@ -54,7 +54,7 @@ class _Handler(JsonHandler):
     do_GET = do_POST = do_PATCH = do_DELETE = _route
 
 
-class FakeRunpodSecrets(LoopbackServer):
+class FakeRunpodSecrets(HttpServer):
     handler = _Handler
 
     def __init__(self, api_key: str = "rp-fake-key") -> None:
@@ -69,7 +69,7 @@ class FakeRunpodSecrets(LoopbackServer):
 
     @property
     def api_url(self) -> str:
-        return self.url + "/v2"
+        return self.endpoint + "/v2"
 
     def by_name(self, name: str) -> dict[str, Any]:
         return next(secret for secret in self.secrets.values() if secret["name"] == name)

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.fakes.loopback import JsonHandler, LoopbackServer
+from tests.support.servers import HttpServer, JsonHandler
 
 _ONE = re.compile(r"^/v2/serverless/([^/]+)$")
 _POOLS = {"AMPERE_16", "AMPERE_24", "ADA_24", "AMPERE_48", "ADA_48_PRO", "AMPERE_80", "ADA_80_PRO", "HOPPER_141"}
@@ -94,7 +94,7 @@ def _check(endpoint: dict[str, Any], volumes: dict[str, str]) -> None:
         raise Problem(400, "The request body is invalid.", errors)
 
 
-class FakeRunpodServerless(LoopbackServer):
+class FakeRunpodServerless(HttpServer):
     handler = _Handler
 
     def __init__(self, api_key: str = "rp-deploy-key", endpoint_base: str = "https://example.api.runpod.ai") -> None:
@@ -112,7 +112,7 @@ class FakeRunpodServerless(LoopbackServer):
 
     @property
     def api_url(self) -> str:
-        return self.url + "/v2"
+        return self.endpoint + "/v2"
 
     def handle(self, method: str, path: str, authorization: str, body: Any) -> tuple[int, Any]:
         with self._lock:

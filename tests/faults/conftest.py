@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults import STALL_SECONDS, RecordingProxy
-from tests.harness import TEST_AWS_ENV, MotoServer, TemporalDevServer, WorkerProcess
+from tests.support.env import TEST_AWS_ENV
+from tests.support.figures import STALL_SECONDS
+from tests.support.proxies import RecordingProxy
+from tests.support.servers import MotoServer, TemporalDevServer, WorkerProcess
 
 
 @pytest.fixture

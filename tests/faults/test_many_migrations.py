@@ -12,17 +12,13 @@ import pytest
 
 from flyaway.models.status import MigrationResult, MigrationState
 from flyaway.starter.dev import write_random_file
-from tests.faults import MiB, RecordingProxy, report
-from tests.harness import (
-    TemporalDevServer,
-    WorkerProcess,
-    migration_result,
-    run_async,
-    s3_location,
-    s3_sha256,
-    start_migration,
-    weights_plan,
-)
+from tests.support.figures import report
+from tests.support.migrations import migration_result, run_async, start_migration
+from tests.support.plans import s3_location, weights_plan
+from tests.support.proxies import RecordingProxy
+from tests.support.s3 import s3_sha256
+from tests.support.servers import TemporalDevServer, WorkerProcess
+from tests.support.trees import MiB
 
 pytestmark = pytest.mark.slow
 MIGRATIONS = 20

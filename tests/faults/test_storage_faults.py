@@ -14,18 +14,16 @@ from typing import Any
 
 import pytest
 
+from flyaway.activities.storage.base import STATE_DIR
 from flyaway.models.status import MigrationState
 from flyaway.starter.dev import write_random_file
-from tests.faults import STALL_SECONDS, MiB, RecordingProxy, report
-from tests.harness import (
-    STATE_DIR,
-    TemporalDevServer,
-    WorkerProcess,
-    run_migration,
-    s3_location,
-    s3_sha256,
-    weights_plan,
-)
+from tests.support.figures import STALL_SECONDS, report
+from tests.support.migrations import run_migration
+from tests.support.plans import s3_location, weights_plan
+from tests.support.proxies import RecordingProxy
+from tests.support.s3 import s3_sha256
+from tests.support.servers import TemporalDevServer, WorkerProcess
+from tests.support.trees import MiB
 
 pytestmark = pytest.mark.slow
 SEED = 9

@@ -14,18 +14,13 @@ import pytest
 from flyaway.models.status import MigrationState, StageState
 from flyaway.starter.dev import write_random_file
 from tests.fakes.gcp_secret_manager import FakeSecretManager
-from tests.faults import MiB, RecordingProxy, report
-from tests.harness import (
-    TemporalDevServer,
-    WorkerProcess,
-    eventually,
-    migration_result,
-    run_async,
-    s3_location,
-    s3_sha256,
-    start_migration,
-    weights_plan,
-)
+from tests.support.figures import report
+from tests.support.migrations import eventually, migration_result, run_async, start_migration
+from tests.support.plans import s3_location, weights_plan
+from tests.support.proxies import RecordingProxy
+from tests.support.s3 import s3_sha256
+from tests.support.servers import TemporalDevServer, WorkerProcess
+from tests.support.trees import MiB
 
 pytestmark = pytest.mark.slow
 SEED = 9
@@ -53,7 +48,7 @@ def kill_plan(tmp_path: Path, endpoint: str, bucket: str, gcp: FakeSecretManager
                         part_size="8MiB", concurrency=CONCURRENCY,
                         bandwidth_limit="32MiB")  # slow enough that every kill point falls mid-copy
     plan["secrets"] = {"source": {"kind": "dotenv", "path": str(dotenv)},
-                       "destination": {"kind": "gcp_secret_manager", "project": PROJECT, "endpoint": gcp.url,
+                       "destination": {"kind": "gcp_secret_manager", "project": PROJECT, "endpoint": gcp.endpoint,
                                        "prefix": "kill-"}}
     return plan, sha
 

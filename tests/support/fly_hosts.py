@@ -19,7 +19,7 @@ import httpx
 from flyaway.providers.fly.agent import AGENT_SECRET_PREFIX
 from flyaway.starter.dev import stop_process
 from tests.fakes.fly_machines import FakeFlyMachinesAPI, FakeMachine
-from tests.harness import FLYAWAY, REPO
+from tests.support.env import FLYAWAY, REPO
 
 
 class LocalFlyHosts:

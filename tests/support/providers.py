@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from flyaway.activities.storage.base import STATE_DIR
 from tests.fakes import modal_volume as fake_modal
 from tests.fakes.hf_hub import TOKEN, FakeHub
-from tests.harness import STATE_DIR, TEST_AWS_ENV
+from tests.support.env import TEST_AWS_ENV
 
 REPO = "acme/llama"
 
@@ -28,7 +29,7 @@ def modal_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def worker_env(hub: FakeHub, modal_dir: Path) -> dict[str, str]:
-    return {**TEST_AWS_ENV, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN,
+    return {**TEST_AWS_ENV, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": TOKEN,
             "FLYAWAY_MODAL_VOLUME_FACTORY": fake_modal.FACTORY, fake_modal.ROOT_ENV: str(modal_dir),
             "MODAL_TOKEN_ID": fake_modal.TOKEN_ID, "MODAL_TOKEN_SECRET": fake_modal.TOKEN_SECRET}
 
