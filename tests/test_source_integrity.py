@@ -197,6 +197,30 @@ def test_a_multipart_source_read_with_a_flip_in_every_5th_get_lands_right_by_rea
     assert counting_proxy.read <= len(data) + counting_proxy.flipped * 5 * MiB  # one part again per flip
 
 
+def test_an_s3_object_overwritten_during_its_copy_is_never_mixed_the_reads_are_pinned_to_the_listed_etag(
+        moto_server: Any, bucket: str, tmp_path: Path) -> None:
+    """Overwritten after its first part was read: the next read, pinned by If-Match, fails (412), and the file
+    is copied again whole at its new version, not finished with the new object's bytes."""
+    client = plain_client(moto_server.endpoint)
+    put_multipart(client, bucket, "src/model.bin", [os.urandom(5 * MiB) for _ in range(3)])
+    new = os.urandom(12 * MiB)
+
+    class OverwrittenAfterOneRead(S3Source):
+        overwritten = False
+
+        def read(self, file: SourceFile, offset: int, length: int) -> bytes:
+            data = super().read(file, offset, length)
+            if not self.overwritten:
+                self.overwritten = True
+                client.put_object(Bucket=bucket, Key="src/model.bin", Body=new)
+            return data
+
+    source = OverwrittenAfterOneRead(s3_plan_location(moto_server.endpoint, bucket, "src"))
+    [entry] = copy(source, LocalDestination(local(tmp_path / "out")), part_size=5 * MiB)
+    assert (tmp_path / "out" / "model.bin").read_bytes() == new
+    assert entry.source_version == hashlib.md5(new).hexdigest() and entry.sha256 == hashlib.sha256(new).hexdigest()
+
+
 def test_hub_bytes_are_checked_and_reads_stay_on_the_listed_commit(
         hub: FakeHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The branch moves after the listing; a flipped read makes the engine try the file again, and that
@@ -482,11 +506,17 @@ def lock_bucket(s3: Any) -> Iterator[str]:
     s3.delete_bucket(Bucket=name)
 
 
-def test_a_bucket_with_object_lock_takes_a_copy_and_its_verify(
-        s3: Any, lock_bucket: str, moto_server: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["object-lock", "sse-kms"])
+def test_a_bucket_with_object_lock_or_kms_encryption_takes_a_copy_and_its_verify(
+        kind: str, s3: Any, bucket: str, lock_bucket: str, kms_proxy: SseKmsProxy, tmp_path: Path) -> None:
+    """Object Lock refuses a PUT without Content-MD5 or an x-amz-checksum; under SSE-KMS no ETag is an MD5."""
+    if kind == "sse-kms":
+        kms_bucket(s3, bucket)
+    kms_proxy.kms = kind == "sse-kms"
+    target = lock_bucket if kind == "object-lock" else bucket
     source = make_source(tmp_path / "src", ["config.json"])
     (tmp_path / "src" / "model.bin").write_bytes(os.urandom(7 * MiB))
-    destination = s3_location(moto_server.endpoint, lock_bucket, "m")
+    destination = s3_location(kms_proxy.endpoint, target, "m")
     S3Destination(S3Location.model_validate(destination)).check()
     stage = stage_of(source, destination)
     state = CopyStateNames("migration-t-weights")
@@ -494,9 +524,11 @@ def test_a_bucket_with_object_lock_takes_a_copy_and_its_verify(
 
     verified = _verify(stage, listing, state)
     assert (verified.files_verified, verified.bytes_verified) == (2, 1000 + 7 * MiB)
-    assert s3.head_object(Bucket=lock_bucket, Key="m/config.json")["ObjectLockMode"] == "GOVERNANCE"
-    assert s3.get_object(Bucket=lock_bucket, Key="m/model.bin")["Body"].read() == (
+    assert s3.get_object(Bucket=target, Key="m/model.bin")["Body"].read() == (
         tmp_path / "src" / "model.bin").read_bytes()
+    head = s3.head_object(Bucket=target, Key="m/config.json")
+    assert head.get("ObjectLockMode") == "GOVERNANCE" if kind == "object-lock" else (
+        head["ServerSideEncryption"] == "aws:kms")
 
 
 class PublishingLocalSource(LocalSource):

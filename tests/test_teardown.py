@@ -49,6 +49,8 @@ def test_the_gate_needs_a_verified_manifest_and_all_traffic_moved() -> None:
     assert teardown_refusal(plan, {}) == "the weights stage has not verified its manifest"
     assert "manifest is empty" in (teardown_refusal(plan, {"weights": weights_result(0)}) or "")
     assert teardown_refusal(plan, {"weights": weights_result(3)}) is None
+    short = weights_result(3).model_copy(update={"files_total": 4})
+    assert "verified 3 of 4" in (teardown_refusal(plan, {"weights": short}) or "")
 
     with_canary = plan.model_copy(update={"canary": {"steps": [{"weight": 100}]}})
     done = {"weights": weights_result(3)}
