@@ -78,6 +78,8 @@ def test_report_of_a_completed_copy_matches_its_status_and_manifest(
     verification = weights.verification
     assert verification is not None
     assert (verification.files_verified, verification.bytes_verified) == (len(entries), status.bytes_total)
+    assert verification.files_without_source_checksum == len(entries)  # a local folder publishes none
+    assert f"{len(entries)} of them from a source that publishes no checksum" in (tmp_path / "out" / "demo.html").read_text()
     assert verification.manifest_location.startswith(f"s3://{bucket}/models/demo")
     assert verification.manifest_location.endswith(f"/{manifest_key('report-demo')}")
     assert verification.manifest_sha256 == hashlib.sha256(body).hexdigest()

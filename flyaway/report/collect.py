@@ -197,6 +197,7 @@ class Collector:
             if verified is not None:
                 weights.verification = Verification(
                     files_verified=verified.verify.files_verified, bytes_verified=verified.verify.bytes_verified,
+                    files_without_source_checksum=verified.verify.files_without_source_checksum,
                     manifest_location=verified.verify.manifest_key, manifest_sha256=verified.verify.manifest_sha256)
         for name in ("files_copied", "files_skipped", "bytes_copied", "bytes_skipped", "bytes_uploaded",
                      "parts_reused", "parts_resent"):

@@ -57,6 +57,7 @@ class ThroughputPoint(Record):
 class Verification(Record):
     files_verified: int
     bytes_verified: int
+    files_without_source_checksum: int = Field(0, description="verified files whose source publishes no checksum")
     manifest_location: str
     manifest_sha256: str | None = Field(None, description="sha256 of the manifest file as written")
 
