@@ -317,7 +317,7 @@ def test_missing_credentials_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path
     with pytest.raises(MissingCredentials, match="is not a service account key or user credentials file"):
         GcsDestination(location)
     (tmp_path / "key.json").write_text(json.dumps(service_account_key()))
-    assert GcsDestination(location).client.project == "weights-project"
+    assert GcsDestination(location).bucket.client.project == "weights-project"
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     with pytest.raises(MissingCredentials, match="tigris://weights/: environment variable AWS_ACCESS_KEY_ID"):
         open_source(TigrisLocation(kind="tigris", bucket="weights"))

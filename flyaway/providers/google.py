@@ -1,6 +1,6 @@
 """Google Cloud: credentials from the worker's environment, which errors are transient, what Google's
-refusals mean, and the Secret Manager and Cloud Run (Admin API v2) clients. Every Google client of
-flyaway gets its credentials here.
+refusals mean, and the Secret Manager, Cloud Run (Admin API v2) and Cloud Storage clients. Every
+Google client of flyaway gets its credentials here.
 
 The client libraries run over their REST transport, which also takes an ``http://`` endpoint (an
 emulator, or the fakes in the tests).
@@ -13,25 +13,33 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import google.auth
 import google.auth.exceptions
 import google.auth.transport.requests
+import google.cloud.storage as storage  # mypy: google.cloud is a namespace package; storage is untyped
 import google_crc32c
 import requests
 from google.api_core import exceptions as google_errors
 from google.api_core.client_options import ClientOptions
 from google.api_core.operation import Operation as Operation  # a rollout, as Cloud Run gives it
 from google.auth.credentials import AnonymousCredentials, Credentials
+from google.auth.transport.requests import AuthorizedSession
 from google.cloud import run_v2, secretmanager
 from google.oauth2 import credentials as user_credentials, service_account
 
-from flyaway.errors import AccessDenied, InvalidPlan, MissingCredentials, NotFound
+from flyaway.errors import AccessDenied, DataCorruption, InvalidPlan, MissingCredentials, NotFound, Unreachable
 from flyaway.models.deploy import CloudRunDeploy
-from flyaway.providers.http import REQUEST_RETRY_SECONDS, call_with_retries, transient_status
+from flyaway.providers.http import (
+    CONNECT_TIMEOUT_SECONDS,
+    REQUEST_RETRY_SECONDS,
+    call_with_retries,
+    stall_seconds,
+    transient_status,
+)
 
 T = TypeVar("T")
 
@@ -328,3 +336,153 @@ class CloudRun:
 
     def close(self) -> None:
         self._client.transport.close()
+
+
+# ---- Cloud Storage -----------------------------------------------------------------------------
+
+DEVSTORAGE = "https://www.googleapis.com/auth/devstorage.read_write"
+
+
+class SessionRequestFailed(Exception):
+    """A request to a resumable upload session failed (``status`` None: no answer). The message leaves the URI
+    out: whoever holds it can write the object."""
+
+    def __init__(self, status: int | None, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail[:200]}" if status else detail)
+        self.status = status
+
+
+def is_transient_storage(error: BaseException) -> bool:
+    """A session request without an answer or with a transient status, else :func:`is_transient`."""
+    if isinstance(error, SessionRequestFailed):
+        return transient_status(error.status)
+    return is_transient(error)
+
+
+def storage_host() -> str:
+    """``scheme://host[:port]`` of the Cloud Storage API the client talks to (``STORAGE_EMULATOR_HOST``'s in tests)."""
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    if emulator:
+        return emulator.rstrip("/") if "://" in emulator else f"http://{emulator.rstrip('/')}"
+    return "https://storage.googleapis.com"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    name: str
+    size: int
+    generation: str
+    #: base64 of the big-endian crc32c, as GCS gives it
+    crc32c: str | None
+
+
+def _stored(blob: storage.Blob) -> StoredObject:
+    return StoredObject(name=blob.name, size=int(blob.size), generation=str(blob.generation), crc32c=blob.crc32c)
+
+
+class GcsBucket:
+    """One bucket through google-cloud-storage, anonymous against an emulator (``STORAGE_EMULATOR_HOST``), else
+    with the key file ``credentials_env`` names. Resumable upload sessions are spoken to over HTTP
+    (:meth:`create_session`, :meth:`session_request`), so any process can go on with one another began."""
+
+    def __init__(self, bucket: str, credentials_env: str, project: str | None, what: str, concurrency: int) -> None:
+        self.name, self.what = bucket, what
+        if os.environ.get("STORAGE_EMULATOR_HOST"):
+            credentials: Credentials = AnonymousCredentials()
+        else:
+            credentials, named = load_credentials(credentials_env, what, ambient=False, scopes=[DEVSTORAGE])
+            project = project or named
+        self.client = storage.Client(project=project, credentials=credentials)
+        self._bucket = self.client.bucket(bucket)
+        self._http = AuthorizedSession(credentials)
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(10, concurrency * 2))
+        self._http.mount("https://", adapter)
+        self._http.mount("http://", adapter)
+
+    def call(self, what: str, fn: Callable[[], T], max_seconds: float = REQUEST_RETRY_SECONDS) -> T:
+        """One request, retried while transient; refusals become flyaway's errors about ``what``."""
+        return call(fn, what, roles=f"roles on bucket gs://{self.name} (check the credentials)",
+                    not_found=f"bucket gs://{self.name} does not exist; create it or fix the name",
+                    expected=(google_errors.BadRequest, google_errors.Conflict), max_seconds=max_seconds)
+
+    def probe(self, name: str, prefix: str) -> None:
+        """Write and delete object ``name``, list ``prefix``: what a copy will do, once."""
+        blob = self._bucket.blob(name)
+        try:
+            self.call(f"writing {self.what}", lambda: blob.upload_from_string(b"flyaway", retry=None), max_seconds=20)
+        except (requests.ConnectionError, requests.Timeout, google.auth.exceptions.TransportError) as error:
+            raise Unreachable(f"Cloud Storage at {storage_host()} does not answer ({type(error).__name__}) for "
+                              f"{self.what}; check the network (or STORAGE_EMULATOR_HOST)") from None
+        self.call(f"deleting {self.what} probe", lambda: blob.delete(retry=None))
+        self.call(f"listing {self.what}", lambda: list(self.client.list_blobs(
+            self._bucket, prefix=prefix, max_results=1, retry=None)))
+
+    def get(self, name: str) -> StoredObject | None:
+        blob = self.call(f"gs://{self.name}/{name}", lambda: self._bucket.get_blob(name, retry=None))
+        return None if blob is None else _stored(blob)
+
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        pages = iter(self.client.list_blobs(self._bucket, prefix=prefix, retry=None).pages)
+        while True:
+            page = self.call(f"listing gs://{self.name}/{prefix}", lambda: next(pages, None))
+            if page is None:
+                return
+            yield from (_stored(blob) for blob in page)
+
+    def upload(self, name: str, data: bytes, crc32c: str | None = None) -> StoredObject:
+        """Store ``data``; with ``crc32c`` (base64, as GCS gives it) GCS refuses bytes that do not match it."""
+        what = f"gs://{self.name}/{name}"
+        blob = self._bucket.blob(name)
+        blob.crc32c = crc32c
+
+        def upload() -> None:
+            try:
+                blob.upload_from_string(data, content_type="application/octet-stream", checksum=None, retry=None)
+            except (google_errors.BadRequest, google_errors.Conflict) as error:
+                if crc32c and "crc32c" in str(error).lower():
+                    raise DataCorruption(f"{what}: the bytes that arrived do not have the crc32c of the source "
+                                         f"bytes") from None
+                raise
+
+        self.call(what, upload)
+        return _stored(blob)
+
+    def download(self, name: str, start: int = 0, end: int | None = None) -> bytes | None:
+        """Bytes ``start`` to ``end`` (inclusive; None: to the end); None when the object does not exist."""
+        blob = self._bucket.blob(name)
+
+        def get() -> bytes | None:
+            try:
+                data: bytes = blob.download_as_bytes(start=start, end=end, checksum=None, retry=None)
+                return data
+            except google_errors.NotFound:
+                return None
+            except google_errors.RequestRangeNotSatisfiable:
+                return b""  # the offset is at or past the end
+
+        return self.call(f"gs://{self.name}/{name}", get)
+
+    def delete(self, name: str) -> None:
+        blob = self._bucket.blob(name)
+
+        def delete() -> None:
+            with contextlib.suppress(google_errors.NotFound):
+                blob.delete(retry=None)
+
+        self.call(f"gs://{self.name}/{name}", delete)
+
+    def create_session(self, name: str, size: int) -> str:
+        """A resumable upload session for ``size`` bytes; its URI."""
+        blob = self._bucket.blob(name)
+        uri: str = self.call(f"gs://{self.name}/{name}", lambda: blob.create_resumable_upload_session(
+            content_type="application/octet-stream", size=size, checksum=None, retry=None))
+        return uri
+
+    def session_request(self, method: str, uri: str, **kwargs: Any) -> requests.Response:
+        """One request to a session, cut after ``stall_seconds()`` without a byte."""
+        try:
+            response: requests.Response = self._http.request(
+                method, uri, timeout=(CONNECT_TIMEOUT_SECONDS, stall_seconds()), **kwargs)
+            return response
+        except requests.RequestException as error:
+            raise SessionRequestFailed(None, f"{type(error).__name__} talking to the upload session") from None

@@ -1,4 +1,4 @@
-"""A Google Cloud Storage bucket as a destination, through google-cloud-storage.
+"""A Google Cloud Storage bucket as a destination (through :class:`flyaway.providers.google.GcsBucket`).
 
 Small files are single uploads that carry the crc32c of the source bytes, which GCS checks on
 arrival. A large file is one resumable upload session: its parts go in order
@@ -19,23 +19,16 @@ from __future__ import annotations
 
 import base64
 import builtins
-import contextlib
 import json
-import os
 import re
 import threading
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
-import google.auth.exceptions
-import google.cloud.storage as storage  # mypy: google.cloud is a namespace package; storage is untyped
 import requests
-from google.api_core import exceptions as gexc
-from google.auth.credentials import AnonymousCredentials, Credentials
-from google.auth.transport.requests import AuthorizedSession
 
 from flyaway.activities.storage.base import (
     DESTINATIONS,
@@ -48,61 +41,21 @@ from flyaway.activities.storage.base import (
     is_state_key,
 )
 from flyaway.activities.storage.checksums import combined_crc32c
-from flyaway.errors import (
-    AccessDenied,
-    DataCorruption,
-    NotFound,
-    Unreachable,
-    decoding_state,
-)
+from flyaway.errors import DataCorruption, decoding_state
 from flyaway.models.base import join_key
 from flyaway.models.copy import PartRecord
 from flyaway.models.locations import GcsLocation
-from flyaway.providers.google import is_transient as google_is_transient, load_credentials
-from flyaway.providers.http import (
-    CONNECT_TIMEOUT_SECONDS,
-    REQUEST_RETRY_SECONDS,
-    call_with_retries,
-    stall_seconds,
-    transient_status,
-)
-
-T = TypeVar("T")
+from flyaway.providers.google import GcsBucket, SessionRequestFailed, storage_host
 
 GCS_CHUNK = 256 * 1024
-SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 #: resumable upload status codes: 308 "resume incomplete"; 499 answers the cancel of a session
 RESUME_INCOMPLETE = 308
 SESSION_GONE = (404, 410, 499)
 
 
-class SessionRequestFailed(Exception):
-    """A request to a session URI failed (``status`` None: no answer). The message leaves the URI out."""
-
-    def __init__(self, status: int | None, detail: str) -> None:
-        super().__init__(f"HTTP {status}: {detail[:200]}" if status else detail)
-        self.status = status
-
-
-def is_transient(error: BaseException) -> bool:
-    """A session request without an answer or with a transient status, else Google's rule."""
-    if isinstance(error, SessionRequestFailed):
-        return transient_status(error.status)
-    return google_is_transient(error)
-
-
 def crc32c_b64(value: int) -> str:
     """The form GCS gives a crc32c in: base64 of its 4 big-endian bytes."""
     return base64.b64encode(value.to_bytes(4, "big")).decode()
-
-
-def gcs_credentials(location: GcsLocation) -> tuple[Credentials, str | None]:
-    """Anonymous against an emulator (``STORAGE_EMULATOR_HOST``), else the key file the plan's variable names."""
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        return AnonymousCredentials(), location.project
-    credentials, project = load_credentials(location.credentials_env, location.describe(), ambient=False,
-                                            scopes=[SCOPE])
-    return credentials, location.project or project
 
 
 @dataclass
@@ -129,14 +82,6 @@ def session_state_name(token: str) -> str:
     return f"gcs-sessions/{token}.json"
 
 
-def storage_host() -> str:
-    """``scheme://host[:port]`` of the Cloud Storage API the client talks to (the emulator's in tests)."""
-    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-    if emulator:
-        return emulator.rstrip("/") if "://" in emulator else f"http://{emulator.rstrip('/')}"
-    return "https://storage.googleapis.com"
-
-
 @DESTINATIONS.register("gcs")
 class GcsDestination(Destination):
     #: object names may not hold CR or LF: cloud.google.com/storage/docs/objects#naming
@@ -152,13 +97,8 @@ class GcsDestination(Destination):
     def __init__(self, location: GcsLocation, concurrency: int = 8) -> None:
         self.location = location
         self.prefix = location.prefix
-        credentials, project = gcs_credentials(location)
-        self.client = storage.Client(project=project, credentials=credentials)
-        self.bucket = self.client.bucket(location.bucket)
-        self.http = AuthorizedSession(credentials)
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(10, concurrency * 2))
-        self.http.mount("https://", adapter)
-        self.http.mount("http://", adapter)
+        self.bucket = GcsBucket(location.bucket, location.credentials_env, location.project, location.describe(),
+                                concurrency)
         self._sessions: dict[str, _Session] = {}
         self._lock = threading.Lock()
 
@@ -171,82 +111,39 @@ class GcsDestination(Destination):
     def _gs(self, key: str) -> str:
         return f"gs://{self.location.bucket}/{self.key_of(key)}"
 
-    def call(self, what: str, fn: Callable[[], T], max_seconds: float = REQUEST_RETRY_SECONDS) -> T:
-        """Run one request with retries; map what retrying cannot fix to a clear error about ``what``."""
-        try:
-            return call_with_retries(fn, is_transient, max_seconds)
-        except (gexc.Forbidden, gexc.Unauthorized, google.auth.exceptions.RefreshError) as error:
-            raise AccessDenied(f"{what}: access denied ({type(error).__name__}); check the credentials and the "
-                               f"roles they have on bucket gs://{self.location.bucket}") from None
-        except gexc.NotFound:
-            raise NotFound(f"bucket gs://{self.location.bucket} does not exist; create it or fix the name") from None
-
     def check(self) -> None:
-        probe = self.bucket.blob(self._state_key(f"probe-{uuid.uuid4().hex}"))
-        try:
-            self.call(f"writing {self.describe()}", lambda: probe.upload_from_string(b"flyaway", retry=None),
-                      max_seconds=20)
-        except (requests.ConnectionError, requests.Timeout, google.auth.exceptions.TransportError) as error:
-            endpoint = os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
-            raise Unreachable(f"Cloud Storage at {endpoint} does not answer ({type(error).__name__}) for "
-                              f"{self.describe()}; check the network (or STORAGE_EMULATOR_HOST)") from None
-        self.call(f"deleting {self.describe()} probe", lambda: probe.delete(retry=None))
-        self.call(f"listing {self.describe()}", lambda: list(self.client.list_blobs(
-            self.bucket, prefix=self.key_of(""), max_results=1, retry=None)))
+        self.bucket.probe(self._state_key(f"probe-{uuid.uuid4().hex}"), self.key_of(""))
 
     def stat(self, key: str) -> DestObject | None:
-        blob = self.call(self._gs(key), lambda: self.bucket.get_blob(self.key_of(key), retry=None))
-        return None if blob is None else DestObject(key=key, size=int(blob.size), version=str(blob.generation))
-
-    def _blobs(self, prefix: str) -> Iterator[storage.Blob]:
-        pages = iter(self.client.list_blobs(self.bucket, prefix=prefix, retry=None).pages)
-        while True:
-            page = self.call(f"listing gs://{self.location.bucket}/{prefix}", lambda: next(pages, None))
-            if page is None:
-                return
-            yield from page
+        stored = self.bucket.get(self.key_of(key))
+        return None if stored is None else DestObject(key=key, size=stored.size, version=stored.generation)
 
     def list(self) -> Iterator[DestObject]:
         base = f"{self.prefix.rstrip('/')}/" if self.prefix else ""
-        for blob in self._blobs(base):
-            rel = blob.name[len(base):]
+        for stored in self.bucket.list(base):
+            rel = stored.name[len(base):]
             if not rel or rel.endswith("/") or is_state_key(rel):
                 continue
-            yield DestObject(key=rel, size=int(blob.size), version=str(blob.generation))
+            yield DestObject(key=rel, size=stored.size, version=stored.generation)
 
     def landed(self, key: str) -> LandedObject | None:
-        blob = self.call(self._gs(key), lambda: self.bucket.get_blob(self.key_of(key), retry=None))
-        if blob is None or not blob.crc32c:
+        stored = self.bucket.get(self.key_of(key))
+        if stored is None or not stored.crc32c:
             return None
-        return LandedObject(size=int(blob.size), checksum=base64.b64decode(blob.crc32c).hex(),
-                            version=str(blob.generation))
+        return LandedObject(size=stored.size, checksum=base64.b64decode(stored.crc32c).hex(), version=stored.generation)
 
     def put(self, key: str, data: bytes, checksum: str, sha256: str) -> str:
-        what = self._gs(key)
         expected = crc32c_b64(int(checksum, 16))
-        blob = self.bucket.blob(self.key_of(key))
-        blob.crc32c = expected  # sent with the upload, so GCS refuses bytes that do not match it
-
-        def upload() -> None:
-            try:
-                blob.upload_from_string(data, content_type="application/octet-stream", checksum=None, retry=None)
-            except (gexc.BadRequest, gexc.Conflict) as error:
-                if "crc32c" in str(error).lower():
-                    raise DataCorruption(f"{what}: the bytes that arrived do not have the crc32c of the source "
-                                         f"bytes") from None
-                raise
-
-        self.call(what, upload)
-        if blob.crc32c != expected:
-            raise DataCorruption(f"{what}: stored crc32c {blob.crc32c} is not {expected}, of the source bytes")
-        return str(blob.generation)
+        stored = self.bucket.upload(self.key_of(key), data, crc32c=expected)
+        if stored.crc32c != expected:
+            raise DataCorruption(f"{self._gs(key)}: stored crc32c {stored.crc32c} is not {expected}, of the source "
+                                 f"bytes")
+        return stored.generation
 
     # resumable sessions
 
     def begin_upload(self, key: str, size: int) -> str:
-        blob = self.bucket.blob(self.key_of(key))
-        uri = self.call(self._gs(key), lambda: blob.create_resumable_upload_session(
-            content_type="application/octet-stream", size=size, checksum=None, retry=None))
+        uri = self.bucket.create_session(self.key_of(key), size)
         token = uuid.uuid4().hex
         session = _Session(uri=self._check_uri(uri), size=size, persisted=0)
         self._save(token, session)
@@ -285,14 +182,6 @@ class GcsDestination(Destination):
                 session = self._sessions.setdefault(token, session)
         return session
 
-    def _request(self, method: str, session: _Session, **kwargs: Any) -> requests.Response:
-        try:
-            response: requests.Response = self.http.request(
-                method, session.uri, timeout=(CONNECT_TIMEOUT_SECONDS, stall_seconds()), **kwargs)
-            return response
-        except requests.RequestException as error:
-            raise SessionRequestFailed(None, f"{type(error).__name__} talking to the upload session") from None
-
     def _persisted_after(self, session: _Session, response: requests.Response, token: str) -> int:
         """How many bytes the server holds, from its answer to a chunk or a status query."""
         if response.status_code == RESUME_INCOMPLETE:
@@ -307,7 +196,7 @@ class GcsDestination(Destination):
 
     def _query(self, session: _Session, token: str) -> int:
         """Ask the server how many bytes of the session it persisted (the resumable protocol's recovery)."""
-        response = self._request("PUT", session, data=b"", headers={"Content-Range": f"bytes */{session.size}"})
+        response = self.bucket.session_request("PUT", session.uri, data=b"", headers={"Content-Range": f"bytes */{session.size}"})
         return self._persisted_after(session, response, token)
 
     def _send(self, session: _Session, token: str, offset: int, data: bytes) -> None:
@@ -319,7 +208,7 @@ class GcsDestination(Destination):
                 raise UploadGone(token)  # the server lost bytes before this part: resume from what it has
             while persisted < end:
                 body = data if persisted == offset else data[persisted - offset:]
-                response = self._request("PUT", session, data=body, headers={
+                response = self.bucket.session_request("PUT", session.uri, data=body, headers={
                     "Content-Range": f"bytes {persisted}-{end - 1}/{session.size}"})
                 try:
                     held = self._persisted_after(session, response, token)
@@ -338,7 +227,7 @@ class GcsDestination(Destination):
     def list_parts(self, key: str, upload_id: str) -> dict[int, PartRecord]:
         """The parts wholly below the offset the server persisted (the session holds no checksums)."""
         session = self._session(upload_id)
-        persisted = self.call(self._gs(key), lambda: self._query(session, upload_id))
+        persisted = self.bucket.call(self._gs(key), lambda: self._query(session, upload_id))
         session.persisted = persisted
         if session.part_size is None:
             return {}  # no part was sent
@@ -356,7 +245,7 @@ class GcsDestination(Destination):
         if session.part_size is None:  # parts go in order: this is part 1, as long as every part but the last
             session.part_size = len(data)
             self._save(upload_id, session)
-        self.call(f"{self._gs(key)} part {number}", lambda: self._send(session, upload_id, offset, data))
+        self.bucket.call(f"{self._gs(key)} part {number}", lambda: self._send(session, upload_id, offset, data))
         return PartRecord(number=number, size=len(data), checksum=checksum)
 
     def _final_resource(self, key: str, session: _Session, token: str) -> dict[str, Any]:
@@ -365,12 +254,12 @@ class GcsDestination(Destination):
         if known is not None:
             return known
         try:
-            held = self.call(self._gs(key), lambda: self._query(session, token))
+            held = self.bucket.call(self._gs(key), lambda: self._query(session, token))
         except UploadGone:
-            blob = self.call(self._gs(key), lambda: self.bucket.get_blob(self.key_of(key), retry=None))
-            if blob is None:
+            stored = self.bucket.get(self.key_of(key))
+            if stored is None:
                 raise
-            return {"size": blob.size, "crc32c": blob.crc32c, "generation": blob.generation}
+            return {"size": stored.size, "crc32c": stored.crc32c, "generation": stored.generation}
         if session.resource is None:
             raise DataCorruption(f"{self._gs(key)}: the upload session holds {held} of {session.size} bytes "
                                  f"after every part was sent")
@@ -401,12 +290,12 @@ class GcsDestination(Destination):
             return
 
         def cancel() -> None:
-            response = self._request("DELETE", session)
+            response = self.bucket.session_request("DELETE", session.uri)
             # a server that cannot cancel (501) lets the session expire unseen: nothing shows before its last byte
             if response.status_code not in (200, 204, 501, *SESSION_GONE):
                 raise SessionRequestFailed(response.status_code, response.text)
 
-        self.call(self._gs(key), cancel)
+        self.bucket.call(self._gs(key), cancel)
         self._forget(upload_id)
 
     def _forget(self, token: str) -> None:
@@ -420,35 +309,15 @@ class GcsDestination(Destination):
         return join_key(self.prefix, f"{STATE_DIR}/{name}")
 
     def put_state(self, name: str, data: bytes) -> None:
-        blob = self.bucket.blob(self._state_key(name))
-        self.call(f"gs://{self.location.bucket}/{blob.name}", lambda: blob.upload_from_string(
-            data, content_type="application/octet-stream", retry=None))
+        self.bucket.upload(self._state_key(name), data)
 
     def get_state(self, name: str, offset: int = 0, length: int | None = None) -> bytes | None:
-        blob = self.bucket.blob(self._state_key(name))
-        end = None if length is None else offset + length - 1
-
-        def get() -> bytes | None:
-            try:
-                data: bytes = blob.download_as_bytes(start=offset, end=end, checksum=None, retry=None)
-                return data
-            except gexc.NotFound:
-                return None
-            except gexc.RequestRangeNotSatisfiable:
-                return b""  # the offset is at or past the end
-
-        return self.call(f"gs://{self.location.bucket}/{blob.name}", get)
+        return self.bucket.download(self._state_key(name), offset, None if length is None else offset + length - 1)
 
     def list_state(self, prefix: str) -> builtins.list[str]:
         base = self._state_key("")
         base = base if base.endswith("/") else base + "/"
-        return sorted(blob.name[len(base):] for blob in self._blobs(base + prefix))
+        return sorted(stored.name[len(base):] for stored in self.bucket.list(base + prefix))
 
     def delete_state(self, name: str) -> None:
-        blob = self.bucket.blob(self._state_key(name))
-
-        def delete() -> None:
-            with contextlib.suppress(gexc.NotFound):
-                blob.delete(retry=None)
-
-        self.call(f"gs://{self.location.bucket}/{blob.name}", delete)
+        self.bucket.delete(self._state_key(name))
