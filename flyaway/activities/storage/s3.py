@@ -1,8 +1,8 @@
-"""Any S3-compatible store (AWS, Tigris, RunPod volumes, moto, ...) as a source or a destination, through boto3.
+"""Any S3-compatible store (AWS, Tigris, RunPod volumes, moto, ...) as a source or a destination (clients
+from :mod:`flyaway.providers.s3`).
 
-botocore's own retries are off: every request goes through tenacity here, so transient
-errors are retried the same way for every provider, and errors that retrying cannot fix
-are mapped to flyaway's non-retryable types with the bucket or key they concern.
+Every request goes through tenacity, and errors that retrying cannot fix are mapped to flyaway's
+non-retryable types with the bucket or key they concern.
 """
 
 from __future__ import annotations
@@ -11,20 +11,10 @@ import base64
 import builtins
 import functools
 import hashlib
-import os
 import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Literal, Self, TypeVar
-
-import boto3
-from botocore.config import Config
-from botocore.exceptions import (
-    ClientError,
-    ConnectionError as BotoConnectionError,
-    HTTPClientError,
-    NoCredentialsError,
-)
+from typing import Any, Self, TypeVar
 
 from flyaway.activities.storage.base import (
     DESTINATIONS,
@@ -51,83 +41,29 @@ from flyaway.errors import (
 )
 from flyaway.models.base import join_key
 from flyaway.models.copy import PartRecord, SourceChecksum, SourceFile
-from flyaway.models.locations import RunPodVolumeLocation, S3Location, TigrisLocation
-from flyaway.providers.http import (
-    CONNECT_TIMEOUT_SECONDS,
-    REQUEST_RETRY_SECONDS,
-    call_with_retries,
-    stall_seconds,
+from flyaway.providers.http import REQUEST_RETRY_SECONDS, call_with_retries
+from flyaway.providers.s3 import (
+    NETWORK_ERRORS,
+    ClientError,
+    NoCredentialsError,
+    S3Compatible,
+    ShortRead,
+    error_code,
+    http_status,
+    is_transient,
+    s3_client,
 )
 
 T = TypeVar("T")
-#: plan locations served by the S3 API; each gives its connection settings with ``s3()``
-S3Compatible = S3Location | TigrisLocation | RunPodVolumeLocation
 
 _ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
                  "InvalidToken", "AllAccessDisabled", "AccountProblem"}
-_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
-                    "ServiceUnavailable", "RequestTimeTooSkewed", "IncompleteBody"}
 #: CompleteMultipartUpload of a large file can take minutes on some providers (RunPod), so it alone
 #: waits this long for its answer; every other request is cut after ``stall_seconds()`` without a byte
 COMPLETE_READ_TIMEOUT_SECONDS = 600
 #: a CompleteMultipartUpload that timed out is sent again for this many read timeouts: a second
 #: try of one that landed meanwhile finds NoSuchUpload, and the object is checked instead
 COMPLETE_RETRY_TIMEOUTS = 3
-
-
-def error_code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
-
-
-def http_status(error: ClientError) -> int:
-    return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-
-
-def is_transient(error: BaseException) -> bool:
-    """Network trouble (timeouts included), throttling and 5xx but 501 are worth another try; anything else is not."""
-    if isinstance(error, ClientError):
-        status = http_status(error)
-        return (status >= 500 and status != 501) or status == 429 or error_code(error) in _TRANSIENT_CODES
-    return isinstance(error, (BotoConnectionError, HTTPClientError))
-
-
-def make_client(plan_location: S3Compatible, concurrency: int = 10, read_timeout: float | None = None) -> Any:
-    """A boto3 S3 client for ``plan_location`` with credentials from the environment variables it names.
-
-    Activities share one client per endpoint, credentials and pool size (boto3 clients are
-    thread-safe): a new session and client cost tens of milliseconds and about 13 MB, much of which
-    the worker process keeps after the client is gone."""
-    location = plan_location.s3()
-    creds = location.credentials
-    missing = [name for name in (creds.access_key_id_env, creds.secret_access_key_env) if not os.environ.get(name)]
-    if missing:
-        raise MissingCredentials(
-            f"{plan_location.describe()}: environment variable {missing[0]} is not set on the worker; "
-            f"export it, or name another variable in credentials")
-    endpoint = str(location.endpoint_url).rstrip("/") if location.endpoint_url else None
-    token = os.environ.get(creds.session_token_env) if creds.session_token_env else None
-    return _shared_client(endpoint, location.region, location.addressing_style, max(10, concurrency * 2),
-                          read_timeout or stall_seconds(), os.environ[creds.access_key_id_env],
-                          os.environ[creds.secret_access_key_env], token)
-
-
-@functools.lru_cache(maxsize=16)
-def _shared_client(endpoint: str | None, region: str, addressing_style: Literal["auto", "path", "virtual"],
-                   pool_size: int, read_timeout: float, access_key_id: str, secret_access_key: str,
-                   session_token: str | None) -> Any:
-    session = boto3.session.Session(aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
-                                    aws_session_token=session_token, region_name=region)
-    config = Config(
-        retries={"max_attempts": 1, "mode": "standard"},
-        s3={"addressing_style": addressing_style},
-        max_pool_connections=pool_size,
-        connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        read_timeout=read_timeout,
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        tcp_keepalive=True,
-    )
-    return session.client("s3", endpoint_url=endpoint, config=config)
 
 
 #: additional checksums S3 may keep (ChecksumMode=ENABLED), strongest first; CRC64NVME needs awscrt, so it is not used
@@ -158,7 +94,7 @@ class _S3Side:
         self.location = location.s3()
         self.bucket = self.location.bucket
         self.prefix = self.location.prefix
-        self.client = make_client(location, concurrency)
+        self.client = s3_client(location, concurrency)
 
     @classmethod
     def open(cls, location: S3Compatible, concurrency: int) -> Self:
@@ -232,7 +168,7 @@ class _S3Side:
                 raise AccessDenied(f"{self.bucket_label()}: access denied; check the credentials "
                                    f"and the bucket policy") from None
             raise
-        except (BotoConnectionError, HTTPClientError) as error:
+        except NETWORK_ERRORS as error:
             raise Unreachable(f"endpoint {self.location.endpoint_url or 'AWS S3'} of {self.bucket_label()} "
                               f"does not answer ({type(error).__name__}); {self.endpoint_hint()}") from None
 
@@ -378,7 +314,7 @@ class S3Source(_S3Side, Source):
                                               Range=f"bytes={offset}-{offset + length - 1}")
             data: bytes = response["Body"].read()
             if len(data) != length:
-                raise HTTPClientError(error=f"short read of {what}: {len(data)} of {length} bytes")
+                raise ShortRead(f"short read of {what}: {len(data)} of {length} bytes")
             return data
 
         return self._call_on_listed(file, get)
@@ -530,7 +466,7 @@ class S3Destination(_S3Side, Destination):
         body = {"Parts": [{"PartNumber": p.number, "ETag": f'"{p.receipt or p.checksum}"',
                            **({"ChecksumCRC32": _b64(p.checksum)} if self.additional_checksums else {})}
                           for p in parts]}
-        patient = make_client(self.plan_location, read_timeout=COMPLETE_READ_TIMEOUT_SECONDS)
+        patient = s3_client(self.plan_location, read_timeout=COMPLETE_READ_TIMEOUT_SECONDS)
         try:
             response = self.call(what, lambda: patient.complete_multipart_upload(
                 Bucket=self.bucket, Key=self.key_of(key), UploadId=upload_id, MultipartUpload=body),

@@ -1,4 +1,4 @@
-"""Route53 weighted record sets as a traffic router (boto3).
+"""Route53 weighted record sets as a traffic router (client from :mod:`flyaway.providers.s3`).
 
 The plan names two records with one name and type that differ by SetIdentifier: the Fly
 one and the new one. A weight change UPSERTs both in one change batch, so Route53 never
@@ -11,16 +11,13 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import boto3
 import structlog
-from botocore.config import Config
-from botocore.exceptions import ClientError
 
-from flyaway.activities.storage.s3 import error_code, http_status, is_transient as is_transient_aws_error
 from flyaway.activities.traffic import ROUTERS
 from flyaway.errors import AccessDenied, FlyawayError, InvalidPlan, MissingCredentials, NotFound
 from flyaway.models.canary import CanaryStage, Route53RouterConfig, WeightState
 from flyaway.providers.http import call_with_retries
+from flyaway.providers.s3 import ClientError, error_code, error_message, http_status, is_transient, route53_client
 from flyaway.redaction import register_secret
 
 log = structlog.get_logger(__name__)
@@ -35,15 +32,9 @@ _INSYNC_POLL_SECONDS = 5
 _INSYNC_MAX_POLLS = 60
 
 
-def _is_transient(exc: BaseException) -> bool:
-    """As for S3, plus Route53's "a change to this zone is still being applied"."""
-    return is_transient_aws_error(exc) or (isinstance(exc, ClientError)
-                                           and error_code(exc) == "PriorRequestNotComplete")
-
-
 def _translate(exc: ClientError, what: str) -> FlyawayError:
     code = error_code(exc) or f"HTTP {http_status(exc)}"
-    message = exc.response.get("Error", {}).get("Message", "")
+    message = error_message(exc)
     if code in _NOT_FOUND:
         return NotFound(f"{what}: {code}: {message}")
     if code in _DENIED or http_status(exc) == 403:
@@ -80,18 +71,14 @@ class Route53Router:
 
     def _make_client(self) -> Any:
         cfg = self._config
-        session = boto3.session.Session(aws_access_key_id=_credential(cfg.access_key_id_env),
-                                        aws_secret_access_key=_credential(cfg.secret_access_key_env),
-                                        aws_session_token=_credential(cfg.session_token_env))
-        # every request goes through tenacity (see _call), as for S3
-        return session.client("route53", region_name="us-east-1", endpoint_url=cfg.endpoint_url,
-                               config=Config(retries={"max_attempts": 1, "mode": "standard"}))
+        return route53_client(_credential(cfg.access_key_id_env), _credential(cfg.secret_access_key_env),
+                              _credential(cfg.session_token_env), cfg.endpoint_url)
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
-            return call_with_retries(fn, _is_transient)
+            return call_with_retries(fn, is_transient)
         except ClientError as exc:
-            if _is_transient(exc):
+            if is_transient(exc):
                 raise
             raise _translate(exc, what) from exc
 

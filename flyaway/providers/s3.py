@@ -1,0 +1,107 @@
+"""AWS and S3-compatible stores (AWS, Tigris, RunPod volumes, moto, ...) through boto3: clients for S3 and
+Route53, which errors are transient, and an error's code and status.
+
+botocore's own retries are off: every request goes through tenacity, so transient errors are
+retried the same way for every provider.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Literal
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    ClientError as ClientError,  # what an answer other than success raises: adapters tell them apart by code
+    ConnectionError as BotoConnectionError,
+    HTTPClientError,
+    NoCredentialsError as NoCredentialsError,
+)
+
+from flyaway.errors import MissingCredentials
+from flyaway.models.locations import RunPodVolumeLocation, S3Location, TigrisLocation
+from flyaway.providers.http import CONNECT_TIMEOUT_SECONDS, stall_seconds, transient_status
+
+#: plan locations served by the S3 API; each gives its connection settings with ``s3()``
+S3Compatible = S3Location | TigrisLocation | RunPodVolumeLocation
+#: no answer: the connection failed, was cut, or timed out
+NETWORK_ERRORS = (BotoConnectionError, HTTPClientError)
+#: codes worth another request whatever their status (Route53's PriorRequestNotComplete: a change to the zone
+#: is still being applied)
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+                    "ServiceUnavailable", "RequestTimeTooSkewed", "IncompleteBody", "PriorRequestNotComplete"}
+
+
+class ShortRead(Exception):
+    """A body ended before the bytes its answer promised: the connection was cut; worth another request."""
+
+
+def error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def error_message(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Message", ""))
+
+
+def http_status(error: ClientError) -> int:
+    return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Network trouble (timeouts included), throttling and 5xx but 501 (the shared rule), and the codes AWS uses
+    for throttling whatever the status."""
+    if isinstance(error, ClientError):
+        status = http_status(error)
+        return (status != 0 and transient_status(status)) or error_code(error) in _TRANSIENT_CODES
+    return isinstance(error, (*NETWORK_ERRORS, ShortRead))
+
+
+def s3_client(plan_location: S3Compatible, concurrency: int = 10, read_timeout: float | None = None) -> Any:
+    """A boto3 S3 client for ``plan_location`` with credentials from the environment variables it names.
+
+    Activities share one client per endpoint, credentials and pool size (boto3 clients are
+    thread-safe): a new session and client cost tens of milliseconds and about 13 MB, much of which
+    the worker process keeps after the client is gone."""
+    location = plan_location.s3()
+    creds = location.credentials
+    missing = [name for name in (creds.access_key_id_env, creds.secret_access_key_env) if not os.environ.get(name)]
+    if missing:
+        raise MissingCredentials(
+            f"{plan_location.describe()}: environment variable {missing[0]} is not set on the worker; "
+            f"export it, or name another variable in credentials")
+    endpoint = str(location.endpoint_url).rstrip("/") if location.endpoint_url else None
+    token = os.environ.get(creds.session_token_env) if creds.session_token_env else None
+    return _shared_client(endpoint, location.region, location.addressing_style, max(10, concurrency * 2),
+                          read_timeout or stall_seconds(), os.environ[creds.access_key_id_env],
+                          os.environ[creds.secret_access_key_env], token)
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_client(endpoint: str | None, region: str, addressing_style: Literal["auto", "path", "virtual"],
+                   pool_size: int, read_timeout: float, access_key_id: str, secret_access_key: str,
+                   session_token: str | None) -> Any:
+    session = boto3.session.Session(aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
+                                    aws_session_token=session_token, region_name=region)
+    config = Config(
+        retries={"max_attempts": 1, "mode": "standard"},
+        s3={"addressing_style": addressing_style},
+        max_pool_connections=pool_size,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        read_timeout=read_timeout,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        tcp_keepalive=True,
+    )
+    return session.client("s3", endpoint_url=endpoint, config=config)
+
+
+def route53_client(access_key_id: str | None, secret_access_key: str | None, session_token: str | None,
+                   endpoint_url: str | None) -> Any:
+    """A Route53 client (its API lives in us-east-1), with the worker's default credentials where none is given."""
+    session = boto3.session.Session(aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
+                                    aws_session_token=session_token)
+    return session.client("route53", region_name="us-east-1", endpoint_url=endpoint_url,
+                          config=Config(retries={"max_attempts": 1, "mode": "standard"}))
