@@ -41,6 +41,7 @@ from flyaway.errors import (
 from flyaway.models.copy import ListingLine
 from flyaway.models.locations import GcsLocation, LocalLocation, RunPodVolumeLocation, TigrisLocation
 from flyaway.models.plan import parse_plan
+from flyaway.providers.google import GcsBucket, SessionRequestFailed
 from flyaway.starter.cli import app
 from flyaway.starter.dev import free_port
 from tests.support.env import TEST_RUNPOD_ENV
@@ -299,6 +300,25 @@ def test_unknown_volume_and_bucket_are_named(runpod_env: None, runpod_proxy: Run
                             addressing_style="path")
     with pytest.raises(NotFound, match="bucket tigris://no-such-bucket does not exist"):
         open_source(tigris).check()
+
+
+def test_an_upload_session_request_without_an_answer_or_with_503_is_sent_again_and_a_400_is_not(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
+    bucket = GcsBucket("weights", "GOOGLE_APPLICATION_CREDENTIALS", "weights-project", "gs://weights", 1)
+    answers: list[Exception | str] = [SessionRequestFailed(None, "reset"), SessionRequestFailed(503, "busy"), "held"]
+
+    def send() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert bucket.call("a session", send) == "held" and not answers
+    answers[:] = [SessionRequestFailed(400, "bad offset"), "never asked"]
+    with pytest.raises(SessionRequestFailed, match="HTTP 400"):
+        bucket.call("a session", send)
+    assert answers == ["never asked"]
 
 
 def test_missing_credentials_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

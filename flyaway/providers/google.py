@@ -107,12 +107,13 @@ def is_transient(error: BaseException) -> bool:
 
 
 def call(fn: Callable[[], T], what: str, *, roles: str, not_found: str | None = None,
-         expected: tuple[type[Exception], ...] = (), max_seconds: float = REQUEST_RETRY_SECONDS) -> T:
-    """One API call, retried while transient. Google's refusals become flyaway's errors naming ``what`` and the
-    ``roles`` the worker's identity needs (``not_found`` says what a 404 means); ``expected`` ones are left to
-    the caller."""
+         expected: tuple[type[Exception], ...] = (), max_seconds: float = REQUEST_RETRY_SECONDS,
+         transient: Callable[[BaseException], bool] = is_transient) -> T:
+    """One API call, retried while ``transient``. Google's refusals become flyaway's errors naming ``what`` and
+    the ``roles`` the worker's identity needs (``not_found`` says what a 404 means); ``expected`` ones are left
+    to the caller."""
     try:
-        return call_with_retries(fn, is_transient, max_seconds)
+        return call_with_retries(fn, transient, max_seconds)
     except expected:
         raise
     except (google_errors.Unauthorized, google_errors.Forbidden, google.auth.exceptions.RefreshError) as error:
@@ -403,7 +404,8 @@ class GcsBucket:
         """One request, retried while transient; refusals become flyaway's errors about ``what``."""
         return call(fn, what, roles=f"roles on bucket gs://{self.name} (check the credentials)",
                     not_found=f"bucket gs://{self.name} does not exist; create it or fix the name",
-                    expected=(google_errors.BadRequest, google_errors.Conflict), max_seconds=max_seconds)
+                    expected=(google_errors.BadRequest, google_errors.Conflict), max_seconds=max_seconds,
+                    transient=is_transient_storage)
 
     def probe(self, name: str, prefix: str) -> None:
         """Write and delete object ``name``, list ``prefix``: what a copy will do, once."""
