@@ -42,7 +42,7 @@ from flyaway.providers.fly.api import (
     VolumeSnapshot,
     WaitState,
 )
-from flyaway.providers.http import REQUEST_RETRY_SECONDS, retrying
+from flyaway.providers.http import REQUEST_RETRY_SECONDS, ProviderUnavailable, is_transient, retrying, transient_status
 from flyaway.redaction import scrub
 
 T = TypeVar("T")
@@ -64,12 +64,12 @@ _secrets = TypeAdapter(list[Secret])
 _ips = TypeAdapter(list[IPAssignment])
 
 
-class FlyApiUnavailable(Exception):
-    """A 408, 429 or 5xx answer: transient, retried per request, then left to Temporal."""
+class FlyApiUnavailable(ProviderUnavailable):
+    """A transient answer (408, 429, 5xx but 501): retried per request, no sooner than its ``Retry-After``, then
+    left to Temporal."""
 
     def __init__(self, message: str, status: int, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.status = status
+        super().__init__(message, status)
         self.retry_after = retry_after
 
 
@@ -97,10 +97,6 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, (FlyApiUnavailable, httpx.TransportError))
 
 
 def _never_reached_server(exc: BaseException) -> bool:
@@ -149,7 +145,7 @@ class FlyClient:
         self.app = app
         self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
         self._wait_window = wait_window_seconds
-        self._retrying = retrying(_is_transient, retry_seconds)
+        self._retrying = retrying(is_transient, retry_seconds)
         self._retrying = self._retrying.copy(wait=_wait_at_least_retry_after(self._retrying.wait))
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout_seconds,
                                   headers={"Authorization": authorization_header(token),
@@ -397,7 +393,7 @@ class FlyClient:
                                f"is valid and may manage app '{self.app}'")
         if status == 404:
             raise NotFound(f"{subject} not found (Fly API {where}: {detail})")
-        if status in (408, 429) or status >= 500:
+        if transient_status(status):
             raise FlyApiUnavailable(f"Fly API {where} answered HTTP {status}: {detail}", status,
                                     parse_retry_after(response.headers.get("Retry-After")))
         raise InvalidPlan(f"Fly API rejected {where} for {subject} (HTTP {status}): {detail}")
