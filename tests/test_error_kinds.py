@@ -10,6 +10,7 @@ import hashlib
 import os
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,33 @@ def test_keys_a_local_destination_cannot_hold_stop_the_copy_at_listing_with_one_
     assert "names over 255 bytes: 'nnnn" in status.last_error and "InvalidPlan" in status.last_error
     assert list_attempts(temporal_server, workflow_id) == [1]
     assert not (out / "fine.bin").exists()
+    assert not list(out.glob(f"{STATE_DIR}/partial/*"))
+
+
+@pytest.mark.parametrize("make, shown", [
+    (lambda odd, outside: os.mkfifo(odd), "AccessDenied: source file odd"),
+    (lambda odd, outside: odd.symlink_to(odd.parent / "gone"), "SourceObjectMissing: source file odd"),
+    (lambda odd, outside: odd.symlink_to(outside), "AccessDenied: source file odd"),
+], ids=["fifo", "dangling-link", "link-out-of-the-root"])
+def test_a_source_entry_that_is_no_file_stops_the_copy_at_listing_with_one_try(
+        temporal_server: TemporalDevServer, worker: WorkerProcess, tmp_path: Path, make: Any, shown: str) -> None:
+    """End to end: the status names the entry while the migration waits for the operator; no retry, no byte."""
+    source, out = tmp_path / "src", tmp_path / "out"
+    source.mkdir()
+    write_random_file(source / "fine.bin", 4096)
+    (tmp_path / "outside.bin").write_bytes(b"not the source's")
+    make(source / "odd", tmp_path / "outside.bin")
+    plan = weights_plan(f"odd-{uuid.uuid4().hex[:6]}", {"kind": "local", "path": str(source)},
+                        {"kind": "local", "path": str(out)})
+    workflow_id = run_async(start_migration(temporal_server, plan, worker.task_queue))
+    status = eventually(lambda: (s := run_async(shown_status(temporal_server, workflow_id))).state
+                        == MigrationState.waiting_for_operator and s, 60, what="waiting_for_operator")
+    weights = status.stage_status("weights")
+    assert weights.state == StageState.waiting_for_operator and weights.error is not None
+    assert weights.error.startswith(shown), weights.error
+    assert status.last_error == f"weights: {weights.error}"
+    assert list_attempts(temporal_server, workflow_id) == [1]
+    assert not (out / "fine.bin").exists() and not (out / "odd").exists()
     assert not list(out.glob(f"{STATE_DIR}/partial/*"))
 
 
