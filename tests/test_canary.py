@@ -502,50 +502,75 @@ def run_histories(server: TemporalDevServer, workflow_id: str) -> list[int]:
     return run_async(go())
 
 
-LONG_WAIT_ANALYSES = 300
+LONG_WAIT_ANALYSES = 2_000
 #: the migration's own history while its canary analyses without end: the canary's state changes and
-#: a log of its analyses, not one signal per analysis
-MIGRATION_EVENTS_BOUND = 400
-CANARY_RUN_EVENTS_BOUND = 2_300
+#: a log of its analyses (its first 10 and then at powers of two), not one signal per analysis
+MIGRATION_EVENTS_BOUND = 200
+#: a canary run continues as new past 2,000 events, before an analysis (6 events each: no timer when the
+#: analysis itself takes longer than the interval)
+CANARY_RUN_EVENTS_BOUND = 2_100
+
+
+@pytest.fixture
+def punctual_server(tmp_path: Path) -> Iterator[TemporalDevServer]:
+    """A dev server that fires short timers on time: by default it fires a 10 ms timer a second late, which
+    would make each analysis of the long wait below last a second."""
+    (tmp_path / "temporal").mkdir()
+    server = TemporalDevServer(tmp_path / "temporal",
+                               dynamic_config={"history.timerProcessorMaxTimeShift": '"10ms"'})
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.mark.slow
 def test_a_long_approval_wait_keeps_every_history_bounded_and_still_rolls_back(
-        temporal_server: TemporalDevServer, canary_worker: WorkerProcess, moto_server: MotoServer, route53: Any,
-        zone: str, endpoints: tuple[FakeEndpoint, FakeEndpoint], tmp_path: Path) -> None:
+        punctual_server: TemporalDevServer, moto_server: MotoServer, route53: Any, zone: str,
+        endpoints: tuple[FakeEndpoint, FakeEndpoint], tmp_path: Path, task_queue: str) -> None:
     """Thousands of analyses at a very short interval while the first step waits for approval: the canary
     continues as new and the migration hears of changes only; a failure after that still rolls back."""
-    new = endpoints[1]
+    server, new = punctual_server, endpoints[1]
+    worker = WorkerProcess(server, task_queue, tmp_path / "worker.log", WORKER_ENV)
+    worker.start()
     plan = canary_plan("canary-long", tmp_path, route53_router(moto_server, zone), endpoints,
                        [{"weight": 10, "wait_for_approval": True}, {"weight": 100}], interval_seconds=0.01,
-                       requests_per_probe=20)
-    workflow_id = run_async(start_migration(temporal_server, plan, canary_worker.task_queue))
-    canary_when(temporal_server, workflow_id, "the approval gate", lambda c: c.state == CanaryState.WAITING_FOR_APPROVAL)
+                       requests_per_probe=1, concurrency=1,
+                       thresholds={"min_requests": 1, "min_success_rate": 99, "max_p99_ms": 2000})
+    try:
+        workflow_id = run_async(start_migration(server, plan, task_queue))
+        canary_when(server, workflow_id, "the approval gate", lambda c: c.state == CanaryState.WAITING_FOR_APPROVAL)
 
-    def analyses_so_far() -> int:
-        async def go() -> int:
-            client = await temporal_server.client()
-            canary = await client.get_workflow_handle(f"{workflow_id}-canary").query("progress",
-                                                                                      result_type=CanaryStatus)
-            return canary.history[-1].analyses
-        return run_async(go())
+        def analyses_so_far() -> int:
+            async def go() -> int:
+                client = await server.client()
+                canary = await client.get_workflow_handle(f"{workflow_id}-canary").query("progress",
+                                                                                          result_type=CanaryStatus)
+                return canary.history[-1].analyses
+            return run_async(go())
 
-    eventually(lambda: analyses_so_far() >= LONG_WAIT_ANALYSES, 900, interval=5,
-               what=f"{LONG_WAIT_ANALYSES} analyses while waiting for approval")
-    canary_runs = run_histories(temporal_server, f"{workflow_id}-canary")
-    assert len(canary_runs) >= 2, "the canary never continued as new"
+        eventually(lambda: analyses_so_far() >= LONG_WAIT_ANALYSES, 600, interval=2,
+                   what=f"{LONG_WAIT_ANALYSES} analyses while waiting for approval")
+        assert len(run_histories(server, f"{workflow_id}-canary")) >= LONG_WAIT_ANALYSES * 6 // 2_000, \
+            "the canary continues as new every few hundred analyses"
 
-    new.mode = "failing"
-    eventually(lambda: route53_weights(route53, zone) == (0, 100), 30, what="the rollback")
-    status = eventually(lambda: (s := status_of(temporal_server, workflow_id)).state
-                        == MigrationState.waiting_for_operator and s, 30, what="waiting_for_operator")
-    assert status.canary is not None and status.canary.state == CanaryState.ROLLED_BACK
-    assert [(r.weight, r.outcome) for r in status.canary.history] == [(10, StepOutcome.ROLLED_BACK)]
-    assert max(run_histories(temporal_server, f"{workflow_id}-canary")) <= CANARY_RUN_EVENTS_BOUND
-    assert max(run_histories(temporal_server, workflow_id)) <= MIGRATION_EVENTS_BOUND
+        new.mode = "failing"
+        eventually(lambda: route53_weights(route53, zone) == (0, 100), 30, what="the rollback")
+        status = eventually(lambda: (s := status_of(server, workflow_id)).state
+                            == MigrationState.waiting_for_operator and s, 30, what="waiting_for_operator")
+        assert status.canary is not None and status.canary.state == CanaryState.ROLLED_BACK
+        assert [(r.weight, r.outcome) for r in status.canary.history] == [(10, StepOutcome.ROLLED_BACK)]
+        assert status.canary.history[0].analyses >= LONG_WAIT_ANALYSES
+        canary_runs, migration_runs = (run_histories(server, f"{workflow_id}-canary"),
+                                       run_histories(server, workflow_id))
+        print(f"canary runs {len(canary_runs)}, longest {max(canary_runs)} events; migration runs "
+              f"{migration_runs} events")
+        assert max(canary_runs) <= CANARY_RUN_EVENTS_BOUND
+        assert max(migration_runs) <= MIGRATION_EVENTS_BOUND
 
-    async def abort() -> ControlResult:
-        client = await temporal_server.client()
-        return await client.get_workflow_handle(workflow_id).execute_update("abort", "enough",
-                                                                             result_type=ControlResult)
-    assert run_async(abort()).state == MigrationState.aborted
+        async def abort() -> ControlResult:
+            client = await server.client()
+            return await client.get_workflow_handle(workflow_id).execute_update("abort", "enough",
+                                                                                 result_type=ControlResult)
+        assert run_async(abort()).state == MigrationState.aborted
+    finally:
+        worker.stop()

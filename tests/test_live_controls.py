@@ -5,7 +5,6 @@ arrived, not that a state field changed."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 
 from flyaway.models.plan import WeightsStage
 from flyaway.models.status import ControlResult, MigrationState, StageState
-from flyaway.starter.dev import temporal_dev_command, wait_for_port, write_random_file
+from flyaway.starter.dev import write_random_file
 from tests.support.migrations import (
     eventually,
     migration_result,
@@ -260,20 +259,9 @@ def test_a_retried_copy_keeps_one_child_that_completes(
         proxy.stop()
 
 
-class SuggestingServer(TemporalDevServer):
-    """A dev server that suggests continuing as new after a handful of events, as a long history would."""
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [*temporal_dev_command(self.db_file, self.port, None),
-                 "--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=5"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for_port(self.port, 60, self.process)
-
-
 def test_the_migration_continues_as_new_between_stages_carrying_its_state(tmp_path: Path, task_queue: str) -> None:
-    server = SuggestingServer(tmp_path)
+    # a server that suggests continuing as new after a handful of events, as a long history would
+    server = TemporalDevServer(tmp_path, dynamic_config={"limit.historyCount.suggestContinueAsNew": "5"})
     worker = WorkerProcess(server, task_queue, tmp_path / "worker.log", {})
     try:
         server.start()

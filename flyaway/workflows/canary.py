@@ -2,8 +2,10 @@
 
 A child of the migration. Each step sets the new side's weight (with the manual router: says
 what to change and waits for ``approve``), then holds it: an analysis runs at once and at
-every interval, and the step passes when its pause is over, the latest analysis was
-Successful, the canary is not paused and, where the step asks for it, ``approve`` came.
+every interval (counted from the start of the one before, so an analysis that takes longer than
+the interval is followed at once, with no timer), and the step passes when its pause is over,
+the latest analysis was Successful, the canary is not paused and, where the step asks for it,
+``approve`` came.
 
 - More failed analyses in a step than ``failure_limit``: weight 0 on the new side at once,
   state ``rolled_back``, and the workflow fails with a ``RolledBack`` error. The migration's
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -114,6 +116,8 @@ class CanaryWorkflow:
         self._approval = False
         self._nudged = False
         self._reported: dict[str, Any] | None = None
+        #: when the last analysis of this run started: the next one is due an interval later
+        self._analysis_started: datetime | None = None
 
     @property
     def stage(self) -> CanaryStage:
@@ -196,9 +200,8 @@ class CanaryWorkflow:
             if record.analyses or settings.passive:  # passive sources need an interval's traffic first
                 self._take_approval(record)
                 self._continue_as_new_if_long()
-                left = self._hold_left(step, record)
-                cut_short = await self._sleep(min(settings.interval_seconds, left) if left
-                                              else settings.interval_seconds)
+                left, due = self._hold_left(step, record), self._next_analysis_in(record)
+                cut_short = await self._sleep(min(due, left) if left else due)
                 if cut_short and settings.passive and not status.promote_requested:
                     # act on the operator's signal now, but judge the metrics only over a whole interval
                     if self._settled(step, record):
@@ -212,6 +215,7 @@ class CanaryWorkflow:
                 assert status.analytics_since is not None
                 window = AnalyticsWindow(start=status.analytics_since, end=workflow.now())
                 status.analytics_since = window.end
+            self._analysis_started = workflow.now()
             result = await self._activity(run_analysis, [self.stage, status.metrics_baseline, window],
                                           analysis_timeout(settings), TRAFFIC_RETRY, AnalysisResult)
             if result.readings is not None:  # the next interval starts where this one ended
@@ -236,6 +240,14 @@ class CanaryWorkflow:
             return True
         self._show_waiting(step, record)
         return False
+
+    def _next_analysis_in(self, record: StepRecord) -> float:
+        """Seconds until the next analysis is due: an interval after the last one started, or after the step's
+        weight was set (so analyses keep their pace however long each takes; one that took longer than the
+        interval is followed at once, with no timer)."""
+        assert record.applied_at is not None
+        since = max(record.applied_at, self._analysis_started or record.applied_at)
+        return max(0.0, self.stage.analysis.interval_seconds - (workflow.now() - since).total_seconds())
 
     def _hold_left(self, step: CanaryStep, record: StepRecord) -> float:
         assert record.applied_at is not None
@@ -295,6 +307,8 @@ class CanaryWorkflow:
     async def _sleep(self, seconds: float) -> bool:
         """Wait ``seconds``, or less when an operator signal comes: True when a signal cut it short."""
         self._nudged = False
+        if seconds <= 0:
+            return False
         try:
             await workflow.wait_condition(lambda: self._nudged or self._approval or self.status.promote_requested,
                                           timeout=seconds)

@@ -176,11 +176,14 @@ class TemporalDevServer(ProcessServer):
 
     log_name = "temporal.log"
 
-    def __init__(self, workdir: Path, ui_port: int | None = None, codec_endpoint: str | None = None) -> None:
+    def __init__(self, workdir: Path, ui_port: int | None = None, codec_endpoint: str | None = None,
+                 dynamic_config: dict[str, str] | None = None) -> None:
         super().__init__(workdir)
         self.db_file = workdir / "temporal.db"
         self.ui_port = ui_port
         self.codec_endpoint = codec_endpoint
+        #: the server's dynamic config values, e.g. to suggest continue-as-new early or fire short timers on time
+        self.dynamic_config = dynamic_config
 
     @property
     def address(self) -> str:
@@ -189,7 +192,7 @@ class TemporalDevServer(ProcessServer):
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.process = start_temporal(self.db_file, self.port, self.ui_port, log,
-                                          codec_endpoint=self.codec_endpoint)
+                                          codec_endpoint=self.codec_endpoint, dynamic_config=self.dynamic_config)
 
     def options(self) -> TemporalOptions:
         return TemporalOptions(address=self.address, namespace="default", tls=False)
