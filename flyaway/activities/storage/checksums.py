@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import google_crc32c
 import structlog
 
+from flyaway.errors import DataCorruption
 from flyaway.models.copy import PartRecord, SourceChecksum
 
 _CRC32C_POLY = 0x82F63B78
@@ -202,15 +203,19 @@ class PartChecks:
 
     def repaired(self, key: str, offset: int, data: bytes, read: Callable[[int, int], bytes], tries: int = 2) -> bytes:
         """``data`` with each whole part that reads wrong read again by ``read(offset, length)``, up to ``tries``
-        times; what still reads wrong is left for the check of the whole file, which reads it all again."""
+        times; a part still wrong then is ``DataCorruption``: its own checksum leaves no doubt."""
         for _ in range(tries):
             bad = self.bad_parts(offset, data)
             if not bad:
-                break
+                return data
             log.warning("a source part read wrong; reading that part again", key=key,
                         parts=[number for number, _, _ in bad])
             patched = bytearray(data)
             for _, start, end in bad:
                 patched[start - offset:end - offset] = read(start, end - start)
             data = bytes(patched)
+        if bad := self.bad_parts(offset, data):
+            number = bad[0][0]
+            raise DataCorruption(f"{key}: part {number} read wrong {tries + 1} times; its bytes do not have the "
+                                 f"{self.algorithm} {self.checksum(number)} the source publishes for it")
         return data

@@ -16,6 +16,8 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Self, TypeVar
 
+import structlog
+
 from flyaway.activities.storage.base import (
     DESTINATIONS,
     SOURCES,
@@ -55,6 +57,7 @@ from flyaway.providers.s3 import (
 )
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
 _ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
                  "InvalidToken", "AllAccessDisabled", "AccountProblem"}
@@ -201,6 +204,8 @@ class S3Source(_S3Side, Source):
         super().__init__(location, concurrency)
         #: (key, version) -> the part checks of a multipart object, found at its first read
         self._checks: dict[tuple[str, str], PartChecks | None] = {}
+        #: (key, version, offset, length) of the ranges of large files read so far
+        self._served: set[tuple[str, str, int, int]] = set()
 
     def check(self) -> None:
         self.check_bucket()
@@ -273,10 +278,46 @@ class S3Source(_S3Side, Source):
 
     def read(self, file: SourceFile, offset: int, length: int) -> bytes:
         """The bytes, with each whole part of a multipart object among them checked against the part's own
-        checksum where the store tells it, and read again on its own while it reads wrong."""
-        data = self._get(file, offset, length)
+        checksum where the store tells it, and read again on its own while it reads wrong.
+
+        Where no part checksum tells, a range of a file read before (the file's own check failed, so the engine
+        reads it all again) is read until two reads in a row agree: a flip on the way does not come twice the
+        same, so the file's next check passes instead of meeting a new flip in some other range."""
         checks = self._part_checks(file) if "-" in file.version and length else None
-        return checks.repaired(file.key, offset, data, lambda start, size: self._get(file, start, size)) if checks else data
+        if checks is not None:
+            data = self._get(file, offset, length)
+            return checks.repaired(file.key, offset, data, lambda start, size: self._get(file, start, size))
+        served = (file.key, file.version, offset, length)
+        if served in self._served:
+            return self._get_agreed(file, offset, length)
+        if length < file.size:  # a range of a large file; a small one is read again whole, cheaply
+            self._served.add(served)
+        return self._get(file, offset, length)
+
+    def _get_agreed(self, file: SourceFile, offset: int, length: int, tries: int = 3) -> bytes:
+        """The range once a second read gives the same bytes (compared as they stream, so only one copy is
+        held), after at most ``tries`` pairs of reads; the last read if none agreed."""
+        data = self._get(file, offset, length)
+        for _ in range(tries):
+            if self._reads_the_same(file, offset, data):
+                return data
+            log.warning("a source range read differently twice; reading it again", key=file.key, offset=offset)
+            data = self._get(file, offset, length)
+        return data
+
+    def _reads_the_same(self, file: SourceFile, offset: int, data: bytes) -> bool:
+        def compare() -> bool:
+            body = self.client.get_object(Bucket=self.bucket, Key=self.key_of(file.key), IfMatch=f'"{file.version}"',
+                                          Range=f"bytes={offset}-{offset + len(data) - 1}")["Body"]
+            position = 0
+            for chunk in body.iter_chunks(1024 * 1024):
+                if data[position:position + len(chunk)] != chunk:
+                    body.close()
+                    return False
+                position += len(chunk)
+            return position == len(data)
+
+        return self._call_on_listed(file, compare)
 
     def _part_checks(self, file: SourceFile) -> PartChecks | None:
         known = (file.key, file.version)
