@@ -9,10 +9,11 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from boto3.s3.transfer import TransferConfig
@@ -293,10 +294,25 @@ def test_files_that_landed_before_a_kill_are_recorded_without_sending_them_again
     assert dest.get_state(upload_state_name("migrations/t/", "model.bin")) is None  # dropped once recorded
 
 
+class KilledAfterCommit(ModalVolumeDestination):
+    """With ``staged_copy_kept``, dies right after the volume committed a staged file, before its staged copy
+    is removed: the copy is kept aside where a SIGKILL would have left it."""
+
+    staged_copy_kept = False
+
+    def _upload(self, path: str, local: Path | IO[bytes]) -> None:
+        super()._upload(path, local)
+        if self.staged_copy_kept and isinstance(local, Path):
+            shutil.copy(local, f"{local}.kept")
+            raise Killed(path)
+
+
+@pytest.mark.parametrize("staged_copy", ["removed", "still there"])
 def test_files_committed_to_a_modal_volume_before_a_kill_are_found_there_and_not_sent_again(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The staged large file was committed and its staged copy removed, the small file put, neither recorded:
-    a retried attempt finds both on the volume by their size and crc32c, read back, and commits nothing."""
+        staged_copy: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The large file was committed to the volume (its staged copy removed, or not yet), the small file put,
+    neither recorded: a retried attempt finds both on the volume by their size and crc32c, read back, and
+    commits nothing."""
     for name, value in {fake_modal.ROOT_ENV: str(tmp_path / "modal"), "FLYAWAY_MODAL_VOLUME_FACTORY": fake_modal.FACTORY,
                         "MODAL_TOKEN_ID": fake_modal.TOKEN_ID, "MODAL_TOKEN_SECRET": fake_modal.TOKEN_SECRET}.items():
         monkeypatch.setenv(name, value)
@@ -305,19 +321,26 @@ def test_files_committed_to_a_modal_volume_before_a_kill_are_found_there_and_not
     for key, data in contents.items():
         (tmp_path / "src" / key).write_bytes(data)
     source = LocalSource(local(tmp_path / "src"))
-    dest = ModalVolumeDestination(ModalVolumeLocation(kind="modal_volume", volume="weights", create_if_missing=True,
-                                                      prefix="m", staging_dir=str(tmp_path / "staging")))
+    dest = KilledAfterCommit(ModalVolumeLocation(kind="modal_volume", volume="weights", create_if_missing=True,
+                                                 prefix="m", staging_dir=str(tmp_path / "staging")))
+    dest.staged_copy_kept = staged_copy == "still there"
     with pytest.raises(Killed):
         copy(source, dest, kill_before_recording="model.bin", concurrency=1)
+    staged = dest.staging.path_of("model.bin")
+    if dest.staged_copy_kept:
+        Path(f"{staged}.kept").rename(staged)
+    assert staged.exists() == dest.staged_copy_kept
     committed = fake_modal.read_uploads(tmp_path / "modal", "weights")
     assert {path for path, _ in committed} >= {"m/config.json", "m/model.bin"}
 
+    dest.staged_copy_kept = False
     entries = copy(source, dest, check_landed=True)
     again = fake_modal.read_uploads(tmp_path / "modal", "weights")[len(committed):]
     assert [path for path, _ in again if f"/{STATE_DIR}/" not in path] == []  # no file committed again
     assert {entry.key: entry.sha256 for entry in entries} == {
         key: hashlib.sha256(data).hexdigest() for key, data in contents.items()}
     assert dest.get_state(upload_state_name("migrations/t/", "model.bin")) is None
+    assert not staged.exists()
 
 
 def test_an_upload_id_read_back_from_state_never_becomes_a_path(tmp_path: Path) -> None:
