@@ -57,7 +57,7 @@ def test_pause_tune_resume_and_rejected_updates(temporal_server: TemporalDevServ
                          (("retry", "controls"), "nothing to retry: the migration is running"),
                          (("approve", "controls", "teardown"), "stage 'teardown' is not in this migration's plan"),
                          (("approve", "controls", "everything"), "unknown stage 'everything'"),
-                         (("tune", "controls"), "give a concurrency, a bandwidth limit, or both")):
+                         (("tune", "controls"), "give a concurrency, a bandwidth limit or a parallelism")):
         result = cli(temporal_server, *args)
         assert result.exit_code == 2, (args, result.stdout)
         assert reason in result.stderr, (args, result.stderr)

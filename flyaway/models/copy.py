@@ -57,6 +57,13 @@ class ManifestEntry(Record):
     copied_at: datetime | None = None
     source_checksum: str = Field("none", description="the source's own checksum the bytes read were checked "
                                  "against (SourceChecksum.label), or 'none' where the source publishes none")
+    sha256_of: Literal["file", "parts"] = Field(
+        "file", description="what ``sha256`` covers: the file's bytes, or (a file split among workers) the "
+        "concatenated sha256 digests of its parts, listed in ``part_sha256``; the destination checked its own "
+        "composite of the parts (S3's multipart ETag, crc32c) when the upload completed")
+    part_size: int | None = Field(None, gt=0, description="bytes per part (the last shorter) when sha256_of is parts")
+    part_sha256: list[str] = Field(default_factory=list, description="hex sha256 of each part, in order, when "
+                                   "sha256_of is parts")
 
 
 class ListingLine(Record):
@@ -110,7 +117,46 @@ class CopySettings(Record):
     """Knobs an operator can change while a copy runs (the ``tune`` update)."""
 
     concurrency: int
-    bandwidth_limit: int | None = None
+    bandwidth_limit: int | None = Field(None, description="bytes per second for the whole copy")
+    parallelism: int = Field(1, ge=1, description="copy activities in flight at once")
+
+    def activity_bandwidth(self) -> int | None:
+        """One activity's share of the copy's bandwidth limit: every activity in flight gets the same."""
+        return max(1, self.bandwidth_limit // self.parallelism) if self.bandwidth_limit else None
+
+
+class ListingUnit(Record):
+    """The work of one copy activity: the listing's lines from ``start`` to ``end`` (byte offsets), or, for a
+    file split among workers, parts ``first_part`` to ``last_part`` of the file on that one line.
+
+    Units sit in the listing's unit index at ``UNIT_WIDTH`` bytes each, so an activity finds its own by its
+    number: the workflow holds a cursor into them, never their contents."""
+
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+    first_part: int = Field(0, ge=0, description="0 for whole files")
+    last_part: int = Field(0, ge=0)
+    piece: int = Field(0, ge=0, description="which piece of its file this is")
+    pieces: int = Field(1, ge=1, description="how many pieces its file is split into (1: not split)")
+
+
+#: bytes per unit in the unit index, a JSON line padded with spaces
+UNIT_WIDTH = 128
+
+
+class PieceRecord(Record):
+    """The parts one piece of a split file landed, with their sha256, recorded for the piece that completes it."""
+
+    upload_id: str = Field(pattern=rf"^{UPLOAD_ID_PATTERN.pattern}$")
+    parts: list[PartRecord]
+    sha256: list[str] = Field(description="hex sha256 of each part's bytes, in the order of parts")
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, values: list[str]) -> list[str]:
+        if not all(HEX_PATTERN.fullmatch(value) for value in values):
+            raise ValueError("a part sha256 is hex")
+        return values
 
 
 class ListingResult(Record):
@@ -118,12 +164,13 @@ class ListingResult(Record):
     files_total: int
     bytes_total: int
     files_unchanged_candidates: int = 0
+    units_total: int = Field(0, description="entries of the listing's unit index: one copy activity each")
 
 
 class BatchRequest(Record):
     stage: WeightsStage
     listing_id: str
-    offset: int = Field(description="byte offset of the first line of this batch in the listing")
+    unit: int = Field(ge=0, description="the number of this activity's entry in the listing's unit index")
     settings: CopySettings
     report_to: str | None = Field(None, description="the migration workflow the activity reports its progress to")
     report_step: int = Field(0, ge=0, description="bytes landed between two progress reports, at the least")
@@ -149,15 +196,10 @@ class CopyCounters(Record):
         return {name: getattr(self, name) for name in CopyCounters.model_fields}
 
 
-class BatchResult(CopyCounters):
-    next_offset: int
-    done: bool
-
-
 class CopyProgress(Record):
     """Heartbeat details of a copy activity: what it has done so far and what is in flight."""
 
-    offset: int = 0
+    unit: int = 0
     files_done: int = 0
     bytes_done: int = 0
     bytes_uploaded: int = 0
@@ -180,7 +222,9 @@ class CopyWeightsInput(Record):
     stage: WeightsStage
     settings: CopySettings
     listing: ListingResult | None = None
-    offset: int = 0
+    next_unit: int = Field(0, description="the first unit of the listing's index not started yet")
+    redo: list[int] = Field(default_factory=list, description="units a pause interrupted, to run again first")
+    in_flight: list[int] = Field(default_factory=list, description="units started and not finished")
     counters: CopyCounters = Field(default_factory=CopyCounters)
     paused: bool = False
     agent: FlyAgent | None = Field(None, description="the volume agent reading a fly_volume source, once started")

@@ -50,6 +50,11 @@ class WeightsStage(StrictModel):
                                 description="bytes per part; grown as needed so no file has over 10,000 parts")
     concurrency: PositiveInt = Field(8, le=256, description="parts and small files in flight at once")
     bandwidth_limit: Size | None = Field(None, description="bytes per second for this copy, all streams together")
+    parallelism: PositiveInt = Field(1, le=64, description="copy activities in flight at once, each on its own "
+                                     "range of the listing, taken by any worker on the task queue")
+    piece_size: Size = Field(ByteSize(1 * GiB), description="with parallelism above 1 when the listing is written: "
+                             "most bytes one copy activity takes; a larger file is split into pieces of about "
+                             "this size that several workers upload into one multipart upload")
     batch_files: PositiveInt = Field(1000, description="most files one copy activity takes")
     batch_bytes: Size = Field(ByteSize(64 * GiB), description="most bytes one copy activity takes")
     max_attempts: PositiveInt | None = Field(
@@ -67,7 +72,7 @@ class WeightsStage(StrictModel):
             raise ValueError(f"{value} bytes is out of range; give a part size from 1MiB to 5GiB")
         return value
 
-    @field_validator("bandwidth_limit", "batch_bytes")
+    @field_validator("bandwidth_limit", "batch_bytes", "piece_size")
     @classmethod
     def _positive(cls, value: ByteSize | None) -> ByteSize | None:
         if value is not None and value <= 0:

@@ -61,6 +61,7 @@ class MigrationStatus(Record):
     last_error: str | None = None
     concurrency: int = 0
     bandwidth_limit: int | None = None
+    parallelism: int = 1
     approvals: list[str] = Field(default_factory=list)
     canary: CanaryStatus | None = Field(None, description="weight, step, last analysis and step history")
 
@@ -79,6 +80,7 @@ class MigrationResult(Record):
 class TuneRequest(Record):
     concurrency: int | None = Field(None, ge=1, le=256)
     bandwidth_limit: int | None = Field(None, ge=0, description="bytes per second; 0 removes the limit")
+    parallelism: int | None = Field(None, ge=1, le=64, description="copy activities in flight at once")
 
 
 class ControlAction(str, Enum):

@@ -21,7 +21,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowQueryFail
 from temporalio.service import RPCError
 
 from flyaway.models.canary import AnalysisResult, CanaryResult, CanaryStatus, WeightChange
-from flyaway.models.copy import BatchResult, CopyWeightsResult
+from flyaway.models.copy import CopyCounters, CopyWeightsResult
 from flyaway.models.deploy import DeployResult, ServiceScaling
 from flyaway.models.plan import STAGES, MigrationPlan, parse_plan
 from flyaway.models.status import MigrationResult, MigrationState, MigrationStatus, StageState, StageStatus
@@ -183,7 +183,7 @@ class Collector:
                     weights.batch_attempts_retried += batch.attempt - 1
                     if not batch.completed:
                         continue
-                    result: BatchResult = await self.decoder.result(batch, BatchResult)
+                    result: CopyCounters = await self.decoder.result(batch, CopyCounters)
                     for name in totals:
                         totals[name] += getattr(result, name)
                     weights.batches += 1

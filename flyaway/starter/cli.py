@@ -368,7 +368,8 @@ async def _control(temporal: TemporalOptions, workflow_id: str, name: str, args:
 
 def _settings_text(snap: Snapshot) -> str:
     limit = snap.status.bandwidth_limit
-    return f"concurrency {snap.status.concurrency}, bandwidth {human_bytes(limit) + '/s' if limit else 'unlimited'}"
+    return (f"concurrency {snap.status.concurrency}, bandwidth {human_bytes(limit) + '/s' if limit else 'unlimited'}, "
+            f"parallelism {snap.status.parallelism}")
 
 
 def _steer(migration: str, name: str, temporal: TemporalOptions, *args: Any) -> None:
@@ -447,16 +448,19 @@ def tune(migration: MigrationId,
          concurrency: Annotated[int | None, typer.Option(min=1, max=256, metavar="N", show_default=False,
                                                          help="parts in flight")] = None,
          bandwidth: Annotated[str | None, typer.Option(metavar="SIZE", show_default=False,
-                                                       help="bytes per second, e.g. 200MiB; 0 for none")] = None, *,
-         temporal: TemporalOptions) -> None:
-    """Change a running copy's concurrency or bandwidth limit; prints the settings now in force."""
+                                                       help="bytes per second, e.g. 200MiB; 0 for none")] = None,
+         parallelism: Annotated[int | None, typer.Option(min=1, max=64, metavar="N", show_default=False,
+                                                         help="copy activities in flight, over the workers")] = None,
+         *, temporal: TemporalOptions) -> None:
+    """Change a running copy's concurrency, bandwidth limit or parallelism; prints the settings now in force."""
     from pydantic import ByteSize, TypeAdapter, ValidationError
 
     try:
         limit = None if bandwidth is None else int(TypeAdapter(ByteSize).validate_python(bandwidth))
     except ValidationError:
         fail(f"--bandwidth: '{bandwidth}' is not a size; write it like 200MiB, or 0 for no limit")
-    _steer(migration, "tune", temporal, TuneRequest(concurrency=concurrency, bandwidth_limit=limit))
+    _steer(migration, "tune", temporal, TuneRequest(concurrency=concurrency, bandwidth_limit=limit,
+                                                    parallelism=parallelism))
 
 
 @app.command()
@@ -497,6 +501,10 @@ def report(migration: MigrationId,
 @temporal_options
 def worker(task_queue: TaskQueue = TASK_QUEUE,
            max_activities: Annotated[int, typer.Option(metavar="N", help="activities this worker runs at once")] = 20,
+           bandwidth_limit: Annotated[str | None, typer.Option(
+               metavar="SIZE", envvar="FLYAWAY_WORKER_BANDWIDTH", show_default=False,
+               help="bytes per second this worker sends over all its copies, e.g. 100MiB (each copy's own "
+                    "limit holds too)")] = None,
            json_logs: JsonLogs = None,
            allow_credential: Annotated[list[str] | None, typer.Option(
                help="KIND=VARIABLE: a credential variable plans may hand to KIND besides the documented ones "
@@ -515,9 +523,18 @@ def worker(task_queue: TaskQueue = TASK_QUEUE,
                                                   "credentials table KIND = [VARIABLE, ...]")] = None,
            *, temporal: TemporalOptions) -> None:
     """Run a worker: flyaway's workflows and activities, until SIGINT or SIGTERM."""
+    from pydantic import ByteSize, TypeAdapter, ValidationError
+
     from flyaway import policy
+    from flyaway.activities.storage.engine import WORKER_BANDWIDTH
     from flyaway.workers.main import run_worker
     from flyaway.workers.policy import start_policy
+
+    if bandwidth_limit is not None:
+        try:
+            WORKER_BANDWIDTH.rate = int(TypeAdapter(ByteSize).validate_python(bandwidth_limit)) or None
+        except ValidationError:
+            fail(f"--bandwidth-limit: '{bandwidth_limit}' is not a size; write it like 100MiB")
 
     for name, values in ((policy.CREDENTIALS_ENV, allow_credential), (policy.HOSTS_ENV, allow_host),
                          (policy.SECRET_ENV_ENV, allow_secret_env), (policy.DOTENV_DIRS_ENV, allow_dotenv_dir)):

@@ -69,6 +69,9 @@ def build_worker(client: Client, task_queue: str = TASK_QUEUE, max_activities: i
                               *TRAFFIC_ACTIVITIES, *IMAGE_ACTIVITIES, *DEPLOY_ACTIVITIES],
                   activity_executor=ThreadPoolExecutor(max_activities),
                   max_concurrent_activities=max_activities, max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+                  # a copy's units go through matching, so they spread over every worker on the queue instead
+                  # of running where the workflow task that scheduled them ran
+                  disable_eager_activity_execution=True,
                   default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE)
 
 

@@ -1,21 +1,25 @@
-"""``CopyWeightsWorkflow``: list, copy in batches, verify. Deterministic orchestration only.
+"""``CopyWeightsWorkflow``: list, copy unit by unit, verify. Deterministic orchestration only.
 
-It holds a cursor (a byte offset into the listing stored at the destination) and counters,
-never file lists, and continues as new before its history grows large, so a copy of any
-number of files fits.
+The listing, stored at the destination, is cut into units (a range of its lines, or a piece of a
+large file: see ``activities.storage.activities``), one copy activity each. Up to ``parallelism``
+of them run at once, on whichever workers poll the queue, so one migration spreads over every
+worker. The workflow holds a cursor (the next unit's number), the few units in flight and
+counters, never file lists, and continues as new before its history grows large (it lets the
+units in flight finish first), so a copy of any number of files fits.
 
 A step that fails for good (retries exhausted, a non-retryable error) does not fail this workflow
 when a migration runs it: the migration shows the error and waits for the operator, whose
 ``retry`` runs the step again here. So a retried migration has one copy child, not a failed one
 and a new one beside it; ``abort`` cancels it as usual.
 
-Controls act on the batch in flight: ``pause`` cancels it (the next attempt resumes from what
-landed), ``tune`` does not touch it (the copy activity reads the ``settings`` query every
-couple of seconds and applies them at its next part), and a cancellation (the migration's
-``abort``) cancels it, waits until the activity has stopped writing, and ends the workflow
-cancelled without starting anything else. Progress inside a batch goes from the activity
-straight to the migration, on change and in steps of a share of the listing, so history stays
-bounded however long a batch runs.
+Controls act on the units in flight: ``pause`` cancels them (each runs again on resume, from what
+landed), ``tune`` does not touch them (each copy activity reads the ``settings`` query every
+couple of seconds and applies them at its next part; a new ``parallelism`` decides how many units
+the workflow keeps in flight from then on), and a cancellation (the migration's ``abort``)
+cancels them, waits until every activity has stopped writing, and ends the workflow cancelled
+without starting anything else. Progress inside a unit goes from the activity straight to the
+migration, on change and in steps of a share of the listing, so history stays bounded however
+long a unit runs.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
     from flyaway.errors import NON_RETRYABLE_ERROR_TYPES
     from flyaway.models.copy import (
         BatchRequest,
-        BatchResult,
+        CopyCounters,
         CopySettings,
         CopyWeightsInput,
         CopyWeightsResult,
@@ -47,7 +51,7 @@ with workflow.unsafe.imports_passed_through():
     from flyaway.workflows.fly_source import AGENT_SCHEDULE_TO_START, agent_stage, run_on_agent
     from flyaway.workflows.stages import failure_message
 
-#: continue as new after this many batches or history events, well before Temporal's own limits
+#: continue as new after this many units or history events, well before Temporal's own limits
 BATCHES_BEFORE_CONTINUE = 40
 HISTORY_EVENTS_BEFORE_CONTINUE = 2_000
 T = TypeVar("T")
@@ -68,8 +72,14 @@ def copy_retry_policy(stage: WeightsStage) -> RetryPolicy:
 class CopyWeightsWorkflow:
     def __init__(self) -> None:
         self._input: CopyWeightsInput | None = None
-        self._interrupted = False
-        self._retry_requested = False
+        #: the copy activities in flight, by unit
+        self._handles: dict[int, ActivityHandle[CopyCounters]] = {}
+        #: units a pause cancelled: each runs again on resume
+        self._interrupted: set[int] = set()
+        self._failure: BaseException | None = None
+        self._cancelled = False
+        #: how many times the operator asked to retry; a step waiting for it waits for the next one
+        self._retries = 0
         self._stage: WeightsStage | None = None
         #: where the copy activities run: the volume agent's queue for a fly_volume source, else the workflow's
         self._task_queue: str | None = None
@@ -100,23 +110,7 @@ class CopyWeightsWorkflow:
                 schedule_to_start_timeout=self._schedule_to_start))
             await self._report()
         listing = request.listing
-        batches = 0
-        while listing.files_total:
-            await workflow.wait_condition(lambda: not request.paused)
-            self._show(f"copying from listing offset {request.offset}")
-            result = await self._with_operator(lambda: self._copy_one_batch(request))
-            if result is None:
-                continue
-            request.counters.add(result)
-            request.offset = result.next_offset
-            batches += 1
-            await self._report()
-            if result.done:
-                break
-            if (batches >= BATCHES_BEFORE_CONTINUE
-                    or workflow.info().get_current_history_length() > HISTORY_EVENTS_BEFORE_CONTINUE
-                    or workflow.info().is_continue_as_new_suggested()):
-                workflow.continue_as_new(request)
+        await self._copy_units(request)
         self._show("verifying every listed file at the destination")
         verified = await self._with_operator(lambda: workflow.execute_activity(
             verify_copy, args=[stage, listing], start_to_close_timeout=timedelta(hours=2),
@@ -125,41 +119,90 @@ class CopyWeightsWorkflow:
         return CopyWeightsResult(files_total=listing.files_total, bytes_total=listing.bytes_total,
                                  counters=request.counters, verify=verified)
 
-    async def _copy_one_batch(self, request: CopyWeightsInput) -> BatchResult | None:
-        """Run one batch; None if a pause interrupted it (it resumes on the next try).
+    def _has_units(self, request: CopyWeightsInput) -> bool:
+        assert request.listing is not None
+        return bool(request.redo) or request.next_unit < request.listing.units_total
 
-        The workflow's own cancellation (the migration aborts) is never mistaken for a pause: it
-        cancels the activity, waits until the activity stopped, and propagates.
+    async def _copy_units(self, request: CopyWeightsInput) -> None:
+        """Keep up to ``parallelism`` units in flight until every unit has run; continue as new (once the
+        units in flight are done) when history grows long."""
+        started = 0
+        try:
+            while self._has_units(request) or request.in_flight:
+                await workflow.wait_condition(lambda: self._failure is not None or self._can_start(request)
+                                              or not request.in_flight and not self._has_units(request))
+                if self._failure is not None:
+                    raise self._failure
+                if not self._can_start(request):
+                    continue
+                if (started >= BATCHES_BEFORE_CONTINUE
+                        or workflow.info().get_current_history_length() > HISTORY_EVENTS_BEFORE_CONTINUE
+                        or workflow.info().is_continue_as_new_suggested()):
+                    await workflow.wait_condition(lambda: not request.in_flight or self._failure is not None)
+                    if self._failure is not None:
+                        raise self._failure
+                    workflow.continue_as_new(request)
+                unit = request.redo.pop(0) if request.redo else request.next_unit
+                request.next_unit = max(request.next_unit, unit + 1)
+                request.in_flight.append(unit)
+                started += 1
+                asyncio.create_task(self._run_unit(request, unit))
+        except asyncio.CancelledError:
+            self._cancelled = True
+            for handle in self._handles.values():
+                handle.cancel()
+            await workflow.wait_condition(lambda: not self._handles)
+            raise
+
+    def _can_start(self, request: CopyWeightsInput) -> bool:
+        return (not request.paused and self._has_units(request)
+                and len(request.in_flight) < request.settings.parallelism)
+
+    async def _run_unit(self, request: CopyWeightsInput, unit: int) -> None:
+        try:
+            result = await self._with_operator(lambda: self._copy_unit(request, unit))
+        except BaseException as error:  # the run loop raises it
+            if self._failure is None and not self._cancelled:
+                self._failure = error
+            return
+        finally:
+            request.in_flight.remove(unit)
+        if result is None:
+            request.redo.append(unit)
+            return
+        request.counters.add(result)
+        self._show(f"copying: {len(request.in_flight)} units in flight, unit {unit} done")
+        await self._report()
+
+    async def _copy_unit(self, request: CopyWeightsInput, unit: int) -> CopyCounters | None:
+        """Run one unit; None if a pause interrupted it (it runs again on resume).
+
+        The workflow's own cancellation (the migration aborts) is never mistaken for a pause: the run loop
+        cancels every unit, waits until each activity stopped, and propagates.
         """
         assert request.listing is not None and self._stage is not None
-        self._interrupted = False
-        handle = workflow.start_activity(
+        self._interrupted.discard(unit)
+        handle = self._handles[unit] = workflow.start_activity(
             copy_batch,
-            BatchRequest(stage=self._stage, listing_id=request.listing.listing_id, offset=request.offset,
+            BatchRequest(stage=self._stage, listing_id=request.listing.listing_id, unit=unit,
                          settings=request.settings, report_to=self._report_to(),
                          report_step=max(1, request.listing.bytes_total // PROGRESS_REPORTS_PER_COPY)),
-            result_type=BatchResult, start_to_close_timeout=timedelta(hours=48),
+            result_type=CopyCounters, start_to_close_timeout=timedelta(hours=48),
             # The plan's heartbeat_timeout, 30 s by default: a copy heartbeats every couple of seconds
             # while it runs (also while a part waits for the bandwidth limit), so 30 s of silence means
-            # its worker is gone, and another worker takes the batch over that soon, resuming from the
+            # its worker is gone, and another worker takes the unit over that soon, resuming from the
             # parts that landed; long enough that a loaded worker is not mistaken for a dead one.
             heartbeat_timeout=self._stage.heartbeat_timeout, retry_policy=copy_retry_policy(self._stage),
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             task_queue=self._task_queue, schedule_to_start_timeout=self._schedule_to_start)
         try:
-            await workflow.wait_condition(lambda: handle.done() or self._interrupted)
-            if not handle.done():
-                handle.cancel()
-                await workflow.wait_condition(handle.done)
-        except asyncio.CancelledError:
-            await self._stop(handle)
-            raise
-        try:
-            return handle.result()
+            return await handle
         except ActivityError as error:
-            if isinstance(error.cause, CancelledError) and self._interrupted:
+            if isinstance(error.cause, CancelledError) and unit in self._interrupted and not self._cancelled:
                 return None
             raise
+        finally:
+            del self._handles[unit]
 
     async def _with_operator(self, step: Callable[[], Awaitable[T]]) -> T:
         """Run ``step``; when it fails for good under a migration, tell the migration why and run it again
@@ -171,17 +214,13 @@ class CopyWeightsWorkflow:
                 parent = workflow.info().parent
                 if parent is None:
                     raise
+                if self._cancelled:
+                    raise
                 message = failure_message(error)
-                self._retry_requested = False
+                retries = self._retries
                 self._show(f"waiting for the operator: {message}")
                 await workflow.get_external_workflow_handle(parent.workflow_id).signal(COPY_STUCK_SIGNAL, message)
-                await workflow.wait_condition(lambda: self._retry_requested)
-
-    @staticmethod
-    async def _stop(handle: ActivityHandle[BatchResult]) -> None:
-        """Cancel the batch and wait until the activity has stopped, so nothing writes after the workflow ends."""
-        handle.cancel()
-        await workflow.wait_condition(handle.done)
+                await workflow.wait_condition(lambda: self._retries > retries)
 
     def _report_to(self) -> str | None:
         parent = workflow.info().parent
@@ -194,11 +233,11 @@ class CopyWeightsWorkflow:
         c, listing = self._input.counters, self._input.listing
         total = f" of {listing.files_total} files ({listing.bytes_total:,} bytes)" if listing else ""
         workflow.set_current_details(f"{what}\n\n{c.files_copied + c.files_skipped} files, "
-                                     f"{c.bytes_copied + c.bytes_skipped:,} bytes done{total} at the last batch"
+                                     f"{c.bytes_copied + c.bytes_skipped:,} bytes done{total} at the last unit"
                                      + ("\n\n**paused**" if self._input.paused else ""))
 
     async def _report(self) -> None:
-        """Tell the parent migration how far the copy is (one signal per batch)."""
+        """Tell the parent migration how far the copy is (one signal per unit)."""
         parent = workflow.info().parent
         if parent is None or self._input is None:
             return
@@ -210,15 +249,17 @@ class CopyWeightsWorkflow:
 
     @workflow.query
     def settings(self) -> CopySettings | None:
-        """What the copy activity in flight applies at its next part (it polls this)."""
+        """What the copy activities in flight apply at their next part (they poll this)."""
         return self._input.settings if self._input is not None else None
 
     @workflow.signal
     def pause(self) -> None:
         if self._input is not None:
             self._input.paused = True
-            self._interrupted = True
-            self._show("paused: the batch in flight stops, no new part starts")
+            self._interrupted.update(self._handles)
+            for handle in self._handles.values():
+                handle.cancel()
+            self._show("paused: the units in flight stop, no new part starts")
 
     @workflow.signal
     def resume(self) -> None:
@@ -228,7 +269,7 @@ class CopyWeightsWorkflow:
 
     @workflow.signal
     def retry(self) -> None:
-        self._retry_requested = True
+        self._retries += 1
 
     @workflow.signal
     def tune(self, settings: CopySettings) -> None:

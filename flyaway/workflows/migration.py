@@ -88,10 +88,12 @@ class MigrationWorkflow:
         self._uploads_dropped = 0
         self._child: workflow.ChildWorkflowHandle[Any, Any] | None = None
         self._settings: CopySettings | None = None
-        #: files and bytes the copy had done at the end of its last batch, and the offset of the batch in flight
+        #: files and bytes the copy had done when its last unit ended, and what its units in flight have done since
         self._copy_files_done = 0
         self._copy_bytes_done = 0
-        self._batch_offset = 0
+        self._copy_next_unit = 0
+        self._copy_in_flight: list[int] = []
+        self._live: dict[int, CopyProgress] = {}
         self.results: dict[str, Any] = {}
 
     # ---- what stage runners see (flyaway.workflows.stages.StageContext) -------------------------
@@ -141,8 +143,9 @@ class MigrationWorkflow:
     def _start(self, plan: MigrationPlan) -> None:
         self._status.name = plan.name
         self._settings = CopySettings(concurrency=plan.weights.concurrency,
-                                      bandwidth_limit=plan.weights.bandwidth_limit)
+                                      bandwidth_limit=plan.weights.bandwidth_limit, parallelism=plan.weights.parallelism)
         self._status.concurrency = plan.weights.concurrency
+        self._status.parallelism = plan.weights.parallelism
         self._status.bandwidth_limit = plan.weights.bandwidth_limit
         for stage in self._status.stages:
             if stage.name not in plan.stages_present():
@@ -276,7 +279,7 @@ class MigrationWorkflow:
             lines.append(f"weights: {size_text(status.bytes_done)} of {size_text(status.bytes_total)}, "
                          f"{status.files_done}/{status.files_total} files{rate}{eta}")
         limit = f"{size_text(status.bandwidth_limit)}/s" if status.bandwidth_limit else "unlimited"
-        lines.append(f"concurrency {status.concurrency}, bandwidth {limit}")
+        lines.append(f"concurrency {status.concurrency}, bandwidth {limit}, parallelism {status.parallelism}")
         for stage in status.stages:
             if stage.state not in (StageState.pending, StageState.skipped):
                 lines.append(f"- {stage.name}: {stage.state.value}" + (f" ({stage.detail})" if stage.detail else ""))
@@ -295,8 +298,9 @@ class MigrationWorkflow:
         counters = progress.counters
         self._copy_files_done = counters.files_copied + counters.files_skipped
         self._copy_bytes_done = counters.bytes_copied + counters.bytes_skipped
-        self._batch_offset = progress.offset
-        self._show_copy_progress(self._copy_files_done, self._copy_bytes_done)
+        self._copy_next_unit, self._copy_in_flight = progress.next_unit, progress.in_flight
+        self._live = {unit: live for unit, live in self._live.items() if self._unit_running(unit)}
+        self._show_copy_live()
 
     @workflow.signal(name=COPY_STUCK_SIGNAL)
     def copy_stuck(self, message: str) -> None:
@@ -309,13 +313,21 @@ class MigrationWorkflow:
 
     @workflow.signal(name=LIVE_PROGRESS_SIGNAL)
     def copy_live_progress(self, progress: CopyProgress) -> None:
-        """What the copy activity of the batch in flight has done so far; one of an earlier batch is stale.
+        """What a copy activity in flight has done so far; one of a unit that has ended is stale.
         (Its retries are not reported here: ``flyaway status`` reads them from the pending activity.)"""
-        if progress.offset != self._batch_offset or self._status.stage != "weights":
+        if not self._unit_running(progress.unit) or self._status.stage != "weights":
             return
-        self._status.rate_bytes_per_second = progress.rate_bytes_per_second
-        self._show_copy_progress(self._copy_files_done + progress.files_done,
-                                 self._copy_bytes_done + progress.bytes_done)
+        self._live[progress.unit] = progress
+        self._status.rate_bytes_per_second = sum(live.rate_bytes_per_second for live in self._live.values())
+        self._show_copy_live()
+
+    def _unit_running(self, unit: int) -> bool:
+        """Whether a unit may still be in flight: started after the copy last reported, or in flight then."""
+        return unit >= self._copy_next_unit or unit in self._copy_in_flight
+
+    def _show_copy_live(self) -> None:
+        self._show_copy_progress(self._copy_files_done + sum(live.files_done for live in self._live.values()),
+                                 self._copy_bytes_done + sum(live.bytes_done for live in self._live.values()))
 
     def _show_copy_progress(self, files_done: int, bytes_done: int) -> None:
         status = self._status
@@ -465,6 +477,9 @@ class MigrationWorkflow:
             self._settings.concurrency = request.concurrency
         if request.bandwidth_limit is not None:
             self._settings.bandwidth_limit = request.bandwidth_limit or None
+        if request.parallelism is not None:
+            self._settings.parallelism = request.parallelism
+        self._status.parallelism = self._settings.parallelism
         self._status.concurrency = self._settings.concurrency
         self._status.bandwidth_limit = self._settings.bandwidth_limit
         copying = self._status.stage == "weights"
@@ -472,15 +487,16 @@ class MigrationWorkflow:
             await self._signal_child("tune", self._settings)
         self._show()
         limit = f"{size_text(self._settings.bandwidth_limit)}/s" if self._settings.bandwidth_limit else "unlimited"
-        return self._answer(ControlAction.tune, f"concurrency {self._settings.concurrency}, bandwidth {limit}: "
+        return self._answer(ControlAction.tune, f"concurrency {self._settings.concurrency}, bandwidth {limit}, "
+                                                f"parallelism {self._settings.parallelism}: "
                                                 + ("the copy applies them at its next part" if copying
                                                    else "the copy will use them"))
 
     @tune.validator
     def _validate_tune(self, request: TuneRequest) -> None:
         self._require_active()
-        if request.concurrency is None and request.bandwidth_limit is None:
-            raise ValueError("give a concurrency, a bandwidth limit, or both")
+        if request.concurrency is None and request.bandwidth_limit is None and request.parallelism is None:
+            raise ValueError("give a concurrency, a bandwidth limit or a parallelism")
 
     async def _signal_child(self, name: str, *args: Any) -> None:
         if self._child is not None and not self._child.done():

@@ -4,10 +4,14 @@ State lives at the destination in flyaway's state folder (``STATE_DIR``), which 
 can reach (the listing refuses one that would), each migration in its own folder
 ``migrations/<copy workflow id>/``, so verify and abort touch only their own:
 
-- ``runs/<listing>/listing.jsonl``: what this copy works through, one ``ListingLine`` a line;
-  batches are addressed by byte offsets into it, so the workflow holds a cursor, not a list.
-- ``runs/<listing>/manifest/<offset>-<attempt>-<seq>.jsonl``: entries of files that landed,
-  flushed every few seconds, so a retried batch skips what an earlier attempt finished.
+- ``runs/<listing>/listing.jsonl``: what this copy works through, one ``ListingLine`` a line.
+- ``runs/<listing>/units.jsonl``: the listing cut into the work of one copy activity each
+  (``ListingUnit``: a range of lines, or a piece of a large file), fixed-width, so the workflow
+  holds a cursor (the next unit's number), not a list, and any worker finds a unit by its number.
+- ``runs/<listing>/manifest/<offset>-<unit>-<attempt>-<seq>.jsonl``: entries of files that landed,
+  flushed every few seconds, so a retried unit skips what an earlier attempt finished; ``offset``
+  is the listing offset of the unit's first line.
+- ``runs/<listing>/pieces/<file>/``: the parts each piece of a split file landed (see ``pieces``).
 - ``uploads/<hash>.json``: multipart uploads in progress (see the engine).
 - ``manifest.jsonl``: the migration's verified manifest, written last.
 
@@ -23,6 +27,7 @@ import fnmatch
 import hashlib
 import io
 import json
+import math
 import re
 import time
 from collections import Counter
@@ -34,9 +39,10 @@ from pydantic import Field
 from temporalio import activity
 
 from flyaway.activities.storage import open_destination, open_source
-from flyaway.activities.storage.base import STATE_DIR, Destination, is_state_key
-from flyaway.activities.storage.engine import CopyEngine
+from flyaway.activities.storage.base import STATE_DIR, Destination, Source, is_state_key
+from flyaway.activities.storage.engine import CopyEngine, begin_recorded_upload, part_size_for, upload_state_name
 from flyaway.activities.storage.names import KeysTheDestinationRefuses
+from flyaway.activities.storage.pieces import PieceCopy, pieces_folder
 from flyaway.activities.storage.progress import CopyReporter
 from flyaway.activities.storage.stall import cut_when_stalled
 from flyaway.errors import (
@@ -47,11 +53,14 @@ from flyaway.errors import (
 )
 from flyaway.models.base import Record, check_relative_key
 from flyaway.models.copy import (
+    UNIT_WIDTH,
     BatchRequest,
-    BatchResult,
+    CopyCounters,
     ListingLine,
     ListingResult,
+    ListingUnit,
     ManifestEntry,
+    SourceFile,
     UploadState,
     VerifyResult,
 )
@@ -60,8 +69,6 @@ from flyaway.models.plan import WeightsStage
 log = structlog.get_logger(__name__)
 
 MANIFEST = "manifest.jsonl"
-#: how much of the listing one read fetches
-LISTING_WINDOW = 4 * 1024 * 1024
 #: landed files are recorded at the destination at least this often
 FLUSH_SECONDS = 5.0
 FLUSH_ENTRIES = 500
@@ -97,11 +104,17 @@ class CopyStateNames:
         self.claim = f"claims/{migration_folder(workflow_id)}.json"
         self.manifest = f"{self.prefix}{MANIFEST}"
 
+    def run(self, listing_id: str) -> str:
+        return f"{self.prefix}runs/{listing_id}/"
+
     def listing(self, listing_id: str) -> str:
-        return f"{self.prefix}runs/{listing_id}/listing.jsonl"
+        return f"{self.run(listing_id)}listing.jsonl"
+
+    def units(self, listing_id: str) -> str:
+        return f"{self.run(listing_id)}units.jsonl"
 
     def shards(self, listing_id: str) -> str:
-        return f"{self.prefix}runs/{listing_id}/manifest/"
+        return f"{self.run(listing_id)}manifest/"
 
 
 def _workflow_id() -> str:
@@ -227,6 +240,66 @@ async def check_weights(stage: WeightsStage) -> str:
     return await asyncio.to_thread(check)
 
 
+class UnitCutter:
+    """Cuts the listing, as it is written, into the units copy activities take.
+
+    With a parallelism of 1 a unit is a batch as the plan sizes it (``batch_files``, ``batch_bytes``).
+    Above, a unit holds at most ``piece_size`` bytes, and a file larger than that is split into pieces
+    of whole parts (when the destination takes parts of one upload from several workers and the source
+    publishes no whole-file checksum, see ``pieces``), so the copy spreads over the workers on the queue
+    while history grows by a few events per unit."""
+
+    def __init__(self, stage: WeightsStage, source: Source, dest: Destination) -> None:
+        spread = stage.parallelism > 1
+        self.stage, self.dest = stage, dest
+        self.max_bytes = min(stage.batch_bytes, stage.piece_size) if spread else stage.batch_bytes
+        self.split = spread and dest.limits.parts_from_any_worker and not source.publishes_checksums
+        self.units: list[bytes] = []
+        self.split_files: list[tuple[SourceFile, int]] = []
+        self.start = self.position = self.files = self.size = 0
+
+    def add(self, file: SourceFile, line_length: int) -> None:
+        start, self.position = self.position, self.position + line_length
+        if self.split and file.size > self.stage.piece_size:
+            part_size = part_size_for(file.size, self.stage.part_size, self.dest.limits)
+            parts = math.ceil(file.size / part_size)
+            per_piece = max(1, self.stage.piece_size // part_size)
+            pieces = math.ceil(parts / per_piece)
+            if pieces > 1:
+                self.close(start)
+                for piece in range(pieces):
+                    self._append(ListingUnit(start=start, end=self.position, first_part=piece * per_piece + 1,
+                                             last_part=min(parts, (piece + 1) * per_piece), piece=piece, pieces=pieces))
+                self.split_files.append((file, part_size))
+                self.start = self.position
+                return
+        self.files += 1
+        self.size += file.size
+        if self.files >= self.stage.batch_files or self.size >= self.max_bytes:
+            self.close(self.position)
+
+    def close(self, end: int) -> None:
+        if end > self.start:
+            self._append(ListingUnit(start=self.start, end=end))
+        self.start, self.files, self.size = end, 0, 0
+
+    def _append(self, unit: ListingUnit) -> None:
+        self.units.append(unit.model_dump_json().encode().ljust(UNIT_WIDTH - 1) + b"\n")
+
+
+def _begin_split_uploads(dest: Destination, state: CopyStateNames, files: list[tuple[SourceFile, int]]) -> None:
+    """Start (and record) the one upload each split file's pieces go into, keeping one a retried listing started."""
+    for file, part_size in files:
+        raw = dest.get_state(upload_state_name(state.prefix, file.key))
+        if raw:
+            with decoding_state(f"{dest.describe()} {STATE_DIR}/uploads"):
+                earlier = UploadState.model_validate_json(raw)
+            if (earlier.key, earlier.source_version, earlier.size, earlier.part_size) == (
+                    file.key, file.version, file.size, part_size):
+                continue
+        begin_recorded_upload(dest, state.prefix, file, part_size)
+
+
 def _write_listing(stage: WeightsStage, listing_id: str, state: CopyStateNames,
                    heartbeat: Callable[[int], None]) -> ListingResult:
     source = open_source(stage.source, stage.concurrency)
@@ -237,6 +310,7 @@ def _write_listing(stage: WeightsStage, listing_id: str, state: CopyStateNames,
     fanout = DirectoryFanout(max_entries, dest.describe()) if max_entries else None
     refused = KeysTheDestinationRefuses(dest.limits, dest.describe())
     lines: list[bytes] = []
+    units = UnitCutter(stage, source, dest)
     files = size = candidates = 0
     for file in source.list():
         if not is_selected(file.key, stage):
@@ -259,17 +333,21 @@ def _write_listing(stage: WeightsStage, listing_id: str, state: CopyStateNames,
         # a ListingLine, written without parsing the earlier entry
         lines.append(b'{"file":' + file.model_dump_json(exclude_none=True).encode()
                      + (b',"previous":' + earlier if earlier else b"") + b"}\n")
+        units.add(file, len(lines[-1]))
         files += 1
         size += file.size
         if files % 1000 == 0:
             heartbeat(files)
     refused.raise_if_any()
+    units.close(units.position)
     dest.put_state(state.listing(listing_id), b"".join(lines))
+    dest.put_state(state.units(listing_id), b"".join(units.units))
     claim = Claim(workflow_id=state.workflow_id, listing_id=listing_id, claimed_at=time.time())
     dest.put_state(state.claim, claim.model_dump_json().encode())
     _refuse_overlap(dest, state, claim, keys)
+    _begin_split_uploads(dest, state, units.split_files)
     return ListingResult(listing_id=listing_id, files_total=files, bytes_total=size,
-                         files_unchanged_candidates=candidates)
+                         files_unchanged_candidates=candidates, units_total=len(units.units))
 
 
 @activity.defn(name="flyaway.weights.list")
@@ -286,37 +364,20 @@ async def list_source(stage: WeightsStage, listing_id: str) -> ListingResult:
     return result
 
 
-def _read_batch(dest: Destination, request: BatchRequest,
-                state: CopyStateNames) -> tuple[list[ListingLine], int, bool]:
-    """The lines of one batch from the listing, the offset after them, and whether the listing is done."""
-    stage, offset = request.stage, request.offset
-    listing = state.listing(request.listing_id)
-    lines: list[ListingLine] = []
-    size = 0
-    buffer = b""
-    while len(lines) < stage.batch_files and size < stage.batch_bytes:
-        if b"\n" not in buffer:
-            chunk = dest.get_state(listing, offset + len(buffer), LISTING_WINDOW) or b""
-            if not chunk:
-                return lines, offset, True
-            buffer += chunk
-            continue
-        raw, buffer = buffer.split(b"\n", 1)
-        offset += len(raw) + 1
-        with decoding_state(f"{dest.describe()} {STATE_DIR}/{listing}"):
-            line = ListingLine.model_validate_json(raw)
-        lines.append(line)
-        size += line.file.size
-    rest = dest.get_state(listing, offset, 1)
-    return lines, offset, not rest
+def _read_unit(dest: Destination, request: BatchRequest, state: CopyStateNames) -> ListingUnit:
+    name = state.units(request.listing_id)
+    raw = dest.get_state(name, request.unit * UNIT_WIDTH, UNIT_WIDTH)
+    with decoding_state(f"{dest.describe()} {STATE_DIR}/{name}"):
+        return ListingUnit.model_validate_json((raw or b"").strip())
 
 
 class _ManifestWriter:
     """Records landed files at the destination often enough that a crash loses few of them."""
 
-    def __init__(self, dest: Destination, request: BatchRequest, attempt: int, state: CopyStateNames) -> None:
+    def __init__(self, dest: Destination, request: BatchRequest, unit: ListingUnit, attempt: int,
+                 state: CopyStateNames) -> None:
         self.dest = dest
-        self.prefix = f"{state.shards(request.listing_id)}{request.offset:016d}-{attempt:04d}-"
+        self.prefix = f"{state.shards(request.listing_id)}{unit.start:016d}-{request.unit:08d}-{attempt:04d}-"
         self.pending: list[ManifestEntry] = []
         self.seq = 0
         self.stamp = time.monotonic()
@@ -340,38 +401,54 @@ class _ManifestWriter:
 
 
 @activity.defn(name="flyaway.weights.copy_batch")
-async def copy_batch(request: BatchRequest) -> BatchResult:
-    """Copy one batch of the listing; a retried attempt skips files and parts that already landed."""
+async def copy_batch(request: BatchRequest) -> CopyCounters:
+    """Copy one unit of the listing; a retried attempt skips files and parts that already landed."""
     stage = request.stage
     source = await asyncio.to_thread(open_source, stage.source, request.settings.concurrency)
     dest = await asyncio.to_thread(open_destination, stage.destination, request.settings.concurrency)
     state = current_migration()
-    lines, next_offset, done = await asyncio.to_thread(_read_batch, dest, request, state)
+    unit = await asyncio.to_thread(_read_unit, dest, request, state)
+    lines = [line for _, line in await asyncio.to_thread(
+        lambda: list(_listing_range(dest, state.listing(request.listing_id), unit.start, unit.end)))]
     info = activity.info()
-    if info.attempt > 1:
-        earlier = await asyncio.to_thread(_earlier_attempts, dest, request, state)
+    if info.attempt > 1 or unit.pieces > 1:  # the pieces of a file see the entry of whichever completed it
+        earlier = await asyncio.to_thread(_earlier_attempts, dest, request, unit, state)
         lines = [ListingLine(file=line.file, previous=earlier.get(line.file.key, line.previous)) for line in lines]
-        log.info("resuming batch", offset=request.offset, files_recorded=len(earlier), attempt=info.attempt)
+        if info.attempt > 1:
+            log.info("resuming unit", unit=request.unit, files_recorded=len(earlier), attempt=info.attempt)
     engine = CopyEngine(source, dest, part_size=stage.part_size, concurrency=request.settings.concurrency,
-                        bandwidth_limit=request.settings.bandwidth_limit, state_prefix=state.prefix,
+                        bandwidth_limit=request.settings.activity_bandwidth(), state_prefix=state.prefix,
                         check_landed=info.attempt > 1)
-    writer = _ManifestWriter(dest, request, info.attempt, state)
+    writer = _ManifestWriter(dest, request, unit, info.attempt, state)
     reporter = CopyReporter(engine, request)
     heartbeat = asyncio.create_task(reporter.run())
     try:
-        await cut_when_stalled(engine, engine.copy_all(lines, writer.add))
+        await cut_when_stalled(engine, _copy_unit(engine, unit, lines, writer, state.run(request.listing_id)))
     finally:
         heartbeat.cancel()
         await engine.stop()
         await writer.flush()
     c = engine.counters
-    log.info("batch copied", offset=request.offset, files=len(lines), copied=c.files_copied,
+    log.info("unit copied", unit=request.unit, files=len(lines), pieces=unit.pieces, copied=c.files_copied,
              skipped=c.files_skipped, bytes_uploaded=c.bytes_uploaded, parts_reused=c.parts_reused)
-    return BatchResult(next_offset=next_offset, done=done, **c.counts())
+    return CopyCounters(**c.counts())
 
 
-def _earlier_attempts(dest: Destination, request: BatchRequest, state: CopyStateNames) -> dict[str, ManifestEntry]:
-    prefix = f"{state.shards(request.listing_id)}{request.offset:016d}-"
+async def _copy_unit(engine: CopyEngine, unit: ListingUnit, lines: list[ListingLine], writer: _ManifestWriter,
+                     run: str) -> None:
+    if unit.pieces == 1:
+        await engine.copy_all(lines, writer.add)
+        return
+    entry = await PieceCopy(engine, lines[0], unit, pieces_folder(run, lines[0].file.key)).run()
+    if entry is not None:
+        await writer.add(entry)
+        await writer.flush()
+        await engine.recorded(entry)
+
+
+def _earlier_attempts(dest: Destination, request: BatchRequest, unit: ListingUnit,
+                      state: CopyStateNames) -> dict[str, ManifestEntry]:
+    prefix = f"{state.shards(request.listing_id)}{unit.start:016d}-"
     return read_entries(dest, dest.list_state(prefix))
 
 

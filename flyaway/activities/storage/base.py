@@ -50,6 +50,8 @@ class DestinationLimits:
     part_multiple: int = 1
     #: parts of one upload must arrive in order, each after the one before has landed (GCS resumable sessions)
     sequential_parts: bool = False
+    #: parts of one upload may come from several workers at once (not: Modal stages a file on one worker)
+    parts_from_any_worker: bool = True
     #: keys become file paths ('a' cannot be a file and a folder for 'a/b'), each name at most ``max_name_bytes``
     keys_are_paths: bool = False
     max_name_bytes: int | None = None
@@ -91,6 +93,10 @@ class Adapter(ABC):
 
 class Source(Adapter):
     """Where the weights are now."""
+
+    #: whether files may carry a checksum of their whole bytes (``published_checksum``); such a file is
+    #: checked in order by one reader, so it is never split among workers
+    publishes_checksums: bool = True
 
     @abstractmethod
     def describe(self) -> str:

@@ -46,6 +46,7 @@ from pydantic import Field
 from flyaway.activities.storage.base import (
     STATE_DIR,
     Destination,
+    DestinationLimits,
     DestObject,
     Source,
     SourceChanged,
@@ -101,6 +102,28 @@ def etag_convention(published: SourceChecksum | None) -> bool:
 
 def upload_state_name(state_prefix: str, key: str) -> str:
     return f"{state_prefix}uploads/{hashlib.sha256(key.encode()).hexdigest()[:40]}.json"
+
+
+def begin_recorded_upload(dest: Destination, state_prefix: str, file: SourceFile, part_size: int) -> UploadState:
+    """Start a multipart upload and record it in one call, so a cancelled copy cannot leave an upload it has
+    not recorded (abort finds it)."""
+    upload_id = dest.begin_upload(file.key, file.size)
+    state = UploadState(key=file.key, upload_id=upload_id, size=file.size, part_size=part_size,
+                        source_version=file.version)
+    dest.put_state(upload_state_name(state_prefix, file.key), state.model_dump_json().encode())
+    return state
+
+
+def part_size_for(size: int, plan_part_size: int, limits: DestinationLimits) -> int:
+    """The plan's part size, grown in whole MiB so the file fits the destination's part count, cut down
+    to the destination's largest part (in whole MiB), rounded up to the multiple the destination needs."""
+    needed = math.ceil(math.ceil(size / limits.max_parts) / MiB) * MiB
+    largest = limits.max_part_size // MiB * MiB
+    if needed > largest:
+        raise LimitExceeded(f"{size} bytes need parts of {needed} bytes, over the destination's "
+                            f"{limits.max_part_size}-byte limit")
+    part = min(max(plan_part_size, limits.min_part_size, needed), largest)
+    return math.ceil(part / limits.part_multiple) * limits.part_multiple
 
 
 class FileDigests:
@@ -175,6 +198,11 @@ class TokenBucket:
             self._stamp = now
             if self._tokens < 0:
                 await asyncio.sleep(-self._tokens / self.rate)
+
+
+#: a cap on the bytes per second this worker process sends, over every copy it runs (``flyaway worker
+#: --bandwidth-limit``): an operator keeps the rest of the host's link for other work
+WORKER_BANDWIDTH = TokenBucket(None)
 
 
 class Slots:
@@ -252,7 +280,12 @@ class CopyEngine:
             self.concurrency = settings.concurrency
             self._slots.resize(settings.concurrency)
             self._files.resize(settings.concurrency)
-        self.bandwidth.rate = settings.bandwidth_limit
+        self.bandwidth.rate = settings.activity_bandwidth()
+
+    async def _take_bandwidth(self, amount: int) -> None:
+        """Wait for the copy's share of its bandwidth limit, then for the worker's."""
+        await self.bandwidth.take(amount)
+        await WORKER_BANDWIDTH.take(amount)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -265,18 +298,12 @@ class CopyEngine:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def effective_part_size(self, size: int, source_part: int | None = None) -> int:
-        """The plan's part size, grown in whole MiB so the file fits the destination's part count, cut down
-        to the destination's largest part (in whole MiB), rounded up to the multiple the destination needs;
-        then, where the source's own parts (``source_part``) are no larger and the destination allows, cut to
-        a whole number of them, so every read holds whole source parts, each checked on its own."""
+        """``part_size_for`` the file; then, where the source's own parts (``source_part``) are no larger and the
+        destination allows, cut to a whole number of them, so every read holds whole source parts, each checked
+        on its own."""
         limits = self.dest.limits
+        part = part_size_for(size, self.part_size, limits)
         needed = math.ceil(math.ceil(size / limits.max_parts) / MiB) * MiB
-        largest = limits.max_part_size // MiB * MiB
-        if needed > largest:
-            raise LimitExceeded(f"{size} bytes need parts of {needed} bytes, over the destination's "
-                                f"{limits.max_part_size}-byte limit")
-        part = min(max(self.part_size, limits.min_part_size, needed), largest)
-        part = math.ceil(part / limits.part_multiple) * limits.part_multiple
         whole = part // source_part * source_part if source_part else 0
         fits = (whole >= max(limits.min_part_size, needed) and whole % limits.part_multiple == 0)
         return whole if fits else part
@@ -288,9 +315,7 @@ class CopyEngine:
         async def one(line: ListingLine) -> None:
             entry = await self.copy_file(line)
             await on_entry(entry)
-            if entry.key in self._recording:
-                await self._run(self.dest.delete_state, upload_state_name(self.state_prefix, entry.key))
-                self._recording.discard(entry.key)
+            await self.recorded(entry)
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -300,6 +325,12 @@ class CopyEngine:
                     group.create_task(one(line)).add_done_callback(lambda _: self._files.release())
         except BaseExceptionGroup as failures:
             raise first_error(failures) from None
+
+    async def recorded(self, entry: ManifestEntry) -> None:
+        """The file's entry is recorded: drop its upload checkpoint, if it had one."""
+        if entry.key in self._recording:
+            await self._run(self.dest.delete_state, upload_state_name(self.state_prefix, entry.key))
+            self._recording.discard(entry.key)
 
     async def copy_file(self, line: ListingLine) -> ManifestEntry:
         file = line.file
@@ -385,7 +416,7 @@ class CopyEngine:
             data, checksum, sha256 = await self._run(read_and_check)
             version = await self._landed_version(file, checksum)
             if version is None:
-                await self.bandwidth.take(len(data))
+                await self._take_bandwidth(len(data))
                 try:
                     version = await self._run(self.dest.put, file.key, data, checksum, sha256)
                 finally:  # sent, even when it arrived damaged
@@ -454,15 +485,7 @@ class CopyEngine:
                 log.info("source or part size changed since the earlier upload; starting over", key=file.key)
                 await self._run(self.dest.abort, file.key, state.upload_id)
 
-        def begin_and_record() -> UploadState:
-            # one call, so a cancelled copy cannot leave an upload it has not recorded (abort finds it)
-            upload_id = self.dest.begin_upload(file.key, file.size)
-            state = UploadState(key=file.key, upload_id=upload_id, size=file.size, part_size=part_size,
-                                source_version=file.version)
-            self.dest.put_state(upload_state_name(self.state_prefix, file.key), state.model_dump_json().encode())
-            return state
-
-        return await self._run(begin_and_record), {}
+        return await self._run(begin_recorded_upload, self.dest, self.state_prefix, file, part_size), {}
 
     async def _save_upload(self, state: UploadState) -> None:
         await self._run(self.dest.put_state, upload_state_name(self.state_prefix, state.key),
@@ -472,7 +495,7 @@ class CopyEngine:
                            checksum: str) -> PartRecord:
         """Send one part; a part that arrives corrupted is sent again before the file is given up."""
         for attempt in range(1, MAX_FILE_ATTEMPTS + 1):
-            await self.bandwidth.take(len(data))
+            await self._take_bandwidth(len(data))
             try:
                 record = await self._run(self.dest.upload_part, key, upload_id, number, offset, data, checksum)
             except DataCorruption as error:

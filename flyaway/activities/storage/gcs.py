@@ -87,7 +87,7 @@ class GcsDestination(Destination):
     #: object names may not hold CR or LF: cloud.google.com/storage/docs/objects#naming
     limits = DestinationLimits(max_parts=2**31, min_part_size=GCS_CHUNK, max_part_size=5 * 1024**3,
                                max_single_put=5 * 1024**3, max_object_size=5 * 1024**4, part_multiple=GCS_CHUNK,
-                               sequential_parts=True, forbidden_characters="\r\n")
+                               sequential_parts=True, parts_from_any_worker=False, forbidden_characters="\r\n")
     part_checksum = "crc32c"
 
     @classmethod

@@ -97,6 +97,7 @@ class LocalSource(_LocalRoot, Source):
         super().__init__(location)
         self.root_real = os.path.realpath(self.root)
         self.read_twice = location.read_twice
+        self.publishes_checksums = location.read_twice
 
     def published_checksum(self, file: SourceFile) -> SourceChecksum | None:
         """A folder publishes none; with ``read_twice`` a first read hashes the file, and the copy's read is

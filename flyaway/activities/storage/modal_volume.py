@@ -78,7 +78,8 @@ def _version(entry: FileEntry) -> str:
 class ModalVolumeDestination(Destination):
     limits = DestinationLimits(min_part_size=1, max_part_size=2**40, max_single_put=2**40,
                                max_object_size=MAX_FILE_SIZE, max_entries_per_directory=MAX_ENTRIES_PER_DIRECTORY,
-                               keys_are_paths=True, max_name_bytes=255, max_key_bytes=None)
+                               keys_are_paths=True, max_name_bytes=255, max_key_bytes=None,
+                               parts_from_any_worker=False)
     part_checksum = "crc32c"
 
     def __init__(self, location: ModalVolumeLocation, open_volume: VolumeOpener | None = None) -> None:

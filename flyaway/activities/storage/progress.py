@@ -56,7 +56,7 @@ class CopyReporter:
     def progress(self) -> CopyProgress:
         c = self.engine.counters
         elapsed = max(time.monotonic() - self.started, 1e-6)
-        return CopyProgress(offset=self.request.offset, files_done=c.files_copied + c.files_skipped,
+        return CopyProgress(unit=self.request.unit, files_done=c.files_copied + c.files_skipped,
                             bytes_done=c.bytes_done, bytes_uploaded=c.bytes_uploaded,
                             rate_bytes_per_second=c.bytes_uploaded / elapsed, uploads=dict(c.uploads))
 

@@ -1,0 +1,104 @@
+"""One migration over several workers: units of the listing run on every worker of the queue, and a large
+file is split into pieces that land in one multipart upload, each part's sha256 in the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flyaway.models.status import MigrationState
+from tests.fixtures import make_tree
+from tests.harness import (
+    TEST_AWS_ENV,
+    TemporalDevServer,
+    WorkerProcess,
+    eventually,
+    manifest_key,
+    run_migration,
+    s3_location,
+    weights_plan,
+)
+
+MiB = 1024 * 1024
+PART = 5 * MiB
+BIG = 9 * PART + 123  # ten parts, the last one short: five pieces of two parts
+
+
+@pytest.fixture
+def second_worker(temporal_server: TemporalDevServer, task_queue: str, tmp_path: Path) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(temporal_server, task_queue, tmp_path / "worker-2.log", TEST_AWS_ENV)
+    process.start()
+    yield process
+    process.stop()
+
+
+def source_tree(root: Path) -> dict[str, bytes]:
+    contents = make_tree(root)
+    big = os.urandom(BIG)
+    (root / "big.safetensors").write_bytes(big)
+    return {**contents, "big.safetensors": big}
+
+
+def check_split_entry(entry: dict[str, Any], data: bytes) -> None:
+    parts = [data[start:start + PART] for start in range(0, len(data), PART)]
+    assert entry["sha256_of"] == "parts" and entry["part_size"] == PART and entry["parts"] == len(parts)
+    assert entry["part_sha256"] == [hashlib.sha256(part).hexdigest() for part in parts]
+    assert entry["sha256"] == hashlib.sha256(b"".join(hashlib.sha256(p).digest() for p in parts)).hexdigest()
+
+
+def check_manifest(manifest: dict[str, dict[str, Any]], contents: dict[str, bytes]) -> None:
+    """Files over the piece size were split and say so; the others carry their own sha256."""
+    assert manifest["big.safetensors"]["sha256_of"] == "parts"
+    for key, data in contents.items():
+        if len(data) > 10 * MiB:
+            check_split_entry(manifest[key], data)
+        else:
+            assert manifest[key]["sha256_of"] == "file" and manifest[key]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_local_to_s3_spreads_over_two_workers(
+        temporal_server: TemporalDevServer, worker: WorkerProcess, second_worker: WorkerProcess, moto_server: Any,
+        s3: Any, bucket: str, tmp_path: Path) -> None:
+    contents = source_tree(tmp_path / "weights")
+    for process in (worker, second_worker):
+        eventually(lambda: "worker started" in process.logs(), 60, what="both workers to poll")
+    plan = weights_plan("fan-out-s3", {"kind": "local", "path": str(tmp_path / "weights")},
+                        s3_location(moto_server.endpoint, bucket, "m"), part_size="5MiB", piece_size="10MiB",
+                        concurrency=2, parallelism=4, batch_files=3)
+
+    result = run_migration(temporal_server, plan, worker.task_queue)
+
+    assert result.status.state == MigrationState.completed
+    for key, data in contents.items():
+        assert s3.get_object(Bucket=bucket, Key=f"m/{key}")["Body"].read() == data, key
+    body = s3.get_object(Bucket=bucket, Key=f"m/{manifest_key(plan['name'])}")["Body"].read()
+    manifest = {entry["key"]: entry for entry in map(json.loads, body.decode().splitlines())}
+    check_manifest(manifest, contents)
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert "unit copied" in worker.logs() and "unit copied" in second_worker.logs()
+
+    again = run_migration(temporal_server, plan, worker.task_queue)
+    assert again.status.stage_status("weights").detail.startswith(f"0 copied, {len(contents)} unchanged")
+
+
+def test_local_to_local_split_file(temporal_server: TemporalDevServer, worker: WorkerProcess,
+                                   second_worker: WorkerProcess, tmp_path: Path) -> None:
+    contents = source_tree(tmp_path / "weights")
+    plan = weights_plan("fan-out-local", {"kind": "local", "path": str(tmp_path / "weights")},
+                        {"kind": "local", "path": str(tmp_path / "out")}, part_size="5MiB", piece_size="10MiB",
+                        parallelism=3)
+
+    result = run_migration(temporal_server, plan, worker.task_queue)
+
+    assert result.status.state == MigrationState.completed
+    for key, data in contents.items():
+        assert (tmp_path / "out" / key).read_bytes() == data, key
+    manifest = {entry["key"]: entry for entry in map(json.loads, (tmp_path / "out" / manifest_key(
+        plan["name"])).read_text().splitlines())}
+    check_manifest(manifest, contents)
