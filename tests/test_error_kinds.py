@@ -35,7 +35,7 @@ from flyaway.activities.storage.s3 import S3Destination
 from flyaway.activities.storage.stall import CopyStalled, cut_when_stalled, stalled_after
 from flyaway.errors import DataCorruption, InvalidPlan
 from flyaway.failures import WorkerActivityEnvironment, activity_failure
-from flyaway.models.copy import BatchRequest, CopySettings, ListingResult
+from flyaway.models.copy import UNIT_WIDTH, BatchRequest, CopySettings, ListingResult, ListingUnit
 from flyaway.models.locations import LocalLocation
 from flyaway.models.plan import WeightsStage
 from flyaway.models.status import MigrationState, StageState
@@ -175,7 +175,9 @@ def test_state_that_does_not_decode_is_data_corruption_of_that_state(tmp_path: P
     dest.put_state(f"{state.shards('l1')}0000000000000000-0001-000000.jsonl", garbage)
     with pytest.raises(ApplicationError) as verify:
         run_async(env.run(verify_copy, stage, ListingResult(listing_id="l1", files_total=1, bytes_total=1)))
-    request = BatchRequest(stage=stage, listing_id="l1", offset=0,
+    unit = ListingUnit(start=0, end=len(garbage)).model_dump_json().encode()
+    dest.put_state(state.units("l1"), unit.ljust(UNIT_WIDTH - 1) + b"\n")
+    request = BatchRequest(stage=stage, listing_id="l1", unit=0,
                            settings=CopySettings(concurrency=1, bandwidth_limit=None))
     with pytest.raises(ApplicationError) as batch:
         run_async(env.run(copy_batch, request))

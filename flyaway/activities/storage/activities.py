@@ -411,6 +411,8 @@ async def copy_batch(request: BatchRequest) -> CopyCounters:
     lines = [line for _, line in await asyncio.to_thread(
         lambda: list(_listing_range(dest, state.listing(request.listing_id), unit.start, unit.end)))]
     info = activity.info()
+    log.info("copying unit", unit=request.unit, files=len(lines), piece=unit.piece, pieces=unit.pieces,
+             attempt=info.attempt)
     if info.attempt > 1 or unit.pieces > 1:  # the pieces of a file see the entry of whichever completed it
         earlier = await asyncio.to_thread(_earlier_attempts, dest, request, unit, state)
         lines = [ListingLine(file=line.file, previous=earlier.get(line.file.key, line.previous)) for line in lines]
