@@ -28,7 +28,7 @@ import math
 
 import structlog
 
-from flyaway.activities.errors import DataCorruption, decoding_state
+from flyaway.errors import DataCorruption, decoding_state
 from flyaway.activities.storage.base import STATE_DIR, SourceChanged, UploadGone
 from flyaway.activities.storage.checksums import part_checksum
 from flyaway.activities.storage.engine import MAX_FILE_ATTEMPTS, CopyEngine, begin_recorded_upload, first_error
