@@ -67,7 +67,7 @@ def test_local_to_s3_spreads_over_two_workers(
         s3: Any, bucket: str, tmp_path: Path) -> None:
     contents = source_tree(tmp_path / "weights")
     for process in (worker, second_worker):
-        eventually(lambda: "worker started" in process.logs(), 60, what="both workers to poll")
+        eventually(lambda process=process: "worker started" in process.logs(), 60, what="both workers to poll")
     plan = weights_plan("fan-out-s3", {"kind": "local", "path": str(tmp_path / "weights")},
                         s3_location(moto_server.endpoint, bucket, "m"), part_size="5MiB", piece_size="10MiB",
                         concurrency=2, parallelism=4, batch_files=3)

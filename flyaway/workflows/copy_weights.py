@@ -76,7 +76,9 @@ class CopyWeightsWorkflow:
         self._handles: dict[int, ActivityHandle[CopyCounters]] = {}
         #: units a pause cancelled: each runs again on resume
         self._interrupted: set[int] = set()
-        self._failure: BaseException | None = None
+        self._failure: ActivityError | None = None
+        #: the tasks running units (kept so none is collected while it runs)
+        self._tasks: set[asyncio.Task[None]] = set()
         self._cancelled = False
         #: how many times the operator asked to retry; a step waiting for it waits for the next one
         self._retries = 0
@@ -111,6 +113,7 @@ class CopyWeightsWorkflow:
             await self._report()
         listing = request.listing
         await self._copy_units(request)
+        assert listing is not None
         self._show("verifying every listed file at the destination")
         verified = await self._with_operator(lambda: workflow.execute_activity(
             verify_copy, args=[stage, listing], start_to_close_timeout=timedelta(hours=2),
@@ -130,7 +133,7 @@ class CopyWeightsWorkflow:
         try:
             while self._has_units(request) or request.in_flight:
                 await workflow.wait_condition(lambda: self._failure is not None or self._can_start(request)
-                                              or not request.in_flight and not self._has_units(request))
+                                              or (not request.in_flight and not self._has_units(request)))
                 if self._failure is not None:
                     raise self._failure
                 if not self._can_start(request):
@@ -146,7 +149,9 @@ class CopyWeightsWorkflow:
                 request.next_unit = max(request.next_unit, unit + 1)
                 request.in_flight.append(unit)
                 started += 1
-                asyncio.create_task(self._run_unit(request, unit))
+                task = asyncio.create_task(self._run_unit(request, unit))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         except asyncio.CancelledError:
             self._cancelled = True
             for handle in self._handles.values():
@@ -161,7 +166,7 @@ class CopyWeightsWorkflow:
     async def _run_unit(self, request: CopyWeightsInput, unit: int) -> None:
         try:
             result = await self._with_operator(lambda: self._copy_unit(request, unit))
-        except BaseException as error:  # the run loop raises it
+        except ActivityError as error:  # the run loop raises it
             if self._failure is None and not self._cancelled:
                 self._failure = error
             return
@@ -196,7 +201,8 @@ class CopyWeightsWorkflow:
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             task_queue=self._task_queue, schedule_to_start_timeout=self._schedule_to_start)
         try:
-            return await handle
+            result: CopyCounters = await handle
+            return result
         except ActivityError as error:
             if isinstance(error.cause, CancelledError) and unit in self._interrupted and not self._cancelled:
                 return None
@@ -220,7 +226,7 @@ class CopyWeightsWorkflow:
                 retries = self._retries
                 self._show(f"waiting for the operator: {message}")
                 await workflow.get_external_workflow_handle(parent.workflow_id).signal(COPY_STUCK_SIGNAL, message)
-                await workflow.wait_condition(lambda: self._retries > retries)
+                await workflow.wait_condition(lambda retries=retries: self._retries > retries)  # type: ignore[misc]
 
     def _report_to(self) -> str | None:
         parent = workflow.info().parent

@@ -41,7 +41,7 @@ def fleet(temporal_server: TemporalDevServer, task_queue: str, tmp_path: Path) -
     for process in workers:
         process.start()
     for process in workers:
-        eventually(lambda: "worker started" in process.logs(), 60, what="every worker to poll")
+        eventually(lambda process=process: "worker started" in process.logs(), 60, what="every worker to poll")
     yield workers
     for process in workers:
         process.stop()

@@ -28,10 +28,10 @@ import math
 
 import structlog
 
-from flyaway.errors import DataCorruption, decoding_state
 from flyaway.activities.storage.base import STATE_DIR, SourceChanged, UploadGone
 from flyaway.activities.storage.checksums import part_checksum
 from flyaway.activities.storage.engine import MAX_FILE_ATTEMPTS, CopyEngine, begin_recorded_upload, first_error
+from flyaway.errors import DataCorruption, decoding_state
 from flyaway.models.copy import (
     CompletingUpload,
     ListingLine,
@@ -164,7 +164,7 @@ class PieceCopy:
             with decoding_state(f"{engine.dest.describe()} {STATE_DIR}/{name}"):
                 record = PieceRecord.model_validate_json(raw or b"")
             if record.upload_id == state.upload_id:
-                parts.update({part.number: (part, digest) for part, digest in zip(record.parts, record.sha256)})
+                parts.update({part.number: (part, digest) for part, digest in zip(record.parts, record.sha256, strict=True)})
         return parts
 
     async def _complete(self, state: UploadState, names: list[str]) -> ManifestEntry:
