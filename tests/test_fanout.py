@@ -13,17 +13,11 @@ from typing import Any
 import pytest
 
 from flyaway.models.status import MigrationState
-from tests.fixtures import make_tree
-from tests.harness import (
-    TEST_AWS_ENV,
-    TemporalDevServer,
-    WorkerProcess,
-    eventually,
-    manifest_key,
-    run_migration,
-    s3_location,
-    weights_plan,
-)
+from tests.support.env import TEST_AWS_ENV
+from tests.support.migrations import eventually, run_migration
+from tests.support.plans import manifest_key, s3_location, weights_plan
+from tests.support.servers import TemporalDevServer, WorkerProcess
+from tests.support.trees import make_tree
 
 MiB = 1024 * 1024
 PART = 5 * MiB

@@ -13,19 +13,14 @@ import pytest
 
 from flyaway.models.status import MigrationState
 from flyaway.starter.dev import write_random_file
-from tests.faults import MiB, RecordingProxy, report
-from tests.harness import (
-    TEST_AWS_ENV,
-    TemporalDevServer,
-    WorkerProcess,
-    eventually,
-    migration_result,
-    run_async,
-    s3_location,
-    s3_sha256,
-    start_migration,
-    weights_plan,
-)
+from tests.support.env import TEST_AWS_ENV
+from tests.support.figures import report
+from tests.support.migrations import eventually, migration_result, run_async, start_migration
+from tests.support.plans import s3_location, weights_plan
+from tests.support.proxies import RecordingProxy
+from tests.support.s3 import s3_sha256
+from tests.support.servers import TemporalDevServer, WorkerProcess
+from tests.support.trees import MiB
 
 pytestmark = pytest.mark.slow
 SIZE = 192 * MiB
