@@ -60,6 +60,14 @@ def _digests(algorithm: str, data: bytes) -> tuple[str, str]:
     return part_checksum(algorithm, data), hashlib.sha256(data).hexdigest()
 
 
+def _as_recorded(recorded: tuple[PartRecord, str] | None, landed: PartRecord | None) -> bool:
+    """Whether a part a piece recorded is at the destination as recorded (the destination may not tell its checksum)."""
+    if recorded is None or landed is None:
+        return False
+    part = recorded[0]
+    return landed.size == part.size and landed.checksum in (part.checksum, part.receipt, "")
+
+
 class PieceCopy:
     """One piece of one split file, sent by ``engine``."""
 
@@ -147,7 +155,7 @@ class PieceCopy:
             checksum, sha256 = await engine._run(_digests, engine.dest.part_checksum, data)
             done = landed.get(number)
             if done is not None and done.checksum in (checksum, "") and done.size == length:
-                record = PartRecord(number=number, size=length, checksum=checksum)
+                record = PartRecord(number=number, size=length, checksum=checksum, receipt=done.receipt)
                 engine.counters.parts_reused += 1
                 engine.counters.bytes_reused += length
             else:
@@ -180,9 +188,9 @@ class PieceCopy:
             landed = await engine._run(engine.dest.list_parts, file.key, state.upload_id)
         except UploadGone:
             landed = {}
-        missing = [number for number in range(1, self.count + 1) if number not in parts or number not in landed]
+        missing = [number for number in range(1, self.count + 1) if not _as_recorded(parts.get(number), landed.get(number))]
         if missing:
-            log.warning("parts missing from the split file's upload; sending them", key=file.key, parts=len(missing))
+            log.warning("parts missing from the split file's upload; sending them", key=file.key, parts=missing)
             current, sent = await self._send(missing)
             if current.upload_id != state.upload_id:  # a new upload: the other pieces' parts are not in it
                 parts = {}
