@@ -43,7 +43,6 @@ with workflow.unsafe.imports_passed_through():
         CopySettings,
         CopyWeightsInput,
         CopyWeightsResult,
-        ListingResult,
     )
     from flyaway.models.fly_agent import FlyAgent
     from flyaway.models.locations import FlyVolumeLocation
@@ -106,7 +105,7 @@ class CopyWeightsWorkflow:
             self._task_queue, self._schedule_to_start = request.agent.task_queue, AGENT_SCHEDULE_TO_START
         if request.listing is None:
             request.listing = await self._with_operator(lambda: workflow.execute_activity(
-                list_source, args=[stage, workflow.info().run_id], result_type=ListingResult,
+                list_source, args=[stage, workflow.info().run_id],
                 start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=timedelta(minutes=5),
                 retry_policy=copy_retry_policy(stage), task_queue=self._task_queue,
                 schedule_to_start_timeout=self._schedule_to_start))
@@ -192,7 +191,7 @@ class CopyWeightsWorkflow:
             BatchRequest(stage=self._stage, listing_id=request.listing.listing_id, unit=unit,
                          settings=request.settings, report_to=self._report_to(),
                          report_step=max(1, request.listing.bytes_total // PROGRESS_REPORTS_PER_COPY)),
-            result_type=CopyCounters, start_to_close_timeout=timedelta(hours=48),
+            start_to_close_timeout=timedelta(hours=48),
             # The plan's heartbeat_timeout, 30 s by default: a copy heartbeats every couple of seconds
             # while it runs (also while a part waits for the bandwidth limit), so 30 s of silence means
             # its worker is gone, and another worker takes the unit over that soon, resuming from the
