@@ -139,6 +139,27 @@ def test_a_source_entry_that_is_no_file_stops_the_copy_at_listing_with_one_try(
     assert not list(out.glob(f"{STATE_DIR}/partial/*"))
 
 
+def test_state_that_does_not_decode_stops_the_copy_with_one_try_and_the_status_says_so(
+        temporal_server: TemporalDevServer, worker: WorkerProcess, tmp_path: Path) -> None:
+    """End to end: another migration's manifest at the destination does not decode; the listing reads it
+    (skip-unchanged) and stops there, DataCorruption naming it, without a retry loop."""
+    source, out = tmp_path / "src", tmp_path / "out"
+    source.mkdir()
+    write_random_file(source / "fine.bin", 4096)
+    garbled = out / STATE_DIR / "migrations" / "migration-earlier-weights" / "manifest.jsonl"
+    garbled.parent.mkdir(parents=True)
+    garbled.write_bytes(b"\xff\xfe not utf-8\n")
+    plan = weights_plan("garbled-state", {"kind": "local", "path": str(source)}, {"kind": "local", "path": str(out)})
+    workflow_id = run_async(start_migration(temporal_server, plan, worker.task_queue))
+    status = eventually(lambda: (s := run_async(shown_status(temporal_server, workflow_id))).state
+                        == MigrationState.waiting_for_operator and s, 60, what="waiting_for_operator")
+    error = status.stage_status("weights").error
+    assert error is not None and error.startswith("DataCorruption: "), error
+    assert "migrations/migration-earlier-weights/manifest.jsonl: flyaway's state there does not decode" in error
+    assert list_attempts(temporal_server, workflow_id) == [1]
+    assert not (out / "fine.bin").exists()
+
+
 def list_attempts(server: TemporalDevServer, workflow_id: str) -> list[int]:
     """The attempt numbers of every started listing activity, across the migration and its children."""
 
