@@ -680,6 +680,42 @@ def test_under_kms_parts_that_landed_before_a_kill_are_not_sent_again(
     assert entry.sha256 == hashlib.sha256(data).hexdigest()
 
 
+class RefusingPartsOf(S3FaultProxy):
+    """Refuses parts with a checksum for one upload, as AWS does for an upload begun without a checksum
+    algorithm (moto takes them)."""
+
+    upload_id = ""
+
+    def refusal(self, command: str, path: str, size: int) -> tuple[int, str] | None:
+        refused = command == "PUT" and bool(self.upload_id) and f"uploadId={self.upload_id}" in path
+        return (400, "InvalidRequest") if refused else None
+
+
+def test_an_upload_begun_without_a_checksum_algorithm_is_started_over_not_stuck(
+        moto_server: Any, bucket: str, tmp_path: Path) -> None:
+    """An upload an older flyaway began (no ChecksumAlgorithm) and recorded: its parts with a CRC32 are
+    refused, so the file starts over with a new upload and lands."""
+    (tmp_path / "src").mkdir()
+    data = os.urandom(12 * MiB)
+    (tmp_path / "src" / "model.bin").write_bytes(data)
+    source = LocalSource(local(tmp_path / "src"))
+    file = source.stat("model.bin")
+    old = plain_client(moto_server.endpoint).create_multipart_upload(Bucket=bucket, Key="m/model.bin")["UploadId"]
+    proxy = RefusingPartsOf(moto_server.port)
+    proxy.upload_id = old
+    proxy.start()
+    try:
+        dest = S3Destination(s3_plan_location(proxy.endpoint, bucket, "m"))
+        dest.put_state(upload_state_name("migrations/t/", "model.bin"), UploadState(
+            key="model.bin", upload_id=old, size=file.size, part_size=5 * MiB,
+            source_version=file.version).model_dump_json().encode())
+        [entry] = copy(source, dest, part_size=5 * MiB)
+    finally:
+        proxy.stop()
+    assert entry.sha256 == hashlib.sha256(data).hexdigest()
+    assert s3_client(moto_server.endpoint).get_object(Bucket=bucket, Key="m/model.bin")["Body"].read() == data
+
+
 def test_under_kms_a_landed_part_with_other_bytes_is_sent_again(
         s3: Any, bucket: str, kms_proxy: SseKmsProxy, tmp_path: Path) -> None:
     """A landed part whose listed CRC32 is not the one of the bytes read now is sent again, and the

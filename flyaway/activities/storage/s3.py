@@ -495,7 +495,9 @@ class S3Destination(_S3Side, Destination):
                 Bucket=self.bucket, Key=self.key_of(key), UploadId=upload_id, PartNumber=number, Body=data,
                 **fields))
         except ClientError as error:
-            if error_code(error) == "NoSuchUpload":
+            # InvalidRequest: a part with a checksum for an upload begun without one (by an older flyaway) is
+            # refused; that upload cannot be finished, so the file starts over
+            if error_code(error) == "NoSuchUpload" or (self.additional_checksums and error_code(error) == "InvalidRequest"):
                 raise UploadGone(upload_id) from None
             raise
         etag = self._check_arrival(what, response, md5, checksum)
