@@ -15,7 +15,6 @@ from pydantic import ValidationError
 
 from flyaway.activities.traffic.analysis import combine
 from flyaway.activities.traffic.analytics import analyse_window, read_lb_requests
-from flyaway.activities.traffic.cloudflare import CloudflareRouter
 from flyaway.errors import AccessDenied, InvalidPlan
 from flyaway.models.canary import (
     AnalysisResult,
@@ -26,6 +25,7 @@ from flyaway.models.canary import (
     Thresholds,
     Verdict,
 )
+from flyaway.providers.cloudflare import CloudflareApi
 from tests.fakes.cloudflare import FakeCloudflare
 
 ZONE, BALANCER = "zone0123", "lb0123"
@@ -93,10 +93,10 @@ def test_a_new_origin_without_traffic_is_inconclusive(cloudflare: FakeCloudflare
 
 
 def test_an_errors_answer_is_a_clear_error(cloudflare: FakeCloudflare) -> None:
-    router = CloudflareRouter(config(cloudflare))
+    api = CloudflareApi(cloudflare.api_base_url, "CLOUDFLARE_API_TOKEN")
     with pytest.raises(InvalidPlan, match=r"Cloudflare analytics rejected the test query \(Cannot query field "
                                           r"'originResponseDurationMs' on type 'LoadBalancingGroup'"):
-        router.graphql("{ viewer { zones(filter: {zoneTag: \"zone0123\"}) { loadBalancingRequestsAdaptiveGroups("
+        api.graphql("{ viewer { zones(filter: {zoneTag: \"zone0123\"}) { loadBalancingRequestsAdaptiveGroups("
                        "limit: 10) { originResponseDurationMs } } } }", {}, "the test query")
 
     with pytest.raises(AccessDenied) as denied:

@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 
 from flyaway.activities.traffic.analysis import judge
-from flyaway.activities.traffic.cloudflare import CloudflareRouter
 from flyaway.errors import FlyawayError
 from flyaway.models.canary import (
     AnalyticsWindow,
@@ -31,6 +30,7 @@ from flyaway.models.canary import (
     Thresholds,
     Verdict,
 )
+from flyaway.providers.cloudflare import CloudflareApi
 from flyaway.redaction import scrub
 
 #: one group per (pool, origin) pair of the zone: far fewer than the limit of 1000
@@ -81,7 +81,7 @@ def judge_counts(old: int, new: int, window: AnalyticsWindow, thresholds: Thresh
 
 def read_lb_requests(config: CloudflareRouterConfig, window: AnalyticsWindow) -> tuple[int, int]:
     """The (old, new) requests the load balancer sent the pool's two origins in ``window``; blocking."""
-    data = CloudflareRouter(config).graphql(
+    data = CloudflareApi(config.api_base_url, config.token_env).graphql(
         LB_REQUESTS_QUERY, query_variables(config, window),
         f"the load balancing requests of zone {config.zone_id} (router.zone_id)")
     return origin_counts(config, data)

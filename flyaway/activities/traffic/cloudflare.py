@@ -1,4 +1,4 @@
-"""Cloudflare load-balancer origin weights as a traffic router (API v4 over httpx).
+"""Cloudflare load-balancer origin weights as a traffic router (through :mod:`flyaway.providers.cloudflare`).
 
 The plan names a pool holding two origins, the Fly one and the new one. Origin weights are
 0..1 in steps of 0.01 and the traffic share of an origin is its weight over the pool's sum,
@@ -8,32 +8,19 @@ patched with the two weights changed and everything else as it was, then read ag
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-import httpx
 import structlog
 
 from flyaway.activities.traffic import ROUTERS
-from flyaway.errors import (
-    AccessDenied,
-    FlyawayError,
-    InvalidPlan,
-    MissingCredentials,
-    NotFound,
-)
+from flyaway.errors import InvalidPlan, NotFound
 from flyaway.models.canary import CanaryStage, CloudflareRouterConfig, WeightState
-from flyaway.providers.http import call_with_retries, is_transient, transient_status
-from flyaway.redaction import register_secret
+from flyaway.providers.cloudflare import CloudflareApi
 
 log = structlog.get_logger(__name__)
 
 #: origin fields the pool API accepts back; read-only ones (disabled_at, healthy, ...) are dropped
 _ORIGIN_FIELDS = ("name", "address", "enabled", "weight", "header", "virtual_network_id", "port")
-#: Cloudflare error codes: authentication failed / bad identifier in the path
-_AUTH_ERROR_CODES = {9106, 9109, 10000}
-_BAD_IDENTIFIER_CODES = {7000, 7003}
-_REQUEST_TIMEOUT_SECONDS = 30.0
 
 
 def _share(origin: dict[str, Any]) -> float:
@@ -44,68 +31,12 @@ def _share(origin: dict[str, Any]) -> float:
 class CloudflareRouter:
     def __init__(self, config: CloudflareRouterConfig) -> None:
         self._config = config
-        token = os.environ.get(config.token_env)
-        if not token:
-            raise MissingCredentials(f"router.token_env: ${config.token_env} is not set on the worker "
-                                     "(a Cloudflare API token with Load Balancing: Monitors and Pools Write)")
-        register_secret(token)
-        self._headers = {"Authorization": f"Bearer {token}"}
+        self._api = CloudflareApi(config.api_base_url, config.token_env)
         self._pool_path = f"/accounts/{config.account_id}/load_balancers/pools/{config.pool_id}"
-
-    def _send(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[httpx.Response, dict[str, Any]]:
-        """One API call, retried on 429/5xx/network errors; the response and its JSON body ({} if none)."""
-        def send() -> httpx.Response:
-            with httpx.Client(base_url=self._config.api_base_url, headers=self._headers,
-                              timeout=_REQUEST_TIMEOUT_SECONDS) as client:
-                response = client.request(method, path, json=body)
-            if transient_status(response.status_code):
-                response.raise_for_status()
-            return response
-
-        response = call_with_retries(send, is_transient)
-        try:
-            parsed = response.json()
-        except ValueError:
-            parsed = {}
-        return response, parsed if isinstance(parsed, dict) else {}
-
-    def _request(self, method: str, path: str, what: str, body: dict[str, Any] | None = None) -> Any:
-        """One API v4 call; returns the envelope's ``result``."""
-        response, envelope = self._send(method, path, body)
-        if response.is_success and envelope.get("success"):
-            return envelope.get("result")
-        raise self._error(response.status_code, envelope, what)
-
-    def graphql(self, query: str, variables: dict[str, Any], what: str) -> dict[str, Any]:
-        """A GraphQL Analytics API query; returns its ``data``.
-
-        The API answers errors in the query with HTTP 200 and a non-empty ``errors`` array.
-        """
-        response, body = self._send("POST", "/graphql", {"query": query, "variables": variables})
-        errors = body.get("errors") or []
-        data = body.get("data")
-        if response.is_success and not errors and isinstance(data, dict):
-            return data
-        detail = "; ".join(str(error.get("message")) for error in errors) or f"HTTP {response.status_code}"
-        if response.status_code in (401, 403) or "does not have access" in detail:
-            raise AccessDenied(f"Cloudflare analytics refused {what} with the token in ${self._config.token_env} "
-                               f"({detail}); it needs Analytics: Read on the zone")
-        raise InvalidPlan(f"Cloudflare analytics rejected {what} ({detail})")
-
-    def _error(self, status: int, envelope: dict[str, Any], what: str) -> FlyawayError:
-        errors = envelope.get("errors") or []
-        codes = {error.get("code") for error in errors}
-        detail = "; ".join(f"{error.get('code')}: {error.get('message')}" for error in errors) or f"HTTP {status}"
-        if status in (401, 403) or codes & _AUTH_ERROR_CODES:
-            return AccessDenied(f"Cloudflare refused {what} with the token in ${self._config.token_env} ({detail}); "
-                                "it needs Load Balancing: Monitors and Pools Write on the account")
-        if status == 404 or codes & _BAD_IDENTIFIER_CODES:
-            return NotFound(f"{what} not found ({detail})")
-        return InvalidPlan(f"Cloudflare rejected {what} ({detail})")
 
     def _pool(self) -> dict[str, Any]:
         cfg = self._config
-        pool: dict[str, Any] = self._request(
+        pool: dict[str, Any] = self._api.request(
             "GET", self._pool_path, f"pool {cfg.pool_id} (router.pool_id) in account {cfg.account_id} (router.account_id)")
         return pool
 
@@ -139,7 +70,7 @@ class CloudflareRouter:
         cfg = self._config
         if cfg.load_balancer_id is None:
             return None
-        balancer: dict[str, Any] = self._request(
+        balancer: dict[str, Any] = self._api.request(
             "GET", f"/zones/{cfg.zone_id}/load_balancers/{cfg.load_balancer_id}",
             f"load balancer {cfg.load_balancer_id} (router.load_balancer_id) in zone {cfg.zone_id} (router.zone_id)")
         return balancer
@@ -173,7 +104,7 @@ class CloudflareRouter:
         return state
 
     def _patch_origins(self, origins: list[dict[str, Any]]) -> None:
-        self._request("PATCH", self._pool_path, f"the origins of pool {self._config.pool_id} (router.pool_id)",
+        self._api.request("PATCH", self._pool_path, f"the origins of pool {self._config.pool_id} (router.pool_id)",
                       {"origins": origins})
 
     @staticmethod
