@@ -48,11 +48,15 @@ with workflow.unsafe.imports_passed_through():
     from flyaway.workflows.copy_weights import COPY_STUCK_SIGNAL, PROGRESS_SIGNAL, CopyWeightsWorkflow
     from flyaway.workflows.fly_source import remove_agents
     from flyaway.workflows.plan_check import plan_checks
-    from flyaway.workflows.stages import STAGE_RUNNERS, StageRefused, failure_message
-    from flyaway.workflows.stages import canary as canary_stage
-    from flyaway.workflows.stages import deploy as _deploy_stage  # noqa: F401  (registers the runner)
-    from flyaway.workflows.stages import image as _image_stage  # noqa: F401  (registers the runner)
-    from flyaway.workflows.stages import secrets as _secrets_stage  # noqa: F401  (registers the runner)
+    from flyaway.workflows.stages import (
+        STAGE_RUNNERS,
+        StageRefused,
+        canary as canary_stage,
+        deploy as _deploy_stage,  # noqa: F401  (registers the runner)
+        failure_message,
+        image as _image_stage,  # noqa: F401  (registers the runner)
+        secrets as _secrets_stage,  # noqa: F401  (registers the runner)
+    )
     from flyaway.workflows.stages.teardown import teardown_refusal
 
 T = TypeVar("T")
