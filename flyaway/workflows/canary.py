@@ -142,7 +142,9 @@ class CanaryWorkflow:
                                                           CHECK_RETRY, WeightState)
                 if stage.analysis.passive:  # pages, metrics and analytics, before any weight changes
                     await self._activity(check_metrics, [stage], timedelta(minutes=5), CHECK_RETRY, None)
-            return await self._run_steps()
+            result = await self._run_steps()
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            return result
         except asyncio.CancelledError:
             await self._end_at_zero(CanaryState.ABORTED, StepOutcome.ABORTED,
                                     "aborted by the operator: all traffic goes back to the Fly endpoint")
@@ -199,7 +201,7 @@ class CanaryWorkflow:
         while True:
             if record.analyses or settings.passive:  # passive sources need an interval's traffic first
                 self._take_approval(record)
-                self._continue_as_new_if_long()
+                await self._continue_as_new_if_long()
                 left, due = self._hold_left(step, record), self._next_analysis_in(record)
                 cut_short = await self._sleep(min(due, left) if left else due)
                 if cut_short and settings.passive and not status.promote_requested:
@@ -390,9 +392,10 @@ class CanaryWorkflow:
         shown["steps"] = [(r.index, r.applied_at is not None, r.approved, r.outcome) for r in status.history]
         return shown
 
-    def _continue_as_new_if_long(self) -> None:
+    async def _continue_as_new_if_long(self) -> None:
         info = workflow.info()
         if info.get_current_history_length() > HISTORY_EVENTS_BEFORE_CONTINUE or info.is_continue_as_new_suggested():
+            await workflow.wait_condition(workflow.all_handlers_finished)
             workflow.continue_as_new(CanaryInput(stage=self.stage, migration_name=self._name, progress=self.status))
 
     # ---- what the migration forwards ---------------------------------------------------------

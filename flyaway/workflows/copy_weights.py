@@ -118,6 +118,7 @@ class CopyWeightsWorkflow:
             verify_copy, args=[stage, listing], start_to_close_timeout=timedelta(hours=2),
             heartbeat_timeout=timedelta(minutes=5), retry_policy=copy_retry_policy(stage), task_queue=self._task_queue,
             schedule_to_start_timeout=self._schedule_to_start))
+        await workflow.wait_condition(workflow.all_handlers_finished)
         return CopyWeightsResult(files_total=listing.files_total, bytes_total=listing.bytes_total,
                                  counters=request.counters, verify=verified)
 
@@ -143,6 +144,7 @@ class CopyWeightsWorkflow:
                     await workflow.wait_condition(lambda: not request.in_flight or self._failure is not None)
                     if self._failure is not None:
                         raise self._failure
+                    await workflow.wait_condition(workflow.all_handlers_finished)
                     workflow.continue_as_new(request)
                 unit = request.redo.pop(0) if request.redo else request.next_unit
                 request.next_unit = max(request.next_unit, unit + 1)
