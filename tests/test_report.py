@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from typer.testing import CliRunner
 
@@ -32,7 +31,7 @@ from tests.support.migrations import (
     run_migration,
     start_migration,
 )
-from tests.support.plans import manifest_key, s3_location, weights_plan
+from tests.support.plans import canary_section, manifest_key, s3_location, weights_plan
 from tests.support.proxies import S3FaultProxy
 from tests.support.servers import MotoServer, TemporalDevServer, WorkerProcess
 from tests.support.trees import make_tree
@@ -159,32 +158,6 @@ def test_report_of_a_migration_waiting_for_the_operator_then_aborted(
                                                                    report.operator_actions)
     assert [(stage.name, stage.state, stage.started_at, stage.ended_at) for stage in alone.stages] == [
         (stage.name, stage.state, stage.started_at, stage.ended_at) for stage in report.stages]
-
-
-def route53_zone(moto: MotoServer) -> str:
-    """A hosted zone on moto with the Fly record at weight 100 and the new one at 0."""
-    route53 = boto3.client("route53", endpoint_url=moto.endpoint, region_name="us-east-1",
-                           aws_access_key_id=TEST_AWS_ENV["AWS_ACCESS_KEY_ID"],
-                           aws_secret_access_key=TEST_AWS_ENV["AWS_SECRET_ACCESS_KEY"])
-    zone_id = route53.create_hosted_zone(Name="example.com.", CallerReference=uuid.uuid4().hex)["HostedZone"]["Id"]
-    records = [{"Action": "CREATE", "ResourceRecordSet": {
-        "Name": "api.example.com.", "Type": "CNAME", "SetIdentifier": name, "Weight": weight, "TTL": 60,
-        "ResourceRecords": [{"Value": target}]}}
-        for name, weight, target in (("fly", 100, "app.fly.dev"), ("new", 0, "new.example.net"))]
-    route53.change_resource_record_sets(HostedZoneId=zone_id, ChangeBatch={"Changes": records})
-    return zone_id
-
-
-def canary_section(moto: MotoServer, old: FakeEndpoint, new: FakeEndpoint,
-                   steps: list[dict[str, Any]]) -> dict[str, Any]:
-    """A Route53 canary on moto with one-second analyses of 20 probe requests per side."""
-    return {"router": {"kind": "route53", "hosted_zone_id": route53_zone(moto), "record_name": "api.example.com",
-                       "fly_set_identifier": "fly", "new_set_identifier": "new", "endpoint_url": moto.endpoint},
-            "old_endpoint": old.endpoint, "new_endpoint": new.endpoint, "steps": steps,
-            "analysis": {"interval_seconds": 1, "requests_per_probe": 20, "concurrency": 10,
-                         "probes": [{"path": "/v1/completions", "method": "POST", "timeout_seconds": 2,
-                                     "body": {"model": "tiny", "prompt": "hi", "max_tokens": 1}}],
-                         "thresholds": {"min_requests": 20, "min_success_rate": 99}}}
 
 
 def assert_rolled_back(report: MigrationReport, status: MigrationStatus) -> None:
