@@ -93,6 +93,13 @@ class Lab:
             await (await self.server.client()).get_workflow_handle(workflow_id).execute_update(name, args=list(args))
         run_async(go())
 
+    def retry_once_waiting(self, workflow_id: str, repair: Callable[[], None]) -> None:
+        """Once the migration waits for the operator, ``repair`` what failed, send ``retry`` and let it finish."""
+        self.wait_for(workflow_id, "waiting_for_operator", lambda s: s.state == MigrationState.waiting_for_operator)
+        repair()
+        self.update(workflow_id, "retry")
+        self.finish(workflow_id)
+
     def finish(self, workflow_id: str) -> None:
         result = run_async(migration_result(self.server, workflow_id, 180))
         assert result.status.state == MigrationState.completed, result.status
@@ -147,10 +154,7 @@ def retry_after_operator(lab: Lab) -> None:
     workflow_id = run_async(start_migration(lab.server, plan, lab.task_queue))
     eventually(lambda: proxy.uploaded > 0, 60, interval=0.05, what="the first part")
     proxy.mode = "deny"
-    lab.wait_for(workflow_id, "waiting_for_operator", lambda s: s.state == MigrationState.waiting_for_operator)
-    proxy.mode = "pass"
-    lab.update(workflow_id, "retry")
-    lab.finish(workflow_id)
+    lab.retry_once_waiting(workflow_id, lambda: setattr(proxy, "mode", "pass"))
 
 
 def canary_rollback(lab: Lab) -> None:
@@ -164,10 +168,7 @@ def canary_rollback(lab: Lab) -> None:
     lab.wait_for(workflow_id, "the second step", lambda s: s.canary is not None and s.canary.step == 1
                  and s.canary.history[-1].analyses >= 1)
     new.mode = "failing"
-    lab.wait_for(workflow_id, "the rollback", lambda s: s.state == MigrationState.waiting_for_operator)
-    new.mode = "healthy"
-    lab.update(workflow_id, "retry")
-    lab.finish(workflow_id)
+    lab.retry_once_waiting(workflow_id, lambda: setattr(new, "mode", "healthy"))
 
 
 def abort(lab: Lab) -> None:
