@@ -51,7 +51,7 @@ from tests.support.migrations import (
 from tests.support.plans import canary_section, s3_location, weights_plan
 from tests.support.proxies import S3FaultProxy
 from tests.support.s3 import s3_client
-from tests.support.servers import MotoServer, SuggestingServer, TemporalDevServer, WorkerProcess
+from tests.support.servers import MotoServer, TemporalDevServer, WorkerProcess
 
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|KEY")
 MiB = 1024 * 1024
@@ -209,7 +209,8 @@ async def record(lab: Lab, scenario: str) -> list[Path]:
 
 @contextmanager
 def lab_for(scenario: str, moto: MotoServer, folder: Path) -> Iterator[Lab]:
-    server = (SuggestingServer if scenario == "copy_continued" else TemporalDevServer)(folder)
+    server = TemporalDevServer(folder, dynamic_config={"limit.historyCount.suggestContinueAsNew": "5"}
+                               if scenario == "copy_continued" else None)
     server.start()
     with ExitStack() as stack:
         stack.callback(server.stop)

@@ -26,7 +26,7 @@ from tests.support.migrations import (
 )
 from tests.support.plans import s3_location, weights_plan
 from tests.support.proxies import S3FaultProxy
-from tests.support.servers import SuggestingServer, TemporalDevServer, WorkerProcess
+from tests.support.servers import TemporalDevServer, WorkerProcess
 
 MiB = 1024 * 1024
 

@@ -25,7 +25,6 @@ from flyaway.starter.dev import (
     start_moto,
     start_temporal,
     stop_process,
-    temporal_dev_command,
     wait_for_port,
 )
 from tests.support.env import FLYAWAY, REPO, TEST_POLICY_ENV
@@ -206,18 +205,6 @@ class TemporalDevServer(ProcessServer):
         raw = await Client.connect(self.address, namespace="default")
         history = await raw.get_workflow_handle(workflow_id).fetch_history()
         return history.events[0].workflow_execution_started_event_attributes.input
-
-
-class SuggestingServer(TemporalDevServer):
-    """A dev server that suggests continuing as new after a handful of events, as a long history would."""
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [*temporal_dev_command(self.db_file, self.port, None),
-                 "--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=5"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for_port(self.port, 60, self.process)
 
 
 class WorkerProcess:
