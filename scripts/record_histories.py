@@ -51,7 +51,7 @@ from tests.support.migrations import (
 from tests.support.plans import canary_section, s3_location, weights_plan
 from tests.support.proxies import S3FaultProxy
 from tests.support.s3 import s3_client
-from tests.support.servers import MotoServer, TemporalDevServer, WorkerProcess
+from tests.support.servers import HttpServer, JsonHandler, MotoServer, TemporalDevServer, WorkerProcess
 
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|KEY")
 MiB = 1024 * 1024
@@ -171,6 +171,35 @@ def canary_rollback(lab: Lab) -> None:
     lab.retry_once_waiting(workflow_id, lambda: setattr(new, "mode", "healthy"))
 
 
+class _EmptyRegistryHandler(JsonHandler):
+    """A registry that holds no image: its API root answers, every manifest is unknown."""
+
+    def do_GET(self) -> None:
+        if self.path == "/v2/":
+            self.send_json(200, {})
+        else:
+            self.send_json(404, {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]})
+
+    do_HEAD = do_GET
+
+
+class EmptyRegistry(HttpServer):
+    handler = _EmptyRegistryHandler
+
+
+def image_missing(lab: Lab) -> None:
+    """The image stage finds no source image: it waits for the operator, who aborts."""
+    registry = lab.stack.enter_context(EmptyRegistry())
+    host = registry.endpoint.removeprefix("http://")
+    plan = lab.weights("image-missing")
+    plan["image"] = {"source": f"{host}/fly/app:deployment-404", "destination": f"{host}/team/app:migrated"}
+    lab.worker()
+    workflow_id = run_async(start_migration(lab.server, plan, lab.task_queue))
+    lab.wait_for(workflow_id, "waiting_for_operator", lambda s: s.state == MigrationState.waiting_for_operator)
+    error = abort_migration(lab.server, workflow_id, "no image to copy")
+    assert error.type == "Aborted", error
+
+
 def abort(lab: Lab) -> None:
     """``abort`` while the copy runs: unfinished uploads dropped, the migration ends aborted."""
     lab.worker()
@@ -184,7 +213,7 @@ def abort(lab: Lab) -> None:
 
 SCENARIOS: dict[str, Callable[[Lab], None]] = {"every_stage": every_stage, "copy_continued": copy_continued,
                                               "retry": retry_after_operator, "canary_rollback": canary_rollback,
-                                              "abort": abort}
+                                              "image_missing": image_missing, "abort": abort}
 
 
 async def record(lab: Lab, scenario: str) -> list[Path]:

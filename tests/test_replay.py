@@ -20,7 +20,11 @@ from flyaway.workers.main import WORKFLOWS
 from tests.support.histories import HISTORIES, recorded_histories, replay_converter
 from tests.support.servers import TemporalDevServer
 
-SCENARIOS = {"every_stage", "copy_continued", "retry", "canary_rollback", "abort"}
+SCENARIOS = {"every_stage", "copy_continued", "retry", "canary_rollback", "image_missing", "abort"}
+#: an activity each stage schedules (the canary's run in its child workflow)
+STAGE_ACTIVITIES = {"weights": "flyaway.weights.copy_batch", "image": "flyaway.image.copy",
+                    "secrets": "flyaway.secrets.sync", "deploy": "flyaway.deploy.service",
+                    "canary": "flyaway.traffic.set_weight", "teardown": "flyaway.fly.teardown.destroy"}
 
 
 def replay(histories: list[tuple[Path, WorkflowHistory]]) -> dict[Path, BaseException | None]:
@@ -44,6 +48,10 @@ def test_every_scenario_is_recorded() -> None:
     types = {history.events[0].workflow_execution_started_event_attributes.workflow_type.name
              for _, history in recorded_histories()}
     assert types == {"MigrationWorkflow", "CopyWeightsWorkflow", "CanaryWorkflow"}
+    scheduled = {event.activity_task_scheduled_event_attributes.activity_type.name
+                 for _, history in recorded_histories() for event in history.events
+                 if event.HasField("activity_task_scheduled_event_attributes")}
+    assert {stage for stage, activity in STAGE_ACTIVITIES.items() if activity not in scheduled} == set()
     continued = [path for path, history in recorded_histories() if history.events[-1].HasField(
         "workflow_execution_continued_as_new_event_attributes")]
     assert any("-weights" in path.name for path in continued), "a copy that continued as new"
