@@ -6,7 +6,7 @@
 - It reads the ``settings`` query of its copy workflow as often and applies what an operator tuned at the
   next part, without restarting the batch.
 - It signals its migration the bytes and files landed so far, on change, at most every ``REPORT_SECONDS``
-  and only after ``report_step`` more bytes landed (the copy workflow sets the step to a share of the
+  times the copy's ``parallelism`` and only after ``report_step`` more bytes landed (the copy workflow sets the step to a share of the
   listing), so the migration's history stays bounded however long a batch runs. An attempt that fails is
   not reported: ``flyaway status`` reads the failure from the pending activity.
 """
@@ -71,7 +71,8 @@ class CopyReporter:
 
     def _report_due(self, progress: CopyProgress) -> bool:
         moved = progress.bytes_done - self.reported_bytes
-        if moved <= 0 or time.monotonic() - self.reported_at < REPORT_SECONDS:
+        # the copy's activities in flight share the pace, so the migration hears about as often however many run
+        if moved <= 0 or time.monotonic() - self.reported_at < REPORT_SECONDS * self.request.settings.parallelism:
             return False
         return self.reported_bytes == 0 or moved >= self.request.report_step
 
