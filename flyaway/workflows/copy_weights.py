@@ -148,7 +148,8 @@ class CopyWeightsWorkflow:
                     await workflow.wait_condition(lambda: not request.in_flight or self._failure is not None)
                     if self._failure is not None:
                         raise self._failure
-                    await self._report()
+                    if self._unreported:
+                        await self._report()
                     await workflow.wait_condition(workflow.all_handlers_finished)
                     workflow.continue_as_new(request)
                 unit = request.redo.pop(0) if request.redo else request.next_unit
