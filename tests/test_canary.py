@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import boto3
@@ -25,6 +24,7 @@ from temporalio.client import WorkflowFailureError
 from typer.testing import CliRunner
 
 from flyaway.models.canary import CanaryState, CanaryStatus, StepOutcome, Verdict
+from flyaway.models.deploy import DeployOutcome, DeployResult
 from flyaway.models.status import ControlResult, MigrationState, MigrationStatus
 from flyaway.starter.cli import app
 from flyaway.workflows.stages.canary import deployed_endpoint
@@ -413,8 +413,9 @@ def test_bad_canary_plans_are_refused_before_anything_runs(tmp_path: Path, canar
 
 
 def test_without_new_endpoint_the_canary_takes_the_deploy_stages() -> None:
-    assert deployed_endpoint(SimpleNamespace(endpoint_url="https://llama-abc123-ez.a.run.app/")) == \
-        "https://llama-abc123-ez.a.run.app"
+    deployed = DeployResult(platform="cloud_run", service="llama", endpoint_url="https://llama-abc123-ez.a.run.app/",
+                            image="registry/llama:1", outcome=DeployOutcome.created)
+    assert deployed_endpoint(deployed) == "https://llama-abc123-ez.a.run.app"
     assert deployed_endpoint(None) is None
 
 

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from flyaway.models.canary import CanaryResult
 from flyaway.models.copy import CopyCounters, CopyWeightsResult, VerifyResult
 from flyaway.models.plan import parse_plan
-from flyaway.models.status import ControlResult, MigrationState, StageState
+from flyaway.models.status import ControlResult, MigrationState, StageResults, StageState
 from flyaway.starter.cli import app as cli_app
-from flyaway.workflows.stages.teardown import dns_ttl_end, teardown_refusal
+from flyaway.workflows.stages.teardown import teardown_refusal
 from tests.fakes.fly_machines import FakeFlyMachinesAPI, RecordedRequest
 from tests.support.migrations import eventually, migration_result, migration_status, run_async, start_migration
 from tests.support.plans import weights_plan
@@ -44,32 +45,29 @@ def weights_result(files: int) -> CopyWeightsResult:
                              verify=VerifyResult(files_verified=files, bytes_verified=files, manifest_key="m"))
 
 
+def canary_result(completed: bool, new_weight: int) -> CanaryResult:
+    return CanaryResult(completed=completed, new_weight=new_weight, old_weight=100 - new_weight,
+                        client_base_url="https://new.example.net", dns_ttl_seconds=0,
+                        teardown_not_before=datetime(2026, 7, 31, tzinfo=UTC), report="", history=[])
+
+
 def test_the_gate_needs_a_verified_manifest_and_all_traffic_moved() -> None:
     plan = plan_with(no_traffic_stage_ok=True)
-    assert teardown_refusal(plan, {}) == "the weights stage has not verified its manifest"
-    assert "manifest is empty" in (teardown_refusal(plan, {"weights": weights_result(0)}) or "")
-    assert teardown_refusal(plan, {"weights": weights_result(3)}) is None
+    assert teardown_refusal(plan, StageResults()) == "the weights stage has not verified its manifest"
+    assert "manifest is empty" in (teardown_refusal(plan, StageResults(weights=weights_result(0))) or "")
+    assert teardown_refusal(plan, StageResults(weights=weights_result(3))) is None
     short = weights_result(3).model_copy(update={"files_total": 4})
-    assert "verified 3 of 4" in (teardown_refusal(plan, {"weights": short}) or "")
+    assert "verified 3 of 4" in (teardown_refusal(plan, StageResults(weights=short)) or "")
 
     with_canary = plan.model_copy(update={"canary": {"steps": [{"weight": 100}]}})
-    done = {"weights": weights_result(3)}
+    done = StageResults(weights=weights_result(3))
     assert teardown_refusal(with_canary, done) == "the canary stage has not finished"
-    rolled_back = {"completed": False, "new_weight": 0, "old_weight": 100}
     assert "ended with 0% of the traffic on the new side" in (
-        teardown_refusal(with_canary, {**done, "canary": rolled_back}) or "")
+        teardown_refusal(with_canary, done.with_result("canary", canary_result(False, 0))) or "")
     assert "Fly's traffic weight is 5%" in (teardown_refusal(
-        with_canary, {**done, "canary": {"completed": True, "new_weight": 100, "old_weight": 5}}) or "")
-    assert teardown_refusal(with_canary, {**done, "canary": {"completed": True, "new_weight": 100,
-                                                              "old_weight": 0}}) is None
-
-
-def test_the_dns_ttl_end_is_read_from_the_canary_result_as_a_model_or_as_plain_data() -> None:
-    # the canary test suite runs a migration whose teardown waits it out (test_canary.py)
-    end = datetime(2026, 7, 31, 12, 0, 5, tzinfo=UTC)
-    assert dns_ttl_end({"canary": {"teardown_not_before": "2026-07-31T12:00:05Z"}}) == end
-    assert dns_ttl_end({"canary": {"teardown_not_before": end}}) == end
-    assert dns_ttl_end({}) is None
+        with_canary, done.with_result("canary", canary_result(True, 95).model_copy(
+            update={"new_weight": 100, "old_weight": 5}))) or "")
+    assert teardown_refusal(with_canary, done.with_result("canary", canary_result(True, 100))) is None
 
 
 def test_the_plan_must_say_how_traffic_moved_and_that_app_deletion_deletes_volumes() -> None:

@@ -106,6 +106,10 @@ class ControlResult(Record):
     approvals: list[str] = Field(default_factory=list)
 
 
+#: what one stage returns
+StageResult = CopyWeightsResult | ImageCopyResult | SecretsReport | DeployResult | CanaryResult | TeardownReport
+
+
 class StageResults(Record):
     """What the stages that completed returned (later stages read them: the deploy's endpoint, the gate)."""
 
@@ -115,6 +119,13 @@ class StageResults(Record):
     deploy: DeployResult | None = None
     canary: CanaryResult | None = None
     teardown: TeardownReport | None = None
+
+    def completed(self) -> set[str]:
+        """The stages that returned their result."""
+        return {name for name, result in self if result is not None}
+
+    def with_result(self, stage: str, result: StageResult) -> StageResults:
+        return self.model_copy(update={stage: result})
 
 
 class MigrationCarry(Record):

@@ -16,7 +16,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
-from flyaway.workflows.stages import failure_message
+from flyaway.workflows.stages.base import failure_message
 
 E = EventType
 

@@ -39,7 +39,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from flyaway.models.status import MigrationState, MigrationStatus, StageState
 from flyaway.redaction import scrub
-from flyaway.workflows.stages import failure_message
+from flyaway.workflows.stages.base import failure_message
 
 _STATE_STYLE = {"completed": "green", "running": "cyan", "skipped": "dim", "waiting_for_operator": "bold red",
                 "aborted": "red", "pending": "white", "retrying": "yellow"}

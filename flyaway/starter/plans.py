@@ -115,7 +115,7 @@ async def check_in_this_shell(plan: MigrationPlan) -> None:
 
     from flyaway.failures import WorkerActivityEnvironment
     from flyaway.redaction import scrub
-    from flyaway.workflows.plan_check import plan_checks
+    from flyaway.workflows.stages import plan_checks
 
     for stage, check, argument in plan_checks(plan):
         try:

@@ -48,7 +48,7 @@ with workflow.unsafe.imports_passed_through():
     from flyaway.models.locations import FlyVolumeLocation
     from flyaway.models.plan import WeightsStage
     from flyaway.workflows.fly_source import AGENT_SCHEDULE_TO_START, agent_stage, run_on_agent
-    from flyaway.workflows.stages import failure_message
+    from flyaway.workflows.stages.base import failure_message
 
 #: continue as new after this many units or history events, well before Temporal's own limits
 BATCHES_BEFORE_CONTINUE = 40

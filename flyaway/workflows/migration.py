@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         MigrationResult,
         MigrationState,
         MigrationStatus,
+        StageResult,
         StageResults,
         StageState,
         StageStatus,
@@ -47,16 +48,8 @@ with workflow.unsafe.imports_passed_through():
     from flyaway.workflows.canary import CANARY_PROGRESS_SIGNAL
     from flyaway.workflows.copy_weights import COPY_STUCK_SIGNAL, PROGRESS_SIGNAL, CopyWeightsWorkflow
     from flyaway.workflows.fly_source import remove_agents
-    from flyaway.workflows.plan_check import plan_checks
-    from flyaway.workflows.stages import (
-        STAGE_RUNNERS,
-        StageRefused,
-        canary as canary_stage,
-        deploy as _deploy_stage,  # noqa: F401  (registers the runner)
-        failure_message,
-        image as _image_stage,  # noqa: F401  (registers the runner)
-        secrets as _secrets_stage,  # noqa: F401  (registers the runner)
-    )
+    from flyaway.workflows.stages import Stage, canary as canary_stage, plan_checks, plan_stages
+    from flyaway.workflows.stages.base import StageRefused, failure_message
     from flyaway.workflows.stages.teardown import teardown_refusal
 
 T = TypeVar("T")
@@ -67,6 +60,10 @@ SEARCH_ATTRIBUTES = (STAGE_ATTRIBUTE, STATE_ATTRIBUTE, PROGRESS_ATTRIBUTE)
 #: checking the plan against the outside world: a few tries, then it is the plan's fault
 CHECK_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
 ENDED = (MigrationState.completed, MigrationState.aborted)
+#: the plan is checked in the order the stages run; a migration started before checked the secrets
+#: before the image, and replays that way (drop it once no migration from before 2026-12 runs)
+CHECKS_IN_STAGE_ORDER = "checks-in-stage-order"
+_EARLIER_CHECK_ORDER = ("weights", "secrets", "image", "deploy", "canary", "teardown")
 #: continue as new before a stage starts once history is this long (Temporal warns at 10,240 events)
 HISTORY_EVENTS_BEFORE_CONTINUE = 5_000
 
@@ -98,7 +95,7 @@ class MigrationWorkflow:
         self._copy_next_unit = 0
         self._copy_in_flight: list[int] = []
         self._live: dict[int, CopyProgress] = {}
-        self.results: dict[str, Any] = {}
+        self.results = StageResults()
 
     # ---- what stage runners see (flyaway.workflows.stages.StageContext) -------------------------
 
@@ -134,14 +131,16 @@ class MigrationWorkflow:
             await self._unless_aborted(self._check(plan))
         else:
             self._status, self._settings, self._paused = carried.status, carried.settings, carried.paused
-            self.results = {name: result for name, result in carried.results if result is not None}
-        for index, name in enumerate(name for name in plan.stages_present() if name not in self.results):
+            self.results = carried.results
+        done = self.results.completed()
+        for index, stage in enumerate(stage for stage in plan_stages(plan) if stage.name not in done):
             if index or carried is None:  # a run continues as new only after it did some work
                 self._continue_as_new_if_long(plan_data)
-            self.results[name] = await self._run_stage(name, plan)
+            self.results = self.results.with_result(stage.name, await self._run_stage(stage))
         self._set_state(MigrationState.completed, stage=None)
         await workflow.wait_condition(workflow.all_handlers_finished)
-        weights: CopyWeightsResult = self.results["weights"]
+        weights = self.results.weights
+        assert weights is not None
         return MigrationResult(name=plan.name, status=self._status, manifest_key=weights.verify.manifest_key)
 
     def _start(self, plan: MigrationPlan) -> None:
@@ -163,7 +162,7 @@ class MigrationWorkflow:
                 and workflow.all_handlers_finished()):
             assert self._settings is not None
             workflow.continue_as_new(args=[plan_data, MigrationCarry(
-                status=self._status, results=StageResults(**self.results), settings=self._settings,
+                status=self._status, results=self.results, settings=self._settings,
                 paused=self._paused)])
 
     async def _unless_aborted(self, work: Awaitable[T]) -> T:
@@ -186,22 +185,25 @@ class MigrationWorkflow:
         """The plan against the outside world: credentials, endpoints, buckets, permissions."""
         self._set_state(MigrationState.validating, stage="validate")
         try:
-            for _stage, check, argument in plan_checks(plan):
+            checks = plan_checks(plan)
+            if not workflow.patched(CHECKS_IN_STAGE_ORDER):
+                checks.sort(key=lambda check: _EARLIER_CHECK_ORDER.index(check[0]))
+            for _stage, check, argument in checks:
                 await workflow.execute_activity(check, argument, start_to_close_timeout=timedelta(minutes=5),
                                                 retry_policy=CHECK_RETRY)
         except ActivityError as error:
             raise ApplicationError(f"invalid plan: {failure_message(error)}", type="InvalidPlan",
                                    non_retryable=True) from None
 
-    async def _run_stage(self, name: str, plan: MigrationPlan) -> Any:
+    async def _run_stage(self, stage_run: Stage) -> StageResult:
+        name = stage_run.name
         stage = self._status.stage_status(name)
         while True:
             await self._unless_aborted(self.wait_while_paused())
             self._set_state(MigrationState.running, stage=name)
             stage.state = StageState.running
             try:
-                result = await self._unless_aborted(
-                    self._copy_weights(plan) if name == "weights" else STAGE_RUNNERS[name](self))
+                result = await self._unless_aborted(stage_run.run(self))
             except (ActivityError, ChildWorkflowError, StageRefused) as error:
                 message = failure_message(error)
                 stage.state, stage.error = StageState.waiting_for_operator, message
@@ -228,10 +230,11 @@ class MigrationWorkflow:
         finally:
             self._child = None
 
-    async def _copy_weights(self, plan: MigrationPlan) -> CopyWeightsResult:
+    async def copy_weights(self) -> CopyWeightsResult:
         assert self._settings is not None
         result: CopyWeightsResult = await self.run_child(
-            CopyWeightsWorkflow.run, CopyWeightsInput(stage=plan.weights, settings=self._settings, paused=self._paused),
+            CopyWeightsWorkflow.run, CopyWeightsInput(stage=self.plan.weights, settings=self._settings,
+                                                      paused=self._paused),
             "weights")
         status = self._status
         status.files_done, status.bytes_done = status.files_total, status.bytes_total

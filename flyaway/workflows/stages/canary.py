@@ -8,30 +8,27 @@ ends the child with a ``RolledBack`` failure, which the stage machine turns into
 
 from __future__ import annotations
 
-from typing import Any
-
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from flyaway.models.canary import CanaryInput, CanaryResult, CanaryState, CanaryStatus
+    from flyaway.models.deploy import DeployResult
     from flyaway.workflows.canary import CanaryWorkflow
-    from flyaway.workflows.stages import StageContext, StageRefused, stage_runner
+    from flyaway.workflows.stages.base import StageContext, StageRefused
 
 #: where the canary may be steered: a running child that has not ended
 STEERABLE = (CanaryState.PROGRESSING, CanaryState.WAITING_FOR_APPROVAL, CanaryState.PAUSED)
 
 
-def deployed_endpoint(result: Any) -> str | None:
-    """The base URL the deploy stage reported for the new service (``DeployResult.endpoint_url``), if it ran."""
-    value = getattr(result, "endpoint_url", None)
-    return str(value).rstrip("/") if value else None
+def deployed_endpoint(result: DeployResult | None) -> str | None:
+    """The base URL the deploy stage reported for the new service, if it ran."""
+    return str(result.endpoint_url).rstrip("/") if result is not None and result.endpoint_url else None
 
 
-@stage_runner("canary")
 async def run_canary(context: StageContext) -> CanaryResult:
     stage = context.plan.canary
     assert stage is not None
-    endpoint = stage.new_endpoint or deployed_endpoint(context.results.get("deploy"))
+    endpoint = stage.new_endpoint or deployed_endpoint(context.results.deploy)
     if endpoint is None:
         raise StageRefused("canary.new_endpoint is not set and the deploy stage reported no endpoint_url")
     request = CanaryInput(stage=stage.model_copy(update={"new_endpoint": endpoint}),

@@ -11,14 +11,13 @@ with workflow.unsafe.imports_passed_through():
     from flyaway.activities.image.activities import copy_image_stage
     from flyaway.errors import NON_RETRYABLE_ERROR_TYPES
     from flyaway.models.image import ImageCopyResult
-    from flyaway.workflows.stages import StageContext, stage_runner
+    from flyaway.workflows.stages.base import StageContext
 
 #: registry outages are waited out a while; a missing image, refused login or bad manifest go to the operator
 COPY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1),
                          maximum_attempts=20, non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES)
 
 
-@stage_runner("image")
 async def run_image(context: StageContext) -> ImageCopyResult:
     stage = context.plan.image
     assert stage is not None

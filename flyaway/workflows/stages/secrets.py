@@ -17,7 +17,7 @@ with workflow.unsafe.imports_passed_through():
     from flyaway.models.fly_agent import FlyAgent
     from flyaway.models.secrets import FlyAppSource, SecretsReport, SecretsStage
     from flyaway.workflows.fly_source import AGENT_SCHEDULE_TO_START, run_on_agent
-    from flyaway.workflows.stages import StageContext, stage_runner
+    from flyaway.workflows.stages.base import StageContext
 
 #: outages are waited out a while; bad input, missing rights and missing values go to the operator
 SYNC_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1),
@@ -31,7 +31,6 @@ async def _sync(stage: SecretsStage, agent: FlyAgent | None = None) -> SecretsRe
         schedule_to_start_timeout=AGENT_SCHEDULE_TO_START if agent else None)
 
 
-@stage_runner("secrets")
 async def run_secrets(context: StageContext) -> SecretsReport:
     stage = context.plan.secrets
     assert stage is not None

@@ -10,7 +10,7 @@ TTL of the canary's last weight change (``teardown_not_before``) before it stops
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -29,8 +29,9 @@ with workflow.unsafe.imports_passed_through():
     )
     from flyaway.errors import NON_RETRYABLE_ERROR_TYPES
     from flyaway.models.plan import MigrationPlan
+    from flyaway.models.status import StageResults
     from flyaway.models.teardown import TeardownReport, TeardownStage
-    from flyaway.workflows.stages import StageContext, StageRefused, stage_runner
+    from flyaway.workflows.stages.base import StageContext, StageRefused
 
 #: Fly outages are waited out; refusals, missing rights and deadlines go to the operator
 TEARDOWN_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1),
@@ -38,48 +39,33 @@ TEARDOWN_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_inte
 STEP_TIMEOUT = timedelta(minutes=15)
 
 
-def _field(result: Any, name: str) -> Any:
-    """A field of an earlier stage's result, whether a model or plain data."""
-    return result.get(name) if isinstance(result, dict) else getattr(result, name, None)
-
-
-def teardown_refusal(plan: MigrationPlan, results: dict[str, Any]) -> str | None:
+def teardown_refusal(plan: MigrationPlan, results: StageResults) -> str | None:
     """Why the teardown may not run yet, or None when its gate is met (approval aside)."""
-    verify = _field(results.get("weights"), "verify")
-    if verify is None:
+    weights = results.weights
+    if weights is None:
         return "the weights stage has not verified its manifest"
-    if not _field(verify, "files_verified"):
+    if not weights.verify.files_verified:
         return "the verified weights manifest is empty: nothing was copied off Fly"
-    if _field(verify, "files_verified") != _field(results.get("weights"), "files_total"):
-        return (f"the weights stage verified {_field(verify, 'files_verified')} of "
-                f"{_field(results.get('weights'), 'files_total')} listed files")
+    if weights.verify.files_verified != weights.files_total:
+        return f"the weights stage verified {weights.verify.files_verified} of {weights.files_total} listed files"
     if plan.canary is None:
         if plan.teardown is None or not plan.teardown.no_traffic_stage_ok:
             return "the plan has no canary stage and does not set teardown.no_traffic_stage_ok"
         return None
-    canary = results.get("canary")
+    canary = results.canary
     if canary is None:
         return "the canary stage has not finished"
-    new_weight, old_weight = _field(canary, "new_weight"), _field(canary, "old_weight")
-    if _field(canary, "completed") is False or new_weight != 100:
-        return f"the canary stage ended with {new_weight}% of the traffic on the new side, not 100%"
-    if old_weight not in (None, 0):
-        return f"Fly's traffic weight is {old_weight}%, not 0"
+    if not canary.completed or canary.new_weight != 100:
+        return f"the canary stage ended with {canary.new_weight}% of the traffic on the new side, not 100%"
+    if canary.old_weight != 0:
+        return f"Fly's traffic weight is {canary.old_weight}%, not 0"
     return None
-
-
-def dns_ttl_end(results: dict[str, Any]) -> datetime | None:
-    """When the canary's last DNS answer pointing at Fly expires (``CanaryResult.teardown_not_before``), if known.
-
-    A result carried over as plain data holds the time as ISO 8601 text.
-    """
-    value = _field(results.get("canary"), "teardown_not_before")
-    return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
 async def _wait_out_dns_ttl(context: StageContext) -> None:
     """Sleep (a durable timer) until resolvers can no longer send clients to Fly, so no request meets a stopped app."""
-    not_before = dns_ttl_end(context.results)
+    canary = context.results.canary
+    not_before = canary.teardown_not_before if canary is not None else None
     if not_before is None or workflow.now() >= not_before:
         return
     context.stage_status("teardown").detail = (f"waiting for the DNS TTL until {not_before.isoformat()}: resolvers "
@@ -97,7 +83,6 @@ async def _step(context: StageContext, detail: str, activity: Any, *args: Any,
                                            heartbeat_timeout=stage.heartbeat_timeout, retry_policy=TEARDOWN_RETRY)
 
 
-@stage_runner("teardown")
 async def run_teardown(context: StageContext) -> TeardownReport:
     stage: TeardownStage | None = context.plan.teardown
     assert stage is not None
