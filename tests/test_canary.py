@@ -549,7 +549,7 @@ def test_a_long_approval_wait_keeps_every_history_bounded_and_still_rolls_back(
                 return canary.history[-1].analyses
             return run_async(go())
 
-        eventually(lambda: analyses_so_far() >= LONG_WAIT_ANALYSES, 600, interval=2,
+        eventually(lambda: analyses_so_far() >= LONG_WAIT_ANALYSES, 900, interval=2,
                    what=f"{LONG_WAIT_ANALYSES} analyses while waiting for approval")
         assert len(run_histories(server, f"{workflow_id}-canary")) >= LONG_WAIT_ANALYSES * 6 // 2_000, \
             "the canary continues as new every few hundred analyses"
