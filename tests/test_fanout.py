@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from flyaway.models.status import MigrationState
+from flyaway.models.status import ControlResult, MigrationState, TuneRequest
 from tests.support.env import TEST_AWS_ENV
-from tests.support.migrations import eventually, run_migration
+from tests.support.migrations import eventually, migration_result, run_async, run_migration, start_migration
 from tests.support.plans import manifest_key, s3_location, weights_plan
 from tests.support.servers import TemporalDevServer, WorkerProcess
 from tests.support.trees import make_tree
@@ -96,3 +96,33 @@ def test_local_to_local_split_file(temporal_server: TemporalDevServer, worker: W
     manifest = {entry["key"]: entry for entry in map(json.loads, (tmp_path / "out" / manifest_key(
         plan["name"])).read_text().splitlines())}
     check_manifest(manifest, contents)
+
+
+def units_in_flight(worker: WorkerProcess) -> int:
+    """How many units the worker is running now, by its log."""
+    running = 0
+    for line in worker.logs().splitlines():
+        event = json.loads(line).get("event") if line.startswith("{") else None
+        running += (event == "copying unit") - (event == "unit copied")
+    return running
+
+
+def test_parallelism_tuned_live(temporal_server: TemporalDevServer, worker: WorkerProcess, tmp_path: Path) -> None:
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "big.safetensors").write_bytes(os.urandom(48 * MiB))
+    plan = weights_plan("fan-out-tune", {"kind": "local", "path": str(tmp_path / "weights")},
+                        {"kind": "local", "path": str(tmp_path / "out")}, part_size="4MiB", piece_size="8MiB",
+                        concurrency=1, parallelism=2, bandwidth_limit="4MiB")  # six pieces, 2 s each
+
+    async def tune() -> tuple[str, ControlResult]:
+        workflow_id = await start_migration(temporal_server, plan, worker.task_queue)
+        eventually(lambda: units_in_flight(worker) == 2, 30, interval=0.05, what="two units in flight")
+        handle = (await temporal_server.client()).get_workflow_handle(workflow_id)
+        return workflow_id, await handle.execute_update("tune", TuneRequest(parallelism=4), result_type=ControlResult)
+
+    workflow_id, tuned = run_async(tune())
+    assert tuned.state == MigrationState.running and "parallelism 4" in tuned.message
+    eventually(lambda: units_in_flight(worker) >= 3, 30, interval=0.05, what="more units in flight after tune")
+    result = run_async(migration_result(temporal_server, workflow_id))
+    assert result.status.state == MigrationState.completed and result.status.parallelism == 4
+    assert (tmp_path / "out" / "big.safetensors").read_bytes() == (tmp_path / "weights" / "big.safetensors").read_bytes()
