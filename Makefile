@@ -5,8 +5,7 @@ demo:  ## set up what is missing, then run the dev server, a worker and the demo
 	bash scripts/setup.sh demo
 	.venv/bin/flyaway dev --demo
 
-test:  ## set up what is missing, then run the whole test suite (slow end-to-end tests included)
-	bash scripts/setup.sh test
+test: lint  ## set up what is missing, lint, then run the whole test suite (slow end-to-end tests included)
 	.venv/bin/pytest
 
 test-quick:  ## the suite without the slow end-to-end tests
