@@ -17,7 +17,8 @@ them with the installed ``modal``) and its behaviour as read in ``modal/volume.p
 Volumes are folders ``$FLYAWAY_FAKE_MODAL_DIR/<environment>/<name>/``; every committed file is
 also recorded as a line ``path<TAB>size`` in ``<name>.uploads.log`` next to that folder, so a
 test can count what was uploaded. ``FakeVolume.corrupt_next`` flips a byte of the next committed
-files (in-process tests only).
+data files, never of flyaway's own state files, whose writes race with data commits (in-process
+tests only).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from typing import IO, Any
 
 import modal.exception
 from modal.types import FileEntry, FileEntryType
+
+from flyaway.activities.storage.base import STATE_DIR
 
 ROOT_ENV = "FLYAWAY_FAKE_MODAL_DIR"
 FACTORY = "tests.fakes.modal_volume:open_volume"
@@ -130,7 +133,7 @@ class FakeVolume:
             raise FileExistsError(f"{taken[0]} already exists")
         for source, path in files:
             data = source.read_bytes() if isinstance(source, Path) else _all_bytes(source)
-            if self.corrupt_next and data:
+            if self.corrupt_next and data and STATE_DIR not in PurePosixPath(path).parts:
                 self.corrupt_next -= 1
                 data = data[:-1] + bytes([data[-1] ^ 0x01])
             target = self._local(path)
