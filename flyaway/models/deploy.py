@@ -19,7 +19,7 @@ from pydantic import AfterValidator, Field, PositiveInt, field_validator, model_
 from flyaway.models.base import Duration, EnvName, Record, StrictModel, check_env_name, join_key
 from flyaway.models.canary import BaseUrl
 from flyaway.models.credentials import CredentialUser, present
-from flyaway.models.image import ImageReference
+from flyaway.models.image import ImageText
 
 if TYPE_CHECKING:
     from flyaway.models.locations import DestinationLocation
@@ -101,7 +101,7 @@ class HealthCheck(StrictModel):
 class DeployBase(StrictModel):
     """What every platform's section has."""
 
-    image: str | None = Field(None, description="image to run; absent: the image stage's copy, pinned by digest")
+    image: ImageText | None = Field(None, description="image to run; absent: the image stage's copy, pinned by digest")
     fly_toml: str | None = Field(
         None, description="absolute path of the app's fly.toml on the worker; its settings fill in what this "
                           "section leaves out (`flyaway translate` prints them)")
@@ -114,13 +114,6 @@ class DeployBase(StrictModel):
     weights_path_env: EnvName | None = Field(
         None, description="variable set to the weights' folder inside the container, e.g. MODEL_DIR")
     health: HealthCheck = Field(default_factory=HealthCheck)
-
-    @field_validator("image")
-    @classmethod
-    def _image(cls, value: str | None) -> str | None:
-        if value is not None:
-            ImageReference.parse(value)
-        return value
 
     @field_validator("fly_toml")
     @classmethod

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 from fnmatch import fnmatchcase
-from typing import Self
+from typing import Annotated, Self
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
 from flyaway.models.base import EnvName, Record, StrictModel, check_env_name
 from flyaway.models.credentials import CredentialUser, present
@@ -105,6 +105,15 @@ class ImageReference(Record):
         return text
 
 
+def check_image_reference(value: str) -> str:
+    ImageReference.parse(value)
+    return value
+
+
+ImageText = Annotated[str, AfterValidator(check_image_reference)]
+"""An image reference as the plan writes it, checked to parse."""
+
+
 class RegistryCredentials(StrictModel):
     """How to log in to a registry: a user name and where the password comes from, never a value."""
 
@@ -160,7 +169,7 @@ class ImageStage(CredentialUser):
     provider = "registry"
     official_hosts = (FLY_REGISTRY, DOCKER_HUB, DOCKER_HUB_API, "ghcr.io", "gcr.io", "*.gcr.io", "*.pkg.dev")
 
-    source: str | None = Field(
+    source: ImageText | None = Field(
         None, description="image reference to copy; absent: the image the Fly app's Machines run (fly_app)")
     fly_app: str | None = Field(
         None, description="Fly app whose deployed image is copied when source is absent (read from its Machines' "
@@ -183,13 +192,6 @@ class ImageStage(CredentialUser):
         None, description="login for the destination registry; absent: the registry's default")
     plain_http: list[str] = Field(
         default_factory=list, description="registry hosts spoken to over plain HTTP (loopback hosts always are)")
-
-    @field_validator("source")
-    @classmethod
-    def _source_reference(cls, value: str | None) -> str | None:
-        if value is not None:
-            ImageReference.parse(value)
-        return value
 
     @field_validator("destination")
     @classmethod

@@ -334,6 +334,15 @@ def _common(service: FlyService, name_field: str) -> dict[str, Any]:
     return settings
 
 
+def _with_concurrency_and_mount(service: FlyService, settings: dict[str, Any]) -> dict[str, Any]:
+    """Cloud Run and Modal both cap requests per instance and mount the weights where fly.toml did."""
+    if service.hard_limit is not None:
+        settings["concurrency"] = service.hard_limit
+    if service.mount_path:
+        settings["weights_mount_path"] = service.mount_path
+    return settings
+
+
 def _cloud_run(service: FlyService, unsupported: list[str]) -> dict[str, Any]:
     settings = _common(service, "service")
     if service.has_vm:
@@ -358,11 +367,7 @@ def _cloud_run(service: FlyService, unsupported: list[str]) -> dict[str, Any]:
         settings["cpu"] = str(cpus)
         settings["memory"] = _gib_or_mib(memory_mb)
     settings["min_instances"] = _min_instances(service, unsupported)
-    if service.hard_limit is not None:
-        settings["concurrency"] = service.hard_limit
-    if service.mount_path:
-        settings["weights_mount_path"] = service.mount_path
-    return settings
+    return _with_concurrency_and_mount(service, settings)
 
 
 def _runpod(service: FlyService, unsupported: list[str]) -> dict[str, Any]:
@@ -398,11 +403,7 @@ def _modal(service: FlyService, unsupported: list[str]) -> dict[str, Any]:
         if service.memory_mb:
             settings["memory"] = service.memory_mb
     settings["min_containers"] = _min_instances(service, unsupported)
-    if service.hard_limit is not None:
-        settings["concurrency"] = service.hard_limit
-    if service.mount_path:
-        settings["weights_mount_path"] = service.mount_path
-    return settings
+    return _with_concurrency_and_mount(service, settings)
 
 
 _TRANSLATORS = {"cloud_run": _cloud_run, "runpod": _runpod, "modal": _modal}

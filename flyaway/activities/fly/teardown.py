@@ -69,6 +69,13 @@ def app_client(stage: TeardownStage) -> Iterator[FlyClient | None]:
         yield client if exists else None
 
 
+def _each(remove: Callable[[str], None], ids: list[str]) -> int:
+    """Remove each of ``ids``; how many there were."""
+    for resource_id in ids:
+        remove(resource_id)
+    return len(ids)
+
+
 def _live_machines(client: FlyClient) -> list[Machine]:
     return [m for m in client.list_machines() if m.state != "destroyed"]
 
@@ -160,9 +167,7 @@ def destroy_machines(stage: TeardownStage) -> int:
         if running:
             raise InvalidPlan(f"Machines of Fly app '{stage.app}' run again after the teardown stopped them: "
                               f"{', '.join(running)}; stop them (and find out who started them), then retry")
-        for machine in machines:
-            client.destroy(machine.id)
-        return len(machines)
+        return _each(client.destroy, [m.id for m in machines])
 
 
 @activity.defn(name="flyaway.fly.teardown.release_ips")
@@ -170,10 +175,7 @@ def release_ips(stage: TeardownStage) -> int:
     with app_client(stage) as client:
         if client is None:
             return 0
-        public = [ip.ip for ip in client.list_ips() if not ip.is_private]
-        for ip in public:
-            client.release_ip(ip)
-        return len(public)
+        return _each(client.release_ip, [ip.ip for ip in client.list_ips() if not ip.is_private])
 
 
 @activity.defn(name="flyaway.fly.teardown.delete_volumes")
@@ -188,9 +190,7 @@ def delete_volumes(stage: TeardownStage, snapshots: dict[str, str]) -> int:
         if unprotected:
             raise NotFound(f"volumes {unprotected} of Fly app '{stage.app}' have no snapshot from this teardown; "
                            f"none was deleted")
-        for volume in volumes:
-            client.delete_volume(volume.id)
-        return len(volumes)
+        return _each(client.delete_volume, [v.id for v in volumes])
 
 
 @activity.defn(name="flyaway.fly.teardown.delete_app")

@@ -57,26 +57,19 @@ def _gf2_times(matrix: list[int], vector: int) -> int:
     return total
 
 
+def _gf2_square(matrix: list[int]) -> list[int]:
+    return [_gf2_times(matrix, row) for row in matrix]
+
+
 def crc32c_combine(crc1: int, crc2: int, length2: int) -> int:
     """The crc32c of A+B from crc32c(A), crc32c(B) and len(B), in O(log len(B)) (zlib's crc32_combine)."""
-    if length2 == 0:
-        return crc1
-    odd = [_CRC32C_POLY] + [1 << bit for bit in range(31)]  # the operator for one zero bit
-    even = [_gf2_times(odd, row) for row in odd]  # two zero bits
-    odd = [_gf2_times(even, row) for row in even]  # four zero bits
-    while True:  # apply len(B) zero bytes to crc1, squaring the operator for each bit of the length
-        even = [_gf2_times(odd, row) for row in odd]
+    operator = [_CRC32C_POLY] + [1 << bit for bit in range(31)]  # appends one zero bit
+    operator = _gf2_square(_gf2_square(operator))  # four zero bits
+    while length2:  # append len(B) zero bytes to A's crc: square the operator for each bit of the length
+        operator = _gf2_square(operator)
         if length2 & 1:
-            crc1 = _gf2_times(even, crc1)
+            crc1 = _gf2_times(operator, crc1)
         length2 >>= 1
-        if not length2:
-            break
-        odd = [_gf2_times(even, row) for row in even]
-        if length2 & 1:
-            crc1 = _gf2_times(odd, crc1)
-        length2 >>= 1
-        if not length2:
-            break
     return crc1 ^ crc2
 
 
