@@ -128,6 +128,19 @@ def test_a_sibling_or_a_bucket_prefix_beside_the_source_is_fine(tmp_path: Path) 
         parse_plan(plan)
 
 
+@pytest.mark.parametrize("endpoint", [None, "https://t3.storage.dev", "https://fly.storage.tigris.dev"])
+def test_an_s3_destination_at_any_tigris_host_is_the_tigris_source_bucket(tmp_path: Path,
+                                                                            endpoint: str | None) -> None:
+    plan = plan_with(tmp_path, "weights.destination", {"kind": "s3", "bucket": "weights", "prefix": "llama/copy",
+                                                       "endpoint_url": endpoint or "https://t3.storage.dev"})
+    plan["weights"]["source"] = {"kind": "tigris", "bucket": "weights", "prefix": "llama",
+                                 **({"endpoint_url": endpoint} if endpoint else {})}
+    with pytest.raises(ValueError, match="is inside its source tigris://weights/llama"):
+        parse_plan(plan)
+    plan["weights"]["destination"]["endpoint_url"] = "https://s3.us-east-1.amazonaws.com"
+    assert parse_plan(plan).weights.destination.prefix == "llama/copy"
+
+
 def test_edge_values_through_temporal_end_the_workflow_as_invalid_plan(
         tmp_path: Path, temporal_server: TemporalDevServer, worker: WorkerProcess) -> None:
     cases = [case for case in EDGE_VALUES if "1e308" in case[0] or "99999999999h" in case[0] or "int32" in case[0]

@@ -42,6 +42,7 @@ from flyaway.models.copy import ListingLine
 from flyaway.models.locations import GcsLocation, LocalLocation, RunPodVolumeLocation, TigrisLocation
 from flyaway.models.plan import parse_plan
 from flyaway.providers.google import GcsBucket, SessionRequestFailed
+from flyaway.providers.s3 import s3_settings
 from flyaway.starter.cli import app
 from flyaway.starter.dev import free_port
 from tests.support.env import TEST_RUNPOD_ENV
@@ -79,19 +80,19 @@ def plan_with(destination: dict[str, Any], source: dict[str, Any] | None = None)
 
 def test_tigris_defaults_to_its_endpoint_region_auto_and_virtual_hosts() -> None:
     source = plan_with({"kind": "local", "path": "/d"}, {"kind": "tigris", "bucket": "weights"}).weights.source
-    settings = source.s3()
+    settings = s3_settings(source)
     assert (str(settings.endpoint_url), settings.region, settings.addressing_style) == (
         "https://t3.storage.dev/", "auto", "virtual")
     assert settings.credentials.access_key_id_env == "AWS_ACCESS_KEY_ID"
     legacy = plan_with({"kind": "local", "path": "/d"}, {"kind": "tigris", "bucket": "weights", "endpoint_url":
                                                           "https://fly.storage.tigris.dev"}).weights.source
-    assert str(legacy.s3().endpoint_url) == "https://fly.storage.tigris.dev/"
+    assert str(s3_settings(legacy).endpoint_url) == "https://fly.storage.tigris.dev/"
     assert legacy.describe() == "tigris://weights/"
 
 
 def test_runpod_volume_endpoint_and_region_come_from_the_datacenter() -> None:
     dest = plan_with({"kind": "runpod_volume", "volume_id": "agv6w2qcg7", "datacenter": "us-ks-2"}).weights.destination
-    settings = dest.s3()
+    settings = s3_settings(dest)
     assert (str(settings.endpoint_url), settings.region, settings.bucket, settings.addressing_style) == (
         "https://s3api-us-ks-2.runpod.io/", "US-KS-2", "agv6w2qcg7", "path")
     assert settings.credentials.access_key_id_env == "RUNPOD_S3_ACCESS_KEY"

@@ -92,7 +92,7 @@ class CloudflareRouterConfig(CredentialUser):
     new_origin_name: str = Field(min_length=1)
     zone_id: str | None = None
     load_balancer_id: str | None = None
-    api_base_url: BaseUrl = "https://api.cloudflare.com/client/v4"
+    api_base_url: BaseUrl | None = Field(None, description="Cloudflare API v4 address override (tests); Cloudflare's own when absent")
     token_env: EnvName = "CLOUDFLARE_API_TOKEN"
 
     @model_validator(mode="after")
@@ -107,7 +107,7 @@ class CloudflareRouterConfig(CredentialUser):
         return [self.token_env]
 
     def endpoint_overrides(self) -> list[str]:
-        return [self.api_base_url]
+        return present(self.api_base_url)
 
 
 class ManualRouterConfig(StrictModel):

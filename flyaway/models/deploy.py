@@ -248,7 +248,8 @@ class RunpodDeploy(CredentialUser, DeployBase):
     registry_auth_id: str | None = Field(None, description="RunPod container registry credential id for a "
                                                            "private image")
     api_key_env: EnvName = "RUNPOD_API_KEY"
-    api_url: BaseUrl = Field("https://api.runpod.io/v2", description="RunPod REST API v2 address override (tests)")
+    api_url: BaseUrl | None = Field(None, description="RunPod REST API v2 address override (tests); RunPod's "
+                                                      "own when absent")
 
     @field_validator("gpu_pools")
     @classmethod
@@ -275,7 +276,7 @@ class RunpodDeploy(CredentialUser, DeployBase):
         return [self.api_key_env]
 
     def endpoint_overrides(self) -> list[str]:
-        return [self.api_url]
+        return present(self.api_url)
 
 
 class ModalDeploy(CredentialUser, DeployBase):

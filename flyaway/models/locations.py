@@ -10,6 +10,7 @@ from __future__ import annotations
 import posixpath
 import re
 from datetime import timedelta
+from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
@@ -99,18 +100,11 @@ class S3Location(CredentialUser):
         endpoint = f" at {self.endpoint_url}" if self.endpoint_url else ""
         return f"s3://{self.bucket}/{self.prefix}{endpoint}"
 
-    def s3(self) -> S3Location:
-        """The S3 connection settings (the same for every S3-compatible kind)."""
-        return self
-
     def credential_envs(self) -> list[str]:
         return aws_credential_envs(self.credentials)
 
     def endpoint_overrides(self) -> list[str]:
         return present(self.endpoint_url)
-
-
-TIGRIS_ENDPOINT = "https://t3.storage.dev"
 
 
 class TigrisLocation(CredentialUser):
@@ -122,8 +116,8 @@ class TigrisLocation(CredentialUser):
     kind: Literal["tigris"]
     bucket: str = Field(description="bucket name (BUCKET_NAME among the app's secrets)")
     prefix: RelativeKey = Field("", description="key prefix inside the bucket, no leading '/'")
-    endpoint_url: HttpUrl = Field(HttpUrl(TIGRIS_ENDPOINT),
-                                  description="Tigris S3 endpoint; the older https://fly.storage.tigris.dev works too")
+    endpoint_url: HttpUrl | None = Field(None, description="Tigris S3 endpoint; Tigris's own (t3.storage.dev) when "
+                                                           "absent, and the older fly.storage.tigris.dev works too")
     addressing_style: Literal["auto", "path", "virtual"] = "virtual"
     credentials: AwsCredentials = Field(default_factory=AwsCredentials,
                                         description="variables holding the keys `fly storage create` made")
@@ -141,10 +135,6 @@ class TigrisLocation(CredentialUser):
 
     def endpoint_overrides(self) -> list[str]:
         return present(self.endpoint_url)
-
-    def s3(self) -> S3Location:
-        return S3Location(kind="s3", bucket=self.bucket, prefix=self.prefix, endpoint_url=self.endpoint_url,
-                          region="auto", addressing_style=self.addressing_style, credentials=self.credentials)
 
 
 class RunPodS3Credentials(AwsCredentials):
@@ -168,8 +158,8 @@ class RunPodVolumeLocation(CredentialUser):
     volume_id: str = Field(description="network volume id")
     datacenter: str = Field(description="datacenter id of the volume, e.g. EUR-IS-1; it picks the endpoint")
     prefix: RelativeKey = Field("", description="folder inside the volume, no leading '/'")
-    endpoint_url: HttpUrl | None = Field(None, description="S3 endpoint; https://s3api-<datacenter>.runpod.io/ "
-                                                           "when absent")
+    endpoint_url: HttpUrl | None = Field(None, description="S3 endpoint; the datacenter's own (s3api-<datacenter>"
+                                                           ".runpod.io) when absent")
     credentials: RunPodS3Credentials = Field(default_factory=RunPodS3Credentials)
 
     @field_validator("volume_id")
@@ -192,11 +182,6 @@ class RunPodVolumeLocation(CredentialUser):
 
     def endpoint_overrides(self) -> list[str]:
         return present(self.endpoint_url)
-
-    def s3(self) -> S3Location:
-        endpoint = self.endpoint_url or HttpUrl(f"https://s3api-{self.datacenter.lower()}.runpod.io/")
-        return S3Location(kind="s3", bucket=self.volume_id, prefix=self.prefix, endpoint_url=endpoint,
-                          region=self.datacenter, addressing_style="path", credentials=self.credentials)
 
 
 class GcsLocation(CredentialUser):
@@ -398,7 +383,21 @@ def storage_root(location: SourceLocation | DestinationLocation) -> tuple[tuple[
     """(which store, path inside it) of a folder or S3 bucket, to tell whether one location holds another."""
     if isinstance(location, LocalLocation):
         return ("local",), posixpath.normpath(location.path).lstrip("/")
-    if isinstance(location, (S3Location, TigrisLocation, RunPodVolumeLocation)):
-        s3 = location.s3()
-        return ("s3", str(s3.endpoint_url or ""), s3.bucket), s3.prefix.strip("/")
+    if isinstance(location, (S3Location, TigrisLocation)):
+        return ("s3", _s3_service(location), location.bucket), location.prefix.strip("/")
+    if isinstance(location, RunPodVolumeLocation):
+        return ("s3", _s3_service(location), location.volume_id), location.prefix.strip("/")
     return None
+
+
+def _s3_service(location: S3Location | TigrisLocation | RunPodVolumeLocation) -> str:
+    """Which S3 service holds the bucket: the kind's own when the plan names no endpoint, Tigris by any of its
+    hosts, else the endpoint's host and port."""
+    if location.endpoint_url is None:
+        if isinstance(location, RunPodVolumeLocation):
+            return f"runpod {location.datacenter}"
+        return "tigris" if isinstance(location, TigrisLocation) else "aws"
+    host = (location.endpoint_url.host or "").lower()
+    if any(fnmatchcase(host, pattern) for pattern in TigrisLocation.official_hosts):
+        return "tigris"
+    return f"{host}:{location.endpoint_url.port}"

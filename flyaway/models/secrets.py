@@ -189,7 +189,8 @@ class RunpodDestination(CredentialUser):
 
     kind: Literal["runpod"]
     api_key_env: EnvName = "RUNPOD_API_KEY"
-    api_url: BaseUrl = Field("https://api.runpod.io/v2", description="RunPod API v2 address override (tests)")
+    api_url: BaseUrl | None = Field(None, description="RunPod API v2 address override (tests); RunPod's own "
+                                                      "when absent")
 
     def store_name(self, name: str) -> str:
         return name
@@ -206,13 +207,13 @@ class RunpodDestination(CredentialUser):
             raise ValueError(f"{name}: the value is over RunPod's 16 MiB limit")
 
     def describe(self) -> str:
-        return f"RunPod secrets at {self.api_url}"
+        return f"RunPod secrets{f' at {self.api_url}' if self.api_url else ''}"
 
     def credential_envs(self) -> list[str]:
         return [self.api_key_env]
 
     def endpoint_overrides(self) -> list[str]:
-        return [self.api_url]
+        return present(self.api_url)
 
 
 SecretDestination = Annotated[GcpSecretManagerDestination | ModalDestination | RunpodDestination,

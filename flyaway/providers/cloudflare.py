@@ -16,18 +16,20 @@ from flyaway.redaction import register_secret
 _AUTH_ERROR_CODES = {9106, 9109, 10000}
 _BAD_IDENTIFIER_CODES = {7000, 7003}
 _REQUEST_TIMEOUT_SECONDS = 30.0
+#: the API v4, where a plan names no other address
+CLOUDFLARE_API_URL = "https://api.cloudflare.com/client/v4"
 
 
 class CloudflareApi:
-    """One account's API v4 at ``api_base_url``, with the token ``token_env`` holds."""
+    """One account's API v4 (at ``api_base_url`` when given), with the token ``token_env`` holds."""
 
-    def __init__(self, api_base_url: str, token_env: str) -> None:
+    def __init__(self, api_base_url: str | None, token_env: str) -> None:
         token = os.environ.get(token_env)
         if not token:
             raise MissingCredentials(f"router.token_env: ${token_env} is not set on the worker "
                                      "(a Cloudflare API token with Load Balancing: Monitors and Pools Write)")
         register_secret(token)
-        self.api_base_url, self.token_env = api_base_url, token_env
+        self.api_base_url, self.token_env = api_base_url or CLOUDFLARE_API_URL, token_env
         self._headers = {"Authorization": f"Bearer {token}"}
 
     def _send(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[httpx.Response, dict[str, Any]]:

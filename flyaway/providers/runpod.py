@@ -26,12 +26,19 @@ from flyaway.providers.http import (
 from flyaway.redaction import register_secret
 
 Json = dict[str, Any]
+#: the REST API v2, where a plan names no other address
+RUNPOD_API_URL = "https://api.runpod.io/v2"
+
+
+def runpod_s3_endpoint(datacenter: str) -> str:
+    """The S3-compatible API of a datacenter's network volumes."""
+    return f"https://s3api-{datacenter.lower()}.runpod.io/"
 
 
 class RunpodApi:
     """One RunPod account's REST API, with the key read from ``api_key_env``."""
 
-    def __init__(self, api_url: str, api_key_env: str, timeout: float = 60.0) -> None:
+    def __init__(self, api_url: str | None, api_key_env: str, timeout: float = 60.0) -> None:
         api_key = os.environ.get(api_key_env, "").strip()
         if not api_key:
             raise MissingCredentials(f"{api_key_env} is not set in the worker's environment; create a RunPod API key "
@@ -40,7 +47,7 @@ class RunpodApi:
         self.api_key_env = api_key_env
         #: what a request to one of the account's serverless endpoints carries too
         self.auth = {"Authorization": f"Bearer {api_key}"}
-        self._http = httpx.Client(base_url=api_url, timeout=timeout, headers={**self.auth, "User-Agent": "flyaway"})
+        self._http = httpx.Client(base_url=api_url or RUNPOD_API_URL, timeout=timeout, headers={**self.auth, "User-Agent": "flyaway"})
 
     def request(self, method: str, path: str, what: str, accept: tuple[int, ...] = (), **kwargs: Any) -> httpx.Response:
         """One request, retried while transient (safe for reads and PATCHes; a POST whose repeat is answered

@@ -19,12 +19,14 @@ from botocore.exceptions import (
     HTTPClientError,
     NoCredentialsError as NoCredentialsError,
 )
+from pydantic import HttpUrl
 
 from flyaway.errors import MissingCredentials
 from flyaway.models.locations import RunPodVolumeLocation, S3Location, TigrisLocation
 from flyaway.providers.http import CONNECT_TIMEOUT_SECONDS, stall_seconds, transient_status
+from flyaway.providers.runpod import runpod_s3_endpoint
 
-#: plan locations served by the S3 API; each gives its connection settings with ``s3()``
+#: plan locations served by the S3 API; :func:`s3_settings` gives their connection settings
 S3Compatible = S3Location | TigrisLocation | RunPodVolumeLocation
 #: no answer: the connection failed, was cut, or timed out
 NETWORK_ERRORS = (BotoConnectionError, HTTPClientError)
@@ -32,6 +34,23 @@ NETWORK_ERRORS = (BotoConnectionError, HTTPClientError)
 #: is still being applied)
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
                     "ServiceUnavailable", "RequestTimeTooSkewed", "IncompleteBody", "PriorRequestNotComplete"}
+
+
+#: Tigris's S3 endpoint, where a plan names no other
+TIGRIS_ENDPOINT = "https://t3.storage.dev"
+
+
+def s3_settings(location: S3Compatible) -> S3Location:
+    """The S3 connection settings of any S3-compatible location: its endpoint, region and addressing."""
+    if isinstance(location, TigrisLocation):
+        return S3Location(kind="s3", bucket=location.bucket, prefix=location.prefix,
+                          endpoint_url=location.endpoint_url or HttpUrl(TIGRIS_ENDPOINT), region="auto",
+                          addressing_style=location.addressing_style, credentials=location.credentials)
+    if isinstance(location, RunPodVolumeLocation):
+        return S3Location(kind="s3", bucket=location.volume_id, prefix=location.prefix,
+                          endpoint_url=location.endpoint_url or HttpUrl(runpod_s3_endpoint(location.datacenter)),
+                          region=location.datacenter, addressing_style="path", credentials=location.credentials)
+    return location
 
 
 class ShortRead(Exception):
@@ -65,7 +84,7 @@ def s3_client(plan_location: S3Compatible, concurrency: int = 10, read_timeout: 
     Activities share one client per endpoint, credentials and pool size (boto3 clients are
     thread-safe): a new session and client cost tens of milliseconds and about 13 MB, much of which
     the worker process keeps after the client is gone."""
-    location = plan_location.s3()
+    location = s3_settings(plan_location)
     creds = location.credentials
     missing = [name for name in (creds.access_key_id_env, creds.secret_access_key_env) if not os.environ.get(name)]
     if missing:

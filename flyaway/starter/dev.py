@@ -281,9 +281,12 @@ class DevStack:
         weights = self.state_dir / "demo" / "weights"
         self.console.print(f"generating demo weights in {weights} ({ByteSize(size).human_readable()} + JSON files)")
         await asyncio.to_thread(make_demo_weights, weights, size)
-        s3 = self._demo_s3(s3_port)
-        s3.create_bucket(Bucket=DEMO_BUCKET)
+        from flyaway.models.locations import S3Location
+        from flyaway.providers.s3 import s3_client  # boto3 loads only for the demo
+
         plan = demo_plan(weights, s3_port)
+        s3 = s3_client(S3Location.model_validate(plan["weights"]["destination"]))
+        s3.create_bucket(Bucket=DEMO_BUCKET)
         plan_file = self.state_dir / "demo" / "plan.yaml"
         plan_file.write_text(yaml.safe_dump(plan, sort_keys=False))
         self.console.print(f"plan written to {plan_file}; starting migration-demo")
@@ -304,13 +307,6 @@ class DevStack:
         page, _ = write_report(await build_report(client, workflow_id), self.state_dir / "demo" / "report.html")
         self.console.print(f"the demo's report (`flyaway report demo`): {page}", highlight=False, soft_wrap=True)
         return 0
-
-    def _demo_s3(self, port: int) -> Any:
-        import boto3
-
-        return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                            aws_access_key_id=os.environ[DEMO_KEY_ENV[0]],
-                            aws_secret_access_key=os.environ[DEMO_KEY_ENV[1]])
 
     def _show_manifest(self, s3: Any, weights: Path) -> None:
         """The verified manifest as it stands in the bucket, each sha256 checked against the local file."""

@@ -54,6 +54,7 @@ from flyaway.providers.s3 import (
     http_status,
     is_transient,
     s3_client,
+    s3_settings,
 )
 
 T = TypeVar("T")
@@ -94,7 +95,7 @@ def multipart_etag(part_md5s: list[str]) -> str:
 class _S3Side:
     def __init__(self, location: S3Compatible, concurrency: int = 10) -> None:
         self.plan_location = location
-        self.location = location.s3()
+        self.location = s3_settings(location)
         self.bucket = self.location.bucket
         self.prefix = self.location.prefix
         self.client = s3_client(location, concurrency)
