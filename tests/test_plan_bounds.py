@@ -76,6 +76,8 @@ EDGE_VALUES = [
      "plan.weights.source.revision: 'main..dev' is not a git revision; give a branch, tag or commit sha"),
     ("HF revision with a space", "weights.source", {"kind": "hf", "repo_id": "org/model", "revision": "my branch"},
      "plan.weights.source.revision: 'my branch' is not a git revision"),
+    ("image variable that is not a name", "image", {"destination": "ghcr.io/org/app", "set_env": {"BAD-NAME": "1"}},
+     "plan.image.set_env: 'BAD-NAME' is not an environment variable name"),
     ("destination in the source folder", "weights.destination", {"kind": "local", "path": "/srv/weights/copy"},
      "plan.weights: destination local:/srv/weights/copy is inside its source local:/srv/weights; choose a "
      "destination outside the source"),

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, PositiveInt, field_validator, model_validator
 
-from flyaway.models.base import Duration, EnvName, Record, StrictModel, check_env_name, join_key
+from flyaway.models.base import Duration, EnvName, Record, StrictModel, join_key
 from flyaway.models.canary import BaseUrl
 from flyaway.models.credentials import CredentialUser, present
 from flyaway.models.image import ImageText
@@ -106,7 +106,7 @@ class DeployBase(StrictModel):
         None, description="absolute path of the app's fly.toml on the worker; its settings fill in what this "
                           "section leaves out (`flyaway translate` prints them)")
     port: int = Field(8000, ge=1, le=65535, description="the port the server listens on (vLLM's default: 8000)")
-    env: dict[str, str] = Field(default_factory=dict,
+    env: dict[EnvName, str] = Field(default_factory=dict,
                                 description="plain variables (secrets come from the secrets stage)")
     cmd: list[str] | None = Field(None, description="replaces the image's CMD (Modal: the whole command that "
                                                     "starts the server)")
@@ -121,13 +121,6 @@ class DeployBase(StrictModel):
         path = None if value is None else PurePosixPath(value)
         if path is not None and (not path.is_absolute() or ".." in path.parts):
             raise ValueError(f"'{value}' must be the absolute path of the fly.toml on the worker, without '..'")
-        return value
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
-            check_env_name(name)
         return value
 
     @property

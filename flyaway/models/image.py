@@ -12,7 +12,7 @@ from typing import Annotated, Self
 
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
-from flyaway.models.base import EnvName, Record, StrictModel, check_env_name
+from flyaway.models.base import EnvName, Record, StrictModel
 from flyaway.models.credentials import CredentialUser, present
 
 DOCKER_HUB = "docker.io"
@@ -179,7 +179,7 @@ class ImageStage(CredentialUser):
     platform: str = Field("all", description="'all' platforms of a multi-platform image, or one like linux/amd64")
     drop_env: list[str] = Field(default_factory=lambda: list(DEFAULT_DROP_ENV),
                                 description="env var names or glob patterns to remove from the config")
-    set_env: dict[str, str] = Field(default_factory=dict,
+    set_env: dict[EnvName, str] = Field(default_factory=dict,
                                     description="env vars to set (plain values; secrets go to the secrets stage)")
     entrypoint: list[str] | None = Field(None, description="replace ENTRYPOINT")
     cmd: list[str] | None = Field(None, description="replace CMD")
@@ -205,13 +205,6 @@ class ImageStage(CredentialUser):
     def _platform(cls, value: str) -> str:
         if value != "all" and not _PLATFORM.match(value):
             raise ValueError(f"'{value}' is not 'all' or a platform like linux/amd64 or linux/arm64/v8")
-        return value
-
-    @field_validator("set_env")
-    @classmethod
-    def _env_keys(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
-            check_env_name(name)
         return value
 
     @model_validator(mode="after")

@@ -182,7 +182,8 @@ def describe_validation_error(error: ValidationError) -> list[str]:
     """One line per problem: ``plan.<field path>: <what is wrong>``."""
     lines = []
     for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"] if part not in _kind_tags())
+        loc = item["loc"][:-2] if item["loc"][-1:] == ("[key]",) else item["loc"]  # a bad key: the message names it
+        path = ".".join(str(part) for part in loc if part not in _kind_tags())
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown field; check its spelling against `flyaway schema`"
