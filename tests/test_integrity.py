@@ -52,7 +52,7 @@ def test_persistent_corruption_asks_the_operator_naming_the_file(
                         include=["model.safetensors"])
     workflow_id = run_async(start_migration(temporal_server, plan, worker.task_queue))
     status = eventually(lambda: (s := run_async(migration_status(temporal_server, workflow_id))).state
-                        == MigrationState.waiting_for_operator and s, 120, what="waiting_for_operator")
+                        == MigrationState.waiting_for_operator and s, 300, what="waiting_for_operator")
     assert status.last_error is not None
     assert "DataCorruption" in status.last_error and "model.safetensors" in status.last_error
     keys = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]

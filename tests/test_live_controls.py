@@ -183,7 +183,8 @@ def test_a_killed_worker_s_copy_moves_on_within_the_heartbeat_timeout(
         temporal_server: TemporalDevServer, worker: WorkerProcess, s3_proxy: S3FaultProxy, s3: Any, bucket: str,
         tmp_path: Path) -> None:
     """kill -9 mid-copy: another worker takes the batch over after the copy's heartbeat timeout (the
-    default the plan does not override), plus the few seconds a new attempt needs."""
+    default the plan does not override), plus the seconds a new worker needs to start and attempt (up to
+    30 on a loaded 2-core CI machine)."""
     timeout = WeightsStage.model_fields["heartbeat_timeout"].default.total_seconds()
     assert 10 <= timeout <= 60
     plan = limited_plan("kill", tmp_path, s3_location(s3_proxy.endpoint, bucket, "m"), size=64 * MiB,
@@ -198,9 +199,9 @@ def test_a_killed_worker_s_copy_moves_on_within_the_heartbeat_timeout(
     try:
         time.sleep(1)
         at_kill = s3_proxy.uploaded
-        eventually(lambda: s3_proxy.uploaded > at_kill, timeout + 20, what="bytes from the successor")
+        eventually(lambda: s3_proxy.uploaded > at_kill, timeout + 45, what="bytes from the successor")
         took = time.monotonic() - killed
-        assert took <= timeout + 15, f"the copy moved on {took:.0f} s after the kill"
+        assert took <= timeout + 30, f"the copy moved on {took:.0f} s after the kill"
         result = run_async(migration_result(temporal_server, workflow_id, timeout=120))
         assert result.status.state == MigrationState.completed
     finally:
