@@ -118,6 +118,11 @@ class Source(Adapter):
     def read(self, file: SourceFile, offset: int, length: int) -> bytes:
         """``length`` bytes from ``offset``; raises ``SourceChanged`` if the file is not at ``file.version``."""
 
+    def read_into(self, file: SourceFile, offset: int, buffer: memoryview) -> None:
+        """Fill ``buffer`` with the ``len(buffer)`` bytes from ``offset`` (the engine reuses its part buffers);
+        raises ``SourceChanged`` as ``read`` does. This default copies what ``read`` returns."""
+        buffer[:] = self.read(file, offset, len(buffer))
+
     def restat(self, listed: SourceFile) -> SourceFile:
         """The listed file as it is now; a source pinned to a snapshot (a hub commit) looks there."""
         return self.stat(listed.key)
@@ -135,6 +140,9 @@ class Destination(Adapter):
     limits: DestinationLimits = DestinationLimits()
     #: the checksum of a part's bytes the destination checks on arrival and reports for landed parts
     part_checksum: str = "md5"
+    #: whether ``put`` and ``upload_part`` take a memoryview of one of the engine's part buffers, which the
+    #: engine fills again once the call returns; otherwise they get the bytes as a ``bytes`` copy
+    takes_views: bool = False
 
     @abstractmethod
     def describe(self) -> str: ...

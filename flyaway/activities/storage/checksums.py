@@ -5,6 +5,8 @@ multipart source object against its own checksum."""
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import zlib
 from collections.abc import Callable
@@ -18,33 +20,62 @@ from flyaway.errors import DataCorruption
 from flyaway.models.copy import PartRecord, SourceChecksum
 
 _CRC32C_POLY = 0x82F63B78
+#: files are read back in chunks of this size into one buffer per call (below glibc's mmap threshold, which
+#: ``return_freed_buffers_to_the_os`` sets to 1 MiB, so the buffer comes from the heap without fresh pages)
+FILE_CHUNK = 512 * 1024
 log = structlog.get_logger(__name__)
 
 
-def part_checksum(algorithm: str, data: bytes) -> str:
+@functools.cache
+def _crc32c_extend_of_buffers() -> Callable[[int, Any, int], int] | None:
+    """``crc32c_extend`` of the C library google_crc32c is built on, called through ctypes (which lets go of
+    the GIL): google_crc32c's own binding takes only ``bytes``, and a part buffer would be copied to pass it.
+    None where google_crc32c runs its pure-Python fallback."""
+    if google_crc32c.implementation != "c":
+        return None
+    from google_crc32c import _crc32c
+
+    try:  # the extension's symbol table reaches the library it links
+        extend = ctypes.CDLL(_crc32c.__file__).crc32c_extend
+    except (OSError, AttributeError):
+        return None
+    extend.argtypes = [ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t]
+    extend.restype = ctypes.c_uint32
+    return extend
+
+
+def crc32c(data: bytes | memoryview, crc: int = 0) -> int:
+    """The crc32c of ``data`` (continuing ``crc``), read in place from a writable buffer such as a part buffer."""
+    extend = _crc32c_extend_of_buffers()
+    if isinstance(data, memoryview) and not data.readonly and extend is not None:
+        return extend(crc, ctypes.addressof(ctypes.c_char.from_buffer(data)) if data.nbytes else None, data.nbytes)
+    return int(google_crc32c.extend(crc, bytes(data)))
+
+
+def part_checksum(algorithm: str, data: bytes | memoryview) -> str:
     if algorithm == "md5":
         return hashlib.md5(data).hexdigest()
     if algorithm == "crc32c":
-        return f"{google_crc32c.value(data):08x}"
+        return f"{crc32c(data):08x}"
     if algorithm == "crc32":
         return f"{zlib.crc32(data):08x}"
     raise ValueError(f"unknown part checksum {algorithm}")
 
 
 def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        while chunk := handle.read(8 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def crc32c_of_file(path: Path, chunk: int = 8 * 1024 * 1024) -> int:
-    checksum = google_crc32c.Checksum()
-    with path.open("rb") as handle:
-        while data := handle.read(chunk):
-            checksum.update(data)
-    return int.from_bytes(checksum.digest(), "big")
+def crc32c_of_file(path: Path) -> int:
+    """The crc32c of a file's bytes, read into one reused buffer."""
+    buffer = bytearray(FILE_CHUNK)
+    view = memoryview(buffer)
+    crc = 0
+    with path.open("rb", buffering=0) as handle:
+        while count := handle.readinto(buffer):
+            crc = crc32c(view[:count], crc)
+    return crc
 
 
 def _gf2_times(matrix: list[int], vector: int) -> int:
@@ -82,21 +113,22 @@ def combined_crc32c(parts: list[PartRecord]) -> int:
 
 
 class Hasher(Protocol):
-    """What hashlib's hashes, zlib's crc32 (``_Crc32``) and google_crc32c's ``Checksum`` have in common."""
+    """What hashlib's hashes, ``_Crc`` and google_crc32c's ``Checksum`` have in common."""
 
     def update(self, data: bytes | memoryview, /) -> Any: ...
 
     def digest(self) -> bytes: ...
 
 
-class _Crc32:
-    """zlib's crc32 with hashlib's shape."""
+class _Crc:
+    """zlib's crc32, or crc32c, with hashlib's shape."""
 
-    def __init__(self) -> None:
+    def __init__(self, extend: Callable[[bytes | memoryview, int], int]) -> None:
+        self.extend = extend
         self.value = 0
 
     def update(self, data: bytes | memoryview) -> None:
-        self.value = zlib.crc32(data, self.value)
+        self.value = self.extend(data, self.value)
 
     def digest(self) -> bytes:
         return self.value.to_bytes(4, "big")
@@ -104,9 +136,9 @@ class _Crc32:
 
 def _hasher(algorithm: str) -> Hasher:
     if algorithm == "crc32c":
-        return google_crc32c.Checksum()
+        return _Crc(crc32c)
     if algorithm == "crc32":
-        return _Crc32()
+        return _Crc(zlib.crc32)
     return hashlib.new({"git-sha1": "sha1"}.get(algorithm, algorithm))
 
 
@@ -126,7 +158,7 @@ class SourceDigest:
         self._part: Hasher | None = _hasher(published.algorithm) if published.part_size else None
         self._part_fed = 0
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         self.fed += len(data)
         if self._part is None:
             self._whole.update(data)

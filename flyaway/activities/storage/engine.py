@@ -1,12 +1,12 @@
 """The copy engine: one for every source and destination pair.
 
 Files and parts move in parallel, but memory stays bounded: a part holds one of
-``concurrency`` slots from the moment its bytes are read until they are hashed and sent,
-so at most ``concurrency x part_size`` bytes are in flight. Parts of a file take slots in
-order, and each part feeds the file's sha256 in order, so the whole-file hash comes from
-the source bytes without a second read. A destination that takes parts only in order
-(``sequential_parts``: a GCS resumable session) still gets its parts read ahead, but each
-is sent only after the one before it landed.
+``concurrency`` slots, and one reusable part buffer (``PartBuffers``), from the moment its
+bytes are read until they are hashed and sent, so at most ``concurrency x part_size`` bytes
+are in flight. Parts of a file take slots in order, and each part feeds the file's sha256 in
+order, so the whole-file hash comes from the source bytes without a second read. A
+destination that takes parts only in order (``sequential_parts``: a GCS resumable session)
+still gets its parts read ahead, but each is sent only after the one before it landed.
 
 Every byte read is checked against the checksum the source publishes for the file (an S3
 ETag or ``x-amz-checksum-*``, a hub sha256 or git blob id), fed in order like the sha256,
@@ -33,12 +33,13 @@ import ctypes
 import functools
 import hashlib
 import math
+import mmap
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import structlog
 from pydantic import Field
@@ -90,9 +91,10 @@ def first_error(group: BaseExceptionGroup) -> BaseException:
 class SourceReadCorrupt(Exception):
     """The bytes read do not have the checksum the source publishes; the file is read again."""
 
-    def __init__(self, mismatch: str, sha256: str) -> None:
+    def __init__(self, mismatch: str, sha256: str, published: SourceChecksum | None) -> None:
         super().__init__(mismatch)
         self.sha256 = sha256
+        self.published = published
 
 
 def etag_convention(published: SourceChecksum | None) -> bool:
@@ -131,11 +133,12 @@ class FileDigests:
 
     def __init__(self, file: SourceFile, published: SourceChecksum | None) -> None:
         self.file = file
+        self.published = published
         self.sha256 = hashlib.sha256()
         self.source = SourceDigest(published, file.size) if published else None
         self.label = published.label() if published else "none"
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         self.sha256.update(data)
         if self.source is not None:
             self.source.update(data)
@@ -144,7 +147,7 @@ class FileDigests:
         """The sha256 hex digest; raises ``SourceReadCorrupt`` if the bytes are not the source's."""
         mismatch = self.source.mismatch() if self.source is not None else None
         if mismatch:
-            raise SourceReadCorrupt(mismatch, self.sha256.hexdigest())
+            raise SourceReadCorrupt(mismatch, self.sha256.hexdigest(), self.published)
         return self.sha256.hexdigest()
 
 
@@ -247,6 +250,33 @@ class Slots:
         self.release()
 
 
+class PartBuffers:
+    """The part buffers of one engine, reused from part to part: a source reads a part into one
+    (``Source.read_into``), the part is hashed and sent from it, and no part costs a fresh allocation (whose
+    pages the kernel would zero and fault in again: about 786k page faults per 3 GiB).
+
+    Each is an anonymous mapping of at least the plan's part size, resident only where a part touched it, so
+    buffers that held only small files stay small. A buffer is taken with a slot held, so there are at most
+    ``concurrency`` of them; they are unmapped when the engine is dropped."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free: list[mmap.mmap] = []
+
+    def take(self, length: int) -> mmap.mmap:
+        """A buffer of at least ``length`` bytes (a free one too small for it is dropped)."""
+        while self._free:
+            buffer = self._free.pop()
+            if len(buffer) >= length:
+                return buffer
+        return mmap.mmap(-1, max(length, self.size, 1))
+
+    def give(self, buffer: mmap.mmap, keep: int) -> None:
+        """Return ``buffer``; at most ``keep`` (the current concurrency) are kept for later parts."""
+        if len(self._free) < keep:
+            self._free.append(buffer)
+
+
 class EngineCounters(CopyCounters):
     """The copy's counters, plus what only the heartbeat needs."""
 
@@ -273,6 +303,7 @@ class CopyEngine:
         self._executor = ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="flyaway-copy")
         self._slots = Slots(concurrency)
         self._files = Slots(concurrency)
+        self._buffers = PartBuffers(part_size)
 
     def tune(self, settings: CopySettings) -> None:
         """Apply an operator's new settings from the next part on; parts in flight finish as they started."""
@@ -296,6 +327,15 @@ class CopyEngine:
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def read_part(self, file: SourceFile, offset: int, buffer: mmap.mmap, length: int) -> tuple[bytes, str]:
+        """Read ``length`` bytes of the file from ``offset`` into ``buffer``; the bytes as the destination takes
+        them, and their checksum in its part algorithm. The bytes are a view of the buffer where the destination
+        takes views (``Destination.takes_views``; typed as bytes, as the adapters' signatures say), else a copy."""
+        view = memoryview(buffer)[:length]
+        self.source.read_into(file, offset, view)
+        checksum = part_checksum(self.dest.part_checksum, view)
+        return cast(bytes, view) if self.dest.takes_views else bytes(view), checksum
 
     def effective_part_size(self, size: int, source_part: int | None = None) -> int:
         """``part_size_for`` the file; then, where the source's own parts (``source_part``) are no larger and the
@@ -348,11 +388,10 @@ class CopyEngine:
         etag_is_opaque = False
         for attempt in range(1, MAX_FILE_ATTEMPTS + 1):
             try:
-                published = await self._run(self.source.published_checksum, file)
-                if etag_is_opaque and etag_convention(published):
-                    published = None
-                entry = await (self._copy_small(file, published) if file.size <= self._single_put_limit()
-                               else self._copy_multipart(file, published))
+                if file.size <= self._single_put_limit():
+                    entry = await self._copy_small(file, etag_is_opaque)
+                else:
+                    entry = await self._copy_multipart(file, await self._run(self._published, file, etag_is_opaque))
                 if attempt > 1 and (await self._run(self.source.restat, file)).version != file.version:
                     # it changed under an earlier attempt: what this one copied may be a passing state
                     raise SourceChanged(file.key)
@@ -369,7 +408,7 @@ class CopyEngine:
                 # the upload stays: landed parts whose checksum the next read confirms are kept
                 log.warning("bytes read do not match the source's checksum; reading the file again",
                             key=file.key, attempt=attempt, reason=str(error))
-                if error.sha256 in misread and etag_convention(published):
+                if error.sha256 in misread and etag_convention(error.published):
                     # the same bytes twice: this store's multipart ETag is not an MD5 of its parts' MD5s
                     log.warning("the multipart ETag is not an MD5 of the parts here; copying the file without "
                                 "a source checksum", key=file.key)
@@ -405,30 +444,46 @@ class CopyEngine:
                              dest_version=dest_version, parts=parts, copied_at=datetime.now(UTC),
                              source_checksum=source_checksum)
 
-    async def _copy_small(self, file: SourceFile, published: SourceChecksum | None) -> ManifestEntry:
-        def read_and_check() -> tuple[bytes, str, str]:
-            data = self.source.read(file, 0, file.size)
-            digests = FileDigests(file, published)
-            digests.update(data)
-            return data, part_checksum(self.dest.part_checksum, data), digests.check()
+    def _published(self, file: SourceFile, etag_is_opaque: bool) -> SourceChecksum | None:
+        """The checksum the source publishes for the file, unless it is a multipart ETag found not to be the
+        MD5 of the parts' MD5s here."""
+        published = self.source.published_checksum(file)
+        return None if etag_is_opaque and etag_convention(published) else published
 
+    async def _copy_small(self, file: SourceFile, etag_is_opaque: bool) -> ManifestEntry:
+        """A file sent whole, in one call on one thread: per file, the event loop hands off work once."""
         async with self._slots:
-            data, checksum, sha256 = await self._run(read_and_check)
-            version = await self._landed_version(file, checksum)
-            if version is None:
-                await self._take_bandwidth(len(data))
-                try:
-                    version = await self._run(self.dest.put, file.key, data, checksum, sha256)
-                finally:  # sent, even when it arrived damaged
-                    self.counters.bytes_uploaded += len(data)
-            self.counters.bytes_done += len(data)
-        return self._entry(file, sha256, version, 1, published.label() if published else "none")
+            await self._take_bandwidth(file.size)
+            buffer = self._buffers.take(file.size)
+            sent: list[bool] = []
+            try:
+                version, sha256, label = await self._run(self._send_small, file, etag_is_opaque, buffer, sent)
+            finally:  # sent, even when it arrived damaged
+                self.counters.bytes_uploaded += file.size if sent else 0
+            # only now is no thread using the buffer (a cancelled part leaves it to the thread that has it)
+            self._buffers.give(buffer, self.concurrency)
+            self.counters.bytes_done += file.size
+        return self._entry(file, sha256, version, 1, label)
 
-    async def _landed_version(self, file: SourceFile, checksum: str) -> str | None:
+    def _send_small(self, file: SourceFile, etag_is_opaque: bool, buffer: mmap.mmap,
+                    sent: list[bool]) -> tuple[str, str, str]:
+        """Read, hash and check the file, and put it unless an earlier attempt landed it; its destination version,
+        sha256 and source checksum label. ``sent`` gets an item once the bytes go out."""
+        digests = FileDigests(file, self._published(file, etag_is_opaque))
+        data, checksum = self.read_part(file, 0, buffer, file.size)
+        digests.update(data)
+        sha256 = digests.check()
+        version = self._landed_version(file, checksum)
+        if version is None:
+            sent.append(True)
+            version = self.dest.put(file.key, data, checksum, sha256)
+        return version, sha256, digests.label
+
+    def _landed_version(self, file: SourceFile, checksum: str) -> str | None:
         """The version of the file at the destination if an earlier attempt landed exactly these bytes."""
         if not self.check_landed:
             return None
-        landed = await self._run(self.dest.landed, file.key)
+        landed = self.dest.landed(file.key)
         if landed is None or landed.size != file.size or landed.checksum != checksum:
             return None
         log.info("file landed in an earlier attempt; recorded without sending it again", key=file.key)
@@ -528,8 +583,8 @@ class CopyEngine:
                        sent_before: asyncio.Future[None], sent: asyncio.Future[None]) -> None:
             offset = (number - 1) * part_size
             length = min(part_size, file.size - offset)
-            data = await self._run(self.source.read, file, offset, length)
-            checksum = await self._run(part_checksum, self.dest.part_checksum, data)
+            buffer = self._buffers.take(length)
+            data, checksum = await self._run(self.read_part, file, offset, buffer, length)
             await hashed_before
             await self._run(digests.update, data)
             hashed.set_result(None)
@@ -543,6 +598,8 @@ class CopyEngine:
                     await sent_before
                 records[number - 1] = await self._upload_part(file.key, state.upload_id, number, offset, data,
                                                               checksum)
+            # only now is no thread using the buffer (a cancelled part leaves it to the thread that has it)
+            self._buffers.give(buffer, self.concurrency)
             sent.set_result(None)
             self.counters.bytes_done += length
 

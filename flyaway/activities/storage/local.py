@@ -172,14 +172,20 @@ class LocalSource(_LocalRoot, Source):
         return SourceFile(key=key, size=st.st_size, version=_version(st))
 
     def read(self, file: SourceFile, offset: int, length: int) -> bytes:
+        buffer = bytearray(length)
+        self.read_into(file, offset, memoryview(buffer))
+        return bytes(buffer)
+
+    def read_into(self, file: SourceFile, offset: int, buffer: memoryview) -> None:
         fd = self._open(file.key)
         try:
             if _version(os.fstat(fd)) != file.version:
                 raise SourceChanged(file.key)
-            data = os.pread(fd, length, offset)
-            if len(data) != length or _version(os.fstat(fd)) != file.version:
+            done = 0
+            while done < len(buffer) and (count := os.preadv(fd, [buffer[done:]], offset + done)):
+                done += count
+            if done != len(buffer) or _version(os.fstat(fd)) != file.version:
                 raise SourceChanged(file.key)
-            return data
         finally:
             os.close(fd)
 
@@ -189,6 +195,7 @@ class LocalDestination(_LocalRoot, Destination):
     limits = DestinationLimits(min_part_size=1, max_part_size=2**40, max_single_put=2**40, max_object_size=2**60,
                                keys_are_paths=True, max_name_bytes=255, max_key_bytes=None)
     part_checksum = "crc32c"
+    takes_views = True
 
     def check(self) -> None:
         try:
@@ -241,7 +248,7 @@ class LocalDestination(_LocalRoot, Destination):
         os.replace(tmp, target)
         return _version(target.stat())
 
-    def put(self, key: str, data: bytes, checksum: str, sha256: str) -> str:
+    def put(self, key: str, data: bytes | memoryview, checksum: str, sha256: str) -> str:
         tmp = self._partial(f"put-{uuid.uuid4().hex}")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -272,7 +279,7 @@ class LocalDestination(_LocalRoot, Destination):
             parts[part.number] = part
         return parts
 
-    def upload_part(self, key: str, upload_id: str, number: int, offset: int, data: bytes,
+    def upload_part(self, key: str, upload_id: str, number: int, offset: int, data: bytes | memoryview,
                     checksum: str) -> PartRecord:
         path = self._partial(upload_id)
         try:

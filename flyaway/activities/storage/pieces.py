@@ -25,11 +25,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import mmap
 
 import structlog
 
 from flyaway.activities.storage.base import STATE_DIR, SourceChanged, UploadGone
-from flyaway.activities.storage.checksums import part_checksum
 from flyaway.activities.storage.engine import MAX_FILE_ATTEMPTS, CopyEngine, begin_recorded_upload, first_error
 from flyaway.errors import DataCorruption, decoding_state
 from flyaway.models.copy import (
@@ -54,10 +54,6 @@ def pieces_folder(shards_root: str, key: str) -> str:
 def composite_sha256(part_sha256: list[str]) -> str:
     """A split file's ``sha256`` in the manifest: the sha256 of its parts' sha256 digests, in order."""
     return hashlib.sha256(b"".join(bytes.fromhex(digest) for digest in part_sha256)).hexdigest()
-
-
-def _digests(algorithm: str, data: bytes) -> tuple[str, str]:
-    return part_checksum(algorithm, data), hashlib.sha256(data).hexdigest()
 
 
 def _as_recorded(recorded: tuple[PartRecord, str] | None, landed: PartRecord | None) -> bool:
@@ -151,8 +147,8 @@ class PieceCopy:
         engine = self.engine
         offset, length = (number - 1) * self.part_size, self._length(number)
         async with engine._slots:
-            data = await engine._run(engine.source.read, self.file, offset, length)
-            checksum, sha256 = await engine._run(_digests, engine.dest.part_checksum, data)
+            buffer = engine._buffers.take(length)
+            data, checksum, sha256 = await engine._run(self._read, offset, buffer, length)
             done = landed.get(number)
             if done is not None and done.checksum in (checksum, "") and done.size == length:
                 record = PartRecord(number=number, size=length, checksum=checksum, receipt=done.receipt)
@@ -160,8 +156,15 @@ class PieceCopy:
                 engine.counters.bytes_reused += length
             else:
                 record = await engine._upload_part(self.file.key, state.upload_id, number, offset, data, checksum)
+            # only now is no thread using the buffer (a cancelled part leaves it to the thread that has it)
+            engine._buffers.give(buffer, engine.concurrency)
             engine.counters.bytes_done += length
         return record, sha256
+
+    def _read(self, offset: int, buffer: mmap.mmap, length: int) -> tuple[bytes, str, str]:
+        """A part read into ``buffer`` (``CopyEngine.read_part``), with its sha256 from the same thread."""
+        data, checksum = self.engine.read_part(self.file, offset, buffer, length)
+        return data, checksum, hashlib.sha256(data).hexdigest()
 
     async def _recorded_parts(self, state: UploadState, names: list[str]) -> dict[int, tuple[PartRecord, str]]:
         """The parts every piece recorded for the current upload, read back from state (so checked for shape)."""

@@ -193,6 +193,32 @@ def _content_md5(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data).digest()).decode()
 
 
+class _Body:
+    """Bytes as a request body botocore takes (it refuses a memoryview, and copies ``bytes`` into a file object
+    it then reads 16 KiB at a time): read as slices of the caller's buffer, never copied. Seekable, so the
+    signer can hash it and rewind; one is made for every try of a request, each read from the start."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self._view = memoryview(data)
+        self._position = 0
+
+    def __len__(self) -> int:
+        return self._view.nbytes
+
+    def read(self, size: int | None = -1) -> memoryview:
+        end = self._view.nbytes if size is None or size < 0 else min(self._position + size, self._view.nbytes)
+        chunk = self._view[self._position:end]
+        self._position = end
+        return chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._position = offset + (0, self._position, self._view.nbytes)[whence]
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+
 def composite_crc32(parts: Sequence[PartRecord]) -> str:
     """The CRC32 S3 gives an object made of ``parts`` (hex CRC32s): the CRC32 of their CRC32s, in part order."""
     joined = b"".join(bytes.fromhex(part.checksum) for part in sorted(parts, key=lambda part: part.number))
@@ -377,6 +403,8 @@ class S3Destination(_S3Side, Destination):
 
     #: whether the store takes additional checksums (RunPod's S3 API is not known to)
     additional_checksums = True
+    #: a part buffer goes out as the request body as it is (``_Body``), never copied
+    takes_views = True
 
     def __init__(self, location: S3Compatible, concurrency: int = 10) -> None:
         super().__init__(location, concurrency)
@@ -426,7 +454,7 @@ class S3Destination(_S3Side, Destination):
             checksum = etag if "-" not in etag and etag_is_md5(head) else ""
         return LandedObject(size=head["ContentLength"], checksum=checksum, version=etag) if checksum else None
 
-    def _integrity(self, data: bytes, checksum: str) -> tuple[str, dict[str, str]]:
+    def _integrity(self, data: bytes | memoryview, checksum: str) -> tuple[str, dict[str, str]]:
         """The MD5 of ``data`` (hex) and the request fields that let S3 check the bytes on arrival."""
         if not self.additional_checksums:
             return checksum, {"ContentMD5": _b64(checksum)}
@@ -443,11 +471,11 @@ class S3Destination(_S3Side, Destination):
             raise DataCorruption(f"{what}: stored CRC32 {_hex(str(stored))} is not {checksum}, of the source bytes")
         return etag
 
-    def put(self, key: str, data: bytes, checksum: str, sha256: str) -> str:
+    def put(self, key: str, data: bytes | memoryview, checksum: str, sha256: str) -> str:
         what = f"s3://{self.bucket}/{self.key_of(key)}"
         md5, fields = self._integrity(data, checksum)
         response = self.call(what, lambda: self.client.put_object(
-            Bucket=self.bucket, Key=self.key_of(key), Body=data, **fields))
+            Bucket=self.bucket, Key=self.key_of(key), Body=_Body(data), **fields))
         return self._check_arrival(what, response, md5, checksum)
 
     def begin_upload(self, key: str, size: int) -> str:
@@ -487,13 +515,13 @@ class S3Destination(_S3Side, Destination):
         return PartRecord(number=part["PartNumber"], size=part["Size"], checksum=_hex(str(stored)) if stored else "",
                           receipt=etag)
 
-    def upload_part(self, key: str, upload_id: str, number: int, offset: int, data: bytes,
+    def upload_part(self, key: str, upload_id: str, number: int, offset: int, data: bytes | memoryview,
                     checksum: str) -> PartRecord:
         what = f"s3://{self.bucket}/{self.key_of(key)} part {number}"
         md5, fields = self._integrity(data, checksum)
         try:
             response = self.call(what, lambda: self.client.upload_part(
-                Bucket=self.bucket, Key=self.key_of(key), UploadId=upload_id, PartNumber=number, Body=data,
+                Bucket=self.bucket, Key=self.key_of(key), UploadId=upload_id, PartNumber=number, Body=_Body(data),
                 **fields))
         except ClientError as error:
             # InvalidRequest: a part with a checksum for an upload begun without one (by an older flyaway) is
