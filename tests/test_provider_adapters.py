@@ -118,8 +118,8 @@ def test_runpod_parts_never_exceed_500_mb_whatever_the_file_or_plan(runpod_env: 
     assert dest.limits.max_single_put < RUNPOD_MAX_BODY
 
 
-def test_gcs_parts_are_whole_256_kib_chunks(emulator_env: None, tmp_path: Path) -> None:
-    dest = GcsDestination(GcsLocation(kind="gcs", bucket="any-bucket"))
+def test_gcs_session_parts_are_whole_256_kib_chunks(emulator_env: None, tmp_path: Path) -> None:
+    dest = GcsDestination(GcsLocation(kind="gcs", bucket="any-bucket", composite_uploads=False))
     engine = CopyEngine(LocalSource(LocalLocation(kind="local", path=str(tmp_path))), dest,
                         part_size=5_000_000, concurrency=1)
     assert engine.effective_part_size(50 * MiB) == 5 * MiB
@@ -238,11 +238,11 @@ def test_a_complete_whose_answer_times_out_is_found_landed(runpod_env: None, run
     assert s3.get_object(Bucket=bucket, Key="slow.bin")["Body"].read() == b"".join(chunks)
 
 
-# ---- GCS resumable sessions ---------------------------------------------------------------------
+# ---- GCS resumable sessions (composite_uploads: false) -----------------------------------------
 
 def test_a_gcs_session_resumes_in_a_new_process_from_the_persisted_offset(
         emulator_env: None, gcs: Any, gcs_bucket: str) -> None:
-    location = GcsLocation(kind="gcs", bucket=gcs_bucket, prefix="w")
+    location = GcsLocation(kind="gcs", bucket=gcs_bucket, prefix="w", composite_uploads=False)
     data = os.urandom(3 * MiB + 5)
     chunks = [data[i:i + MiB] for i in range(0, len(data), MiB)]
     first = GcsDestination(location)
@@ -268,7 +268,7 @@ def test_a_gcs_session_the_server_will_not_resume_is_given_up_not_retried_foreve
         emulator_env: None, gcs_bucket: str) -> None:
     """The emulator answers a status query on an empty session with 'bytes=0-0' and then refuses
     offset 1: the adapter must say the upload is gone (the engine starts the file again), not loop."""
-    location = GcsLocation(kind="gcs", bucket=gcs_bucket, prefix="w")
+    location = GcsLocation(kind="gcs", bucket=gcs_bucket, prefix="w", composite_uploads=False)
     token = GcsDestination(location).begin_upload("empty-session.bin", 2 * MiB)
     second = GcsDestination(location)
     second.list_parts("empty-session.bin", token)
@@ -278,7 +278,9 @@ def test_a_gcs_session_the_server_will_not_resume_is_given_up_not_retried_foreve
 
 
 def test_gcs_catches_bytes_that_are_not_the_source_bytes(emulator_env: None, gcs_bucket: str) -> None:
-    dest = GcsDestination(GcsLocation(kind="gcs", bucket=gcs_bucket))
+    """A session holds no checksum per chunk: the whole object is checked at complete (composite parts: see
+    tests/test_gcs_composite.py)."""
+    dest = GcsDestination(GcsLocation(kind="gcs", bucket=gcs_bucket, composite_uploads=False))
     with pytest.raises(DataCorruption, match="crc32c"):
         dest.put("small.bin", b"what arrived", part_checksum("crc32c", b"what was read"), "")
     chunks = [os.urandom(MiB), os.urandom(10)]

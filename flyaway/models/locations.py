@@ -197,6 +197,11 @@ class GcsLocation(CredentialUser):
         "GOOGLE_APPLICATION_CREDENTIALS",
         description="variable holding the path of a service account key file; not needed when the worker "
                     "sets STORAGE_EMULATOR_HOST")
+    composite_uploads: bool = Field(
+        True, description="upload a large file as temporary part objects composed into it (parts in parallel, "
+                          "from any worker); false: one resumable session per file, its parts in order from one "
+                          "worker, for a bucket with a retention policy, a default event-based hold or a storage "
+                          "class other than STANDARD")
 
     @field_validator("bucket")
     @classmethod
