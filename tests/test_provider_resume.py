@@ -57,8 +57,11 @@ def test_gcs_resumes_its_session_after_a_kill_resending_at_most_the_part_in_flig
         temporal_server: TemporalDevServer, gcs_proxy: S3FaultProxy, gcs: Any, gcs_bucket: str, task_queue: str,
         tmp_path: Path) -> None:
     sha = weights_folder(tmp_path / "w")
+    # a session (composite_uploads: false): the proxy counts PUTs, which are a session's chunks; a composite
+    # upload's parts are POSTs (tests/test_gcs_composite.py kills one between compose and record)
     plan = weights_plan("gcs-kill-resume", {"kind": "local", "path": str(tmp_path / "w")},
-                        gcs_location(gcs_bucket, "m"), part_size="16MiB", concurrency=CONCURRENCY)
+                        {**gcs_location(gcs_bucket, "m"), "composite_uploads": False}, part_size="16MiB",
+                        concurrency=CONCURRENCY)
     worker = WorkerProcess(temporal_server, task_queue, tmp_path / "worker.log",
                            {**TEST_AWS_ENV, "STORAGE_EMULATOR_HOST": gcs_proxy.endpoint})
     worker.start()
