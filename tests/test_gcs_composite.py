@@ -170,9 +170,18 @@ def test_check_refuses_a_bucket_whose_temporaries_would_cost_early_deletion(
     bucket = gcs.bucket(gcs_bucket)
     bucket.storage_class = "NEARLINE"
     bucket.patch()
-    with pytest.raises(InvalidPlan, match="NEARLINE.*composite_uploads: false"):
+    with pytest.raises(InvalidPlan, match=r"NEARLINE.*composite_uploads: false"):
         GcsDestination(GcsLocation(kind="gcs", bucket=gcs_bucket)).check()
     GcsDestination(GcsLocation(kind="gcs", bucket=gcs_bucket, composite_uploads=False)).check()
+
+
+def test_check_refuses_a_bucket_whose_temporaries_could_not_be_deleted(
+        emulator_env: None, gcs: Any, gcs_bucket: str) -> None:
+    bucket = gcs.bucket(gcs_bucket)
+    bucket.retention_period = 3600
+    bucket.patch()
+    with pytest.raises(InvalidPlan, match=r"retention policy.*could not be deleted"):
+        GcsDestination(GcsLocation(kind="gcs", bucket=gcs_bucket)).check()
 
 
 @pytest.fixture
