@@ -217,3 +217,21 @@ def test_a_file_split_among_two_workers_lands_on_gcs(temporal_server: TemporalDe
     check_manifest(manifest, contents)
     assert temporaries(gcs, gcs_bucket, "m/") == []
     assert all("unit copied" in process.logs() for process in gcs_workers)
+
+
+def test_a_second_completer_finds_the_object_another_composed(emulator_env: None, gcs: Any, gcs_bucket: str) -> None:
+    """Two pieces that both saw every piece recorded complete at once: the one that comes second, while the
+    temporaries are still there, returns the generation the first made rather than composing a second one.
+    (The final compose's generation precondition covers two composing at the same moment; the emulator
+    ignores preconditions on compose, so that case is not shown here.)"""
+    dest = GcsDestination(GcsLocation(kind="gcs", bucket=gcs_bucket, prefix="w"))
+    data = os.urandom(3 * PART)
+    upload_id = dest.begin_upload("big.bin", len(data))
+    parts = send(dest, upload_id, data, [1, 2, 3])
+    bucket = gcs.bucket(gcs_bucket)
+    first = bucket.blob("w/big.bin")
+    first.compose([bucket.blob(name) for name in sorted(temporaries(gcs, gcs_bucket)) if name[-1].isdigit()])
+
+    assert dest.complete("big.bin", upload_id, parts, "") == str(first.generation)
+    assert str(bucket.get_blob("w/big.bin").generation) == str(first.generation)
+    assert temporaries(gcs, gcs_bucket) == []

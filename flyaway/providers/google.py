@@ -459,13 +459,22 @@ class GcsBucket:
         self.call(what, upload)
         return _stored(blob)
 
-    def compose(self, name: str, sources: Sequence[str]) -> StoredObject:
-        """Object ``name`` made of ``sources`` (at most 32, in order), by the server: no byte goes through the worker."""
+    def compose(self, name: str, sources: Sequence[str], if_generation_match: int | None = None) -> StoredObject | None:
+        """Object ``name`` made of ``sources`` (at most 32, in order), by the server: no byte goes through the
+        worker. With ``if_generation_match`` only over that generation (0: only if absent). None when a source
+        is gone or the object is not at that generation (another process composed them first)."""
         blob = self._bucket.blob(name)
         blob.content_type = "application/octet-stream"
-        self.call(f"gs://{self.name}/{name}", lambda: blob.compose([self._bucket.blob(source) for source in sources],
-                                                                    retry=None))
-        return _stored(blob)
+
+        def compose() -> bool:
+            try:
+                blob.compose([self._bucket.blob(source) for source in sources], retry=None,
+                             if_generation_match=if_generation_match)
+            except (google_errors.NotFound, google_errors.PreconditionFailed):
+                return False
+            return True
+
+        return _stored(blob) if self.call(f"gs://{self.name}/{name}", compose) else None
 
     def settings(self) -> BucketSettings | None:
         """What the bucket does with objects flyaway writes and deletes; None when the worker may not read it

@@ -265,9 +265,13 @@ class GcsDestination(Destination):
             return self._complete_session(key, upload_id, parts)
         if self.get_state(f"{parts_folder(token)[:-1]}.json") is None:
             return self._made_before(key, upload_id, parts)  # completed by an attempt killed before it recorded
+        size, expected = sum(part.size for part in parts), crc32c_b64(combined_crc32c(parts))
+        current = self.bucket.get(self.key_of(key))  # read before the parts: see the final compose
         held, others = self._temporaries(token)
-        if any(part.number not in held for part in parts):
-            version = self._made_before(key, upload_id, parts)  # killed while deleting the temporaries
+        if any(part.number not in held for part in parts) or (
+                current is not None and (current.size, current.crc32c) == (size, expected)):
+            # composed already: by an attempt killed while deleting the temporaries, or by another piece
+            version = self._made_before(key, upload_id, parts)
             self._drop(token, [stored.name for stored in (*held.values(), *others)])
             return version
         for part in parts:
@@ -277,12 +281,16 @@ class GcsDestination(Destination):
                                      f"{_crc32c_hex(stored)} landed; the source's are {part.size} with {part.checksum}")
         steps, last = compose_plan([held[part.number].name for part in parts], self._state_key(parts_folder(token)))
         for name, sources in steps:
-            self.bucket.compose(name, sources)
-        made = self.bucket.compose(self.key_of(key), last)
-        expected = crc32c_b64(combined_crc32c(parts))
-        if (made.size, made.crc32c) != (sum(part.size for part in parts), expected):
+            if self.bucket.compose(name, sources) is None:
+                return self._made_before(key, upload_id, parts)
+        # over the generation read before the parts were listed: of two pieces that both saw every piece
+        # recorded and compose at once, one makes the object and the other finds it (one generation, not two)
+        made = self.bucket.compose(self.key_of(key), last, 0 if current is None else int(current.generation))
+        if made is None:
+            return self._made_before(key, upload_id, parts)
+        if (made.size, made.crc32c) != (size, expected):
             raise DataCorruption(f"{self._gs(key)}: composed object of {made.size} bytes with crc32c {made.crc32c}; "
-                                 f"the source bytes are {sum(part.size for part in parts)} with {expected}")
+                                 f"the source bytes are {size} with {expected}")
         self._drop(token, [stored.name for stored in held.values()] + [name for name, _ in steps]
                    + [stored.name for stored in others])
         return made.generation
