@@ -21,6 +21,7 @@ from flyaway.starter.dev import write_random_file
 from flyaway.starter.display import snapshot
 from tests.fakes.endpoint import FakeEndpoint
 from tests.fakes.fly_machines import FakeFlyMachinesAPI
+from tests.support.browser import chromium_page, needs_chromium
 from tests.support.env import REPO, TEST_AWS_ENV
 from tests.support.migrations import (
     abort_migration,
@@ -266,9 +267,6 @@ def test_report_of_a_teardown_names_what_is_left_on_fly(temporal_server: Tempora
 
 # --- the page in a browser ---------------------------------------------------------------------------------
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 SCREENSHOT = REPO / "artifacts" / "report-page.png"
 
 
@@ -287,30 +285,22 @@ def encrypting_worker(temporal_server: TemporalDevServer, tmp_path: Path, monkey
 
 def open_in_chromium(page_file: Path, profile: Path) -> tuple[list[str], dict[str, int]]:
     """Open the page from disk; returns every URL chromium requested and the drawn size of each chart."""
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1100, "height": 900})
-        try:
-            page = browser.new_page()
-            requested: list[str] = []
-            page.on("request", lambda request: requested.append(request.url))
-            page.goto(page_file.as_uri(), wait_until="networkidle")
-            charts = {}
-            for chart in ("throughput-chart", "latency-chart", "success-chart"):
-                box = page.locator(f"#{chart} svg").bounding_box()
-                lines = page.locator(f"#{chart} svg path.line").count()
-                charts[chart] = int(box["height"]) if box and lines else 0
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
-            return requested, charts
-        finally:
-            browser.close()
+    with chromium_page(profile, width=1100, height=900) as page:
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
+        page.goto(page_file.as_uri(), wait_until="networkidle")
+        charts = {}
+        for chart in ("throughput-chart", "latency-chart", "success-chart"):
+            box = page.locator(f"#{chart} svg").bounding_box()
+            lines = page.locator(f"#{chart} svg path.line").count()
+            charts[chart] = int(box["height"]) if box and lines else 0
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        return requested, charts
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is missing (scripts/setup.sh test)")
+@needs_chromium
 def test_the_page_of_an_encrypted_migration_opens_offline_and_draws_its_charts(
         temporal_server: TemporalDevServer, encrypting_worker: WorkerProcess, moto_server: MotoServer,
         s3_proxy: S3FaultProxy, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,6 +20,7 @@ import pytest
 from flyaway.codec import ENCODING, KEYS_ENV, generate_key
 from flyaway.models.status import MigrationState
 from flyaway.starter.dev import free_port, stop_process, venv_binary, wait_for_port
+from tests.support.browser import chromium_page, needs_chromium
 from tests.support.env import REPO
 from tests.support.migrations import (
     abort_migration,
@@ -33,16 +34,9 @@ from tests.support.plans import weights_plan
 from tests.support.servers import TemporalDevServer, WorkerProcess
 from tests.support.trees import make_tree
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOT = REPO / "artifacts" / "ui-migration-completed.png"
-UI_TIMEOUT_MS = 30_000
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is missing "
-                                 "(scripts/setup.sh test installs it)")]
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 
 @dataclass
@@ -89,32 +83,24 @@ def start_and_watch_from_the_ui(ui_url: str, profile: Path, workflow_id: str, ta
                                 plan: dict[str, Any]) -> str:
     """Start the workflow through the UI's start form, then open its page until it shows the completed
     result; returns the page's text and leaves a screenshot."""
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1000})
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(UI_TIMEOUT_MS)
-            page.goto(f"{ui_url}/namespaces/default/workflows/start-workflow?workflowId={workflow_id}"
-                      f"&taskQueue={task_queue}&workflowType=MigrationWorkflow")
-            editor = page.get_by_role("textbox", name="Data")
-            editor.click()
-            page.keyboard.press("Control+A")
-            page.keyboard.insert_text(json.dumps(plan))
-            # the editor re-formats on blur and moves the button: blur, let it settle, then click
-            page.get_by_label("Workflow ID").click()
-            page.wait_for_timeout(1000)
-            page.get_by_test_id("start-workflow-button").click()
-            started = page.get_by_role("link", name="Workflow started successfully")
-            started.wait_for()
-            page.goto(f"{ui_url}/namespaces/default/workflows/{workflow_id}")
-            page.get_by_text('"state": "completed"').first.wait_for()
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
-            return page.inner_text("body")
-        finally:
-            browser.close()
+    with chromium_page(profile) as page:
+        page.goto(f"{ui_url}/namespaces/default/workflows/start-workflow?workflowId={workflow_id}"
+                  f"&taskQueue={task_queue}&workflowType=MigrationWorkflow")
+        editor = page.get_by_role("textbox", name="Data")
+        editor.click()
+        page.keyboard.press("Control+A")
+        page.keyboard.insert_text(json.dumps(plan))
+        # the editor re-formats on blur and moves the button: blur, let it settle, then click
+        page.get_by_label("Workflow ID").click()
+        page.wait_for_timeout(1000)
+        page.get_by_test_id("start-workflow-button").click()
+        started = page.get_by_role("link", name="Workflow started successfully")
+        started.wait_for()
+        page.goto(f"{ui_url}/namespaces/default/workflows/{workflow_id}")
+        page.get_by_text('"state": "completed"').first.wait_for()
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        return page.inner_text("body")
 
 
 def test_a_migration_started_from_the_ui_completes_and_the_ui_shows_decoded_payloads(
@@ -152,28 +138,20 @@ def test_the_ui_shows_a_running_copys_progress_through_the_codec(
                         bandwidth_limit="1MiB")
     monkeypatch.setenv(KEYS_ENV, ui_stack.keys)
     workflow_id = run_async(start_migration(ui_stack.server, plan, task_queue))
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1000})
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(UI_TIMEOUT_MS)
-            shown = re.compile(r"weights: [1-9][0-9.]* MiB of 40\.0 MiB, 0\S1 files at [0-9.]+ [KM]iB/s")
-            for _ in range(5):  # the page reads the details when it loads: reload until bytes have landed
-                page.goto(f"{ui_stack.ui_url}/namespaces/default/workflows/{workflow_id}")
-                page.get_by_role("tab", name="User Metadata").click()  # where the UI shows current details
-                # rendered from markdown into a sandboxed frame
-                details = page.frame_locator("iframe").first.get_by_text("concurrency 2, bandwidth 1.0 MiB/s")
-                details.wait_for()
-                text = details.inner_text()
-                if shown.search(text):
-                    break
-                page.wait_for_timeout(2000)
-            PROGRESS_SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(PROGRESS_SCREENSHOT), full_page=True)
-        finally:
-            browser.close()
+    with chromium_page(tmp_path / "chromium-profile") as page:
+        shown = re.compile(r"weights: [1-9][0-9.]* MiB of 40\.0 MiB, 0\S1 files at [0-9.]+ [KM]iB/s")
+        for _ in range(5):  # the page reads the details when it loads: reload until bytes have landed
+            page.goto(f"{ui_stack.ui_url}/namespaces/default/workflows/{workflow_id}")
+            page.get_by_role("tab", name="User Metadata").click()  # where the UI shows current details
+            # rendered from markdown into a sandboxed frame
+            details = page.frame_locator("iframe").first.get_by_text("concurrency 2, bandwidth 1.0 MiB/s")
+            details.wait_for()
+            text = details.inner_text()
+            if shown.search(text):
+                break
+            page.wait_for_timeout(2000)
+        PROGRESS_SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(PROGRESS_SCREENSHOT), full_page=True)
     abort_migration(ui_stack.server, workflow_id, "the test has seen enough")
     assert shown.search(text), text
     assert "running, stage weights" in text
@@ -212,27 +190,19 @@ def test_pause_and_abort_from_the_ui_stop_the_bytes(
     monkeypatch.setenv(KEYS_ENV, ui_stack.keys)
     workflow_id = run_async(start_migration(ui_stack.server, plan, task_queue))
     destination = tmp_path / "copy"
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1000})
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(UI_TIMEOUT_MS)
-            page.goto(f"{ui_stack.ui_url}/namespaces/default/workflows/{workflow_id}")
-            eventually(lambda: bytes_written(destination) > 0, 30, what="bytes at the destination")
-            send_update(page, "pause")
-            eventually(lambda: state_of(ui_stack.server, workflow_id) == MigrationState.paused, 10, what="paused")
-            time.sleep(5)
-            at_pause = bytes_written(destination)
-            time.sleep(3)
-            assert bytes_written(destination) == at_pause, "bytes landed 5 s after the UI's pause"
+    with chromium_page(tmp_path / "chromium-profile") as page:
+        page.goto(f"{ui_stack.ui_url}/namespaces/default/workflows/{workflow_id}")
+        eventually(lambda: bytes_written(destination) > 0, 30, what="bytes at the destination")
+        send_update(page, "pause")
+        eventually(lambda: state_of(ui_stack.server, workflow_id) == MigrationState.paused, 10, what="paused")
+        time.sleep(5)
+        at_pause = bytes_written(destination)
+        time.sleep(3)
+        assert bytes_written(destination) == at_pause, "bytes landed 5 s after the UI's pause"
 
-            send_update(page, "abort", "stopped from the UI")
-            eventually(lambda: state_of(ui_stack.server, workflow_id) == MigrationState.aborted, 20,
-                       what="aborted")
-            page.screenshot(path=str(REPO / "artifacts" / "ui-migration-aborted.png"), full_page=True)
-        finally:
-            browser.close()
+        send_update(page, "abort", "stopped from the UI")
+        eventually(lambda: state_of(ui_stack.server, workflow_id) == MigrationState.aborted, 20,
+                   what="aborted")
+        page.screenshot(path=str(REPO / "artifacts" / "ui-migration-aborted.png"), full_page=True)
     assert bytes_written(destination) <= at_pause
     assert not (destination / "model.safetensors").exists()

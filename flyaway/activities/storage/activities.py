@@ -427,8 +427,10 @@ async def copy_batch(request: BatchRequest) -> CopyCounters:
     try:
         await cut_when_stalled(engine, _copy_unit(engine, unit, lines, writer, state.run(request.listing_id)))
     finally:
-        heartbeat.cancel()
-        await engine.stop()
+        try:
+            await engine.stop()  # requests still in flight may take a while: heartbeat until they end
+        finally:
+            heartbeat.cancel()
         await writer.flush()
     c = engine.counters
     log.info("unit copied", unit=request.unit, files=len(lines), pieces=unit.pieces, copied=c.files_copied,

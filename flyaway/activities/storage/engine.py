@@ -37,7 +37,7 @@ import mmap
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
@@ -328,6 +328,13 @@ class CopyEngine:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    async def _run_tracked(self, threads: set[Future[Any]], fn: Callable[..., T], *args: Any) -> T:
+        """``_run``, the thread's work kept in ``threads`` until it ends, cancelled or not."""
+        work = self._executor.submit(fn, *args)
+        threads.add(work)
+        work.add_done_callback(threads.discard)
+        return await asyncio.wrap_future(work)
+
     def read_part(self, file: SourceFile, offset: int, buffer: mmap.mmap, length: int) -> tuple[bytes, str]:
         """Read ``length`` bytes of the file from ``offset`` into ``buffer``; the bytes as the destination takes
         them, and their checksum in its part algorithm. The bytes are a view of the buffer where the destination
@@ -547,12 +554,15 @@ class CopyEngine:
                         state.model_dump_json().encode())
 
     async def _upload_part(self, key: str, upload_id: str, number: int, offset: int, data: bytes,
-                           checksum: str) -> PartRecord:
-        """Send one part; a part that arrives corrupted is sent again before the file is given up."""
+                           checksum: str, threads: set[Future[Any]] | None = None) -> PartRecord:
+        """Send one part (its thread kept in ``threads`` where given); a part that arrives corrupted is sent
+        again before the file is given up."""
+        tracked = set() if threads is None else threads
         for attempt in range(1, MAX_FILE_ATTEMPTS + 1):
             await self._take_bandwidth(len(data))
             try:
-                record = await self._run(self.dest.upload_part, key, upload_id, number, offset, data, checksum)
+                record = await self._run_tracked(tracked, self.dest.upload_part, key, upload_id, number, offset, data,
+                                                 checksum)
             except DataCorruption as error:
                 if attempt == MAX_FILE_ATTEMPTS:
                     raise
@@ -578,13 +588,15 @@ class CopyEngine:
         digests = FileDigests(file, published)
         records: list[PartRecord | None] = [None] * count
         loop = asyncio.get_running_loop()
+        #: reads and sends of this file in threads; a cancelled part's thread goes on until its request ends
+        threads: set[Future[Any]] = set()
 
         async def part(number: int, hashed_before: asyncio.Future[None], hashed: asyncio.Future[None],
                        sent_before: asyncio.Future[None], sent: asyncio.Future[None]) -> None:
             offset = (number - 1) * part_size
             length = min(part_size, file.size - offset)
             buffer = self._buffers.take(length)
-            data, checksum = await self._run(self.read_part, file, offset, buffer, length)
+            data, checksum = await self._run_tracked(threads, self.read_part, file, offset, buffer, length)
             await hashed_before
             await self._run(digests.update, data)
             hashed.set_result(None)
@@ -597,7 +609,7 @@ class CopyEngine:
                 if self.dest.limits.sequential_parts:
                     await sent_before
                 records[number - 1] = await self._upload_part(file.key, state.upload_id, number, offset, data,
-                                                              checksum)
+                                                              checksum, threads)
             # only now is no thread using the buffer (a cancelled part leaves it to the thread that has it)
             self._buffers.give(buffer, self.concurrency)
             sent.set_result(None)
@@ -617,6 +629,9 @@ class CopyEngine:
                         lambda _: self._slots.release())
                     previous, previous_sent = hashed, sent
         except BaseExceptionGroup as failures:
+            # the parts still sending go on in their threads: let them end before the upload is aborted or
+            # begun again, or they retry against an upload that is gone
+            await asyncio.to_thread(wait, set(threads))
             raise first_error(failures) from None
         digest = await self._run(digests.check)
         parts = [record for record in records if record is not None]
