@@ -57,6 +57,9 @@ def test_persistent_corruption_asks_the_operator_naming_the_file(
     assert "DataCorruption" in status.last_error and "model.safetensors" in status.last_error
     keys = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
     assert "m/model.safetensors" not in keys
+    # one attempt, ended by the corruption itself: parts still sending when the file was given up did not
+    # outlive it (they used to retry against the aborted upload and the attempt ended cancelled, 6 times over)
+    assert worker.logs().count("Completing activity as failed") == 1, worker.logs()[-3000:]
 
 
 def test_a_file_rewritten_during_the_copy_ends_with_its_new_content(
