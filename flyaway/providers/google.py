@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -366,6 +367,17 @@ def storage_host() -> str:
     if emulator:
         return emulator.rstrip("/") if "://" in emulator else f"http://{emulator.rstrip('/')}"
     return "https://storage.googleapis.com"
+
+
+def is_upload_session_uri(uri: str, bucket: str) -> bool:
+    """Whether ``uri`` is a resumable upload URL of ``bucket`` on the storage host, with nothing else in it."""
+    parts = urllib.parse.urlsplit(uri)
+    expected = urllib.parse.urlsplit(storage_host())
+    query = urllib.parse.parse_qs(parts.query)
+    return ((parts.scheme, parts.netloc) == (expected.scheme, expected.netloc)
+            and parts.path == f"/upload/storage/v1/b/{urllib.parse.quote(bucket, safe='')}/o"
+            and query.get("uploadType") == ["resumable"]
+            and not (parts.username or parts.password or parts.fragment))
 
 
 @dataclass(frozen=True)

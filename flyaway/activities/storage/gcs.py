@@ -49,7 +49,6 @@ import builtins
 import json
 import re
 import threading
-import urllib.parse
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -73,7 +72,13 @@ from flyaway.errors import DataCorruption, InvalidPlan, decoding_state
 from flyaway.models.base import join_key
 from flyaway.models.copy import PartRecord
 from flyaway.models.locations import GcsLocation
-from flyaway.providers.google import GcsBucket, SessionRequestFailed, StoredObject, storage_host
+from flyaway.providers.google import (
+    GcsBucket,
+    SessionRequestFailed,
+    StoredObject,
+    is_upload_session_uri,
+    storage_host,
+)
 
 GCS_CHUNK = 256 * 1024
 #: resumable upload status codes: 308 "resume incomplete"; 499 answers the cancel of a session
@@ -344,12 +349,7 @@ class GcsDestination(Destination):
 
     def _check_uri(self, uri: str) -> str:
         """The URI, if it is a resumable upload URL of this bucket on the storage host; never sent a token otherwise."""
-        parts = urllib.parse.urlsplit(uri)
-        expected = urllib.parse.urlsplit(storage_host())
-        path = f"/upload/storage/v1/b/{urllib.parse.quote(self.location.bucket, safe='')}/o"
-        query = urllib.parse.parse_qs(parts.query)
-        if ((parts.scheme, parts.netloc) != (expected.scheme, expected.netloc) or parts.path != path
-                or query.get("uploadType") != ["resumable"] or parts.username or parts.password or parts.fragment):
+        if not is_upload_session_uri(uri, self.location.bucket):
             raise DataCorruption(f"{self.describe()}: an upload session in flyaway's state is not an upload URL of "
                                  f"bucket {self.location.bucket} at {storage_host()}; refusing to use it")
         return uri
