@@ -92,7 +92,8 @@ class CloudflareRouterConfig(CredentialUser):
     new_origin_name: str = Field(min_length=1)
     zone_id: str | None = None
     load_balancer_id: str | None = None
-    api_base_url: BaseUrl | None = Field(None, description="Cloudflare API v4 address override (tests); Cloudflare's own when absent")
+    api_base_url: BaseUrl | None = Field(None, description="Cloudflare API v4 address override (tests); "
+                                                           "Cloudflare's own when absent")
     token_env: EnvName = "CLOUDFLARE_API_TOKEN"
 
     @model_validator(mode="after")

@@ -107,7 +107,7 @@ class DeployBase(StrictModel):
                           "section leaves out (`flyaway translate` prints them)")
     port: int = Field(8000, ge=1, le=65535, description="the port the server listens on (vLLM's default: 8000)")
     env: dict[EnvName, str] = Field(default_factory=dict,
-                                description="plain variables (secrets come from the secrets stage)")
+                                    description="plain variables (secrets come from the secrets stage)")
     cmd: list[str] | None = Field(None, description="replaces the image's CMD (Modal: the whole command that "
                                                     "starts the server)")
     mount_weights: bool = Field(True, description="mount the weights destination into the service")

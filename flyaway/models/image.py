@@ -180,7 +180,7 @@ class ImageStage(CredentialUser):
     drop_env: list[str] = Field(default_factory=lambda: list(DEFAULT_DROP_ENV),
                                 description="env var names or glob patterns to remove from the config")
     set_env: dict[EnvName, str] = Field(default_factory=dict,
-                                    description="env vars to set (plain values; secrets go to the secrets stage)")
+                                        description="env vars to set (plain values; secrets go to the secrets stage)")
     entrypoint: list[str] | None = Field(None, description="replace ENTRYPOINT")
     cmd: list[str] | None = Field(None, description="replace CMD")
     exposed_port: int | None = Field(None, ge=1, le=65535, description="the one TCP port the service listens on")

@@ -47,7 +47,8 @@ class RunpodApi:
         self.api_key_env = api_key_env
         #: what a request to one of the account's serverless endpoints carries too
         self.auth = {"Authorization": f"Bearer {api_key}"}
-        self._http = httpx.Client(base_url=api_url or RUNPOD_API_URL, timeout=timeout, headers={**self.auth, "User-Agent": "flyaway"})
+        self._http = httpx.Client(base_url=api_url or RUNPOD_API_URL, timeout=timeout,
+                                  headers={**self.auth, "User-Agent": "flyaway"})
 
     def request(self, method: str, path: str, what: str, accept: tuple[int, ...] = (), **kwargs: Any) -> httpx.Response:
         """One request, retried while transient (safe for reads and PATCHes; a POST whose repeat is answered
