@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,12 @@ import pytest
 
 from flyaway.activities.storage.base import STATE_DIR, UploadGone
 from flyaway.activities.storage.checksums import part_checksum
-from flyaway.activities.storage.engine import CopyEngine
+from flyaway.activities.storage.engine import CopyEngine, begin_recorded_upload
 from flyaway.activities.storage.gcs import COMPOSE_SOURCES, GcsDestination
 from flyaway.activities.storage.local import LocalSource
+from flyaway.activities.storage.pieces import PieceCopy, pieces_folder
 from flyaway.errors import DataCorruption, InvalidPlan
-from flyaway.models.copy import ListingLine, PartRecord
+from flyaway.models.copy import ListingLine, ListingUnit, ManifestEntry, PartRecord
 from flyaway.models.locations import GcsLocation, LocalLocation
 from flyaway.models.status import MigrationState
 from tests.support.env import TEST_AWS_ENV
@@ -162,6 +163,53 @@ def test_a_kill_between_compose_and_record_finds_the_object_and_sends_nothing(
     assert counting.parts_sent == 0 and again.counters.bytes_uploaded == 0
     assert entry.dest_version == composed == str(gcs.bucket(gcs_bucket).get_blob("w/model.bin").generation)
     assert entry.sha256 == hashlib.sha256(data).hexdigest() and entry.parts == 34
+    assert temporaries(gcs, gcs_bucket) == []
+
+
+class CompletedMeanwhile(CountingDestination):
+    """Before this piece lists the parts that landed in order to complete, another piece completes the upload."""
+
+    def __init__(self, location: GcsLocation, other_piece: Callable[[], object]) -> None:
+        super().__init__(location)
+        self.other_piece = other_piece
+        self.listings = 0
+
+    def list_parts(self, key: str, upload_id: str) -> dict[int, PartRecord]:
+        self.listings += 1
+        if self.listings == 2:  # the first is the piece's own, before it sends
+            self.other_piece()
+        return super().list_parts(key, upload_id)
+
+
+def test_two_pieces_completing_at_once_make_one_object_and_send_no_part_again(
+        emulator_env: None, gcs: Any, gcs_bucket: str, tmp_path: Path) -> None:
+    data = os.urandom(4 * MiB)
+    (tmp_path / "model.bin").write_bytes(data)
+    source = LocalSource(LocalLocation(kind="local", path=str(tmp_path)))
+    location = GcsLocation(kind="gcs", bucket=gcs_bucket, prefix="w")
+    line = ListingLine(file=source.stat("model.bin"))
+    begin_recorded_upload(GcsDestination(location), "migration/", line.file, MiB)
+    folder = pieces_folder("migration/runs/r/", "model.bin")
+
+    def piece(dest: GcsDestination, number: int) -> ManifestEntry | None:
+        engine = CopyEngine(source, dest, part_size=MiB, concurrency=4, state_prefix="migration/")
+        unit = ListingUnit(start=0, end=0, first_part=2 * number + 1, last_part=2 * number + 2, piece=number, pieces=2)
+        try:
+            return asyncio.run(PieceCopy(engine, line, unit, folder).run())
+        finally:
+            engine.close()
+
+    assert piece(GcsDestination(location), 1) is None  # parts 3 and 4 sent; piece 0 not recorded yet
+    completed_by_the_other: list[ManifestEntry | None] = []
+    first = CompletedMeanwhile(location, lambda: completed_by_the_other.append(piece(GcsDestination(location), 1)))
+
+    entry = piece(first, 0)
+
+    made = gcs.bucket(gcs_bucket).get_blob("w/model.bin")
+    assert completed_by_the_other[0] is not None and completed_by_the_other[0].dest_version == str(made.generation)
+    assert entry is not None and entry.dest_version == str(made.generation)
+    assert first.parts_sent == 2  # its own two, once: none sent again into an upload already completed
+    assert made.download_as_bytes() == data
     assert temporaries(gcs, gcs_bucket) == []
 
 

@@ -145,6 +145,12 @@ def parts_folder(token: str) -> str:
     return f"gcs-parts/{token}/"
 
 
+def upload_record(token: str) -> str:
+    """The record of a composite upload in flyaway's state (the object's key and size), beside its parts' folder;
+    an upload whose record is gone was completed or aborted."""
+    return f"gcs-parts/{token}.json"
+
+
 def compose_plan(sources: builtins.list[str], folder: str) -> tuple[builtins.list[tuple[str, builtins.list[str]]],
                                                                      builtins.list[str]]:
     """The intermediate composes (name, its sources) that bring ``sources`` down to at most 32, level by level,
@@ -243,7 +249,7 @@ class GcsDestination(Destination):
     def begin_upload(self, key: str, size: int) -> str:
         if self.location.composite_uploads:
             token = uuid.uuid4().hex
-            self.put_state(f"{parts_folder(token)[:-1]}.json", json.dumps({"key": key, "size": size}).encode())
+            self.put_state(upload_record(token), json.dumps({"key": key, "size": size}).encode())
             return f"compose-{token}"
         return self._begin_session(key, size)
 
@@ -251,7 +257,7 @@ class GcsDestination(Destination):
         token = composite_token(upload_id)
         if token is None:
             return self._session_parts(key, upload_id)
-        if self.get_state(f"{parts_folder(token)[:-1]}.json") is None:
+        if self.get_state(upload_record(token)) is None:
             raise UploadGone(upload_id)
         return {number: PartRecord(number=number, size=stored.size, checksum=_crc32c_hex(stored))
                 for number, stored in self._temporaries(token)[0].items()}
@@ -268,8 +274,12 @@ class GcsDestination(Destination):
         token = composite_token(upload_id)
         if token is None:
             return self._complete_session(key, upload_id, parts)
-        if self.get_state(f"{parts_folder(token)[:-1]}.json") is None:
-            return self._made_before(key, upload_id, parts)  # completed by an attempt killed before it recorded
+        if self.get_state(upload_record(token)) is None:
+            # completed by an attempt killed before it recorded; a part an attempt that did not know sent late
+            # would be left behind, so the folder is emptied again
+            version = self._made_before(key, upload_id, parts)
+            self._drop_all(token)
+            return version
         size, expected = sum(part.size for part in parts), crc32c_b64(combined_crc32c(parts))
         current = self.bucket.get(self.key_of(key))  # read before the parts: see the final compose
         held, others = self._temporaries(token)
@@ -305,8 +315,7 @@ class GcsDestination(Destination):
         if token is None:
             self._abort_session(key, upload_id)
             return
-        held, others = self._temporaries(token)
-        self._drop(token, [stored.name for stored in (*held.values(), *others)])
+        self._drop_all(token)
 
     def _temporaries(self, token: str) -> tuple[dict[int, StoredObject], builtins.list[StoredObject]]:
         """A composite upload's parts by number, and its other temporaries (intermediates of a compose)."""
@@ -325,7 +334,12 @@ class GcsDestination(Destination):
         """Delete a composite upload's temporaries, then its record."""
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(names)))) as pool:
             list(pool.map(self.bucket.delete, names))
-        self.delete_state(f"{parts_folder(token)[:-1]}.json")
+        self.delete_state(upload_record(token))
+
+    def _drop_all(self, token: str) -> None:
+        """Delete whatever temporaries a composite upload has, then its record."""
+        held, others = self._temporaries(token)
+        self._drop(token, [stored.name for stored in (*held.values(), *others)])
 
     def _made_before(self, key: str, upload_id: str, parts: builtins.list[PartRecord]) -> str:
         """The version of the object at ``key`` if it holds the bytes of ``parts`` (same size and crc32c), made by

@@ -7,7 +7,9 @@ destination's part checksum, in the thread that read them), sends those that hav
 records them with their sha256 under ``pieces/<file>/`` of the run. It then lists the pieces recorded:
 whoever sees them all completes the upload. Two pieces finishing at once may both see them all (each
 records before it looks, so at least one does); the second ``complete`` finds the object made from the
-same parts and returns its version, as for a retried attempt.
+same parts and returns its version, as for a retried attempt. The second one reads the upload's checkpoint
+after listing the parts that landed: if the first has begun to complete (and so may have taken the parts
+away), it completes too rather than sending those parts again.
 
 No worker reads the whole file: the manifest records each part's sha256 and, as the file's ``sha256``,
 the sha256 of those digests (``sha256_of: parts``); the destination checks its own composite of the
@@ -182,15 +184,19 @@ class PieceCopy:
         """Complete the upload from every piece's parts, first sending any part the current upload lacks."""
         engine, file = self.engine, self.file
         parts = await self._recorded_parts(state, names)
-        if state.completing is not None and len(parts) == self.count:
-            try:  # completed (or about to be) by a piece killed before it recorded the file
-                return await self._finish(state, parts)
-            except UploadGone:
-                log.info("the split file's completed upload is gone and did not make the object", key=file.key)
         try:
             landed = await engine._run(engine.dest.list_parts, file.key, state.upload_id)
         except UploadGone:
             landed = {}
+        # read after the parts: a piece completing at the same moment saved ``completing`` before its ``complete``
+        # took any part away, so parts missing here while nothing is completing are really missing
+        current = await engine._load_upload(file.key)
+        completing = current is not None and current.upload_id == state.upload_id and current.completing is not None
+        if completing and len(parts) == self.count:
+            try:  # completed (or about to be) by another piece, or by one killed before it recorded the file
+                return await self._finish(state, parts)
+            except UploadGone:
+                log.info("the split file's completed upload is gone and did not make the object", key=file.key)
         missing = [number for number in range(1, self.count + 1) if not _as_recorded(parts.get(number), landed.get(number))]
         if missing:
             log.warning("parts missing from the split file's upload; sending them", key=file.key, parts=missing)
