@@ -3,8 +3,10 @@
 To answer ``GET`` with ``Range: bytes=A-B``, moto reads the entire object from its buffer and
 slices it, so a 2 GiB object read in 16 MiB ranges costs 128 reads of 2 GiB: moto, not the
 client, would set the pace of any tool that reads by ranges (flyaway does, to read parts in
-parallel and resume them; S3 and Tigris serve a range at the cost of the range). This launcher
-runs moto with that one read limited to the range asked for; every other request, and every
+parallel and resume them; S3 and Tigris serve a range at the cost of the range). ``HEAD`` with
+``partNumber`` does the same to find one part's length and checksum (flyaway asks it once per
+part of a multipart source, to check each part against the source's own checksum). This launcher
+runs moto with those reads limited to the slice asked for; every other request, and every
 response's headers, are moto's own.
 
     python bench/moto_server.py -H 127.0.0.1 -p PORT
@@ -15,6 +17,7 @@ from __future__ import annotations
 import re
 import threading
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from moto import server
 from moto.s3 import models, responses
@@ -38,6 +41,13 @@ class ObjectRange:
             return self._key._value_buffer.read(part.stop - part.start)
 
 
+def reads_a_slice(request: Any, full_url: str) -> bool:
+    """Whether moto answers ``request`` from one slice of the object: a simple range, or one part's headers."""
+    if request.method == "GET":
+        return bool(SIMPLE_RANGE.fullmatch(request.headers.get("range", "")))
+    return request.method == "HEAD" and "partNumber" in parse_qs(urlsplit(full_url).query)
+
+
 def serve_ranges_by_seeking() -> None:
     """Patch moto before its S3 routes are built (its server builds them on the first S3 request)."""
     whole_value = models.FakeKey.value
@@ -51,8 +61,7 @@ def serve_ranges_by_seeking() -> None:
     key_response = responses.S3Response.key_response
 
     def ranged_key_response(self: responses.S3Response, request: Any, full_url: str, headers: Any) -> Any:
-        _ranged_request.active = request.method == "GET" and bool(
-            SIMPLE_RANGE.fullmatch(request.headers.get("range", "")))
+        _ranged_request.active = reads_a_slice(request, full_url)
         try:
             return key_response(self, request, full_url, headers)
         finally:
