@@ -14,7 +14,9 @@ import asyncio
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -269,9 +271,7 @@ def test_a_file_split_among_two_workers_lands_on_gcs(temporal_server: TemporalDe
 
 def test_a_second_completer_finds_the_object_another_composed(emulator_env: None, gcs: Any, gcs_bucket: str) -> None:
     """Two pieces that both saw every piece recorded complete at once: the one that comes second, while the
-    temporaries are still there, returns the generation the first made rather than composing a second one.
-    (The final compose's generation precondition covers two composing at the same moment; the emulator
-    ignores preconditions on compose, so that case is not shown here.)"""
+    temporaries are still there, returns the generation the first made rather than composing a second one."""
     dest = GcsDestination(GcsLocation(kind="gcs", bucket=gcs_bucket, prefix="w"))
     data = os.urandom(3 * PART)
     upload_id = dest.begin_upload("big.bin", len(data))
@@ -282,4 +282,33 @@ def test_a_second_completer_finds_the_object_another_composed(emulator_env: None
 
     assert dest.complete("big.bin", upload_id, parts, "") == str(first.generation)
     assert str(bucket.get_blob("w/big.bin").generation) == str(first.generation)
+    assert temporaries(gcs, gcs_bucket) == []
+
+
+def test_two_completers_composing_at_the_same_moment_make_one_generation(
+        emulator_env: None, gcs: Any, gcs_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both read the object as absent before either composes: the final compose's generation precondition
+    lets one make the object, and the other takes that object (the CI failure of a split file, whose two
+    pieces each recorded their own generation, and verify found the manifest's generation replaced)."""
+    dest = GcsDestination(GcsLocation(kind="gcs", bucket=gcs_bucket, prefix="w"))
+    data = os.urandom(3 * PART)
+    upload_id = dest.begin_upload("big.bin", len(data))
+    parts = send(dest, upload_id, data, [1, 2, 3])
+    both_read = threading.Barrier(2, timeout=30)
+    reads = iter(range(2))
+    read_object = dest.bucket.get
+
+    def get(name: str) -> Any:
+        found = read_object(name)
+        if name == "w/big.bin" and next(reads, None) is not None:  # the first read of each completer
+            both_read.wait()
+        return found
+
+    monkeypatch.setattr(dest.bucket, "get", get)
+    with ThreadPoolExecutor(2) as pool:
+        versions = list(pool.map(lambda _: dest.complete("big.bin", upload_id, parts, ""), range(2)))
+
+    blob = gcs.bucket(gcs_bucket).get_blob("w/big.bin")
+    assert versions == [str(blob.generation)] * 2, "both completers return the one object's generation"
+    assert blob.download_as_bytes() == data
     assert temporaries(gcs, gcs_bucket) == []

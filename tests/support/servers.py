@@ -157,15 +157,16 @@ class MotoServer(ProcessServer):
 
 
 class GcsEmulator(ProcessServer):
-    """``gcp-storage-emulator`` in memory, standing in for Cloud Storage (``STORAGE_EMULATOR_HOST``)."""
+    """``gcp-storage-emulator`` in memory, standing in for Cloud Storage (``STORAGE_EMULATOR_HOST``), through
+    ``bench/gcs_emulator.py``, which honours compose preconditions as Cloud Storage does."""
 
     log_name = "gcs-emulator.log"
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port",
-                 str(self.port), "--in-memory", "--quiet"],
+                [sys.executable, str(REPO / "bench" / "gcs_emulator.py"), "--host", "127.0.0.1", "--port",
+                 str(self.port)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for_port(self.port, 30, self.process)
 
