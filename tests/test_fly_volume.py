@@ -63,7 +63,12 @@ class FlyApp:
         return [m for m in self.fake.apps[APP].machines.values() if m.name.startswith("flyaway-agent-")]
 
     def forks(self) -> list[FakeVolume]:
-        return [v for v in self.fake.apps[APP].volumes.values() if v.source_volume_id == self.volume.id]
+        """The volume's forks, and their forks, in the order they were made."""
+        forks: list[FakeVolume] = []
+        for volume in self.fake.apps[APP].volumes.values():
+            if volume.source_volume_id in {self.volume.id, *(fork.id for fork in forks)}:
+                forks.append(volume)
+        return forks
 
     def assert_nothing_left(self) -> None:
         assert [m.state for m in self.agents()] == ["destroyed"] * len(self.agents())
@@ -158,6 +163,39 @@ def test_copy_to_s3_through_the_agent_then_agent_and_fork_are_gone(
 
 
 @pytest.mark.slow
+def test_three_agents_on_forks_of_one_fork_copy_one_migration_then_all_are_gone(
+        temporal_server: TemporalDevServer, fly_worker: WorkerProcess, fly: FlyApp, moto_server: MotoServer,
+        s3: Any, bucket: str, tmp_path: Path) -> None:
+    assert fly.hosts is not None
+    shards = {f"model-0000{n}-of-00006.safetensors": 2 * MiB + n for n in range(1, 7)}
+    contents = make_tree(fly.hosts.volume_dir(fly.volume.id), {**shards, "config.json": 611})
+    # a unit holds at most piece_size bytes: one per shard (a fork's files are read twice, never split)
+    plan = weights_plan("fly-three-agents", fly_source(temporal_server, tmp_path / "mnt", agents=3),
+                        s3_location(moto_server.endpoint, bucket, "m"), part_size="1MiB", concurrency=2,
+                        parallelism=3, piece_size="2MiB")
+
+    result = run_migration(temporal_server, plan, fly_worker.task_queue, timeout=180)
+
+    assert result.status.state == MigrationState.completed
+    for key, data in contents.items():
+        assert s3.get_object(Bucket=bucket, Key=f"m/{key}")["Body"].read() == data, key
+    agents, forks = fly.agents(), fly.forks()
+    assert len(agents) == 3 and len(forks) == 3
+    assert [fork.source_volume_id for fork in forks] == [fly.volume.id, forks[0].id, forks[0].id], \
+        "the forks after the first are forks of the first"
+    assert sorted(volume for agent in agents for volume in agent.mounted_volume_ids) == sorted(f.id for f in forks)
+    assert {tuple(agent.config["init"]["cmd"][:3]) for agent in agents} == {
+        ("agent", "--task-queue", f"flyaway-agent-{forks[0].id}")}, "one task queue for every agent"
+    logs = [fly.hosts.log_of(agent.id) for agent in agents]
+    assert all('"agent started"' in log for log in logs), "every agent booted with what it needs"
+    copies = [log.count('"copying unit"') for log in logs]
+    print(f"copy activities per agent: {copies}")
+    assert sum(copies) >= len(shards), "every unit ran on an agent"
+    assert '"copying unit"' not in fly_worker.logs(), "the main worker read nothing"
+    fly.assert_nothing_left()
+
+
+@pytest.mark.slow
 def test_copy_to_gcs_through_the_agent(temporal_server: TemporalDevServer, fly_worker: WorkerProcess, fly: FlyApp,
                                        gcs_emulator: GcsEmulator, gcs: Any, gcs_bucket: str, tmp_path: Path) -> None:
     assert fly.hosts is not None
@@ -212,7 +250,7 @@ def location(**fields: Any) -> FlyVolumeLocation:
 
 
 def stage_of(source: FlyVolumeLocation) -> WeightsStage:
-    return WeightsStage.model_validate({"source": source.model_dump(), "destination": {
+    return WeightsStage.model_validate({"source": source.model_dump(), "parallelism": source.agents, "destination": {
         "kind": "s3", "bucket": "b-weights"}})
 
 
@@ -285,6 +323,35 @@ def test_a_retry_reuses_its_run_a_later_run_removes_leftovers_and_cleanup_remove
                                                                                migration_id="migration-m"))
     assert report.forks_deleted == [second.fork_volume_id] and report.machines_destroyed == []
     assert fly.web.state == "started", "only agents are touched"
+
+
+def test_n_agents_mount_forks_of_the_first_fork_and_a_retry_makes_nothing_new(fly_api: FlyApp) -> None:
+    fly = fly_api
+    source = location(fork_timeout="20s", agents=3)
+    agent = prepare(source)
+    assert prepare(source) == agent and len(fly.agents()) == 3 and len(fly.forks()) == 3, "a retry makes nothing new"
+    forks = fly.forks()
+    assert agent.fork_volume_ids == [fork.id for fork in forks] and agent.fork_volume_id == forks[0].id
+    assert [fork.source_volume_id for fork in forks] == [fly.volume.id, forks[0].id, forks[0].id]
+    machines = {m.id: m for m in fly.agents()}
+    assert agent.machine_ids == list(machines) and agent.machine_id == agent.machine_ids[0]
+    assert [machines[i].mounted_volume_ids for i in agent.machine_ids] == [[fork.id] for fork in forks]
+    assert {machines[i].config["init"]["cmd"][2] for i in agent.machine_ids} == {agent.task_queue}
+    names = AgentNames.for_run("migration-m", VOLUME_ROLE, "run-1")
+    assert [fork.name for fork in forks] == [names.fork, names.fork + "_1", names.fork + "_2"]
+
+    report = WorkerActivityEnvironment().run(cleanup_fly_source, AgentCleanupRequest(source=source,
+                                                                               migration_id="migration-m"))
+    assert sorted(report.machines_destroyed) == sorted(agent.machine_ids)
+    assert report.forks_deleted == [forks[2].id, forks[1].id, forks[0].id], "a fork's forks go before it"
+    fly.assert_nothing_left()
+
+
+def test_parallelism_below_the_agents_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"weights.parallelism \(2\) is below weights.source.agents \(3\).*"
+                                         r"set parallelism to at least 3"):
+        WeightsStage.model_validate({"source": location(agents=3).model_dump(), "parallelism": 2,
+                                     "destination": {"kind": "s3", "bucket": "b-weights"}})
 
 
 def test_cleanup_never_touches_a_machine_without_the_agent_metadata(fly_api: FlyApp) -> None:

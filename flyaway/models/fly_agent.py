@@ -20,7 +20,8 @@ AgentSource = Annotated[FlyVolumeLocation | FlyAppSource, Field(discriminator="k
 
 
 class FlyAgent(Record):
-    """A running agent: the task queue its worker polls and, for a volume, the fork it mounts."""
+    """A running agent: the task queue its worker polls and, for a volume, the fork it mounts; with
+    ``agents: N``, the first of N agents (each on its own fork) that poll the same queue."""
 
     app: str
     region: str
@@ -28,6 +29,9 @@ class FlyAgent(Record):
     task_queue: str
     source_volume_id: str | None = None
     fork_volume_id: str | None = None
+    machine_ids: list[str] = Field(default_factory=list, description="every agent Machine polling the task queue "
+                                                                      "(machine_id first); empty: machine_id alone")
+    fork_volume_ids: list[str] = Field(default_factory=list, description="the fork each of machine_ids mounts")
     secret_names: list[str] = Field(
         default_factory=list, description="names of the app's secrets, which Fly put into the agent's env (its env "
                                           "holds more than those)")

@@ -14,7 +14,7 @@ from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
-from pydantic import ByteSize, Field, HttpUrl, field_validator
+from pydantic import ByteSize, Field, HttpUrl, PositiveInt, field_validator
 
 from flyaway.models.agent import FlyAgentSettings, PositiveDuration
 from flyaway.models.base import AwsCredentials, EnvName, RelativeKey, Size, StrictModel
@@ -349,6 +349,10 @@ class FlyVolumeLocation(FlyAgentSettings):
     mount_path: str = Field("/data", description="where the fork is mounted in the agent Machine")
     keep_fork: bool = Field(False, description="keep the fork after the copy (the agent is removed anyway)")
     fork_timeout: PositiveDuration = Field(timedelta(minutes=30), description="longest wait for the fork to be ready")
+    agents: PositiveInt = Field(1, le=16, description="forks and agent Machines reading the volume at once, all "
+                                "on one task queue: each copy activity goes to whichever agent is free, so "
+                                "weights.parallelism must be at least this; the forks after the first are "
+                                "forks of the first, so every agent reads the same bytes")
 
     @field_validator("volume")
     @classmethod

@@ -103,6 +103,14 @@ class WeightsStage(StrictModel):
                          f"{self.source.describe()}; choose a destination outside the source")
 
     @model_validator(mode="after")
+    def _every_agent_gets_work(self) -> WeightsStage:
+        if isinstance(self.source, FlyVolumeLocation) and self.parallelism < self.source.agents:
+            raise ValueError(f"weights.parallelism ({self.parallelism}) is below weights.source.agents "
+                             f"({self.source.agents}): an agent reads only while a copy activity is handed to it; "
+                             f"set parallelism to at least {self.source.agents}")
+        return self
+
+    @model_validator(mode="after")
     def _agent_reaches_destination(self) -> WeightsStage:
         if isinstance(self.source, FlyVolumeLocation) and isinstance(self.destination, LocalLocation):
             raise ValueError("a fly_volume source is copied by an agent Machine on Fly, whose disk goes away with "

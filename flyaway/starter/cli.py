@@ -552,7 +552,7 @@ def worker(task_queue: TaskQueue = TASK_QUEUE,
 @app.command("agent")
 @temporal_options
 def agent(task_queue: Annotated[str, typer.Option("--task-queue", metavar="QUEUE",
-                                                  help="the agent's own task queue")],
+                                                  help="the task queue of the run's agents")],
           max_activities: Annotated[int, typer.Option(metavar="N", help="activities at once")] = 4,
           json_logs: JsonLogs = None, *, temporal: TemporalOptions) -> None:
     """Run the agent (inside a Fly Machine of the source's app): copies of a forked volume, or the app's secrets."""

@@ -1,7 +1,7 @@
 """The agent: a worker inside a Fly Machine of the app a source is read from.
 
-It polls only its own task queue (unique to its run) and runs only the activities that must run
-inside the app: the copy activities of a ``fly_volume`` source, which it reads from the fork it
+It polls only its run's task queue (shared by the run's agents when a volume is read by several,
+each on its own fork) and runs only the activities that must run inside the app: the copy activities of a ``fly_volume`` source, which it reads from the fork it
 mounts (the copy workflow hands it the stage with the source rewritten to the mount, a ``local``
 folder), and the sync of a ``fly_app`` source's secrets, whose values Fly put into its env. Its
 Temporal connection and the destination's credentials arrive as the Machine's env (``TEMPORAL_*``

@@ -52,7 +52,7 @@ def agent_stage(stage: WeightsStage, agent: FlyAgent | None) -> WeightsStage:
 
 
 async def start_agent(stage: WeightsStage | SecretsStage) -> FlyAgent:
-    """Start the agent (on a fork of the volume, for a volume) and wait until its worker polls its queue."""
+    """Start the agent (on a fork of the volume, for a volume; ``agents`` of them) and wait until they poll."""
     source = stage.source
     assert isinstance(source, (FlyVolumeLocation, FlyAppSource))
     waits = source.agent_start_timeout

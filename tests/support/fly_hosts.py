@@ -52,11 +52,18 @@ class LocalFlyHosts:
                 [*FLYAWAY, *command[1:]], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                 start_new_session=True)
 
-    def _mount(self, app: str, volume_id: str, path: Path) -> None:
+    def _materialize(self, app: str, volume_id: str) -> Path:
+        """The volume's folder; a fork's (of a fork, too) is copied from its source's the first time."""
         volume = self.fake.apps[app].volumes[volume_id]
         data = self.volume_dir(volume_id)
         if not data.exists() and volume.source_volume_id:
-            shutil.copytree(self.volume_dir(volume.source_volume_id), data, symlinks=True)
+            shutil.copytree(self._materialize(app, volume.source_volume_id), data, symlinks=True)
+        return data
+
+    def _mount(self, app: str, volume_id: str, path: Path) -> None:
+        """Link ``path`` to the volume's folder. Machines on this one host share their mount paths: with
+        several agents, the path leads to the last one's fork, a copy of the same bytes."""
+        data = self._materialize(app, volume_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_symlink():
             path.unlink()

@@ -30,17 +30,19 @@ def prepare_fly_source(request: AgentRequest) -> FlyAgent:
 
 @activity.defn(name="flyaway.fly.wait_for_agent")
 async def wait_for_agent(agent: FlyAgent, timeout_seconds: float) -> None:
-    """Return once the agent's worker polls its task queue: the Machine started *and* reached Temporal."""
+    """Return once every agent's worker polls the task queue: the Machines started *and* reached Temporal."""
     client = activity.client()
     request = DescribeTaskQueueRequest(namespace=client.namespace, task_queue=TaskQueue(name=agent.task_queue),
                                        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)
+    machines = agent.machine_ids or [agent.machine_id]
     deadline = time.monotonic() + timeout_seconds
-    while not (await client.workflow_service.describe_task_queue(request)).pollers:
+    while len(pollers := (await client.workflow_service.describe_task_queue(request)).pollers) < len(machines):
         if time.monotonic() > deadline:
-            raise TimedOut(f"the agent Machine {agent.machine_id} of Fly app '{agent.app}' started, but no worker "
-                           f"polled task queue {agent.task_queue} within {timeout_seconds:g} s; check the "
-                           f"source's agent_temporal (the address must be reachable from Fly) and the agent's "
-                           f"logs (`fly logs -a {agent.app} --machine {agent.machine_id}`)")
+            raise TimedOut(f"the agent Machines {', '.join(machines)} of Fly app '{agent.app}' started, but "
+                           f"{len(pollers)} of {len(machines)} polled task queue {agent.task_queue} within "
+                           f"{timeout_seconds:g} s; check the source's agent_temporal (the address must be "
+                           f"reachable from Fly) and the agents' logs (`fly logs -a {agent.app} --machine "
+                           f"{machines[0]}`)")
         activity.heartbeat()
         await asyncio.sleep(1.0)
 

@@ -1,8 +1,9 @@
 """The agent on Fly: a Machine in the app running ``flyaway agent`` on its own task queue, then removed.
 
 A ``fly_volume`` source's agent mounts a fork of the volume (made first, deleted with the agent);
-a ``fly_app`` source's agent needs no volume: Fly puts the app's secrets into its env, as into
-every Machine of the app.
+with ``agents: N``, N agents poll one task queue, each on its own fork (the first fork's forks), and
+the copy's fan-out hands its activities to whichever is free. A ``fly_app`` source's agent needs no
+volume: Fly puts the app's secrets into its env, as into every Machine of the app.
 
 Everything an agent run makes is named after its migration, its role and its run, so any later
 call finds it without a record of its own:
@@ -11,7 +12,8 @@ call finds it without a record of its own:
   ``flyaway_migration`` and ``flyaway_run``, and a name unique per run (the client finds it again
   by that name after an ambiguous create);
 - the fork is named ``flyaway_<migration tag>_<run tag>`` (volumes have no metadata, and their
-  names are at most 30 characters).
+  names are at most 30 characters), the forks of further agents ``..._<n>``, and their Machines
+  ``...-<n>``.
 
 A retried :func:`prepare_agent` reuses what earlier attempts of its run made; agents (and forks) of other
 runs of the same migration and role are leftovers of a run that crashed, and it removes them first.
@@ -124,6 +126,13 @@ class AgentNames:
     def machine(self) -> str:
         return f"flyaway-agent-{_tag(self.migration_id)}-{self.run_tag}"
 
+    def fork_of(self, index: int) -> str:
+        """The fork of the run's agent number ``index`` (0: the first, named as a run with one agent)."""
+        return self.fork + (f"_{index}" if index else "")
+
+    def machine_of(self, index: int) -> str:
+        return self.machine + (f"-{index}" if index else "")
+
     @property
     def migration_metadata(self) -> dict[str, str]:
         return {"flyaway_role": self.role, "flyaway_migration": self.migration_id}
@@ -140,7 +149,9 @@ class AgentNames:
         return metadata.get("flyaway_run", "")
 
     def run_of_fork(self, volume: Volume) -> str | None:
-        return volume.name.removeprefix(self.fork_prefix) if volume.name.startswith(self.fork_prefix) else None
+        if not volume.name.startswith(self.fork_prefix):
+            return None
+        return volume.name.removeprefix(self.fork_prefix).partition("_")[0]
 
     @property
     def _secret_migration_prefix(self) -> str:
@@ -330,7 +341,8 @@ def remove_agents(client: FlyClient, names: AgentNames, runs: Callable[[str], bo
                if (run := names.run_of_secret(secret.name)) is not None and runs(run)]
     if secrets:
         client.set_secrets(dict.fromkeys(secrets))
-    for fork in client.list_volumes() if names.role == VOLUME_ROLE else []:
+    # a fork of a fork (an agent after the first) goes before the fork it was made from
+    for fork in sorted(client.list_volumes() if names.role == VOLUME_ROLE else [], key=lambda v: v.name, reverse=True):
         run = names.run_of_fork(fork)
         if run is None or not runs(run):
             continue
@@ -346,42 +358,60 @@ def remove_agents(client: FlyClient, names: AgentNames, runs: Callable[[str], bo
     return report
 
 
-def _ready_fork(client: FlyClient, source: FlyVolumeLocation, names: AgentNames, volume: Volume,
-                heartbeat: Heartbeat) -> Volume:
-    fork = next((v for v in client.list_volumes() if v.name == names.fork), None)
-    if fork is None:
-        fork = client.fork_volume(volume.id, name=names.fork, region=volume.region)
-    _wait_ready(client, fork, source.fork_timeout.total_seconds(), heartbeat)
-    return fork
+def _fork(client: FlyClient, name: str, of: Volume) -> Volume:
+    """The fork named ``name`` (made by an earlier attempt of the run), else a new fork of ``of``."""
+    fork = next((v for v in client.list_volumes() if v.name == name), None)
+    return fork if fork is not None else client.fork_volume(of.id, name=name, region=of.region)
+
+
+def _ready_forks(client: FlyClient, source: FlyVolumeLocation, names: AgentNames, volume: Volume,
+                 heartbeat: Heartbeat) -> list[Volume]:
+    """One fork per agent: the first of the volume, the others (made at once) of the first, which nothing
+    writes, so every agent reads the same bytes however the app changes its volume meanwhile."""
+    timeout = source.fork_timeout.total_seconds()
+    first = _fork(client, names.fork_of(0), volume)
+    _wait_ready(client, first, timeout, heartbeat)
+    others = [_fork(client, names.fork_of(index), first) for index in range(1, source.agents)]
+    for fork in others:
+        _wait_ready(client, fork, timeout, heartbeat)
+    return [first, *others]
 
 
 def _start_agent(client: FlyClient, request: AgentRequest, names: AgentNames, volume: Volume | None,
                  secret_names: list[str], namespace: str, heartbeat: Heartbeat) -> FlyAgent:
+    """Start the run's agent Machines (one per fork, for a volume), all polling one task queue."""
     source = request.source
-    fork, mounts = None, []
+    forks: list[Volume | None] = [None]
+    mounts: list[list[MachineMount]] = [[]]
     if isinstance(source, FlyVolumeLocation) and volume is not None:
-        fork = _ready_fork(client, source, names, volume, heartbeat)
-        mounts = [MachineMount(volume=fork.id, path=source.mount_path)]
-    task_queue = AGENT_TASK_QUEUE_PREFIX + fork.id if fork else names.machine
-    machine = next((m for m in client.list_machines(metadata=names.run_metadata)
-                    if m.name == names.machine and m.state != "destroyed"), None)
-    if machine is None:
-        config, secrets = agent_config(source, request.stage.destination, mounts, task_queue,
+        forks = list(_ready_forks(client, source, names, volume, heartbeat))
+        mounts = [[MachineMount(volume=fork.id, path=source.mount_path)] for fork in forks if fork]
+    first_fork = forks[0]
+    task_queue = AGENT_TASK_QUEUE_PREFIX + first_fork.id if first_fork else names.machine
+    machines = {m.name: m for m in client.list_machines(metadata=names.run_metadata) if m.state != "destroyed"}
+    missing = [index for index in range(len(forks)) if names.machine_of(index) not in machines]
+    for index in missing:
+        fork = forks[index]
+        config, secrets = agent_config(source, request.stage.destination, mounts[index], task_queue,
                                        namespace, names.secret_prefix)
-        client.set_secrets(secrets)  # before the Machine boots: Fly injects the secrets set by then
-        machine = client.create_machine(config, region=fork.region if fork else None,
-                                        name=names.machine, metadata=names.run_metadata)
+        if index == missing[0]:
+            client.set_secrets(secrets)  # before the Machines boot: Fly injects the secrets set by then
+        machines[names.machine_of(index)] = client.create_machine(
+            config, region=fork.region if fork else None, name=names.machine_of(index), metadata=names.run_metadata)
+    agents = [machines[names.machine_of(index)] for index in range(len(forks))]
     timeout = source.agent_start_timeout.total_seconds()
-    try:
-        client.wait_machine(machine.id, "started", timeout=timeout, progress=heartbeat)
-    except MachineWaitTimeout as error:
-        raise TimedOut(f"the agent Machine did not start: {error}; see `fly logs -a {client.app} "
-                       f"--machine {machine.id}`") from None
-    log.info("fly agent started", app=client.app, role=names.role, machine_id=machine.id,
-             fork=fork.id if fork else None, task_queue=task_queue)
-    return FlyAgent(app=client.app, region=machine.region, machine_id=machine.id, task_queue=task_queue,
-                    source_volume_id=volume.id if volume else None, fork_volume_id=fork.id if fork else None,
-                    secret_names=secret_names)
+    for machine in agents:
+        try:
+            client.wait_machine(machine.id, "started", timeout=timeout, progress=heartbeat)
+        except MachineWaitTimeout as error:
+            raise TimedOut(f"the agent Machine did not start: {error}; see `fly logs -a {client.app} "
+                           f"--machine {machine.id}`") from None
+    fork_ids = [fork.id for fork in forks if fork]
+    log.info("fly agents started", app=client.app, role=names.role, machine_ids=[m.id for m in agents],
+             forks=fork_ids, task_queue=task_queue)
+    return FlyAgent(app=client.app, region=agents[0].region, machine_id=agents[0].id, task_queue=task_queue,
+                    source_volume_id=volume.id if volume else None, fork_volume_id=fork_ids[0] if fork_ids else None,
+                    machine_ids=[m.id for m in agents], fork_volume_ids=fork_ids, secret_names=secret_names)
 
 
 def prepare_agent(client: FlyClient, request: AgentRequest, namespace: str, heartbeat: Heartbeat) -> FlyAgent:
