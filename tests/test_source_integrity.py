@@ -226,12 +226,11 @@ def test_an_s3_object_overwritten_during_its_copy_is_never_mixed_the_reads_are_p
     class OverwrittenAfterOneRead(S3Source):
         overwritten = False
 
-        def read(self, file: SourceFile, offset: int, length: int) -> bytes:
-            data = super().read(file, offset, length)
+        def read_into(self, file: SourceFile, offset: int, buffer: memoryview) -> None:
+            super().read_into(file, offset, buffer)
             if not self.overwritten:
                 self.overwritten = True
                 client.put_object(Bucket=bucket, Key="src/model.bin", Body=new)
-            return data
 
     source = OverwrittenAfterOneRead(s3_plan_location(moto_server.endpoint, bucket, "src"))
     [entry] = copy(source, LocalDestination(local(tmp_path / "out")), part_size=5 * MiB)

@@ -209,7 +209,7 @@ class PartChecks:
             self._known[number] = self._checksum_of(number)
         return self._known[number]
 
-    def bad_parts(self, offset: int, data: bytes) -> list[tuple[int, int, int]]:
+    def bad_parts(self, offset: int, data: bytes | memoryview) -> list[tuple[int, int, int]]:
         """(part number, start, end) of the whole parts in ``data``, read from ``offset``, that do not have their
         checksum."""
         bad = []
@@ -226,21 +226,19 @@ class PartChecks:
             number += 1
         return bad
 
-    def repaired(self, key: str, offset: int, data: bytes, read: Callable[[int, int], bytes], tries: int = 2) -> bytes:
-        """``data`` with each whole part that reads wrong read again by ``read(offset, length)``, up to ``tries``
-        times; a part still wrong then is ``DataCorruption``: its own checksum leaves no doubt."""
+    def repair(self, key: str, offset: int, data: memoryview, read_into: Callable[[int, memoryview], None],
+               tries: int = 2) -> None:
+        """Read again, by ``read_into(offset, buffer)``, each whole part of ``data`` that reads wrong, in place,
+        up to ``tries`` times; a part still wrong then is ``DataCorruption``: its own checksum leaves no doubt."""
         for _ in range(tries):
             bad = self.bad_parts(offset, data)
             if not bad:
-                return data
+                return
             log.warning("a source part read wrong; reading that part again", key=key,
                         parts=[number for number, _, _ in bad])
-            patched = bytearray(data)
             for _, start, end in bad:
-                patched[start - offset:end - offset] = read(start, end - start)
-            data = bytes(patched)
+                read_into(start, data[start - offset:end - offset])
         if bad := self.bad_parts(offset, data):
             number = bad[0][0]
             raise DataCorruption(f"{key}: part {number} read wrong {tries + 1} times; its bytes do not have the "
                                  f"{self.algorithm} {self.checksum(number)} the source publishes for it")
-        return data

@@ -68,6 +68,8 @@ COMPLETE_READ_TIMEOUT_SECONDS = 600
 #: a CompleteMultipartUpload that timed out is sent again for this many read timeouts: a second
 #: try of one that landed meanwhile finds NoSuchUpload, and the object is checked instead
 COMPLETE_RETRY_TIMEOUTS = 3
+#: bytes of a GET's body read into the part buffer at a time
+READ_CHUNK = 1024 * 1024
 
 
 #: additional checksums S3 may keep (ChecksumMode=ENABLED), strongest first; CRC64NVME needs awscrt, so it is not used
@@ -304,40 +306,47 @@ class S3Source(_S3Side, Source):
         return SourceFile(key=key, size=head["ContentLength"], version=_strip_etag(head["ETag"]))
 
     def read(self, file: SourceFile, offset: int, length: int) -> bytes:
-        """The bytes, with each whole part of a multipart object among them checked against the part's own
-        checksum where the store tells it, and read again on its own while it reads wrong.
+        data = bytearray(length)
+        self.read_into(file, offset, memoryview(data))
+        return bytes(data)
+
+    def read_into(self, file: SourceFile, offset: int, buffer: memoryview) -> None:
+        """The bytes, streamed into ``buffer``, with each whole part of a multipart object among them checked
+        against the part's own checksum where the store tells it, and read again on its own while it reads wrong.
 
         Where no part checksum tells, a range of a file read before (the file's own check failed, so the engine
         reads it all again) is read until two reads in a row agree: a flip on the way does not come twice the
         same, so the file's next check passes instead of meeting a new flip in some other range."""
+        length = len(buffer)
         checks = self._part_checks(file) if "-" in file.version and length else None
         if checks is not None:
-            data = self._get(file, offset, length)
-            return checks.repaired(file.key, offset, data, lambda start, size: self._get(file, start, size))
+            self._get_into(file, offset, buffer)
+            checks.repair(file.key, offset, buffer, lambda start, part: self._get_into(file, start, part))
+            return
         served = (file.key, file.version, offset, length)
         if served in self._served:
-            return self._get_agreed(file, offset, length)
+            self._get_agreed(file, offset, buffer)
+            return
         if length < file.size:  # a range of a large file; a small one is read again whole, cheaply
             self._served.add(served)
-        return self._get(file, offset, length)
+        self._get_into(file, offset, buffer)
 
-    def _get_agreed(self, file: SourceFile, offset: int, length: int, tries: int = 3) -> bytes:
+    def _get_agreed(self, file: SourceFile, offset: int, buffer: memoryview, tries: int = 3) -> None:
         """The range once a second read gives the same bytes (compared as they stream, so only one copy is
         held), after at most ``tries`` pairs of reads; the last read if none agreed."""
-        data = self._get(file, offset, length)
+        self._get_into(file, offset, buffer)
         for _ in range(tries):
-            if self._reads_the_same(file, offset, data):
-                return data
+            if self._reads_the_same(file, offset, buffer):
+                return
             log.warning("a source range read differently twice; reading it again", key=file.key, offset=offset)
-            data = self._get(file, offset, length)
-        return data
+            self._get_into(file, offset, buffer)
 
-    def _reads_the_same(self, file: SourceFile, offset: int, data: bytes) -> bool:
+    def _reads_the_same(self, file: SourceFile, offset: int, data: memoryview) -> bool:
         def compare() -> bool:
             body = self.client.get_object(Bucket=self.bucket, Key=self.key_of(file.key), IfMatch=f'"{file.version}"',
                                           Range=f"bytes={offset}-{offset + len(data) - 1}")["Body"]
             position = 0
-            for chunk in body.iter_chunks(1024 * 1024):
+            for chunk in body.iter_chunks(READ_CHUNK):
                 if data[position:position + len(chunk)] != chunk:
                     body.close()
                     return False
@@ -372,20 +381,25 @@ class S3Source(_S3Side, Source):
 
         return PartChecks(algorithm, part_size, file.size, checksum_of)
 
-    def _get(self, file: SourceFile, offset: int, length: int) -> bytes:
+    def _get_into(self, file: SourceFile, offset: int, buffer: memoryview) -> None:
+        """Stream the range into ``buffer`` a chunk at a time: reading the body whole would hold a second copy
+        of every part in flight (the HTTP client joins what it read, and the engine copies it into its buffer)."""
         what = f"s3://{self.bucket}/{self.key_of(file.key)}"
+        length = len(buffer)
         if length == 0:
-            return b""
+            return
 
-        def get() -> bytes:
+        def get() -> None:
             response = self.client.get_object(Bucket=self.bucket, Key=self.key_of(file.key), IfMatch=f'"{file.version}"',
                                               Range=f"bytes={offset}-{offset + length - 1}")
-            data: bytes = response["Body"].read()
-            if len(data) != length:
-                raise ShortRead(f"short read of {what}: {len(data)} of {length} bytes")
-            return data
+            body, received = response["Body"], 0
+            with body:
+                while received < length and (count := body.readinto(buffer[received:received + READ_CHUNK])):
+                    received += count
+            if received != length:
+                raise ShortRead(f"short read of {what}: {received} of {length} bytes")
 
-        return self._call_on_listed(file, get)
+        self._call_on_listed(file, get)
 
 
 @DESTINATIONS.register("s3")
