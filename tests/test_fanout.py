@@ -24,12 +24,21 @@ PART = 5 * MiB
 BIG = 9 * PART + 123  # ten parts, the last one short: five pieces of two parts
 
 
+#: two activities per worker: of the 4 units a plan keeps in flight, each of two workers must take some
+TWO_ACTIVITIES = ("--max-activities", "2")
+
+
 @pytest.fixture
-def second_worker(temporal_server: TemporalDevServer, task_queue: str, tmp_path: Path) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(temporal_server, task_queue, tmp_path / "worker-2.log", TEST_AWS_ENV)
-    process.start()
-    yield process
-    process.stop()
+def two_workers(temporal_server: TemporalDevServer, task_queue: str, tmp_path: Path) -> Iterator[list[WorkerProcess]]:
+    processes = [WorkerProcess(temporal_server, task_queue, tmp_path / f"worker-{n}.log", TEST_AWS_ENV, TWO_ACTIVITIES)
+                 for n in (1, 2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        eventually(lambda process=process: "worker started" in process.logs(), 60, what="both workers to poll")
+    yield processes
+    for process in processes:
+        process.stop()
 
 
 def source_tree(root: Path) -> dict[str, bytes]:
@@ -57,11 +66,10 @@ def check_manifest(manifest: dict[str, dict[str, Any]], contents: dict[str, byte
 
 
 def test_local_to_s3_spreads_over_two_workers(
-        temporal_server: TemporalDevServer, worker: WorkerProcess, second_worker: WorkerProcess, moto_server: Any,
+        temporal_server: TemporalDevServer, two_workers: list[WorkerProcess], moto_server: Any,
         s3: Any, bucket: str, tmp_path: Path) -> None:
     contents = source_tree(tmp_path / "weights")
-    for process in (worker, second_worker):
-        eventually(lambda process=process: "worker started" in process.logs(), 60, what="both workers to poll")
+    worker = two_workers[0]
     plan = weights_plan("fan-out-s3", {"kind": "local", "path": str(tmp_path / "weights")},
                         s3_location(moto_server.endpoint, bucket, "m"), part_size="5MiB", piece_size="10MiB",
                         concurrency=2, parallelism=4, batch_files=3)
@@ -75,20 +83,20 @@ def test_local_to_s3_spreads_over_two_workers(
     manifest = {entry["key"]: entry for entry in map(json.loads, body.decode().splitlines())}
     check_manifest(manifest, contents)
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
-    assert "unit copied" in worker.logs() and "unit copied" in second_worker.logs()
+    assert all("unit copied" in process.logs() for process in two_workers)
 
     again = run_migration(temporal_server, plan, worker.task_queue)
     assert again.status.stage_status("weights").detail.startswith(f"0 copied, {len(contents)} unchanged")
 
 
-def test_local_to_local_split_file(temporal_server: TemporalDevServer, worker: WorkerProcess,
-                                   second_worker: WorkerProcess, tmp_path: Path) -> None:
+def test_local_to_local_split_file(temporal_server: TemporalDevServer, two_workers: list[WorkerProcess],
+                                   tmp_path: Path) -> None:
     contents = source_tree(tmp_path / "weights")
     plan = weights_plan("fan-out-local", {"kind": "local", "path": str(tmp_path / "weights")},
                         {"kind": "local", "path": str(tmp_path / "out")}, part_size="5MiB", piece_size="10MiB",
                         parallelism=3)
 
-    result = run_migration(temporal_server, plan, worker.task_queue)
+    result = run_migration(temporal_server, plan, two_workers[0].task_queue)
 
     assert result.status.state == MigrationState.completed
     for key, data in contents.items():

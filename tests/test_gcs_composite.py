@@ -36,7 +36,7 @@ from tests.support.env import TEST_AWS_ENV
 from tests.support.migrations import eventually, run_migration
 from tests.support.plans import gcs_location, manifest_key, weights_plan
 from tests.support.servers import GcsEmulator, TemporalDevServer, WorkerProcess
-from tests.test_fanout import check_manifest, source_tree
+from tests.test_fanout import TWO_ACTIVITIES, check_manifest, source_tree
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -238,7 +238,9 @@ def test_check_refuses_a_bucket_whose_temporaries_could_not_be_deleted(
 def gcs_workers(temporal_server: TemporalDevServer, task_queue: str, tmp_path: Path,
                 gcs_emulator: GcsEmulator) -> Iterator[list[WorkerProcess]]:
     env = {**TEST_AWS_ENV, "STORAGE_EMULATOR_HOST": gcs_emulator.endpoint}
-    processes = [WorkerProcess(temporal_server, task_queue, tmp_path / f"worker-{n}.log", env) for n in (1, 2)]
+    # two activities each: of the 4 units the plan keeps in flight, each worker must take some
+    processes = [WorkerProcess(temporal_server, task_queue, tmp_path / f"worker-{n}.log", env, TWO_ACTIVITIES)
+                 for n in (1, 2)]
     for process in processes:
         process.start()
     yield processes

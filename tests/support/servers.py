@@ -211,11 +211,14 @@ class TemporalDevServer(ProcessServer):
 class WorkerProcess:
     """A ``flyaway worker`` subprocess that a test can SIGKILL and start again."""
 
-    def __init__(self, server: TemporalDevServer, task_queue: str, log_path: Path, env: dict[str, str]) -> None:
+    def __init__(self, server: TemporalDevServer, task_queue: str, log_path: Path, env: dict[str, str],
+                 options: tuple[str, ...] = ()) -> None:
         self.server = server
         self.task_queue = task_queue
         self.log_path = log_path
         self.env = env
+        #: more ``flyaway worker`` options, e.g. ("--max-activities", "2")
+        self.options = options
         self.process: subprocess.Popen[bytes] | None = None
         self.peak_rss = 0
 
@@ -224,7 +227,7 @@ class WorkerProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [*FLYAWAY, "worker", "--address", self.server.address, "--namespace", "default",
-                 "--task-queue", self.task_queue, "--json-logs"],
+                 "--task-queue", self.task_queue, "--json-logs", *self.options],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
         threading.Thread(target=self._sample_rss, args=(self.process,), daemon=True).start()
 
