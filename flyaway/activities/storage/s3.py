@@ -69,7 +69,7 @@ COMPLETE_READ_TIMEOUT_SECONDS = 600
 #: try of one that landed meanwhile finds NoSuchUpload, and the object is checked instead
 COMPLETE_RETRY_TIMEOUTS = 3
 #: bytes of a GET's body read into the part buffer at a time
-READ_CHUNK = 1024 * 1024
+READ_CHUNK = 256 * 1024
 
 
 #: additional checksums S3 may keep (ChecksumMode=ENABLED), strongest first; CRC64NVME needs awscrt, so it is not used
