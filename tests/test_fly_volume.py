@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +35,7 @@ from tests.support.migrations import (
     abort_migration,
     eventually,
     migration_failure,
+    migration_result,
     migration_status,
     run_async,
     run_migration,
@@ -192,6 +195,32 @@ def test_three_agents_on_forks_of_one_fork_copy_one_migration_then_all_are_gone(
     print(f"copy activities per agent: {copies}")
     assert sum(copies) >= len(shards), "every unit ran on an agent"
     assert '"copying unit"' not in fly_worker.logs(), "the main worker read nothing"
+    fly.assert_nothing_left()
+
+
+@pytest.mark.slow
+def test_an_agent_killed_mid_copy_leaves_its_units_to_the_other_agent(
+        temporal_server: TemporalDevServer, fly_worker: WorkerProcess, fly: FlyApp, moto_server: MotoServer,
+        s3: Any, bucket: str, tmp_path: Path) -> None:
+    assert fly.hosts is not None
+    contents = make_tree(fly.hosts.volume_dir(fly.volume.id), {f"shard-{n}.bin": 4 * MiB + n for n in range(4)})
+    plan = weights_plan("fly-agent-killed", fly_source(temporal_server, tmp_path / "mnt", agents=2),
+                        s3_location(moto_server.endpoint, bucket, "m"), part_size="1MiB", concurrency=2,
+                        parallelism=2, piece_size="4MiB", bandwidth_limit="2MiB")
+    workflow_id = run_async(start_migration(temporal_server, plan, fly_worker.task_queue))
+
+    def copying() -> str | None:
+        return next((agent.id for agent in fly.agents() if '"copying unit"' in fly.hosts.log_of(agent.id)), None)
+
+    victim = eventually(copying, 60, what="an agent to copy a unit")
+    os.killpg(fly.hosts.processes[victim].pid, signal.SIGKILL)
+    result = run_async(migration_result(temporal_server, workflow_id, 180))
+
+    assert result.status.state == MigrationState.completed
+    for key, data in contents.items():
+        assert s3.get_object(Bucket=bucket, Key=f"m/{key}")["Body"].read() == data, key
+    [survivor] = [agent.id for agent in fly.agents() if agent.id != victim]
+    assert '"attempt": 2' in fly.hosts.log_of(survivor), "the killed agent's unit ran again on the other"
     fly.assert_nothing_left()
 
 
