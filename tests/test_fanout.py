@@ -14,7 +14,15 @@ import pytest
 
 from flyaway.models.status import ControlResult, MigrationState, TuneRequest
 from tests.support.env import TEST_AWS_ENV
-from tests.support.migrations import eventually, migration_result, run_async, run_migration, start_migration
+from tests.support.migrations import (
+    TWO_ACTIVITIES,
+    eventually,
+    migration_result,
+    run_async,
+    run_migration,
+    running_workers,
+    start_migration,
+)
 from tests.support.plans import manifest_key, s3_location, weights_plan
 from tests.support.servers import TemporalDevServer, WorkerProcess
 from tests.support.trees import make_tree
@@ -24,21 +32,10 @@ PART = 5 * MiB
 BIG = 9 * PART + 123  # ten parts, the last one short: five pieces of two parts
 
 
-#: two activities per worker: of the 4 units a plan keeps in flight, each of two workers must take some
-TWO_ACTIVITIES = ("--max-activities", "2")
-
-
 @pytest.fixture
 def two_workers(temporal_server: TemporalDevServer, task_queue: str, tmp_path: Path) -> Iterator[list[WorkerProcess]]:
-    processes = [WorkerProcess(temporal_server, task_queue, tmp_path / f"worker-{n}.log", TEST_AWS_ENV, TWO_ACTIVITIES)
-                 for n in (1, 2)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        eventually(lambda process=process: "worker started" in process.logs(), 60, what="both workers to poll")
-    yield processes
-    for process in processes:
-        process.stop()
+    with running_workers(temporal_server, task_queue, tmp_path, 2, TEST_AWS_ENV, TWO_ACTIVITIES) as workers:
+        yield workers
 
 
 def source_tree(root: Path) -> dict[str, bytes]:

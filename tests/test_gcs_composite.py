@@ -33,10 +33,10 @@ from flyaway.models.copy import ListingLine, ListingUnit, ManifestEntry, PartRec
 from flyaway.models.locations import GcsLocation, LocalLocation
 from flyaway.models.status import MigrationState
 from tests.support.env import TEST_AWS_ENV
-from tests.support.migrations import eventually, run_migration
+from tests.support.migrations import TWO_ACTIVITIES, run_migration, running_workers
 from tests.support.plans import gcs_location, manifest_key, weights_plan
 from tests.support.servers import GcsEmulator, TemporalDevServer, WorkerProcess
-from tests.test_fanout import TWO_ACTIVITIES, check_manifest, source_tree
+from tests.test_fanout import check_manifest, source_tree
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -238,22 +238,14 @@ def test_check_refuses_a_bucket_whose_temporaries_could_not_be_deleted(
 def gcs_workers(temporal_server: TemporalDevServer, task_queue: str, tmp_path: Path,
                 gcs_emulator: GcsEmulator) -> Iterator[list[WorkerProcess]]:
     env = {**TEST_AWS_ENV, "STORAGE_EMULATOR_HOST": gcs_emulator.endpoint}
-    # two activities each: of the 4 units the plan keeps in flight, each worker must take some
-    processes = [WorkerProcess(temporal_server, task_queue, tmp_path / f"worker-{n}.log", env, TWO_ACTIVITIES)
-                 for n in (1, 2)]
-    for process in processes:
-        process.start()
-    yield processes
-    for process in processes:
-        process.stop()
+    with running_workers(temporal_server, task_queue, tmp_path, 2, env, TWO_ACTIVITIES) as workers:
+        yield workers
 
 
 def test_a_file_split_among_two_workers_lands_on_gcs(temporal_server: TemporalDevServer,
                                                      gcs_workers: list[WorkerProcess], gcs: Any, gcs_bucket: str,
                                                      tmp_path: Path) -> None:
     contents = source_tree(tmp_path / "weights")
-    for process in gcs_workers:
-        eventually(lambda process=process: "worker started" in process.logs(), 60, what="both workers to poll")
     plan = weights_plan("fan-out-gcs", {"kind": "local", "path": str(tmp_path / "weights")},
                         gcs_location(gcs_bucket, "m"), part_size="5MiB", piece_size="10MiB", concurrency=2,
                         parallelism=4, batch_files=3)

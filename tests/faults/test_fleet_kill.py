@@ -15,7 +15,7 @@ from flyaway.models.status import MigrationState
 from flyaway.starter.dev import write_random_file
 from tests.support.env import TEST_AWS_ENV
 from tests.support.figures import report
-from tests.support.migrations import eventually, migration_result, run_async, start_migration
+from tests.support.migrations import eventually, migration_result, run_async, running_workers, start_migration
 from tests.support.plans import s3_location, weights_plan
 from tests.support.proxies import RecordingProxy
 from tests.support.s3 import s3_sha256
@@ -31,15 +31,8 @@ PARALLELISM = 3
 
 @pytest.fixture
 def fleet(temporal_server: TemporalDevServer, task_queue: str, tmp_path: Path) -> Iterator[list[WorkerProcess]]:
-    workers = [WorkerProcess(temporal_server, task_queue, tmp_path / f"worker-{n}.log", TEST_AWS_ENV)
-               for n in range(3)]
-    for process in workers:
-        process.start()
-    for process in workers:
-        eventually(lambda process=process: "worker started" in process.logs(), 60, what="every worker to poll")
-    yield workers
-    for process in workers:
-        process.stop()
+    with running_workers(temporal_server, task_queue, tmp_path, 3, TEST_AWS_ENV) as workers:
+        yield workers
 
 
 def units(process: WorkerProcess, event_name: str) -> set[int]:

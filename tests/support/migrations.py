@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 from temporalio.client import WorkflowFailureError
@@ -12,7 +14,7 @@ from temporalio.exceptions import ApplicationError
 
 from flyaway.models.status import MigrationResult, MigrationStatus
 from flyaway.starter.display import snapshot
-from tests.support.servers import TemporalDevServer
+from tests.support.servers import TemporalDevServer, WorkerProcess
 
 T = TypeVar("T")
 
@@ -32,6 +34,27 @@ def eventually(check: Callable[[], T | None], timeout: float, interval: float = 
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or check}")
         time.sleep(interval)
 
+
+#: two activities per worker: of the 4 units a fan-out plan keeps in flight, each of two workers must take some
+TWO_ACTIVITIES = ("--max-activities", "2")
+
+
+@contextlib.contextmanager
+def running_workers(server: TemporalDevServer, task_queue: str, folder: Path, count: int, env: dict[str, str],
+                    options: tuple[str, ...] = ()) -> Iterator[list[WorkerProcess]]:
+    """``count`` workers on one task queue (logs ``folder/worker-N.log``), each polling before this yields;
+    stopped afterwards."""
+    workers = [WorkerProcess(server, task_queue, folder / f"worker-{n}.log", env, options) for n in range(1, count + 1)]
+    for process in workers:
+        process.start()
+    try:
+        for process in workers:
+            eventually(lambda process=process: "worker started" in process.logs(), 60,
+                       what=f"all {count} workers to poll")
+        yield workers
+    finally:
+        for process in workers:
+            process.stop()
 
 async def start_migration(server: TemporalDevServer, plan: dict[str, Any], task_queue: str) -> str:
     client = await server.client()
