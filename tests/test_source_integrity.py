@@ -17,6 +17,7 @@ from typing import IO, Any
 
 import pytest
 from boto3.s3.transfer import TransferConfig
+from botocore.response import StreamingBody
 
 from flyaway.activities.storage import open_destination, open_source
 from flyaway.activities.storage.activities import (
@@ -145,6 +146,33 @@ def test_a_flipped_byte_read_from_s3_is_read_again_and_every_byte_lands_right(
     assert {entry.key: entry.sha256 for entry in entries} == {
         key: hashlib.sha256(data).hexdigest() for key, data in s3_tree.items()}
     assert all(entry.source_checksum != "none" for entry in entries)
+
+
+def test_a_ranged_get_answered_with_more_bytes_than_the_range_is_sent_again(
+        moto_server: Any, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body longer than its range is as wrong as a short one: the request is retried, never cut to fit."""
+    client = plain_client(moto_server.endpoint)
+    data = os.urandom(3 * MiB)
+    client.put_object(Bucket=bucket, Key="src/model.bin", Body=data)
+    source = S3Source(s3_plan_location(moto_server.endpoint, bucket, "src"))
+    [file] = list(source.list())
+    answers = []
+    get_object = source.client.get_object
+
+    def one_byte_too_many_once(**request: Any) -> Any:
+        response = get_object(**request)
+        if not answers:
+            body = response["Body"].read() + b"!"
+            response["Body"] = StreamingBody(io.BytesIO(body), len(body))
+        answers.append(request["Range"])
+        return response
+
+    monkeypatch.setattr(source.client, "get_object", one_byte_too_many_once)
+    buffer = bytearray(MiB)
+    source.read_into(file, MiB, memoryview(buffer))
+
+    assert answers == [f"bytes={MiB}-{2 * MiB - 1}"] * 2, "the overlong answer was asked for again"
+    assert bytes(buffer) == data[MiB:2 * MiB]
 
 
 @pytest.mark.parametrize(("key", "message"), [

@@ -396,8 +396,10 @@ class S3Source(_S3Side, Source):
             with body:
                 while received < length and (count := body.readinto(buffer[received:received + READ_CHUNK])):
                     received += count
-            if received != length:
-                raise ShortRead(f"short read of {what}: {received} of {length} bytes")
+                longer = bool(body.read(1))  # a body longer than the range is as wrong as a short one
+            if received != length or longer:
+                raise ShortRead(f"read of {what}: {received}{' and more' if longer else ''} bytes for a range of "
+                                f"{length}")
 
         self._call_on_listed(file, get)
 
