@@ -157,6 +157,17 @@ class SourceDigest:
             self._whole.update(b"blob %d\0" % size)
         self._part: Hasher | None = _hasher(published.algorithm) if published.part_size else None
         self._part_fed = 0
+        self._taken: str | None = None
+
+    def take_digest(self, algorithm: str, digest: str) -> bool:
+        """Take ``digest``, the hex ``algorithm`` digest of the whole file computed by the caller, in place of the
+        file's bytes; False, with nothing taken, where the published checksum is of another kind or a composite,
+        or bytes were fed already. (A file read in one piece has its destination part checksum: where that is
+        the source's own algorithm, one pass over the bytes serves both.)"""
+        if algorithm != self.published.algorithm or self._part is not None or self.fed:
+            return False
+        self.fed, self._taken = self.size, digest
+        return True
 
     def update(self, data: bytes | memoryview) -> None:
         self.fed += len(data)
@@ -184,7 +195,7 @@ class SourceDigest:
             return f"{self.fed} bytes read of {self.size}"
         if self._part is not None and self._part_fed:
             self._end_part()
-        actual = self._whole.digest().hex()
+        actual = self._taken or self._whole.digest().hex()
         if actual != self.published.value:
             return f"bytes read have {self.published.algorithm} {actual}, the source publishes {self.published.label()}"
         return None

@@ -143,6 +143,13 @@ class FileDigests:
         if self.source is not None:
             self.source.update(data)
 
+    def update_whole(self, data: bytes | memoryview, algorithm: str, digest: str) -> None:
+        """``update`` with the whole file, whose ``algorithm`` digest the caller has: the source check takes it
+        where it can, rather than hashing the bytes again."""
+        self.sha256.update(data)
+        if self.source is not None and not self.source.take_digest(algorithm, digest):
+            self.source.update(data)
+
     def check(self) -> str:
         """The sha256 hex digest; raises ``SourceReadCorrupt`` if the bytes are not the source's."""
         mismatch = self.source.mismatch() if self.source is not None else None
@@ -478,7 +485,7 @@ class CopyEngine:
         sha256 and source checksum label. ``sent`` gets an item once the bytes go out."""
         digests = FileDigests(file, self._published(file, etag_is_opaque))
         data, checksum = self.read_part(file, 0, buffer, file.size)
-        digests.update(data)
+        digests.update_whole(data, self.dest.part_checksum, checksum)
         sha256 = digests.check()
         version = self._landed_version(file, checksum)
         if version is None:
