@@ -277,6 +277,22 @@ def test_a_multipart_source_read_with_a_flip_in_every_5th_get_lands_right(
         assert read <= 3 * size + flips * 2 * 10 * MiB
 
 
+def test_a_multipart_etag_source_read_with_flips_lands_right_where_each_part_s_md5_serves_both_checks(
+        counting_proxy: ReadCountingProxy, moto_server: Any, bucket: str) -> None:
+    """Parts of the source's own size into a store that checks MD5s: each part's MD5, computed once for the
+    destination, stands for that part in the source's multipart ETag; a flipped read still fails the ETag."""
+    parts = [os.urandom(5 * MiB) for _ in range(6)] + [os.urandom(1000)]
+    put_multipart(s3_client(moto_server.endpoint), bucket, "src/model.bin", parts)
+    counting_proxy.flip_every = 5
+    source = S3Source(s3_plan_location(counting_proxy.endpoint, bucket, "src"))
+    [entry] = copy(source, md5_parts_destination(moto_server, bucket), part_size=5 * MiB, concurrency=2)
+
+    data = b"".join(parts)
+    assert counting_proxy.flipped >= 1
+    assert plain_client(moto_server.endpoint).get_object(Bucket=bucket, Key="out/model.bin")["Body"].read() == data
+    assert entry.sha256 == hashlib.sha256(data).hexdigest() and entry.source_checksum.startswith(f"md5/{5 * MiB}:")
+
+
 def test_an_s3_object_overwritten_during_its_copy_is_never_mixed_the_reads_are_pinned_to_the_listed_etag(
         moto_server: Any, bucket: str, tmp_path: Path) -> None:
     """Overwritten after its first part was read: the next read, pinned by If-Match, fails (412), and the file

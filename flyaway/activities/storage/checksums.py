@@ -159,14 +159,24 @@ class SourceDigest:
         self._part_fed = 0
         self._taken: str | None = None
 
-    def take_digest(self, algorithm: str, digest: str) -> bool:
-        """Take ``digest``, the hex ``algorithm`` digest of the whole file computed by the caller, in place of the
-        file's bytes; False, with nothing taken, where the published checksum is of another kind or a composite,
-        or bytes were fed already. (A file read in one piece has its destination part checksum: where that is
-        the source's own algorithm, one pass over the bytes serves both.)"""
-        if algorithm != self.published.algorithm or self._part is not None or self.fed:
+    def take_digest(self, algorithm: str, digest: str, length: int) -> bool:
+        """Take ``digest``, the hex ``algorithm`` digest of the next ``length`` bytes computed by the caller, in
+        place of the bytes; False, with nothing taken, unless those bytes are the whole file (a plain checksum)
+        or exactly the next part of a composite, and the source's algorithm is ``algorithm``. A file or part read
+        in one piece has its destination part checksum: where that is the source's own kind, one pass over the
+        bytes serves both."""
+        if algorithm != self.published.algorithm:
             return False
-        self.fed, self._taken = self.size, digest
+        if self._part is None:
+            if self.fed or length != self.size:
+                return False
+            self._taken = digest
+        else:
+            part_size = self.published.part_size or 0
+            if self._part_fed or length > part_size or (length < part_size and self.fed + length != self.size):
+                return False
+            self._whole.update(bytes.fromhex(digest))
+        self.fed += length
         return True
 
     def update(self, data: bytes | memoryview) -> None:

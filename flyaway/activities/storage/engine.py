@@ -138,16 +138,11 @@ class FileDigests:
         self.source = SourceDigest(published, file.size) if published else None
         self.label = published.label() if published else "none"
 
-    def update(self, data: bytes | memoryview) -> None:
+    def update(self, data: bytes | memoryview, algorithm: str, digest: str) -> None:
+        """Feed the next bytes, whose ``algorithm`` digest the caller has (a part's, or a small file's, part
+        checksum): the source check takes that where it can, rather than hashing the bytes again."""
         self.sha256.update(data)
-        if self.source is not None:
-            self.source.update(data)
-
-    def update_whole(self, data: bytes | memoryview, algorithm: str, digest: str) -> None:
-        """``update`` with the whole file, whose ``algorithm`` digest the caller has: the source check takes it
-        where it can, rather than hashing the bytes again."""
-        self.sha256.update(data)
-        if self.source is not None and not self.source.take_digest(algorithm, digest):
+        if self.source is not None and not self.source.take_digest(algorithm, digest, len(data)):
             self.source.update(data)
 
     def check(self) -> str:
@@ -485,7 +480,7 @@ class CopyEngine:
         sha256 and source checksum label. ``sent`` gets an item once the bytes go out."""
         digests = FileDigests(file, self._published(file, etag_is_opaque))
         data, checksum = self.read_part(file, 0, buffer, file.size)
-        digests.update_whole(data, self.dest.part_checksum, checksum)
+        digests.update(data, self.dest.part_checksum, checksum)
         sha256 = digests.check()
         version = self._landed_version(file, checksum)
         if version is None:
@@ -605,7 +600,7 @@ class CopyEngine:
             buffer = self._buffers.take(length)
             data, checksum = await self._run_tracked(threads, self.read_part, file, offset, buffer, length)
             await hashed_before
-            await self._run(digests.update, data)
+            await self._run(digests.update, data, self.dest.part_checksum, checksum)
             hashed.set_result(None)
             done = landed.get(number)
             if done is not None and done.checksum in (checksum, "") and done.size == length:
