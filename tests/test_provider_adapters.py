@@ -31,7 +31,7 @@ from flyaway.activities.storage.runpod import (
     RUNPOD_MAX_BODY,
     RunPodVolumeDestination,
 )
-from flyaway.activities.storage.s3 import multipart_etag
+from flyaway.activities.storage.s3 import S3Destination, multipart_etag
 from flyaway.errors import (
     DataCorruption,
     LimitExceeded,
@@ -39,13 +39,14 @@ from flyaway.errors import (
     NotFound,
 )
 from flyaway.models.copy import ListingLine
-from flyaway.models.locations import GcsLocation, LocalLocation, RunPodVolumeLocation, TigrisLocation
+from flyaway.models.locations import GcsLocation, LocalLocation, RunPodVolumeLocation, S3Location, TigrisLocation
 from flyaway.models.plan import parse_plan
 from flyaway.providers.google import GcsBucket, SessionRequestFailed
 from flyaway.providers.s3 import s3_settings
 from flyaway.starter.cli import app
 from flyaway.starter.dev import free_port
 from tests.support.env import TEST_RUNPOD_ENV
+from tests.support.plans import s3_location
 from tests.support.proxies import RunPodLimitsProxy
 from tests.support.s3 import s3_client
 from tests.support.servers import GcsEmulator
@@ -367,3 +368,27 @@ def test_a_wrong_datacenter_fails_validate_in_one_line(runpod_env: None, tmp_pat
     assert result.exit_code == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "does not answer" in lines[0] and "check datacenter (US-KS-2)" in lines[0], lines
+
+
+def test_an_s3_body_is_tied_to_its_signature_by_content_md5_not_by_a_second_hash(moto_server: Any,
+                                                                                 bucket: str) -> None:
+    """Over plain HTTP as over HTTPS, the signature covers a part's Content-MD5 (which the store checks the body
+    against) and leaves the body's own sha256 out: one hash of each part fewer."""
+    dest = S3Destination(S3Location.model_validate(s3_location(moto_server.endpoint, bucket, "out")))
+    data = os.urandom(100_000)
+    sent: list[Any] = []
+
+    def keep(request: Any, **_: Any) -> None:
+        sent.append(request.headers)
+
+    dest.client.meta.events.register("before-send.s3.PutObject", keep)
+    try:
+        dest.put("model.bin", data, part_checksum("crc32", data), hashlib.sha256(data).hexdigest())
+    finally:
+        dest.client.meta.events.unregister("before-send.s3.PutObject", keep)
+
+    [headers] = sent
+    signed = str(headers["Authorization"]).partition("SignedHeaders=")[2].partition(",")[0].split(";")
+    assert "content-md5" in signed and "x-amz-content-sha256" in signed
+    assert headers["x-amz-content-sha256"] in ("UNSIGNED-PAYLOAD", b"UNSIGNED-PAYLOAD")
+    assert s3_client(moto_server.endpoint).get_object(Bucket=bucket, Key="out/model.bin")["Body"].read() == data
