@@ -377,7 +377,7 @@ def test_n_agents_mount_forks_of_the_first_fork_and_a_retry_makes_nothing_new(fl
 
 
 def test_parallelism_below_the_agents_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"weights.parallelism \(2\) is below weights.source.agents \(3\).*"
+    with pytest.raises(ValueError, match=r"parallelism \(2\) is below source.agents \(3\).*"
                                          r"set parallelism to at least 3"):
         WeightsStage.model_validate({"source": location(agents=3).model_dump(), "parallelism": 2,
                                      "destination": {"kind": "s3", "bucket": "b-weights"}})

@@ -105,7 +105,7 @@ class WeightsStage(StrictModel):
     @model_validator(mode="after")
     def _every_agent_gets_work(self) -> WeightsStage:
         if isinstance(self.source, FlyVolumeLocation) and self.parallelism < self.source.agents:
-            raise ValueError(f"weights.parallelism ({self.parallelism}) is below weights.source.agents "
+            raise ValueError(f"parallelism ({self.parallelism}) is below source.agents "
                              f"({self.source.agents}): an agent reads only while a copy activity is handed to it; "
                              f"set parallelism to at least {self.source.agents}")
         return self
