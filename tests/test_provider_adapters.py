@@ -4,6 +4,7 @@ honours for them, their resumable uploads, and clear errors before any byte move
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import hashlib
 import json
@@ -41,7 +42,7 @@ from flyaway.errors import (
 from flyaway.models.copy import ListingLine
 from flyaway.models.locations import GcsLocation, LocalLocation, RunPodVolumeLocation, S3Location, TigrisLocation
 from flyaway.models.plan import parse_plan
-from flyaway.providers.google import GcsBucket, SessionRequestFailed
+from flyaway.providers.google import GcsBucket, MultipartBody, SessionRequestFailed
 from flyaway.providers.s3 import s3_settings
 from flyaway.starter.cli import app
 from flyaway.starter.dev import free_port
@@ -392,3 +393,23 @@ def test_an_s3_body_is_tied_to_its_signature_by_content_md5_not_by_a_second_hash
     assert "content-md5" in signed and "x-amz-content-sha256" in signed
     assert headers["x-amz-content-sha256"] in ("UNSIGNED-PAYLOAD", b"UNSIGNED-PAYLOAD")
     assert s3_client(moto_server.endpoint).get_object(Bucket=bucket, Key="out/model.bin")["Body"].read() == data
+
+
+def test_a_gcs_upload_sends_a_part_buffer_as_it_lies_and_gcs_keeps_its_bytes_and_crc32c(
+        emulator_env: None, gcs: Any, gcs_bucket: str) -> None:
+    """A view of a part buffer goes out inside the multipart body, read piece by piece (never joined into one
+    string); what lands is the buffer's bytes, whose crc32c GCS checked against the one sent."""
+    buffer = bytearray(os.urandom(3 * MiB + 7))
+    view = memoryview(buffer)[MiB:]
+    bucket = GcsBucket(gcs_bucket, "GOOGLE_APPLICATION_CREDENTIALS", None, f"gs://{gcs_bucket}", 4)
+    expected = base64.b64encode(google_crc32c.Checksum(bytes(view)).digest()).decode()
+    body = MultipartBody({"name": "x"}, view)
+    reads = [body.read(16384) for _ in range(3)]
+    assert [len(read) for read in reads] == [len(reads[0]), 16384, 16384] and len(reads[0]) < 16384  # the metadata
+    assert bytes(reads[1]) == bytes(view[:16384])
+
+    stored = bucket.upload("out/model.bin", view, crc32c=expected)
+
+    assert (stored.name, stored.size, stored.crc32c) == ("out/model.bin", len(view), expected)
+    assert bucket.get("out/model.bin") == stored
+    assert gcs.bucket(gcs_bucket).blob("out/model.bin").download_as_bytes() == bytes(view)

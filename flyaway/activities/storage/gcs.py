@@ -178,6 +178,8 @@ SESSION_LIMITS = DestinationLimits(max_parts=2**31, min_part_size=GCS_CHUNK, max
 class GcsDestination(Destination):
     limits = COMPOSITE_LIMITS
     part_checksum = "crc32c"
+    #: a part buffer goes out as the request body (a session's chunk, or inside ``MultipartBody``), never copied
+    takes_views = True
 
     @classmethod
     def open(cls, location: GcsLocation, concurrency: int) -> Self:
@@ -401,7 +403,7 @@ class GcsDestination(Destination):
 
     def _query(self, session: _Session, token: str) -> int:
         """Ask the server how many bytes of the session it persisted (the resumable protocol's recovery)."""
-        response = self.bucket.session_request("PUT", session.uri, data=b"", headers={"Content-Range": f"bytes */{session.size}"})
+        response = self.bucket.request("PUT", session.uri, data=b"", headers={"Content-Range": f"bytes */{session.size}"})
         return self._persisted_after(session, response, token)
 
     def _send(self, session: _Session, token: str, offset: int, data: bytes) -> None:
@@ -413,7 +415,7 @@ class GcsDestination(Destination):
                 raise UploadGone(token)  # the server lost bytes before this part: resume from what it has
             while persisted < end:
                 body = data if persisted == offset else data[persisted - offset:]
-                response = self.bucket.session_request("PUT", session.uri, data=body, headers={
+                response = self.bucket.request("PUT", session.uri, data=body, headers={
                     "Content-Range": f"bytes {persisted}-{end - 1}/{session.size}"})
                 try:
                     held = self._persisted_after(session, response, token)
@@ -491,7 +493,7 @@ class GcsDestination(Destination):
             return
 
         def cancel() -> None:
-            response = self.bucket.session_request("DELETE", session.uri)
+            response = self.bucket.request("DELETE", session.uri)
             # a server that cannot cancel (501) lets the session expire unseen: nothing shows before its last byte
             if response.status_code not in (200, 204, 501, *SESSION_GONE):
                 raise SessionRequestFailed(response.status_code, response.text)
