@@ -395,21 +395,24 @@ def test_an_s3_body_is_tied_to_its_signature_by_content_md5_not_by_a_second_hash
     assert s3_client(moto_server.endpoint).get_object(Bucket=bucket, Key="out/model.bin")["Body"].read() == data
 
 
+@pytest.mark.parametrize("size", [3 * MiB + 7, 9 * MiB + 7])  # one multipart request; a session of one chunk
 def test_a_gcs_upload_sends_a_part_buffer_as_it_lies_and_gcs_keeps_its_bytes_and_crc32c(
-        emulator_env: None, gcs: Any, gcs_bucket: str) -> None:
-    """A view of a part buffer goes out inside the multipart body, read piece by piece (never joined into one
-    string); what lands is the buffer's bytes, whose crc32c GCS checked against the one sent."""
-    buffer = bytearray(os.urandom(3 * MiB + 7))
+        size: int, emulator_env: None, gcs: Any, gcs_bucket: str) -> None:
+    """A view of a part buffer goes out as it is (in a multipart body, between its other pieces, never joined
+    into one string with them); what lands is the buffer's bytes, whose crc32c GCS checked against the one
+    sent, and bytes with another crc32c never land."""
+    buffer = bytearray(os.urandom(size + MiB))
     view = memoryview(buffer)[MiB:]
     bucket = GcsBucket(gcs_bucket, "GOOGLE_APPLICATION_CREDENTIALS", None, f"gs://{gcs_bucket}", 4)
     expected = base64.b64encode(google_crc32c.Checksum(bytes(view)).digest()).decode()
-    body = MultipartBody({"name": "x"}, view)
-    reads = [body.read(16384) for _ in range(3)]
-    assert [len(read) for read in reads] == [len(reads[0]), 16384, 16384] and len(reads[0]) < 16384  # the metadata
-    assert bytes(reads[1]) == bytes(view[:16384])
+    head, data, tail = MultipartBody({"name": "x"}, view)
+    assert data is view and len(MultipartBody({"name": "x"}, view)) == len(head) + len(view) + len(tail)
 
     stored = bucket.upload("out/model.bin", view, crc32c=expected)
 
     assert (stored.name, stored.size, stored.crc32c) == ("out/model.bin", len(view), expected)
     assert bucket.get("out/model.bin") == stored
     assert gcs.bucket(gcs_bucket).blob("out/model.bin").download_as_bytes() == bytes(view)
+    with pytest.raises(DataCorruption, match="do not have the crc32c of the source bytes"):
+        bucket.upload("out/other.bin", view, crc32c=base64.b64encode(b"\0\0\0\1").decode())
+    assert bucket.get("out/other.bin") is None

@@ -15,7 +15,6 @@ import math
 import os
 import secrets
 import urllib.parse
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -405,8 +404,13 @@ def _stored(blob: storage.Blob) -> StoredObject:
     return StoredObject(name=blob.name, size=int(blob.size), generation=str(blob.generation), crc32c=blob.crc32c)
 
 
+#: the largest object sent in one multipart request (google-cloud-storage's own limit)
+MULTIPART_UPLOAD_LIMIT = 8 * 1024 * 1024
+
+
 class MultipartBody:
-    """The body of a JSON-API multipart upload, read out from where the object's bytes lie (a part buffer).
+    """The body of a JSON-API multipart upload, sent from where the object's bytes lie (a part buffer): an
+    iterable of its three pieces (metadata, bytes, end), which HTTP clients send one after the other.
 
     google-cloud-storage joins the bytes and the metadata into one new string: with the copy it needs the
     bytes in (it takes only ``bytes``), each part in flight was held three times over, and a copy to GCS peaked
@@ -417,24 +421,13 @@ class MultipartBody:
         separator = f"--{self.boundary}\r\n"
         head = (f"{separator}content-type: application/json; charset=UTF-8\r\n\r\n{json.dumps(metadata)}\r\n"
                 f"{separator}content-type: application/octet-stream\r\n\r\n").encode()
-        tail = f"\r\n--{self.boundary}--".encode()
-        self._pieces = deque(memoryview(piece).cast("B") for piece in (head, data, tail))
-        self._left = sum(piece.nbytes for piece in self._pieces)
+        self.pieces = (head, data, f"\r\n--{self.boundary}--".encode())
 
     def __len__(self) -> int:
-        return self._left
+        return sum(memoryview(piece).nbytes for piece in self.pieces)
 
-    def read(self, size: int = -1) -> memoryview:
-        """Up to ``size`` bytes (all that is left when negative) of one piece: a view, never a copy."""
-        while self._pieces and not self._pieces[0].nbytes:
-            self._pieces.popleft()
-        if not self._pieces:
-            return memoryview(b"")
-        piece = self._pieces[0]
-        taken = piece if size < 0 else piece[:size]
-        self._pieces[0] = piece[taken.nbytes:]
-        self._left -= taken.nbytes
-        return taken
+    def __iter__(self) -> Iterator[bytes | memoryview]:
+        return iter(self.pieces)
 
 
 class GcsBucket:
@@ -489,21 +482,35 @@ class GcsBucket:
             yield from (_stored(blob) for blob in page)
 
     def upload(self, name: str, data: bytes | memoryview, crc32c: str | None = None) -> StoredObject:
-        """Store ``data`` in one request (a JSON-API multipart upload: the object's metadata, then its bytes); with
-        ``crc32c`` (base64, as GCS gives it) GCS refuses bytes that do not match it."""
+        """Store ``data``, sent as it lies (never copied); with ``crc32c`` (base64, as GCS gives it) GCS refuses
+        bytes that do not match it. Up to 8 MiB in one multipart request (metadata, then bytes), larger in a
+        resumable session of one chunk, as google-cloud-storage chooses (the emulator parses a multipart body
+        at about 30 MiB/s)."""
         what = f"gs://{self.name}/{name}"
-        metadata = {"name": name, "contentType": "application/octet-stream"} | ({"crc32c": crc32c} if crc32c else {})
-        url = f"{storage_host()}/upload/storage/v1/b/{urllib.parse.quote(self.name, safe='')}/o?uploadType=multipart"
+        size = memoryview(data).nbytes
+
+        def send() -> requests.Response:
+            if size > MULTIPART_UPLOAD_LIMIT:
+                uri = self.create_session(name, size, crc32c)
+                if not is_upload_session_uri(uri, self.name):  # never send the credentials elsewhere
+                    raise DataCorruption(f"{what}: Cloud Storage answered with an upload URL that is not one of "
+                                         f"bucket {self.name} at {storage_host()}; refusing to use it")
+                return self.request("PUT", uri, data=data, headers={"Content-Range": f"bytes 0-{size - 1}/{size}"})
+            metadata = {"name": name, "contentType": "application/octet-stream"} | ({"crc32c": crc32c} if crc32c else {})
+            body = MultipartBody(metadata, data)
+            return self.request("POST", f"{storage_host()}/upload/storage/v1/b/{urllib.parse.quote(self.name, safe='')}"
+                                f"/o?uploadType=multipart", data=body,
+                                headers={"Content-Type": f'multipart/related; boundary="{body.boundary}"'})
 
         def upload() -> dict[str, Any]:
-            body = MultipartBody(metadata, data)
-            response = self.request("POST", url, data=body,
-                                    headers={"Content-Type": f'multipart/related; boundary="{body.boundary}"'})
+            response = send()
             if response.status_code >= 400:
                 error = google_errors.from_http_response(response)
                 if crc32c and response.status_code in (400, 409) and "crc32c" in str(error).lower():
                     raise DataCorruption(f"{what}: the bytes that arrived do not have the crc32c of the source bytes")
                 raise error
+            if response.status_code not in (200, 201):
+                raise SessionRequestFailed(response.status_code, "the upload did not end with its last byte")
             resource: dict[str, Any] = response.json()
             return resource
 
@@ -565,9 +572,12 @@ class GcsBucket:
 
         self.call(f"gs://{self.name}/{name}", delete)
 
-    def create_session(self, name: str, size: int) -> str:
-        """A resumable upload session for ``size`` bytes; its URI."""
+    def create_session(self, name: str, size: int, crc32c: str | None = None) -> str:
+        """A resumable upload session for ``size`` bytes (whose crc32c GCS checks at the end, where given); its
+        URI."""
         blob = self._bucket.blob(name)
+        if crc32c:
+            blob.crc32c = crc32c
         uri: str = self.call(f"gs://{self.name}/{name}", lambda: blob.create_resumable_upload_session(
             content_type="application/octet-stream", size=size, checksum=None, retry=None))
         return uri
