@@ -491,7 +491,7 @@ class GcsBucket:
 
         def send() -> requests.Response:
             if size > MULTIPART_UPLOAD_LIMIT:
-                uri = self.create_session(name, size, crc32c)
+                uri = self._open_session(name, size, crc32c)
                 if not is_upload_session_uri(uri, self.name):  # never send the credentials elsewhere
                     raise DataCorruption(f"{what}: Cloud Storage answered with an upload URL that is not one of "
                                          f"bucket {self.name} at {storage_host()}; refusing to use it")
@@ -572,14 +572,17 @@ class GcsBucket:
 
         self.call(f"gs://{self.name}/{name}", delete)
 
-    def create_session(self, name: str, size: int, crc32c: str | None = None) -> str:
-        """A resumable upload session for ``size`` bytes (whose crc32c GCS checks at the end, where given); its
-        URI."""
+    def create_session(self, name: str, size: int) -> str:
+        """A resumable upload session for ``size`` bytes; its URI."""
+        return self.call(f"gs://{self.name}/{name}", lambda: self._open_session(name, size))
+
+    def _open_session(self, name: str, size: int, crc32c: str | None = None) -> str:
+        """One request for a session (whose object GCS checks against ``crc32c`` at the end, where given)."""
         blob = self._bucket.blob(name)
         if crc32c:
             blob.crc32c = crc32c
-        uri: str = self.call(f"gs://{self.name}/{name}", lambda: blob.create_resumable_upload_session(
-            content_type="application/octet-stream", size=size, checksum=None, retry=None))
+        uri: str = blob.create_resumable_upload_session(content_type="application/octet-stream", size=size,
+                                                        checksum=None, retry=None)
         return uri
 
     def request(self, method: str, uri: str, **kwargs: Any) -> requests.Response:
