@@ -43,7 +43,7 @@ from flyaway.models.copy import ListingLine
 from flyaway.models.locations import GcsLocation, LocalLocation, RunPodVolumeLocation, S3Location, TigrisLocation
 from flyaway.models.plan import parse_plan
 from flyaway.providers.google import GcsBucket, MultipartBody, SessionRequestFailed
-from flyaway.providers.s3 import s3_settings
+from flyaway.providers.s3 import s3_client as s3_client_of, s3_settings
 from flyaway.starter.cli import app
 from flyaway.starter.dev import free_port
 from tests.support.env import TEST_RUNPOD_ENV
@@ -393,6 +393,15 @@ def test_an_s3_body_is_tied_to_its_signature_by_content_md5_not_by_a_second_hash
     assert "content-md5" in signed and "x-amz-content-sha256" in signed
     assert headers["x-amz-content-sha256"] in ("UNSIGNED-PAYLOAD", b"UNSIGNED-PAYLOAD")
     assert s3_client(moto_server.endpoint).get_object(Bucket=bucket, Key="out/model.bin")["Body"].read() == data
+
+
+def test_only_a_plain_http_endpoint_changes_how_bodies_are_signed(moto_server: Any) -> None:
+    """Over HTTPS botocore's own choice stands (an upload with a checksum header is not hashed for its signature)."""
+    def settings(endpoint: str) -> Any:
+        return s3_client_of(S3Location.model_validate(s3_location(endpoint, "weights"))).meta.config.s3
+
+    assert settings(moto_server.endpoint)["payload_signing_enabled"] is False
+    assert "payload_signing_enabled" not in settings("https://s3.eu-west-1.amazonaws.com")
 
 
 @pytest.mark.parametrize("size", [3 * MiB + 7, 9 * MiB + 7])  # one multipart request; a session of one chunk
