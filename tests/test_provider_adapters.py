@@ -19,6 +19,7 @@ import google_crc32c
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from google.cloud import storage
 from typer.testing import CliRunner
 
 from flyaway.activities.storage import open_destination, open_source, s3 as s3_module
@@ -425,3 +426,17 @@ def test_a_gcs_upload_sends_a_part_buffer_as_it_lies_and_gcs_keeps_its_bytes_and
     with pytest.raises(DataCorruption, match="do not have the crc32c of the source bytes"):
         bucket.upload("out/other.bin", view, crc32c=base64.b64encode(b"\0\0\0\1").decode())
     assert bucket.get("out/other.bin") is None
+
+
+def test_a_new_upload_session_elsewhere_than_the_bucket_gets_no_byte(emulator_env: None, gcs_bucket: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A storage host that answers a new session with another host's URL (or another bucket's) is refused before
+    the bytes, or the credentials, go to it: for a session of many parts and for a large object sent in one."""
+    bucket = GcsBucket(gcs_bucket, "GOOGLE_APPLICATION_CREDENTIALS", None, f"gs://{gcs_bucket}", 4)
+    monkeypatch.setattr(storage.Blob, "create_resumable_upload_session",
+                        lambda *_, **__: "http://127.0.0.1:9/upload/storage/v1/b/other/o?uploadType=resumable")
+    with pytest.raises(DataCorruption, match=r"not one of bucket .* refusing to use it"):
+        bucket.create_session("out/big.bin", 9 * MiB)
+    with pytest.raises(DataCorruption, match=r"not one of bucket .* refusing to use it"):
+        bucket.upload("out/big.bin", memoryview(bytearray(9 * MiB)))
+    assert bucket.get("out/big.bin") is None

@@ -492,9 +492,6 @@ class GcsBucket:
         def send() -> requests.Response:
             if size > MULTIPART_UPLOAD_LIMIT:
                 uri = self._open_session(name, size, crc32c)
-                if not is_upload_session_uri(uri, self.name):  # never send the credentials elsewhere
-                    raise DataCorruption(f"{what}: Cloud Storage answered with an upload URL that is not one of "
-                                         f"bucket {self.name} at {storage_host()}; refusing to use it")
                 return self.request("PUT", uri, data=data, headers={"Content-Range": f"bytes 0-{size - 1}/{size}"})
             metadata = {"name": name, "contentType": "application/octet-stream"} | ({"crc32c": crc32c} if crc32c else {})
             body = MultipartBody(metadata, data)
@@ -577,12 +574,16 @@ class GcsBucket:
         return self.call(f"gs://{self.name}/{name}", lambda: self._open_session(name, size))
 
     def _open_session(self, name: str, size: int, crc32c: str | None = None) -> str:
-        """One request for a session (whose object GCS checks against ``crc32c`` at the end, where given)."""
+        """One request for a session (whose object GCS checks against ``crc32c`` at the end, where given); its
+        URI, once it is an upload URL of this bucket: the bytes and the credentials go to it."""
         blob = self._bucket.blob(name)
         if crc32c:
             blob.crc32c = crc32c
         uri: str = blob.create_resumable_upload_session(content_type="application/octet-stream", size=size,
                                                         checksum=None, retry=None)
+        if not is_upload_session_uri(uri, self.name):
+            raise DataCorruption(f"gs://{self.name}/{name}: Cloud Storage answered with an upload URL that is not "
+                                 f"one of bucket {self.name} at {storage_host()}; refusing to use it")
         return uri
 
     def request(self, method: str, uri: str, **kwargs: Any) -> requests.Response:

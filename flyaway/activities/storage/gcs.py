@@ -357,14 +357,15 @@ class GcsDestination(Destination):
     def _begin_session(self, key: str, size: int) -> str:
         uri = self.bucket.create_session(self.key_of(key), size)
         token = uuid.uuid4().hex
-        session = _Session(uri=self._check_uri(uri), size=size, persisted=0)
+        session = _Session(uri=uri, size=size, persisted=0)
         self._save(token, session)
         with self._lock:
             self._sessions[token] = session
         return token
 
     def _check_uri(self, uri: str) -> str:
-        """The URI, if it is a resumable upload URL of this bucket on the storage host; never sent a token otherwise."""
+        """The URI read from state, if it is a resumable upload URL of this bucket on the storage host; never sent a
+        token otherwise (a new session's URI is checked where it is opened)."""
         if not is_upload_session_uri(uri, self.location.bucket):
             raise DataCorruption(f"{self.describe()}: an upload session in flyaway's state is not an upload URL of "
                                  f"bucket {self.location.bucket} at {storage_host()}; refusing to use it")
